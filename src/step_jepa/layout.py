@@ -1,0 +1,211 @@
+"""Token layouts of a batch: SFT, the two-pass reference and the single-pass form, padded or packed.
+
+An *item* is one example's tokens with their mask metadata; a *row* is one sequence of the batch,
+holding one item (padded) or several (packed). The single-pass item is the original sequence
+followed, for each selected pair (i, i+1), by K predictor tokens and a copy of step i+1, with the
+position ids the two-pass reference would give them. The views are read at the last predictor
+token and at the last token of the copy.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from .masks import COPY, ORIG, PAD, PRED, TokenMeta
+from .segment import IGNORE_INDEX, Segmented
+
+
+@dataclass
+class Item:
+    """Tokens of one unit of attention (an example, or one pass-2 sequence) before placement."""
+
+    ids: list[int] = field(default_factory=list)
+    role: list[int] = field(default_factory=list)
+    pair: list[int] = field(default_factory=list)
+    ctx: list[int] = field(default_factory=list)
+    pos: list[int] = field(default_factory=list)
+    target: list[int] = field(default_factory=list)  # next-token target at this position, or -100
+    views: list[tuple[int, int, int]] = field(default_factory=list)  # (pair uid, view1 idx, view2 idx)
+
+    def add(self, ids, role, pair, ctx, pos, target=None) -> None:
+        n = len(ids)
+        self.ids += ids
+        self.role += [role] * n
+        self.pair += [pair] * n
+        self.ctx += [ctx] * n
+        self.pos += pos
+        self.target += target if target is not None else [IGNORE_INDEX] * n
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def select_pairs(ex: Segmented, how: str, rng: random.Random) -> list[int]:
+    """Pairs that compute the JEPA term: S1→S2 ('first'), one random pair, or every pair ('all')."""
+    valid = ex.valid_pairs()
+    if how == "first":
+        return [0] if 0 in valid else []
+    if how == "random":
+        return [rng.choice(valid)] if valid else []
+    if how == "all":
+        return valid
+    raise ValueError(f"unknown pairs selection {how!r} (first|random|all)")
+
+
+def _shifted_targets(ex: Segmented) -> list[int]:
+    """Target at position t is the label of token t+1: logits are computed only where this is set."""
+    return ex.labels[1:] + [IGNORE_INDEX]
+
+
+def original_item(ex: Segmented) -> Item:
+    """Pass 1 / SFT: the example as written, causal."""
+    it = Item()
+    n = len(ex.input_ids)
+    it.add(list(ex.input_ids), ORIG, -1, 0, list(range(n)), _shifted_targets(ex))
+    return it
+
+
+def _append_pair(it: Item, ex: Segmented, i: int, uid: int, pred_ids: list[int], prefix_end: int | None) -> None:
+    """Append K predictors after step i and an isolated step i+1 to `it` (two-pass positions)."""
+    e_i = ex.step_spans[i][1]
+    s2, e2 = ex.step_spans[i + 1]
+    K = len(pred_ids)
+    it.add(list(pred_ids), PRED, uid, e_i, list(range(e_i, e_i + K)))
+    v1 = len(it) - 1
+    it.add(list(ex.input_ids[s2:e2]), COPY, uid, 0, list(range(e_i + K, e_i + K + e2 - s2)))
+    it.views.append((uid, v1, len(it) - 1))
+
+
+def single_pass_item(ex: Segmented, pairs: list[int], pred_ids: list[int], uid0: int) -> Item:
+    """Original tokens, then for each pair K predictors and a copy of step i+1 (one forward pass)."""
+    it = original_item(ex)
+    for j, i in enumerate(pairs):
+        _append_pair(it, ex, i, uid0 + j, pred_ids, None)
+    return it
+
+
+def pass2_items(ex: Segmented, pairs: list[int], pred_ids: list[int], uid0: int) -> list[Item]:
+    """Two-pass reference, pass 2: one sequence per pair — prefix to end of step i, predictors, isolated step i+1."""
+    out = []
+    for j, i in enumerate(pairs):
+        it = Item()
+        e_i = ex.step_spans[i][1]
+        it.add(list(ex.input_ids[:e_i]), ORIG, -1, 0, list(range(e_i)))
+        _append_pair(it, ex, i, uid0 + j, pred_ids, e_i)
+        out.append(it)
+    return out
+
+
+def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """Place rows of items into padded [B, T] tensors and resolve view indices to (row, column)."""
+    lengths = [sum(len(it) for it in row) for row in items]
+    T = max(lengths) if lengths else 0
+    T = max(multiple_of, -(-T // multiple_of) * multiple_of) if T else multiple_of
+    B = len(items)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    target = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    seq = torch.full((B, T), -1, dtype=torch.long)
+    role = torch.full((B, T), PAD, dtype=torch.long)
+    pair = torch.full((B, T), -1, dtype=torch.long)
+    ctx = torch.zeros((B, T), dtype=torch.long)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    views: list[tuple[int, int, int, int]] = []  # (uid, row, col1, col2)
+    for r, row in enumerate(items):
+        off = 0
+        for s, it in enumerate(row):
+            n = len(it)
+            sl = slice(off, off + n)
+            ids[r, sl] = torch.tensor(it.ids)
+            target[r, sl] = torch.tensor(it.target)
+            seq[r, sl] = s
+            role[r, sl] = torch.tensor(it.role)
+            pair[r, sl] = torch.tensor(it.pair)
+            ctx[r, sl] = torch.tensor(it.ctx)
+            pos[r, sl] = torch.tensor(it.pos)
+            views += [(uid, r, off + a, off + b) for uid, a, b in it.views]
+            off += n
+        # Padding gets increasing positions so that no position id is out of range or repeated oddly.
+        pos[r, off:] = torch.arange(T - off)
+    views.sort()
+    v = torch.tensor([[r, a, b] for _, r, a, b in views], dtype=torch.long).reshape(-1, 3)
+    return {
+        "input_ids": ids, "position_ids": pos, "lm_targets": target,
+        "seq": seq, "role": role, "pair": pair, "ctx": ctx,
+        "view_rows": v[:, 0], "view1_cols": v[:, 1], "view2_cols": v[:, 2],
+    }
+
+
+def meta_of(batch: dict[str, torch.Tensor]) -> TokenMeta:
+    return TokenMeta(batch["seq"], batch["role"], batch["pair"], batch["ctx"], batch["position_ids"])
+
+
+def pack_rows(items: list[Item], max_tokens: int) -> list[list[Item]]:
+    """Greedy first-fit packing of items into rows of at most max_tokens (longer items get a row alone)."""
+    rows: list[list[Item]] = []
+    room: list[int] = []
+    for it in items:
+        for r, free in enumerate(room):
+            if len(it) <= free:
+                rows[r].append(it)
+                room[r] -= len(it)
+                break
+        else:
+            rows.append([it])
+            room.append(max_tokens - len(it))
+    return rows
+
+
+@dataclass
+class StepJEPACollator:
+    """Turns segmented examples into model inputs for one of the modes.
+
+    mode: 'sft' (no JEPA), 'single_pass' (default) or 'two_pass' (reference: a second batch of
+    pass-2 sequences under key 'pass2'). With `packing`, items share rows up to `max_tokens`
+    tokens and never attend to each other.
+    """
+
+    pad_id: int
+    pred_ids: list[int]
+    mode: str = "single_pass"
+    pairs: str = "first"
+    packing: bool = False
+    max_tokens: int = 4096
+    pad_multiple: int = 1
+    seed: int = 0
+    jepa_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def __call__(self, examples: list) -> dict[str, torch.Tensor]:
+        exs: list[Segmented] = []
+        for e in examples:  # a packed dataset yields whole groups of examples
+            exs.extend(e if isinstance(e, list) else [e])
+        use_jepa = self.mode != "sft" and (self.jepa_ratio >= 1.0 or self._rng.random() < self.jepa_ratio)
+        selected = [select_pairs(ex, self.pairs, self._rng) if use_jepa else [] for ex in exs]
+        uid0 = [0]
+        for s in selected:
+            uid0.append(uid0[-1] + len(s))
+        if self.mode == "single_pass":
+            items = [single_pass_item(ex, s, self.pred_ids, u) for ex, s, u in zip(exs, selected, uid0)]
+        else:
+            items = [original_item(ex) for ex in exs]
+        batch = self._place(items)
+        if self.mode == "two_pass":
+            p2 = [it for ex, s, u in zip(exs, selected, uid0) for it in pass2_items(ex, s, self.pred_ids, u)]
+            if p2:
+                batch["pass2"] = self._place(p2)
+        n_pairs = uid0[-1]
+        batch["pair_example"] = torch.tensor([k for k, s in enumerate(selected) for _ in s], dtype=torch.long)
+        batch["n_examples"] = torch.tensor(len(exs))
+        batch["n_with_pair"] = torch.tensor(sum(1 for ex in exs if ex.valid_pairs()))
+        batch["n_pairs"] = torch.tensor(n_pairs)
+        batch["jepa_step"] = torch.tensor(bool(use_jepa))
+        return batch
+
+    def _place(self, items: list[Item]) -> dict[str, torch.Tensor]:
+        rows = pack_rows(items, self.max_tokens) if self.packing else [[it] for it in items]
+        return place(rows, self.pad_id, self.pad_multiple)

