@@ -516,3 +516,19 @@ def test_real_gsm8k(tmp_path, split, count):
         assert rec["answer"].lstrip("-").isdigit()  # commas normalised away
         assert "<<" not in rec["messages"][2]["content"]
     assert min(report.step_histogram) >= 2
+
+
+def test_dev_fraction_split_is_seeded_and_disjoint(tmp_path):
+    from step_jepa.data import split_dev
+    from step_jepa.generator import generate_problems
+
+    p = tmp_path / "t.jsonl"
+    recs = generate_problems(50, seed=3)
+    recs[0]["messages"][1]["content"] += " \u2028 odd separator"
+    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    n_train, n_dev, dev = split_dev(p, 0.2, seed=0)
+    train_ids = [json.loads(x)["id"] for x in p.read_text(encoding="utf-8").split("\n") if x]
+    dev_ids = [json.loads(x)["id"] for x in dev.read_text(encoding="utf-8").split("\n") if x]
+    assert (n_train, n_dev) == (40, 10) and len(train_ids) == 40 and len(dev_ids) == 10
+    assert not set(train_ids) & set(dev_ids)
+    assert set(train_ids) | set(dev_ids) == {r["id"] for r in recs}

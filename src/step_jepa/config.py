@@ -35,8 +35,20 @@ class TrainConfig:
     # Step-JEPA
     lbd: float = _f(0.1, "λ, weight of the JEPA loss (0 = plain SFT, no extra tokens)")
     gamma: float = _f(1.0, "γ, weight of the LM loss")
-    jepa_loss: str = _f("cosine", "cosine | l2 | mse | infonce", choices=("cosine", "l2", "mse", "infonce"))
+    jepa_loss: str = _f("cosine", "cosine | l2 | mse | infonce | vicreg",
+                        choices=("cosine", "l2", "mse", "infonce", "vicreg"))
     jepa_temperature: float = _f(0.1, "InfoNCE temperature")
+    vicreg_weight: float = _f(0.0, "add a VICReg variance/covariance term on both views with this weight")
+    jepa_layer: int = _f(-1, "decoder layer whose output gives the views (-1 = last)")
+    jepa_final_norm: bool = _f(True, "apply the model's final norm to the views")
+    jepa_predictor_head: str = _f("none", "none | mlp: predictor head on view 1 (saved, unused at generation)",
+                                  choices=("none", "mlp"))
+    jepa_target: str = _f("grad", "view 2 with gradients (grad), stop-gradient, or from an EMA model",
+                          choices=("grad", "stopgrad", "ema"))
+    ema_decay: float = _f(0.996, "decay of the EMA target model (--jepa_target ema)")
+    lbd_schedule: str = _f("constant", "λ after warm-up: constant | linear | cosine decay to 0",
+                           choices=("constant", "linear", "cosine"))
+    lbd_warmup_steps: int = _f(0, "linear warm-up of λ from 0 over this many steps")
     predictors: int = _f(1, "K, number of predictor tokens after step i")
     pairs: str = _f("first", "which step pairs: first (S1→S2) | random | all", choices=("first", "random", "all"))
     jepa_ratio: float = _f(1.0, "probability that a training step computes the JEPA term")
@@ -158,3 +170,17 @@ def save_config(cfg: Any, output_dir: str | Path) -> Path:
 
 def format_config(cfg: Any) -> str:
     return json.dumps(dataclasses.asdict(cfg), indent=1)
+
+
+def options_markdown(cls: type = TrainConfig) -> str:
+    """The options table of docs/options.md, generated from the dataclass so it cannot drift."""
+    hints = get_type_hints(cls)
+    rows = ["| flag | type | default | meaning |", "|---|---|---|---|"]
+    for f in fields(cls):
+        tp = _optional(hints[f.name])
+        rows.append(f"| `--{f.name}` | {getattr(tp, '__name__', str(tp))} | `{f.default}` | {f.metadata.get('help', '')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(options_markdown(), end="")

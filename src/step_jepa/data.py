@@ -847,6 +847,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--min_steps", type=int, default=2, help="skip examples with fewer steps (default: 2)")
     p.add_argument("--system_prompt", default=DEFAULT_SYSTEM_PROMPT, help="system prompt for records that have none")
     p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
+    p.add_argument("--dev_fraction", type=float, default=0.0,
+                   help="hold out this fraction (seeded by --seed) as <output stem>.dev.jsonl for model selection")
     p.set_defaults(func=_run_prepare)
 
 
@@ -870,4 +872,29 @@ def _run_prepare(args: argparse.Namespace) -> int:
     if report.written == 0:
         print(f"error: no examples were written to {args.output}", file=sys.stderr)
         return 1
+    if args.dev_fraction > 0:
+        n_train, n_dev, dev = split_dev(args.output, args.dev_fraction, args.seed)
+        print(f"held out {n_dev} examples in {dev}; {n_train} remain in {args.output}")
     return 0
+
+
+def split_dev(path: str | Path, fraction: float, seed: int) -> tuple[int, int, Path]:
+    """Move a seeded random `fraction` of a prepared file's lines to `<stem>.dev.jsonl`.
+
+    A fixed held-out split of the *training* data is where hyper-parameters get chosen, so the
+    test set is touched only for the final comparison.
+    """
+    import random
+
+    if not 0 < fraction < 1:
+        raise DataError(f"--dev_fraction must be in (0, 1), got {fraction}")
+    src = Path(path)
+    # split on "\n" only: str.splitlines would also split on U+2028 inside JSON strings
+    lines = [line + "\n" for line in src.read_text(encoding="utf-8").split("\n") if line.strip()]
+    order = list(range(len(lines)))
+    random.Random(seed).shuffle(order)
+    dev_idx = set(order[: max(1, round(fraction * len(lines)))])
+    dev = src.with_name(src.stem + ".dev.jsonl")
+    dev.write_text("".join(lines[i] for i in sorted(dev_idx)), encoding="utf-8")
+    src.write_text("".join(line for i, line in enumerate(lines) if i not in dev_idx), encoding="utf-8")
+    return len(lines) - len(dev_idx), len(dev_idx), dev

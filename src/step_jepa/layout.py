@@ -99,6 +99,21 @@ def pass2_items(ex: Segmented, pairs: list[int], pred_ids: list[int], uid0: int)
     return out
 
 
+def copy_items(ex: Segmented, pairs: list[int], pred_ids: list[int], uid0: int) -> list[Item]:
+    """Only the isolated copies of step i+1 (same positions), for a target encoder (EMA) that
+    needs view 2 but nothing else."""
+    out = []
+    K = len(pred_ids)
+    for j, i in enumerate(pairs):
+        e_i = ex.step_spans[i][1]
+        s2, e2 = ex.step_spans[i + 1]
+        it = Item()
+        it.add(list(ex.input_ids[s2:e2]), COPY, uid0 + j, 0, list(range(e_i + K, e_i + K + e2 - s2)))
+        it.views.append((uid0 + j, len(it) - 1, len(it) - 1))
+        out.append(it)
+    return out
+
+
 def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1) -> dict[str, torch.Tensor]:
     """Place rows of items into padded [B, T] tensors and resolve view indices to (row, column)."""
     lengths = [sum(len(it) for it in row) for row in items]
@@ -176,6 +191,7 @@ class StepJEPACollator:
     pad_multiple: int = 1
     seed: int = 0
     jepa_ratio: float = 1.0
+    target_copies: bool = False  # also emit the copies alone under 'copies' (EMA target encoder)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -198,6 +214,10 @@ class StepJEPACollator:
             p2 = [it for ex, s, u in zip(exs, selected, uid0) for it in pass2_items(ex, s, self.pred_ids, u)]
             if p2:
                 batch["pass2"] = self._place(p2)
+        if self.target_copies and use_jepa:
+            cp = [it for ex, s, u in zip(exs, selected, uid0) for it in copy_items(ex, s, self.pred_ids, u)]
+            if cp:
+                batch["copies"] = self._place(cp)
         n_pairs = uid0[-1]
         batch["pair_example"] = torch.tensor([k for k, s in enumerate(selected) for _ in s], dtype=torch.long)
         batch["n_examples"] = torch.tensor(len(exs))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("cosine", "l2", "mse", "infonce")
+LOSSES = ("cosine", "l2", "mse", "infonce", "vicreg")
 
 
 def cosine_loss(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
@@ -40,6 +40,42 @@ def infonce_loss(v1: torch.Tensor, v2: torch.Tensor, temperature: float = 0.1) -
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def variance_covariance(v: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg's anti-collapse terms for one view: hinge on each dimension's std (target 1) plus the
+    squared off-diagonal covariance. Zero only when the batch's embeddings are spread and decorrelated,
+    so it cannot be satisfied by mapping every step to one vector."""
+    if len(v) < 2:
+        return v.new_zeros(())
+    v = v - v.mean(0)
+    std = torch.sqrt(v.var(0) + eps)
+    var_term = F.relu(1.0 - std).mean()
+    cov = (v.T @ v) / (len(v) - 1)
+    off = cov - torch.diag(torch.diag(cov))
+    return var_term + off.pow(2).sum() / v.shape[1]
+
+
+def vicreg_loss(v1: torch.Tensor, v2: torch.Tensor, inv_weight: float = 1.0, reg_weight: float = 1.0) -> torch.Tensor:
+    """Invariance (MSE between views) plus the variance/covariance regulariser on both views."""
+    return inv_weight * F.mse_loss(v1, v2) + reg_weight * (variance_covariance(v1) + variance_covariance(v2))
+
+
+def gather_views(v: torch.Tensor) -> torch.Tensor:
+    """All ranks' views, differentiable, so in-batch negatives span the global batch under DDP."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return v
+    from torch.distributed.nn.functional import all_gather
+
+    n = torch.tensor([len(v)], device=v.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    m = int(max(s.item() for s in sizes))
+    padded = F.pad(v, (0, 0, 0, m - len(v)))
+    parts = all_gather(padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
 def jepa_loss(v1: torch.Tensor, v2: torch.Tensor, kind: str, temperature: float = 0.1) -> torch.Tensor:
     """Dispatch on the loss name; views are upcast to fp32 first."""
     v1, v2 = v1.float(), v2.float()
@@ -51,6 +87,8 @@ def jepa_loss(v1: torch.Tensor, v2: torch.Tensor, kind: str, temperature: float 
         return mse_loss(v1, v2)
     if kind == "infonce":
         return infonce_loss(v1, v2, temperature)
+    if kind == "vicreg":
+        return vicreg_loss(v1, v2)
     raise ValueError(f"unknown jepa loss {kind!r}; choose one of {', '.join(LOSSES)}")
 
 

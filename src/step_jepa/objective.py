@@ -7,13 +7,14 @@ are computed only at labelled positions, and the views are gathered from the fin
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from .layout import meta_of
-from .losses import jepa_loss
+from .losses import gather_views, jepa_loss, variance_covariance
 from .masks import ORIG, PAD, build_attention_mask
 from .modeling import chunked_lm_loss_sum
 from .segment import IGNORE_INDEX
@@ -25,6 +26,44 @@ class JEPAOptions:
     gamma: float = 1.0
     loss: str = "cosine"
     temperature: float = 0.1
+    layer: int = -1  # decoder layer whose output gives the views (-1 = last)
+    final_norm: bool = True  # apply the model's final norm to the views
+    head: str = "none"  # none | mlp: a predictor head on view 1 only
+    target: str = "grad"  # grad | stopgrad | ema: where view 2 comes from
+    ema_decay: float = 0.996
+    vicreg_weight: float = 0.0
+    lbd_schedule: str = "constant"
+    lbd_warmup_steps: int = 0
+
+    def lbd_at(self, step: int, total_steps: int) -> float:
+        """λ at an optimizer step: linear warm-up, then constant or decaying to 0 at the end."""
+        import math
+
+        if self.lbd_warmup_steps and step < self.lbd_warmup_steps:
+            return self.lbd * step / self.lbd_warmup_steps
+        if self.lbd_schedule == "constant" or total_steps <= self.lbd_warmup_steps:
+            return self.lbd
+        frac = min(1.0, (step - self.lbd_warmup_steps) / max(1, total_steps - self.lbd_warmup_steps))
+        if self.lbd_schedule == "linear":
+            return self.lbd * (1.0 - frac)
+        return self.lbd * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+class PredictorHead(nn.Module):
+    """A small MLP on view 1 only (BYOL/JEPA-style predictor); trained, saved, unused at generation.
+
+    Starts as the identity (zero-initialised last layer + residual), so switching it on does not
+    perturb the first steps of training.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
 
 
 def _is_plain_causal(part: dict[str, torch.Tensor]) -> bool:
@@ -39,6 +78,25 @@ class StepJEPAModel(nn.Module):
         super().__init__()
         self.lm = lm
         self.options = options
+        hidden = lm.get_input_embeddings().weight.shape[1]
+        self.head = PredictorHead(hidden) if options.head == "mlp" else None
+        # Kept out of the module tree (a list) so the optimizer, DDP and checkpoints ignore it.
+        self._ema: list[nn.Module] = []
+        if options.target == "ema":
+            ema = copy.deepcopy(lm).eval()
+            ema.requires_grad_(False)
+            self._ema.append(ema)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema ← d·ema + (1−d)·online, after each optimizer step."""
+        if not self._ema:
+            return
+        d = self.options.ema_decay
+        for pe, p in zip(self._ema[0].parameters(), self.lm.parameters()):
+            if pe.device != p.device:
+                self._ema[0].to(p.device)
+            pe.lerp_(p.detach().to(pe.dtype), 1.0 - d)
 
     @property
     def config(self):
@@ -55,16 +113,37 @@ class StepJEPAModel(nn.Module):
     def attn_impl(self) -> str:
         return getattr(self.lm.config, "_attn_implementation", None) or "sdpa"
 
-    def hidden_states(self, part: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Final hidden states [B, T, H] (after the final norm) under the layout's attention mask."""
+    def _mask(self, part: dict[str, torch.Tensor]):
         if _is_plain_causal(part):
-            mask = (part["role"] != PAD).long()
-        else:
-            dtype = self.lm.get_input_embeddings().weight.dtype
-            mask = build_attention_mask(meta_of(part), self.attn_impl(), dtype)
-        out = self.lm.get_decoder()(
-            input_ids=part["input_ids"], attention_mask=mask, position_ids=part["position_ids"], use_cache=False)
-        return out.last_hidden_state
+            return (part["role"] != PAD).long()
+        dtype = self.lm.get_input_embeddings().weight.dtype
+        return build_attention_mask(meta_of(part), self.attn_impl(), dtype)
+
+    def hidden_states(self, part: dict[str, torch.Tensor], lm: nn.Module | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final hidden states [B, T, H] for the LM head, hidden states for the views).
+
+        The views come from `--jepa_layer` (captured by a forward hook, so no list of every
+        layer's states is requested), with or without the final norm.
+        """
+        decoder = (lm or self.lm).get_decoder()
+        o = self.options
+        captured: list[torch.Tensor] = []
+        hook = None
+        if o.layer != -1 or not o.final_norm:
+            layer = decoder.layers[o.layer]
+            hook = layer.register_forward_hook(lambda m, i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+        try:
+            out = decoder(input_ids=part["input_ids"], attention_mask=self._mask(part),
+                          position_ids=part["position_ids"], use_cache=False)
+        finally:
+            if hook is not None:
+                hook.remove()
+        final = out.last_hidden_state
+        if not captured:
+            return final, final
+        views = decoder.norm(captured[-1]) if o.final_norm else captured[-1]
+        return final, views
 
     def lm_sum(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed next-token loss over labelled positions only (no [B, T, V] logits)."""
@@ -76,19 +155,44 @@ class StepJEPAModel(nn.Module):
         rows = part["view_rows"]
         return hidden[rows, part["view1_cols"]], hidden[rows, part["view2_cols"]]
 
+    def target_views(self, batch: dict, v2: torch.Tensor) -> torch.Tensor:
+        """View 2 as the objective sees it: with gradients (the seed), detached, or from the EMA model."""
+        o = self.options
+        if o.target == "stopgrad":
+            return v2.detach()
+        if o.target == "ema":
+            part = batch["copies"]
+            with torch.no_grad():
+                ema = self._ema[0]
+                if next(ema.parameters()).device != v2.device:
+                    ema.to(v2.device)
+                _, h = self.hidden_states(part, lm=ema)
+            return h[part["view_rows"], part["view2_cols"]]
+        return v2
+
     def forward(self, **batch) -> dict[str, torch.Tensor]:
         """Returns lm_sum (summed token losses), n_tokens, jepa (mean over pairs) and the views."""
-        hidden = self.hidden_states(batch)
-        out = {"lm_sum": self.lm_sum(hidden, batch["lm_targets"]),
+        final, vh = self.hidden_states(batch)
+        out = {"lm_sum": self.lm_sum(final, batch["lm_targets"]),
                "n_tokens": (batch["lm_targets"] != IGNORE_INDEX).sum()}
-        source, part = (hidden, batch)
+        source, part = (vh, batch)
         if "pass2" in batch:  # two-pass reference: views come from a second forward pass
             part = batch["pass2"]
-            source = self.hidden_states(part)
+            source = self.hidden_states(part)[1]
         if part["view_rows"].numel() > 0:
             v1, v2 = self.views(source, part)
+            if self.head is not None:
+                v1 = self.head(v1)
+            v2 = self.target_views(batch, v2)
+            if self.options.loss == "infonce":  # negatives from every rank's pairs
+                v1, v2 = gather_views(v1), gather_views(v2)
             out["jepa"] = jepa_loss(v1, v2, self.options.loss, self.options.temperature)
+            if self.options.vicreg_weight > 0:
+                reg = variance_covariance(v1.float()) + variance_covariance(v2.float())
+                out["jepa"] = out["jepa"] + self.options.vicreg_weight * reg
             out["view1"], out["view2"] = v1.detach(), v2.detach()
         else:
-            out["jepa"] = hidden.new_zeros((), dtype=torch.float32)
+            # Touch the head so DDP sees its parameters used even on a step without pairs.
+            zero = final.new_zeros((), dtype=torch.float32)
+            out["jepa"] = zero + (sum(p.sum() for p in self.head.parameters()) * 0 if self.head is not None else 0)
         return out

@@ -7,18 +7,25 @@ accumulation and ranks, the collapse monitor, non-finite-loss skipping and savin
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-import math
 import os
 import random
+import re
+import shutil
 import time
+import zipfile
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
 
 from .config import TrainConfig, format_config, save_config
 from .layout import StepJEPACollator
@@ -28,8 +35,19 @@ from .objective import JEPAOptions, StepJEPAModel
 from .segment import Segmented, SegmentError, segment
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised after --max_nonfinite_steps consecutive steps with a NaN/inf loss."""
+class NonFiniteLossError(RuntimeError, ValueError):
+    """Raised after --max_nonfinite_steps consecutive steps with a NaN/inf loss or gradient.
+
+    Also a ValueError so that `step-jepa train` reports it as one line with exit code 2 (the CLI
+    treats ValueErrors as problems the user fixes: learning rate, data, precision), not a traceback.
+    """
+
+
+# A checkpoint is written under this name and renamed to checkpoint-N only once complete, so a
+# kill mid-save never leaves a directory that looks like a checkpoint. The leading dot keeps it
+# out of get_last_checkpoint / rotate_checkpoints, which only match "checkpoint-<N>".
+STAGING_PREFIX = f".tmp-{PREFIX_CHECKPOINT_DIR}"
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 class ListDataset(Dataset):
@@ -69,14 +87,18 @@ def segment_all(records: list[dict], tokenizer, max_length: int) -> tuple[list[S
     """Tokenize every record; unusable ones are counted per reason and reported, never dropped silently."""
     out: list[Segmented] = []
     skipped: Counter = Counter()
+    skipped_examples: list[dict[str, str]] = []
     for r in records:
         try:
             out.append(segment(r, tokenizer, max_length))
         except SegmentError as e:
             skipped[e.reason] += 1
+            if len(skipped_examples) < 20:  # enough to find them; counts stay exact
+                skipped_examples.append({"id": str(r.get("id", "")), "reason": str(e)})
     stats = {
         "examples": len(out),
         "skipped": dict(skipped),
+        "skipped_examples": skipped_examples,
         "truncated": sum(ex.truncated for ex in out),
         "without_valid_pair": sum(not ex.valid_pairs() for ex in out),
         "first_pair_invalid": sum(0 not in ex.valid_pairs() for ex in out),
@@ -157,7 +179,8 @@ class StepJEPATrainer(Trainer):
         self._acc: dict[str, float] = defaultdict(float)
         self._t0 = time.perf_counter()
         self._nonfinite_run = 0
-        self._skip_step = False
+        self._nonfinite_loss: torch.Tensor | None = None
+        self._staging_root: str | None = None
 
     # ---- token counting across accumulation and ranks
     def get_batch_samples(self, *args, **kwargs):
@@ -177,10 +200,15 @@ class StepJEPATrainer(Trainer):
         lm = out["lm_sum"] / n_tokens.clamp(min=1) * world
         loss = cfg.gamma * lm
         if cfg.lbd > 0:
-            loss = loss + cfg.lbd * out["jepa"] / (ga if num_items_in_batch is not None else 1)
+            lbd = self.jepa_options.lbd_at(self.state.global_step, self.state.max_steps)
+            loss = loss + lbd * out["jepa"] / (ga if num_items_in_batch is not None else 1)
         if model.training:
             self._record(inputs, out)
         return (loss, out) if return_outputs else loss
+
+    @property
+    def jepa_options(self) -> JEPAOptions:
+        return self.accelerator.unwrap_model(self.model).options
 
     def _record(self, inputs: dict, out: dict) -> None:
         a = self._acc
@@ -200,34 +228,49 @@ class StepJEPATrainer(Trainer):
     # ---- non-finite losses: skip the optimizer step, stop after too many in a row
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if not torch.isfinite(loss):
-            self._skip_step = True
+        # Kept as a device tensor (no sync here); read once per optimizer step in `_guarded_step`.
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite_loss = bad if self._nonfinite_loss is None else self._nonfinite_loss | bad
         return loss
 
     def create_optimizer(self, *args, **kwargs):
+        """Wrap `optimizer.step` of the raw optimizer: accelerate's AcceleratedOptimizer and the LR
+        scheduler both call through it, and the Trainer offers no public hook that can veto a step."""
         opt = super().create_optimizer(*args, **kwargs)
-        inner_step = opt.step
-
-        def guarded_step(*a, **kw):
-            skip = torch.tensor(float(self._skip_step), device=self.args.device)
-            if self.args.world_size > 1:
-                skip = self.accelerator.reduce(skip, reduction="sum")  # every rank skips together
-            self._skip_step = False
-            if skip.item() > 0:
-                self._nonfinite_run += 1
-                self._acc["skipped_steps"] += 1
-                print(f"[step-jepa] non-finite loss at step {self.state.global_step + 1}: optimizer step skipped "
-                      f"({self._nonfinite_run}/{self.step_config.max_nonfinite_steps} in a row)", flush=True)
-                if self._nonfinite_run >= self.step_config.max_nonfinite_steps:
-                    raise NonFiniteLossError(
-                        f"{self._nonfinite_run} consecutive non-finite losses: stopping. Lower --learning_rate, "
-                        "check the data, or use --bf16 false.")
-                return None
-            self._nonfinite_run = 0
-            return inner_step(*a, **kw)
-
-        opt.step = guarded_step
+        if not getattr(opt, "_step_jepa_guarded", False):  # create_optimizer may be called again
+            inner_step = opt.step
+            opt.step = lambda *a, **kw: self._guarded_step(opt, inner_step, *a, **kw)
+            opt._step_jepa_guarded = True
         return opt
+
+    def _guarded_step(self, opt: torch.optim.Optimizer, inner_step, *args, **kwargs):
+        """Skip the update when any rank saw a non-finite loss or gradient this step.
+
+        Gradients are checked too: the Trainer has already clipped them, and clipping NaN
+        gradients (or a finite loss with an overflowing backward) spreads NaN to every parameter.
+        Skipping means the inner step never runs, so weights and Adam moments/step counts are
+        untouched, and the gradients are dropped so they cannot leak into the next step.
+        """
+        params = [p for g in opt.param_groups for p in g["params"]]
+        bad = ~grads_finite(params)
+        if self._nonfinite_loss is not None:
+            bad = bad | self._nonfinite_loss.to(bad.device)
+        self._nonfinite_loss = None
+        if not any_rank(bad):
+            self._nonfinite_run = 0
+            return inner_step(*args, **kwargs)
+        opt.zero_grad(set_to_none=True)
+        self._nonfinite_run += 1
+        self._acc["skipped_steps"] += 1
+        limit = self.step_config.max_nonfinite_steps
+        print(f"[step-jepa] non-finite loss or gradient at step {self.state.global_step + 1}: optimizer step "
+              f"skipped ({self._nonfinite_run}/{limit} in a row)", flush=True)
+        if self._nonfinite_run >= limit:
+            raise NonFiniteLossError(
+                f"{self._nonfinite_run} consecutive optimizer steps with a non-finite loss or gradient "
+                f"(last at step {self.state.global_step + 1}): stopping. Lower --learning_rate, check the data, "
+                "or use --bf16 false; resume from the last checkpoint with --resume.")
+        return None
 
     # ---- logging
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
@@ -241,6 +284,8 @@ class StepJEPATrainer(Trainer):
             for k in [k[2:] for k in a if k.startswith("d_")]:
                 logs[k] = a[f"d_{k}"] / a[f"n_{k}"]
             logs["tokens_per_s"] = a["nonpad_tokens"] / max(dt, 1e-9)
+            if self.step_config.lbd > 0:
+                logs["lbd"] = self.jepa_options.lbd_at(self.state.global_step, self.state.max_steps)
             logs["skipped_steps"] = a["skipped_steps"]
             if torch.cuda.is_available():
                 logs["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -252,14 +297,110 @@ class StepJEPATrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        lm = self.accelerator.unwrap_model(self.model).lm
-        lm.save_pretrained(output_dir, safe_serialization=True)
+        wrapper = self.accelerator.unwrap_model(self.model)
+        wrapper.lm.save_pretrained(output_dir, safe_serialization=True)
+        if wrapper.head is not None:  # the predictor head is part of training only, kept beside the model
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in wrapper.head.state_dict().items()},
+                      os.path.join(output_dir, HEAD_FILE))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         save_config(self.step_config, output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        load_lm_weights(self.accelerator.unwrap_model(self.model).lm, resume_from_checkpoint)
+        wrapper = self.accelerator.unwrap_model(self.model)
+        load_lm_weights(wrapper.lm, resume_from_checkpoint)
+        if wrapper.head is not None:
+            from safetensors.torch import load_file
+
+            wrapper.head.load_state_dict(load_file(os.path.join(resume_from_checkpoint, HEAD_FILE)))
+
+    # ---- atomic checkpoints: stage into .tmp-checkpoint-N, rename to checkpoint-N when complete
+    def _get_output_dir(self, trial) -> str:
+        staging = getattr(self, "_staging_root", None)
+        return staging if staging is not None else super()._get_output_dir(trial=trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's own checkpoint writer, pointed at a staging directory, then published.
+
+        Redirecting `_get_output_dir` (rather than copying `_save_checkpoint`) keeps whatever the
+        installed transformers writes (weights, optimizer, scheduler, scaler, per-rank RNG,
+        trainer_state.json). The Trainer's rotation then only sees the staging dir, so rotation
+        of the real checkpoints runs here, after the rename.
+        """
+        run_dir = super()._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, f"{STAGING_PREFIX}-{self.state.global_step}")
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # left over by a run killed while saving
+        self.accelerator.wait_for_everyone()
+        self._staging_root = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG/optimizer shard
+        if self.args.should_save:
+            publish_checkpoint(Path(staging) / name, Path(run_dir) / name)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()  # nobody reads or rotates before the rename
+
+
+def grads_finite(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """A 0-d bool tensor: True when every gradient is finite (one fused norm, no host sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(True)
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if total_norm is not None:
+        norm = total_norm(grads, error_if_nonfinite=False)
+    else:
+        norm = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]).sum()
+    if hasattr(norm, "full_tensor"):  # FSDP2 DTensor gradients: the norm of the whole tensor
+        norm = norm.full_tensor()
+    return torch.isfinite(norm)
+
+
+def any_rank(flag: torch.Tensor) -> bool:
+    """True when `flag` is set on any process, so every DDP/FSDP rank takes the same decision (a
+    rank that stepped while another skipped would silently desynchronise the replicas)."""
+    flag = flag.to(torch.int32)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush a checkpoint's files (and the directory entries) to disk before it is published, so a
+    power loss cannot leave a renamed checkpoint whose contents never reached the disk."""
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def publish_checkpoint(staged: Path, final: Path) -> None:
+    """Rename a fully written checkpoint into place. An existing checkpoint of the same step
+    (e.g. a damaged one skipped on resume) is moved aside first: rename cannot replace a
+    non-empty directory, and deleting it first would leave a moment with neither."""
+    _fsync_tree(staged)
+    old = final.with_name(f".old-{final.name}")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(staged, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_lm_weights(lm, ckpt: str) -> None:
@@ -287,6 +428,19 @@ def load_lm_weights(lm, ckpt: str) -> None:
                            f"unexpected {unexpected[:5]})")
 
 
+HEAD_FILE = "jepa_head.safetensors"
+
+
+class EMACallback(TrainerCallback):
+    """Moves the EMA target model towards the online model after every optimizer step."""
+
+    def __init__(self, model: StepJEPAModel):
+        self.model = model
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.model.update_ema()
+
+
 class MetricsFileCallback(TrainerCallback):
     """Appends every log record (with its step) to output_dir/metrics.jsonl on the main process."""
 
@@ -312,58 +466,208 @@ def training_arguments(cfg: TrainConfig, n_examples: int) -> TrainingArguments:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, warmup_steps=cfg.warmup_ratio,
         lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed, data_seed=cfg.seed,
+        seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit, report_to=report, remove_unused_columns=False,
         dataloader_num_workers=cfg.dataloader_num_workers, disable_tqdm=False,
-        ddp_find_unused_parameters=False,
+        # A predictor head is idle on steps without the JEPA term (--jepa_ratio < 1).
+        ddp_find_unused_parameters=cfg.jepa_predictor_head != "none" and cfg.jepa_ratio < 1,
+        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        use_cpu=not torch.cuda.is_available(),  # makes accelerate choose gloo DDP under torchrun on CPU
     )
 
 
-def prepare_output_dir(cfg: TrainConfig) -> str | None:
-    """Refuse to mix runs; return the checkpoint to resume from (with --resume)."""
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (known before the Trainer initialises torch.distributed)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_output_dir(cfg: TrainConfig) -> str | None:
+    """Refuse to mix runs; return the checkpoint to resume from (with --resume). Writes nothing, so
+    a run that then fails on its data leaves the directory as it was."""
     out = Path(cfg.output_dir)
-    ckpt = latest_checkpoint(out) if cfg.resume else None
-    if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite_output_dir):
-        raise FileExistsError(
-            f"{out} is not empty (another run?). Use --resume to continue it, --overwrite_output_dir to "
-            "write into it anyway, or choose another --output_dir.")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--output_dir {out} exists and is not a directory")
+    if not cfg.resume:
+        # Under torchrun only rank 0 judges the directory: the others would see rank 0's first files.
+        if _is_main_process() and out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
+            raise FileExistsError(
+                f"{out} is not empty (another run?). Use --resume to continue it, --overwrite_output_dir to "
+                "write into it anyway, or choose another --output_dir.")
+        return None
+    ckpt = latest_checkpoint(out)
+    if _is_main_process():
+        print(f"[step-jepa] --resume: continuing from {ckpt}" if ckpt else
+              f"[step-jepa] --resume: no complete checkpoint in {out}; starting a fresh run", flush=True)
     return ckpt
 
 
-def latest_checkpoint(out: Path) -> str | None:
-    """The newest checkpoint-N dir that holds weights and trainer state."""
-    from transformers.trainer_utils import get_last_checkpoint
+def prepare_output_dir(cfg: TrainConfig, ckpt: str | None) -> None:
+    """Create the output dir and make metrics.jsonl describe this run: a fresh run starts it
+    anew; a resumed run drops the lines logged after the checkpoint (those steps are redone and
+    logged again, and would otherwise appear twice)."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not _is_main_process():
+        return
+    for stale in out.glob(f"{STAGING_PREFIX}-*"):  # a save interrupted by a kill
+        shutil.rmtree(stale, ignore_errors=True)
+    metrics = out / "metrics.jsonl"
+    if ckpt is None:
+        metrics.unlink(missing_ok=True)
+    elif metrics.exists():
+        step = json.loads((Path(ckpt) / TRAINER_STATE_NAME).read_text())["global_step"]
+        keep = [line for line in metrics.read_text().splitlines(keepends=True) if _logged_step(line) <= step]
+        metrics.write_text("".join(keep))
 
+
+def _logged_step(line: str) -> float:
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a line cut by the kill: drop it
+
+
+def checkpoint_problems(ckpt: Path) -> list[str]:
+    """Why `ckpt` cannot be resumed from (empty list: it looks complete).
+
+    Cheap structural checks that catch a kill or a full disk mid-save: required files exist,
+    trainer_state.json parses, safetensors headers parse and cover the file, and torch pickles
+    (zip archives) still have their central directory, which is written last.
+    """
+    problems: list[str] = []
+    try:
+        json.loads((ckpt / TRAINER_STATE_NAME).read_text())["global_step"]
+    except FileNotFoundError:
+        problems.append(f"{TRAINER_STATE_NAME} missing")
+    except (ValueError, KeyError, TypeError):
+        problems.append(f"{TRAINER_STATE_NAME} unreadable")
+    problems += _weights_problems(ckpt)
+    for name in (OPTIMIZER_NAME, SCHEDULER_NAME):
+        if not (ckpt / name).exists():
+            problems.append(f"{name} missing")
+        elif not zipfile.is_zipfile(ckpt / name):
+            problems.append(f"{name} truncated or corrupt")
+    rng = sorted(ckpt.glob("rng_state*.pth"))
+    if not rng:
+        problems.append("rng_state.pth missing")
+    problems += [f"{f.name} truncated or corrupt" for f in rng if not zipfile.is_zipfile(f)]
+    return problems
+
+
+def _weights_problems(ckpt: Path) -> list[str]:
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(ckpt.glob("adapter_model.safetensors")) or sorted(ckpt.glob("model*.safetensors"))
+    index = ckpt / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError):
+            return [f"{index.name} unreadable"]
+        missing = sorted(s for s in shards if not (ckpt / s).exists())
+        if missing:
+            return [f"weight shard(s) missing: {', '.join(missing)}"]
+    if not files:
+        return ["no model.safetensors or adapter_model.safetensors"]
+    problems = []
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:  # checks the header covers the file
+                st.keys()
+        except (SafetensorError, OSError) as e:
+            problems.append(f"{f.name} truncated or corrupt ({str(e).splitlines()[0][:80]})")
+    return problems
+
+
+def latest_checkpoint(out: Path) -> str | None:
+    """The newest checkpoint-N in `out` that passes `checkpoint_problems`; damaged ones are
+    reported and skipped in favour of the previous one."""
+    out = Path(out)
     if not out.is_dir():
         return None
-    return get_last_checkpoint(str(out))
+    for ckpt in reversed(sort_checkpoints(str(out), use_mtime=False)):
+        if not _CHECKPOINT_RE.match(Path(ckpt).name):
+            continue  # checkpoint-* globbing also matches names like checkpoint-3-backup
+        problems = checkpoint_problems(Path(ckpt))
+        if not problems:
+            return ckpt
+        print(f"[step-jepa] warning: {ckpt} is damaged ({'; '.join(problems)}); skipping it", flush=True)
+    return None
 
 
-def build_collator(cfg: TrainConfig, tok, pred_ids: list[int], attn: str) -> StepJEPACollator:
+class BatchSeededCollator:
+    """Makes the collator's random choices (--pairs random, --jepa_ratio < 1) a function of the
+    batch's examples instead of how many batches came before.
+
+    The wrapped collator draws from one running RNG, and a resumed run skips the batches it has
+    seen without collating them, so the draws after a resume would differ from an uninterrupted
+    run's. Seeding each batch from its example ids keeps resume exact, and also makes the draws
+    independent of data-loader workers and prefetching.
+    """
+
+    def __init__(self, inner: StepJEPACollator):
+        self.inner = inner
+
+    def __call__(self, examples: list) -> dict[str, torch.Tensor]:
+        flat = [e for item in examples for e in (item if isinstance(item, list) else [item])]
+        key = "\x1f".join(f"{ex.id}:{len(ex.input_ids)}" for ex in flat)
+        digest = hashlib.sha256(f"{self.inner.seed}\x1e{key}".encode()).digest()
+        return dataclasses.replace(self.inner, seed=int.from_bytes(digest[:8], "little"))(examples)
+
+
+def jepa_options(cfg: TrainConfig) -> JEPAOptions:
+    return JEPAOptions(
+        lbd=cfg.lbd, gamma=cfg.gamma, loss=cfg.jepa_loss, temperature=cfg.jepa_temperature, layer=cfg.jepa_layer,
+        final_norm=cfg.jepa_final_norm, head=cfg.jepa_predictor_head, target=cfg.jepa_target,
+        ema_decay=cfg.ema_decay, vicreg_weight=cfg.vicreg_weight, lbd_schedule=cfg.lbd_schedule,
+        lbd_warmup_steps=cfg.lbd_warmup_steps)
+
+
+def build_collator(cfg: TrainConfig, tok, pred_ids: list[int], attn: str) -> BatchSeededCollator:
     mode = "sft" if cfg.lbd == 0 else cfg.jepa_mode
-    return StepJEPACollator(
+    return BatchSeededCollator(StepJEPACollator(
         pad_id=tok.pad_token_id, pred_ids=pred_ids, mode=mode, pairs=cfg.pairs, packing=cfg.packing,
         max_tokens=cfg.max_tokens_per_batch, pad_multiple=128 if attn == "flex_attention" else 1,
-        seed=cfg.seed, jepa_ratio=cfg.jepa_ratio,
-    )
+        seed=cfg.seed, jepa_ratio=cfg.jepa_ratio, target_copies=cfg.jepa_target == "ema",
+    ))
 
 
-def run_train(cfg: TrainConfig) -> dict[str, Any]:
-    """The whole `step-jepa train`: data, model, trainer, final save. Returns a summary."""
+def format_data_report(data: dict[str, Any], seg: dict[str, Any]) -> str:
+    """Two readable lines: what happened to the input lines, and to the records at tokenization."""
+    skipped = data.get("skipped") or {}
+    line = f"[step-jepa] data: {data.get('lines_read', 0)} lines read from {data.get('source')}"
+    if "written" in data:
+        line += f", {data['written']} used, {sum(skipped.values())} skipped"
+        line += "".join(f"\n[step-jepa]   {n:>6}  {reason}" for reason, n in skipped.items())
+    seg_line = (f"[step-jepa] segmentation: {seg['examples']} examples, {seg['truncated']} truncated, "
+                f"{seg['without_valid_pair']} without a valid step pair, mean {seg['mean_tokens']} tokens")
+    seg_line += "".join(f"\n[step-jepa]   {n:>6}  skipped: {reason}" for reason, n in seg["skipped"].items())
+    return f"{line}\n{seg_line}"
+
+
+def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+    """The whole `step-jepa train`: data, model, trainer, final save. Returns a summary.
+
+    Order matters for the user: the output dir is checked, then data and model are loaded and
+    tokenized, and only then is anything written, so a bad --train_file or --model leaves the
+    output dir untouched and the same command can be rerun once it is fixed.
+    """
     from transformers import set_seed
 
-    resume_ckpt = prepare_output_dir(cfg)
+    resume_ckpt = check_output_dir(cfg)
     set_seed(cfg.seed)
-    print("[step-jepa] resolved config:\n" + format_config(cfg), flush=True)
-    save_config(cfg, cfg.output_dir)
-    lm, tok, pred_ids, model_path = build_model(cfg)
+    if _is_main_process():
+        print("[step-jepa] resolved config:\n" + format_config(cfg), flush=True)
     records, data_report = load_training_records(cfg)
+    lm, tok, pred_ids, model_path = build_model(cfg)
     examples, seg_stats = segment_all(records, tok, cfg.max_length)
-    print(f"[step-jepa] model: {model_path}\n[step-jepa] data: {json.dumps(data_report)[:600]}\n"
-          f"[step-jepa] segmentation: {json.dumps(seg_stats)}", flush=True)
-    (Path(cfg.output_dir) / "data_report.json").write_text(json.dumps({"data": data_report, "segmentation": seg_stats}, indent=1))
+    print(f"[step-jepa] model: {model_path}\n{format_data_report(data_report, seg_stats)}", flush=True)
+    prepare_output_dir(cfg, resume_ckpt)
+    if _is_main_process():
+        save_config(cfg, cfg.output_dir)
+        (Path(cfg.output_dir) / "data_report.json").write_text(
+            json.dumps({"data": data_report, "segmentation": seg_stats}, indent=1, ensure_ascii=False))
     attn = resolve_attn_implementation(cfg)
     if cfg.packing:
         extra = cfg.predictors + 64 if cfg.lbd > 0 else 0
@@ -371,13 +675,15 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     else:
         dataset = ListDataset(examples)
     collator = build_collator(cfg, tok, pred_ids, attn)
-    model = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd, gamma=cfg.gamma, loss=cfg.jepa_loss,
-                                          temperature=cfg.jepa_temperature))
+    model = StepJEPAModel(lm, jepa_options(cfg))
+    if model._ema:
+        callbacks = [EMACallback(model), *(callbacks or [])]
     if cfg.debug:
         print_debug_batch(collator([dataset[i] for i in range(min(2, len(dataset)))]))
     trainer = StepJEPATrainer(
         model=model, args=training_arguments(cfg, len(examples)), train_dataset=dataset, data_collator=collator,
-        processing_class=tok, step_config=cfg, callbacks=[MetricsFileCallback(Path(cfg.output_dir) / "metrics.jsonl")],
+        processing_class=tok, step_config=cfg,
+        callbacks=[MetricsFileCallback(Path(cfg.output_dir) / "metrics.jsonl"), *(callbacks or [])],
     )
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_ckpt)
@@ -390,11 +696,30 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         tok.save_pretrained(Path(cfg.output_dir) / "merged")
     summary = {"global_step": trainer.state.global_step, "train_seconds": round(seconds, 2),
                "train_loss": result.training_loss, "final_dir": str(final_dir), "model": model_path,
-               "examples": len(examples), "segmentation": seg_stats}
+               "examples": len(examples), "segmentation": seg_stats, "resumed_from": resume_ckpt}
+    if trainer.args.world_size > 1:
+        write_rank_fingerprint(trainer, Path(cfg.output_dir))
     if trainer.is_world_process_zero():
         (Path(cfg.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1))
         print(f"[step-jepa] done: {json.dumps(summary)[:400]}", flush=True)
     return summary
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of all parameters in a fixed order: equal fingerprints mean identical replicas."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_rank_fingerprint(trainer: Trainer, out: Path) -> None:
+    """Each rank writes the fingerprint of its replica, so a DDP run can be checked for drift."""
+    d = out / "rank_fingerprints"
+    d.mkdir(parents=True, exist_ok=True)
+    lm = trainer.accelerator.unwrap_model(trainer.model).lm
+    (d / f"rank{trainer.args.process_index}.txt").write_text(weights_fingerprint(lm))
 
 
 def print_debug_batch(batch: dict[str, Any]) -> None:

@@ -1,0 +1,544 @@
+"""`step-jepa compare`: train and evaluate a grid of configs × seeds, then tabulate and plot accuracy.
+
+A grid file (YAML) has five keys::
+
+    base:        TrainConfig fields shared by every run (model, data, steps, lr, batch size, ...)
+    eval:        test_file | generate (+ seed), max_new_tokens, batch_size, limit, lenient, dtype, system_prompt
+    configs:     name -> overrides of the JEPA options only (lbd, predictors, pairs, jepa_loss, ...)
+    seeds:       [0, 1, 2]
+    output_dir:  where <name>/seed<s>/ run directories and the table/plot go
+    keep_checkpoints: (optional, default true) false deletes checkpoint-*/ of finished runs
+
+Why the overrides are restricted to the JEPA options: the point of the grid is to attribute an
+accuracy difference to the JEPA term. Every run of one seed therefore shares the data, the data
+order (the Trainer's sampler is seeded by `seed`, and the model-side randomness of the JEPA runs —
+predictor-row initialisation, pair sampling — does not touch it; `tests/test_compare.py` checks
+this), the optimiser and the schedule. `check_same_except_jepa` asserts it before anything runs.
+
+Resumability: a run is finished when its `result.json` exists (written last, atomically), and is
+skipped. A run whose training finished (`train_summary.json` + `final/`) but whose evaluation did
+not is only evaluated. Anything else in a run directory is a half-finished run and is redone from
+scratch. A finished result whose recorded train/eval settings differ from the grid's is an error:
+mixing results of two different grids in one table is the mistake this guards against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig, load_yaml
+
+# TrainConfig fields a grid config may override. Everything else must live in `base:`.
+# The JEPA options: every `jepa_*` field plus the ones named without the prefix (taken from
+# TrainConfig itself, so options added to train are accepted without editing this file).
+JEPA_KEYS = frozenset(
+    {f.name for f in dataclasses.fields(TrainConfig) if f.name.startswith("jepa_")}
+    | ({"lbd", "gamma", "predictors", "pairs", "vicreg_weight", "ema_decay", "lbd_schedule", "lbd_warmup_steps"}
+       & {f.name for f in dataclasses.fields(TrainConfig)}))
+# Set by compare for every run; a grid that sets them would break the layout or the seeding.
+RESERVED_KEYS = frozenset({"seed", "output_dir", "overwrite_output_dir", "resume"})
+EVAL_KEYS = frozenset({"test_file", "generate", "seed", "max_new_tokens", "batch_size", "max_batch_tokens",
+                       "limit", "lenient", "dtype", "system_prompt"})
+DEFAULT_EVAL_SEED = 1000  # far from usual training seeds, so generated eval problems are not training ones
+RESULT = "result.json"
+TABLE = "compare_table.md"
+RESULTS = "compare_results.json"
+PLOT = "compare.png"
+GRID_COPY = "compare_grid.json"
+
+
+def log(msg: str) -> None:
+    print(f"[compare] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- grid
+
+
+@dataclass
+class Grid:
+    """A parsed, validated grid file."""
+
+    base: dict[str, Any]
+    eval: dict[str, Any]
+    configs: dict[str, dict[str, Any]]
+    seeds: list[int]
+    output_dir: Path
+    source: str = ""
+    keep_checkpoints: bool = True  # False: delete checkpoint-*/ once result.json is written (final/ stays)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base": self.base, "eval": self.eval, "configs": self.configs, "seeds": self.seeds,
+                "output_dir": str(self.output_dir), "source": self.source, "keep_checkpoints": self.keep_checkpoints}
+
+
+def load_grid(path: str | Path, output_dir: str | None = None) -> Grid:
+    """Read and validate a grid YAML; unknown keys anywhere are errors (typos must not pass silently)."""
+    raw = load_yaml(path)
+    unknown = sorted(set(raw) - {"base", "eval", "configs", "seeds", "output_dir", "keep_checkpoints"})
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s): {', '.join(unknown)}")
+    out = output_dir or raw.get("output_dir")
+    if not out:
+        raise ValueError(f"{path}: 'output_dir' is required (or pass --output_dir)")
+    grid = Grid(base=dict(raw.get("base") or {}), eval=dict(raw.get("eval") or {}),
+                configs={str(k): dict(v or {}) for k, v in (raw.get("configs") or {}).items()},
+                seeds=[int(s) for s in (raw.get("seeds") or [0])], output_dir=Path(out), source=str(path),
+                keep_checkpoints=bool(raw.get("keep_checkpoints", True)))
+    validate_grid(grid)
+    return grid
+
+
+def validate_grid(grid: Grid) -> None:
+    """Check keys and values up front, so that a typo fails before hours of training, not after."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    where = grid.source or "grid"
+    bad = sorted(set(grid.base) - names)
+    if bad:
+        raise ValueError(f"{where}: base: unknown TrainConfig field(s): {', '.join(bad)}")
+    reserved = sorted(set(grid.base) & RESERVED_KEYS)
+    if reserved:
+        raise ValueError(f"{where}: base: {', '.join(reserved)} are set by compare per run (use seeds:/output_dir:)")
+    if not grid.configs:
+        raise ValueError(f"{where}: 'configs' is empty")
+    for name, over in grid.configs.items():
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"{where}: bad config name {name!r} (it becomes a directory name)")
+        wrong = sorted(set(over) - JEPA_KEYS)
+        if wrong:
+            raise ValueError(
+                f"{where}: configs.{name}: only JEPA options may vary between configs "
+                f"({', '.join(sorted(JEPA_KEYS))}); move {', '.join(wrong)} to base: or use another grid")
+    if len(set(grid.seeds)) != len(grid.seeds):
+        raise ValueError(f"{where}: duplicate seeds {grid.seeds}")
+    _validate_eval(grid, where)
+    for name in grid.configs:  # builds and validates every TrainConfig
+        for s in grid.seeds:
+            train_config(grid, name, s)
+    check_same_except_jepa(grid)
+
+
+def _validate_eval(grid: Grid, where: str) -> None:
+    ev = grid.eval
+    bad = sorted(set(ev) - EVAL_KEYS)
+    if bad:
+        raise ValueError(f"{where}: eval: unknown key(s): {', '.join(bad)} (known: {', '.join(sorted(EVAL_KEYS))})")
+    if bool(ev.get("test_file")) == bool(ev.get("generate")):
+        raise ValueError(f"{where}: eval: give exactly one of test_file or generate")
+    if ev.get("dtype", "auto") not in _DTYPES:
+        raise ValueError(f"{where}: eval.dtype must be one of {', '.join(_DTYPES)}")
+    if ev.get("generate") and not grid.base.get("train_file"):
+        eval_seed = int(ev.get("seed", DEFAULT_EVAL_SEED))
+        if eval_seed in grid.seeds:
+            raise ValueError(
+                f"{where}: eval.seed {eval_seed} is also a training seed and training uses the generator "
+                f"(no base.train_file): the test problems would be training problems. Pick another eval.seed.")
+
+
+def train_config(grid: Grid, name: str, seed: int) -> TrainConfig:
+    """The TrainConfig of one run: base, then the config's JEPA overrides, then seed and directory."""
+    values = {**grid.base, **grid.configs[name], "seed": seed,
+              "output_dir": str(run_dir(grid.output_dir, name, seed)), "overwrite_output_dir": True}
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg
+
+
+def shared_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The part of a TrainConfig that must be identical across the configs of one seed."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in JEPA_KEYS | {"output_dir"}}
+
+
+def check_same_except_jepa(grid: Grid) -> None:
+    """Assert the comparison is fair: per seed, all configs share every non-JEPA training setting."""
+    for s in grid.seeds:
+        ref_name = next(iter(grid.configs))
+        ref = shared_settings(train_config(grid, ref_name, s))
+        for name in grid.configs:
+            other = shared_settings(train_config(grid, name, s))
+            diff = sorted(k for k in ref if ref[k] != other[k])
+            if diff:
+                raise AssertionError(f"configs {ref_name} and {name} differ outside the JEPA options: {diff}")
+
+
+def run_dir(output_dir: Path, name: str, seed: int) -> Path:
+    return Path(output_dir) / name / f"seed{seed}"
+
+
+def fingerprint(obj: Any) -> str:
+    """Short stable hash of JSON-able settings, to notice a grid edited between resumed invocations."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- one run
+
+
+_DTYPES = {"auto": None, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def eval_records(grid: Grid) -> list[dict]:
+    """The evaluation set: a file (prepared or raw GSM8K) or generated problems, optionally limited."""
+    ev = grid.eval
+    if ev.get("test_file"):
+        from .data import load_records
+
+        records, _ = load_records(ev["test_file"])
+    else:
+        from .generator import generate_problems
+
+        records = generate_problems(int(ev["generate"]), seed=int(ev.get("seed", DEFAULT_EVAL_SEED)))
+    if ev.get("limit") is not None:
+        records = records[: int(ev["limit"])]
+    if not records:
+        raise ValueError("the evaluation set is empty")
+    return list(records)
+
+
+def _eval_settings(grid: Grid) -> dict[str, Any]:
+    """Evaluation settings as recorded in result.json (the system prompt defaults to training's)."""
+    ev = dict(grid.eval)
+    ev.setdefault("system_prompt", grid.base.get("system_prompt"))
+    if ev.get("generate"):
+        ev.setdefault("seed", DEFAULT_EVAL_SEED)
+    return ev
+
+
+def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]) -> dict[str, Any]:
+    """Load the trained model (full or LoRA adapter dir) and evaluate it with the grid's settings."""
+    import torch
+
+    from .evaluate import evaluate
+    from .modeling import load_for_inference
+
+    ev = _eval_settings(grid)
+    dtype_name = _DTYPES[ev.get("dtype", "auto")]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tok = load_for_inference(str(final_dir), dtype=getattr(torch, dtype_name) if dtype_name else None,
+                                    device=device)
+    try:
+        return evaluate(model, tok, records, out_dir=out_dir, max_new_tokens=int(ev.get("max_new_tokens", 512)),
+                        batch_size=ev.get("batch_size"), max_batch_tokens=ev.get("max_batch_tokens"),
+                        system_prompt=ev.get("system_prompt"), lenient=bool(ev.get("lenient", False)),
+                        progress=False, model_name=str(final_dir))
+    finally:
+        del model
+        _free_memory()
+
+
+def _free_memory() -> None:
+    """Release the previous run's model before the next one is loaded (one process runs many)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def run_state(rdir: Path) -> str:
+    """'done' (result.json), 'trained' (final model, no result), 'partial' (anything else) or 'new'."""
+    if (rdir / RESULT).exists():
+        return "done"
+    if (rdir / "train_summary.json").exists() and (rdir / "final").is_dir():
+        return "trained"
+    if rdir.exists() and any(rdir.iterdir()):
+        return "partial"
+    return "new"
+
+
+def _check_recorded(result: dict, cfg: TrainConfig, ev: dict, rdir: Path) -> None:
+    """A skipped result must come from the same settings as the grid now asks for."""
+    rec_train, rec_eval = result.get("train_config", {}), result.get("eval", {})
+    now_train = cfg.to_dict()
+    diff = sorted(k for k in set(rec_train) | set(now_train) if rec_train.get(k) != now_train.get(k))
+    ediff = sorted(k for k in set(rec_eval) | set(ev) if rec_eval.get(k) != ev.get(k))
+    if diff or ediff:
+        raise ValueError(
+            f"{rdir / RESULT} was produced with other settings (train: {diff or 'same'}, eval: {ediff or 'same'}). "
+            f"Delete {rdir} to redo it, or use another output_dir.")
+
+
+def _check_trained(cfg: TrainConfig, rdir: Path) -> None:
+    """A finished training without result is reused only if it was trained with today's settings."""
+    saved = rdir / "step_jepa_config.yaml"
+    if not saved.exists():
+        return
+    import yaml
+
+    rec = yaml.safe_load(saved.read_text()) or {}
+    now = cfg.to_dict()
+    diff = sorted(k for k in set(rec) | set(now) if rec.get(k) != now.get(k))
+    if diff:
+        raise ValueError(f"{rdir} was trained with other settings ({diff}); delete it to redo the run")
+
+
+def run_one(grid: Grid, name: str, seed: int, records: list[dict]) -> dict[str, Any]:
+    """Train (unless already trained) and evaluate one config × seed; write result.json last."""
+    from .trainer import run_train
+
+    cfg = train_config(grid, name, seed)
+    rdir = run_dir(grid.output_dir, name, seed)
+    ev = _eval_settings(grid)
+    state = run_state(rdir)
+    if state == "done":
+        result = json.loads((rdir / RESULT).read_text())
+        _check_recorded(result, cfg, ev, rdir)
+        log(f"{name} seed {seed}: skipped, already finished ({rdir / RESULT})")
+        return result
+    if state == "trained":
+        _check_trained(cfg, rdir)
+        log(f"{name} seed {seed}: training already finished, evaluating only")
+        train_summary = json.loads((rdir / "train_summary.json").read_text())
+        train_seconds = float(train_summary.get("wall_seconds", train_summary.get("train_seconds", 0.0)))
+    else:
+        if state == "partial":
+            log(f"{name} seed {seed}: {rdir} holds a half-finished run; redoing it from scratch")
+            shutil.rmtree(rdir)
+        log(f"{name} seed {seed}: training -> {rdir}")
+        t0 = time.perf_counter()
+        train_summary = run_train(cfg)
+        train_seconds = time.perf_counter() - t0
+        train_summary["wall_seconds"] = round(train_seconds, 2)
+        (rdir / "train_summary.json").write_text(json.dumps(train_summary, indent=1))
+        _free_memory()
+    log(f"{name} seed {seed}: evaluating {len(records)} examples")
+    t0 = time.perf_counter()
+    summary = evaluate_run(grid, rdir / "final", rdir / "eval", records)
+    eval_seconds = time.perf_counter() - t0
+    result = {
+        "config": name, "seed": seed, "accuracy": summary["accuracy"], "correct": summary["correct"],
+        "n": summary["n"], "no_answer_rate": summary.get("no_answer_rate"),
+        "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
+        "overrides": grid.configs[name], "shared_fingerprint": fingerprint(shared_settings(cfg)),
+        "train_config": cfg.to_dict(), "eval": ev, "train_summary": train_summary,
+        "eval_summary": {k: v for k, v in summary.items() if k != "versions"},
+    }
+    _write_atomic(rdir / RESULT, json.dumps(result, indent=1, default=str))
+    if not grid.keep_checkpoints:
+        # Checkpoints only serve to resume training, which is over; a grid of full fine-tunes
+        # would otherwise keep weights + optimizer state of every run on disk.
+        for ckpt in rdir.glob("checkpoint-*"):
+            shutil.rmtree(ckpt, ignore_errors=True)
+    log(f"{name} seed {seed}: accuracy {result['accuracy']:.4f} ({result['correct']}/{result['n']}), "
+        f"train {train_seconds:.1f} s, eval {eval_seconds:.1f} s")
+    return result
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file + rename, so a crash never leaves a truncated result/table behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_grid(grid: Grid, only: list[str] | None = None, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    """Run the selected config × seed cells in grid order; returns their results (new or skipped)."""
+    names = _select(list(grid.configs), only, "config")
+    chosen = _select(grid.seeds, seeds, "seed")
+    grid.output_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(grid.output_dir / GRID_COPY, json.dumps(grid.to_dict(), indent=1, default=str))
+    records = eval_records(grid)
+    results = []
+    for name in names:
+        for s in chosen:
+            results.append(run_one(grid, name, s, records))
+    return results
+
+
+def _select(available: list, wanted: list | None, what: str) -> list:
+    if not wanted:
+        return list(available)
+    missing = [w for w in wanted if w not in available]
+    if missing:
+        raise ValueError(f"unknown {what}(s) {missing}; the grid has {available}")
+    return [a for a in available if a in wanted]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def collect_results(output_dir: str | Path) -> list[dict[str, Any]]:
+    """Every finished run under output_dir (<name>/seed<s>/result.json)."""
+    out = []
+    for path in sorted(Path(output_dir).glob(f"*/seed*/{RESULT}")):
+        out.append(json.loads(path.read_text()))
+    return out
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single seed, shown as such in the table)."""
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def aggregate(results: list[dict[str, Any]], order: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per config: accuracy mean ± std over seeds, and the paired (same-seed) difference to the baseline.
+
+    The baseline is the first config of the grid (put SFT first). Seeds share data and data order, so
+    the per-seed difference cancels part of the seed noise that the two std's alone would show.
+    """
+    by_name: dict[str, dict[int, dict]] = {}
+    for r in results:
+        by_name.setdefault(r["config"], {})[int(r["seed"])] = r
+    names = [n for n in (order or []) if n in by_name] + sorted(n for n in by_name if n not in (order or []))
+    base = by_name[names[0]] if names else {}
+    rows = []
+    for name in names:
+        runs = by_name[name]
+        seeds = sorted(runs)
+        accs = [float(runs[s]["accuracy"]) for s in seeds]
+        mean, std = _mean_std(accs)
+        common = [s for s in seeds if s in base]
+        deltas = [float(runs[s]["accuracy"]) - float(base[s]["accuracy"]) for s in common]
+        dmean, dstd = _mean_std(deltas) if deltas and name != names[0] else (None, None)
+        rows.append({
+            "config": name, "n": len(seeds), "seeds": seeds, "accuracy": accs, "mean": mean, "std": std,
+            "delta_vs_baseline": dmean, "delta_std": dstd, "baseline": names[0], "paired_seeds": common,
+            "overrides": runs[seeds[0]].get("overrides", {}),
+            "train_seconds": _mean_std([float(runs[s]["train_seconds"]) for s in seeds])[0],
+            "eval_seconds": _mean_std([float(runs[s]["eval_seconds"]) for s in seeds])[0],
+            "n_eval": runs[seeds[0]].get("n"),
+        })
+    return rows
+
+
+def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
+    """Runs of one seed whose shared (non-JEPA) settings or eval settings differ: not comparable."""
+    warnings = []
+    by_seed: dict[int, dict[str, set]] = {}
+    for r in results:
+        d = by_seed.setdefault(int(r["seed"]), {"train": set(), "eval": set()})
+        d["train"].add(r.get("shared_fingerprint"))
+        d["eval"].add(fingerprint(r.get("eval")))
+    for s, d in sorted(by_seed.items()):
+        if len(d["train"]) > 1:
+            warnings.append(f"seed {s}: runs differ in non-JEPA training settings; they are not comparable")
+        if len(d["eval"]) > 1:
+            warnings.append(f"seed {s}: runs were evaluated with different settings")
+    counts = {}
+    for r in results:
+        counts[r["config"]] = counts.get(r["config"], 0) + 1
+    if len(set(counts.values())) > 1:
+        warnings.append(f"unequal numbers of seeds per config: {counts}")
+    return warnings
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f}"
+
+
+def format_table(rows: list[dict[str, Any]], warnings: list[str]) -> str:
+    """Markdown table: accuracy in percent, mean ± sample std over seeds, paired Δ to the baseline."""
+    base = rows[0]["config"] if rows else ""
+    lines = [
+        f"| config | overrides | accuracy % (mean ± std) | n seeds | per seed | Δ vs {base} (paired) | train s | eval s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        over = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "—"
+        per = " / ".join(f"s{s}: {_pct(a)}" for s, a in zip(r["seeds"], r["accuracy"]))
+        delta = "—" if r["delta_vs_baseline"] is None else \
+            f"{100 * r['delta_vs_baseline']:+.2f} ± {100 * r['delta_std']:.2f} (n={len(r['paired_seeds'])})"
+        lines.append(f"| {r['config']} | {over} | {_pct(r['mean'])} ± {_pct(r['std'])} | {r['n']} | {per} | "
+                     f"{delta} | {r['train_seconds']:.1f} | {r['eval_seconds']:.1f} |")
+    n_eval = {r["n_eval"] for r in rows}
+    lines.append("")
+    lines.append(f"Accuracy on {', '.join(str(n) for n in sorted(x for x in n_eval if x is not None))} eval examples; "
+                 "std is the sample std over seeds (0 with one seed). Δ is the mean ± std over seeds of the "
+                 "same-seed difference (same data and data order).")
+    for w in warnings:
+        lines.append(f"\n**Warning:** {w}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_compare(rows: list[dict[str, Any]], path: str | Path):
+    """Bar per config (mean accuracy, std error bar) with each seed's accuracy as a dot; returns the Figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(4.0, 1.3 * len(rows) + 1.5), 4.0))  # no pyplot: no global figure state
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    xs = list(range(len(rows)))
+    means = [100 * r["mean"] for r in rows]
+    stds = [100 * r["std"] for r in rows]
+    ax.bar(xs, means, yerr=stds, capsize=5, color="#4C72B0", alpha=0.8, ecolor="black", label="mean ± std")
+    for x, r in zip(xs, rows):
+        ax.scatter([x] * len(r["accuracy"]), [100 * a for a in r["accuracy"]], color="black", s=14, zorder=3)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{r['config']}\n(n={r['n']})" for r in rows], rotation=20, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy per config (bars: mean ± std over seeds, dots: seeds)")
+    ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def build_report(output_dir: str | Path, order: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rebuild compare_table.md, compare_results.json and compare.png from the result.json files."""
+    out = Path(output_dir)
+    results = collect_results(out)
+    if not results:
+        raise FileNotFoundError(f"no */seed*/{RESULT} under {out}")
+    if order is None and (out / GRID_COPY).exists():
+        order = list(json.loads((out / GRID_COPY).read_text()).get("configs", {}))
+    rows = aggregate(results, order)
+    warnings = consistency_warnings(results)
+    table = format_table(rows, warnings)
+    _write_atomic(out / TABLE, table)
+    _write_atomic(out / RESULTS, json.dumps({"configs": rows, "warnings": warnings, "runs": [
+        {k: r[k] for k in ("config", "seed", "accuracy", "correct", "n", "train_seconds", "eval_seconds")}
+        for r in results]}, indent=1))
+    plot_compare(rows, out / PLOT)
+    print(table, flush=True)
+    log(f"wrote {out / TABLE}, {out / RESULTS}, {out / PLOT}")
+    return rows
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register `step-jepa compare`."""
+    p = subparsers.add_parser(
+        "compare", help="train + evaluate a grid of configs × seeds and tabulate accuracy (mean ± std)",
+        description="Train and evaluate every config × seed of a grid YAML (resumable), then write "
+                    "compare_table.md, compare_results.json and compare.png. See docs/analysis.md.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="grid YAML (base, eval, configs, seeds, output_dir)")
+    src.add_argument("--report", metavar="DIR", help="only rebuild table and plot from DIR/*/seed*/result.json")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configs (e.g. one per GPU job)")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="run only these seeds")
+    p.add_argument("--output_dir", help="override the grid's output_dir")
+    p.add_argument("--dry_run", action="store_true", help="print what would run (and what is skipped) and stop")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    if args.report:
+        build_report(args.report)
+        return 0
+    grid = load_grid(args.config, args.output_dir)
+    if args.dry_run:
+        for name in _select(list(grid.configs), args.only, "config"):
+            for s in _select(grid.seeds, args.seeds, "seed"):
+                rdir = run_dir(grid.output_dir, name, s)
+                log(f"{name} seed {s}: {run_state(rdir)} -> {rdir}")
+        return 0
+    run_grid(grid, args.only, args.seeds)
+    build_report(grid.output_dir, list(grid.configs))
+    return 0
