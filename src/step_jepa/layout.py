@@ -146,10 +146,17 @@ def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1) -> dict[st
         pos[r, off:] = torch.arange(T - off)
     views.sort()
     v = torch.tensor([[r, a, b] for _, r, a, b in views], dtype=torch.long).reshape(-1, 3)
+    flat = target.flatten()
+    lm_index = (flat != IGNORE_INDEX).nonzero().flatten()
     return {
         "input_ids": ids, "position_ids": pos, "lm_targets": target,
+        # Precomputed here so the model gathers labelled positions without a device→host sync.
+        "lm_index": lm_index, "lm_labels": flat[lm_index],
         "seq": seq, "role": role, "pair": pair, "ctx": ctx,
         "view_rows": v[:, 0], "view1_cols": v[:, 1], "view2_cols": v[:, 2],
+        # One original sequence per row: the model's own causal + padding mask is exact.
+        "plain_causal": all(len(row) == 1 and not any(row[0].views) and all(r == ORIG for r in row[0].role)
+                            for row in items),
     }
 
 
@@ -220,10 +227,12 @@ class StepJEPACollator:
                 batch["copies"] = self._place(cp)
         n_pairs = uid0[-1]
         batch["pair_example"] = torch.tensor([k for k, s in enumerate(selected) for _ in s], dtype=torch.long)
-        batch["n_examples"] = torch.tensor(len(exs))
-        batch["n_with_pair"] = torch.tensor(sum(1 for ex in exs if ex.valid_pairs()))
-        batch["n_pairs"] = torch.tensor(n_pairs)
-        batch["jepa_step"] = torch.tensor(bool(use_jepa))
+        # Plain Python numbers: counters for logging must not cost a device→host sync.
+        batch["n_examples"] = len(exs)
+        batch["n_with_pair"] = sum(1 for ex in exs if ex.valid_pairs())
+        batch["n_pairs"] = n_pairs
+        batch["n_nonpad"] = sum(len(ex.input_ids) for ex in exs)
+        batch["jepa_step"] = bool(use_jepa)
         return batch
 
     def _place(self, items: list[Item]) -> dict[str, torch.Tensor]:

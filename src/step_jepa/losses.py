@@ -93,22 +93,22 @@ def jepa_loss(v1: torch.Tensor, v2: torch.Tensor, kind: str, temperature: float 
 
 
 @torch.no_grad()
-def view_diagnostics(v1: torch.Tensor, v2: torch.Tensor) -> dict[str, float]:
+def view_diagnostics(v1: torch.Tensor, v2: torch.Tensor) -> dict[str, torch.Tensor]:
     """Collapse monitor: how alike the pairs are, how spread the views are, and in-batch retrieval.
 
     A JEPA loss that falls while `jepa_retrieval_acc` stays at chance (1/P) and the spread shrinks
-    means the views collapsed onto a constant instead of predicting the next step.
+    means the views collapsed onto a constant instead of predicting the next step. Values are 0-d
+    tensors (no device→host sync); the trainer reads them once per logging step.
     """
     v1, v2 = v1.float(), v2.float()
     P = len(v1)
-    cos = F.cosine_similarity(v1, v2, dim=-1)
-    out = {"jepa_cos": cos.mean().item(), "jepa_pairs": float(P)}
-    a, b = F.normalize(v1, dim=-1), F.normalize(v2, dim=-1)
-    out["view1_std"] = v1.std(0).mean().item() if P > 1 else 0.0
-    out["view2_std"] = v2.std(0).mean().item() if P > 1 else 0.0
+    out = {"jepa_cos": F.cosine_similarity(v1, v2, dim=-1).mean(), "jepa_pairs": torch.tensor(float(P))}
     if P > 1:
+        a, b = F.normalize(v1, dim=-1), F.normalize(v2, dim=-1)
         off = ~torch.eye(P, dtype=torch.bool, device=v1.device)
-        out["view1_pairwise_cos"] = (a @ a.T)[off].mean().item()
-        out["view2_pairwise_cos"] = (b @ b.T)[off].mean().item()
-        out["jepa_retrieval_acc"] = ((a @ b.T).argmax(1) == torch.arange(P, device=v1.device)).float().mean().item()
+        out["view1_std"] = v1.std(0).mean()
+        out["view2_std"] = v2.std(0).mean()
+        out["view1_pairwise_cos"] = (a @ a.T)[off].mean()
+        out["view2_pairwise_cos"] = (b @ b.T)[off].mean()
+        out["jepa_retrieval_acc"] = ((a @ b.T).argmax(1) == torch.arange(P, device=v1.device)).float().mean()
     return out

@@ -2,8 +2,9 @@
 
 Every token carries metadata (which example of the row it belongs to, its role, the JEPA pair it
 serves, its position id and, for predictors, how much of the original sequence it may see). The
-pure function `allowed` turns the metadata of a query and a key into a boolean; the backends
-(a dense boolean/additive mask for SDPA and eager, a FlexAttention BlockMask) only evaluate it.
+pure function `query_ranges` turns that metadata into the keys each query may see — two index
+ranges — and `allowed` evaluates them; the backends (a dense boolean/additive mask for SDPA and
+eager, a FlexAttention BlockMask) only call these two.
 
 Roles:
   ORIG  the example as written (prompt + answer): causal within its example — exactly pass 1.
@@ -37,33 +38,48 @@ class TokenMeta:
         return TokenMeta(*(t.to(device) for t in (self.seq, self.role, self.pair, self.ctx, self.pos)))
 
 
-def allowed(q_seq, q_role, q_pair, q_ctx, q_idx, k_seq, k_role, k_pair, k_pos, k_idx):
-    """True where query q may attend to key k. Works on scalars (flex) and broadcast tensors (dense).
+def query_ranges(meta: TokenMeta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention rules, per query: it sees keys in [lo1, hi1) ∪ [lo2, q].
 
-    Causality uses the index in the row, not the position id: appended tokens reuse the position
-    ids of the two-pass layout, so positions are not monotone along a row.
+    A layout places each example's original tokens first and contiguously (positions 0..n-1),
+    and each pair's predictors and copy as contiguous runs, so every role's rule is two ranges:
+      ORIG  [start of its example, q]                       causal within the example (pass 1)
+      PRED  [start of example, start + ctx) ∪ [first predictor of its pair, q]
+            (prompt + steps up to step i, then the earlier predictors of the pair)
+      COPY  [first token of its copy, q]                    the isolated step i+1
+      PAD   [q, q]                                          itself, so no softmax row is empty
+    Computed in O(B·T); every backend evaluates `allowed` on these three numbers.
     """
-    same = (q_seq == k_seq) & (q_seq >= 0)
-    causal = k_idx <= q_idx
-    same_pair = (q_pair == k_pair) & causal
-    orig_rule = (q_role == ORIG) & (k_role == ORIG) & causal
-    pred_rule = (q_role == PRED) & (((k_role == ORIG) & (k_pos < q_ctx)) | ((k_role == PRED) & same_pair))
-    copy_rule = (q_role == COPY) & (k_role == COPY) & same_pair
-    pad_rule = (q_role == PAD) & (k_idx == q_idx)
-    return (same & (orig_rule | pred_rule | copy_rule)) | pad_rule
+    B, T = meta.seq.shape
+    idx = torch.arange(T, device=meta.seq.device).expand(B, T)
+    zero = torch.zeros_like(idx)
+
+    def run_start(key: torch.Tensor) -> torch.Tensor:
+        change = torch.ones_like(key, dtype=torch.bool)
+        change[:, 1:] = key[:, 1:] != key[:, :-1]
+        return torch.where(change, idx, zero).cummax(dim=1).values
+
+    # Separate runs per example and per (role, pair); a large stride keeps the combined keys distinct.
+    seq_start = run_start(meta.seq)
+    run = run_start((meta.seq + 1) * (4 * T + 8) + meta.role * (T + 2) + meta.pair + 1)
+    is_pred = meta.role == PRED
+    lo1 = torch.where(is_pred, seq_start, zero)
+    hi1 = torch.where(is_pred, seq_start + meta.ctx, zero)
+    lo2 = torch.where(meta.role == PAD, idx, run)
+    return lo1, hi1, lo2
+
+
+def allowed(lo1, hi1, lo2, q_idx, k_idx):
+    """True where query q may attend to key k, given q's ranges (scalars for flex, tensors for dense)."""
+    return ((k_idx >= lo1) & (k_idx < hi1)) | ((k_idx >= lo2) & (k_idx <= q_idx))
 
 
 def dense_mask(meta: TokenMeta) -> torch.Tensor:
-    """Boolean mask [B, 1, T, T] (True = attend) for SDPA; also the reference for every backend."""
+    """Boolean mask [B, 1, T, T] (True = attend) for SDPA; also the reference picture for tests."""
     T = meta.seq.shape[-1]
+    lo1, hi1, lo2 = (t[:, :, None] for t in query_ranges(meta))
     idx = torch.arange(T, device=meta.seq.device)
-    q = lambda t: t[:, :, None]  # noqa: E731 - query axis
-    k = lambda t: t[:, None, :]  # noqa: E731 - key axis
-    m = allowed(
-        q(meta.seq), q(meta.role), q(meta.pair), q(meta.ctx), idx[None, :, None],
-        k(meta.seq), k(meta.role), k(meta.pair), k(meta.pos), idx[None, None, :],
-    )
-    return m[:, None]
+    return allowed(lo1, hi1, lo2, idx[None, :, None], idx[None, None, :])[:, None]
 
 
 def additive_mask(meta: TokenMeta, dtype: torch.dtype) -> torch.Tensor:
@@ -95,16 +111,13 @@ def flex_block_mask(meta: TokenMeta):
 
     Rows should be padded to a multiple of 128 (the block size) so lengths fall into few buckets.
     """
-    seq, role, pair, ctx, pos = meta.seq, meta.role, meta.pair, meta.ctx, meta.pos
+    lo1, hi1, lo2 = query_ranges(meta)
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return allowed(
-            seq[b, q_idx], role[b, q_idx], pair[b, q_idx], ctx[b, q_idx], q_idx,
-            seq[b, kv_idx], role[b, kv_idx], pair[b, kv_idx], pos[b, kv_idx], kv_idx,
-        )
+        return allowed(lo1[b, q_idx], hi1[b, q_idx], lo2[b, q_idx], q_idx, kv_idx)
 
-    B, T = seq.shape
-    return _create_block_mask_fn(seq.device.type)(mask_mod, B, None, T, T, device=seq.device)
+    B, T = meta.seq.shape
+    return _create_block_mask_fn(meta.seq.device.type)(mask_mod, B, None, T, T, device=meta.seq.device)
 
 
 def build_attention_mask(meta: TokenMeta, impl: str, dtype: torch.dtype = torch.float32):

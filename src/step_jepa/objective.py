@@ -15,9 +15,8 @@ import torch.nn as nn
 
 from .layout import meta_of
 from .losses import gather_views, jepa_loss, variance_covariance
-from .masks import ORIG, PAD, build_attention_mask
+from .masks import PAD, build_attention_mask
 from .modeling import chunked_lm_loss_sum
-from .segment import IGNORE_INDEX
 
 
 @dataclass
@@ -66,11 +65,6 @@ class PredictorHead(nn.Module):
         return x + self.net(x)
 
 
-def _is_plain_causal(part: dict[str, torch.Tensor]) -> bool:
-    """A batch of one original sequence per row: the model's own causal+padding mask is exact."""
-    return bool(((part["role"] == ORIG) | (part["role"] == PAD)).all() and (part["seq"] <= 0).all())
-
-
 class StepJEPAModel(nn.Module):
     """Wraps a causal LM (optionally PEFT) and returns the loss terms for a collated batch."""
 
@@ -114,7 +108,7 @@ class StepJEPAModel(nn.Module):
         return getattr(self.lm.config, "_attn_implementation", None) or "sdpa"
 
     def _mask(self, part: dict[str, torch.Tensor]):
-        if _is_plain_causal(part):
+        if part["plain_causal"]:
             return (part["role"] != PAD).long()
         dtype = self.lm.get_input_embeddings().weight.dtype
         return build_attention_mask(meta_of(part), self.attn_impl(), dtype)
@@ -145,10 +139,10 @@ class StepJEPAModel(nn.Module):
         views = decoder.norm(captured[-1]) if o.final_norm else captured[-1]
         return final, views
 
-    def lm_sum(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def lm_sum(self, hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed next-token loss over labelled positions only (no [B, T, V] logits)."""
-        sel = targets != IGNORE_INDEX
-        return chunked_lm_loss_sum(hidden[sel], self.lm.get_output_embeddings(), targets[sel])
+        h = hidden.flatten(0, 1).index_select(0, part["lm_index"])
+        return chunked_lm_loss_sum(h, self.lm.get_output_embeddings(), part["lm_labels"])
 
     @staticmethod
     def views(hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,8 +167,7 @@ class StepJEPAModel(nn.Module):
     def forward(self, **batch) -> dict[str, torch.Tensor]:
         """Returns lm_sum (summed token losses), n_tokens, jepa (mean over pairs) and the views."""
         final, vh = self.hidden_states(batch)
-        out = {"lm_sum": self.lm_sum(final, batch["lm_targets"]),
-               "n_tokens": (batch["lm_targets"] != IGNORE_INDEX).sum()}
+        out = {"lm_sum": self.lm_sum(final, batch), "n_tokens": batch["lm_index"].numel()}
         source, part = (vh, batch)
         if "pass2" in batch:  # two-pass reference: views come from a second forward pass
             part = batch["pass2"]

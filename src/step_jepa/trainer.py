@@ -194,10 +194,10 @@ class StepJEPATrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = model(**inputs)
         cfg = self.step_config
-        n_tokens = num_items_in_batch if num_items_in_batch is not None else out["n_tokens"].clamp(min=1)
+        n_tokens = num_items_in_batch if num_items_in_batch is not None else max(out["n_tokens"], 1)
         world = self.args.world_size if num_items_in_batch is not None else 1
         ga = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
-        lm = out["lm_sum"] / n_tokens.clamp(min=1) * world
+        lm = out["lm_sum"] / (n_tokens.clamp(min=1) if torch.is_tensor(n_tokens) else n_tokens) * world
         loss = cfg.gamma * lm
         if cfg.lbd > 0:
             lbd = self.jepa_options.lbd_at(self.state.global_step, self.state.max_steps)
@@ -211,18 +211,19 @@ class StepJEPATrainer(Trainer):
         return self.accelerator.unwrap_model(self.model).options
 
     def _record(self, inputs: dict, out: dict) -> None:
+        """Accumulate logging statistics without syncing: device tensors are read once per log."""
         a = self._acc
-        a["lm_sum"] += out["lm_sum"].item()
-        a["lm_tokens"] += out["n_tokens"].item()
+        a["lm_sum"] = a["lm_sum"] + out["lm_sum"].detach()
+        a["lm_tokens"] += out["n_tokens"]
         a["micro"] += 1
-        a["examples"] += inputs["n_examples"].item()
-        a["with_pair"] += inputs["n_with_pair"].item()
-        a["nonpad_tokens"] += (inputs["role"] != 0).sum().item()
+        a["examples"] += inputs["n_examples"]
+        a["with_pair"] += inputs["n_with_pair"]
+        a["nonpad_tokens"] += inputs["n_nonpad"]
         if "view1" in out:
-            a["jepa_sum"] += out["jepa"].item()
+            a["jepa_sum"] = a["jepa_sum"] + out["jepa"].detach()
             a["jepa_n"] += 1
             for k, v in view_diagnostics(out["view1"], out["view2"]).items():
-                a[f"d_{k}"] += v
+                a[f"d_{k}"] = a[f"d_{k}"] + v
                 a[f"n_{k}"] += 1
 
     # ---- non-finite losses: skip the optimizer step, stop after too many in a row
@@ -275,7 +276,7 @@ class StepJEPATrainer(Trainer):
     # ---- logging
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs and self._acc["micro"] > 0:
-            a = self._acc
+            a = defaultdict(float, {k: float(v) for k, v in self._acc.items()})  # the one sync per log
             dt = time.perf_counter() - self._t0
             logs["lm_loss"] = a["lm_sum"] / max(a["lm_tokens"], 1)
             if a["jepa_n"]:

@@ -1,0 +1,628 @@
+"""`step-jepa bench`: what one optimizer step costs, per training layout, on the same examples.
+
+Variants (each padded, or with the ``_packed`` suffix: the same examples packed into rows):
+
+  hf_sft     the model's own loss: ``lm(input_ids, attention_mask, labels).loss`` (full [B, T, V] logits)
+  sft        our SFT: λ = 0 through StepJEPAModel (logits only at labelled positions)
+  two_pass   the two-pass JEPA reference (pairs=first): a second forward pass for the views
+  sp_first   single-pass JEPA, pairs=first
+  sp_all     single-pass JEPA, pairs=all
+
+Every variant sees the same fixed list of batches (``n_batches`` batches of ``batch_size``
+examples, cycled), starts from the same weights and gets a fresh AdamW. Batches are collated and
+moved to the device before timing; the timed loop is zero_grad(set_to_none) → forward → backward →
+step with no host synchronisation added by the benchmark (the model's own syncs, if any, count).
+Time ratios compare a variant with the SFT row of the same layout (padded vs packed).
+
+Throughput counts *non-pad tokens of the original examples* only: padding and the appended JEPA
+tokens (predictors, step copies, pass-2 sequences) are overhead, not throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .layout import StepJEPACollator
+from .masks import PAD
+from .segment import IGNORE_INDEX, Segmented, SegmentError, segment
+
+BASE_VARIANTS = {
+    "hf_sft": dict(kind="hf", mode="sft", pairs="first"),
+    "sft": dict(kind="ours", mode="sft", pairs="first"),
+    "two_pass": dict(kind="ours", mode="two_pass", pairs="first"),
+    "sp_first": dict(kind="ours", mode="single_pass", pairs="first"),
+    "sp_all": dict(kind="ours", mode="single_pass", pairs="all"),
+}
+VARIANTS = [v for b in BASE_VARIANTS for v in (b, b + "_packed")]
+DEFAULT_VARIANTS = ["hf_sft", "sft", "two_pass", "sp_first", "sp_all",
+                    "hf_sft_packed", "sft_packed", "two_pass_packed", "sp_first_packed", "sp_all_packed"]
+
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GSM8K_DEFAULT = "/work/shared/data/gsm8k/train.jsonl"
+LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
+                tie_word_embeddings=True, rms_norm_eps=1e-5, head_dim=64)
+
+
+@dataclass
+class BenchConfig:
+    model: str = "tiny"  # tiny | smollm2 | llama1b-random | a model directory
+    data: list[str] = field(default_factory=lambda: ["generator"])  # ["generator"] | ["gsm8k", PATH] | [PATH]
+    batch_size: int = 32
+    n_batches: int = 8
+    steps: int = 20
+    warmup: int = 5
+    dtype: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | bf16 | fp32
+    device: str = "auto"
+    attn: str = "auto"  # auto (flex_attention on cuda, sdpa on cpu) | sdpa | eager | flex_attention
+    variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
+    max_length: int = 512
+    predictors: int = 1
+    lbd: float = 0.1
+    pack_tokens: int = 0  # 0 = auto: one row per batch under flex, else rows as long as the padded rows
+    lr: float = 1e-5
+    seed: int = 0
+    mem_steps: int = 2  # CPU: untimed steps that probe the peak RSS after the timed ones (0 = skip)
+    threads: int = 0  # CPU: torch.set_num_threads (0 = leave as is); 1 is steadiest on a shared host
+    rounds: int = 1  # run all variants this many times; keep each variant's fastest round (noisy hosts)
+
+
+@dataclass
+class Row:
+    variant: str
+    ms_median: float
+    ms_mean: float
+    ms_min: float
+    nonpad_tokens_per_s: float  # mean non-pad tokens of a timed step / median step time
+    nonpad_tokens_per_step: float  # mean over the fixed batches
+    layout_tokens_per_step: float  # B×T of every pass, padding and JEPA tokens included
+    rows_per_step: float
+    peak_mib: float | None  # cuda: max_memory_allocated (weights included); cpu: peak RSS of the process
+    delta_peak_mib: float | None  # peak minus what was allocated/resident just before the variant
+    time_x_sft: float | None = None
+    time_x_hf: float | None = None
+    mem_x_sft: float | None = None
+    delta_mem_x_sft: float | None = None
+    compiled_graphs: int = 0
+    loss_first: float | None = None
+    loss_last: float | None = None
+
+
+# --------------------------------------------------------------------------- memory probes
+
+
+class _CpuMemory:
+    """Peak resident set size on Linux: /proc/self/clear_refs resets VmHWM, /proc/self/status reads it.
+
+    glibc keeps freed heap memory and raises its mmap threshold dynamically, which would hide
+    re-used memory from RSS. So memory is probed in separate, untimed steps after the timed ones,
+    with the mmap threshold pinned low (128 KiB: tensors are mmap'd and given back on free); for
+    the timed steps it is pinned high (32 MiB, glibc's own dynamic maximum) so that timing does not
+    pay an mmap/munmap + page-fault per tensor. It measures the whole process, so read deltas.
+    """
+
+    def __init__(self) -> None:
+        self.ok = sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs")
+        self._libc = None
+        if self.ok:
+            try:
+                import ctypes
+
+                self._libc = ctypes.CDLL("libc.so.6")
+            except OSError:
+                self._libc = None
+        self.timing_mode()
+
+    def _mallopt(self, threshold: int) -> None:
+        if self._libc is not None:
+            self._libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD (a fixed value: no dynamic growth)
+            self._libc.mallopt(-1, 2 * threshold)  # M_TRIM_THRESHOLD
+
+    def timing_mode(self) -> None:
+        self._mallopt(32 * 2**20)
+
+    @staticmethod
+    def _status(key: str) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0  # kB → MiB
+        raise KeyError(key)
+
+    def reset(self) -> float:
+        """Enter probing mode and return the RSS (MiB) the peak is measured from."""
+        if not self.ok:
+            return 0.0
+        self._mallopt(128 * 1024)
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self.ok = False
+            return 0.0
+        return self._status("VmRSS")
+
+    def peak(self) -> float | None:
+        out = self._status("VmHWM") if self.ok else None
+        self.timing_mode()
+        return out
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def resolve_device(cfg: BenchConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def resolve_attn(cfg: BenchConfig, device: torch.device) -> str:
+    if cfg.attn != "auto":
+        if cfg.attn == "flex_attention" and device.type != "cuda":
+            raise ValueError("flex_attention has no backward on CPU: use --attn sdpa (or eager)")
+        return cfg.attn
+    return "flex_attention" if device.type == "cuda" else "sdpa"
+
+
+def resolve_dtype(cfg: BenchConfig, device: torch.device) -> str:
+    if cfg.dtype == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if cfg.dtype not in ("bf16", "fp32"):
+        raise ValueError(f"--dtype must be auto, bf16 or fp32, not {cfg.dtype!r}")
+    return cfg.dtype
+
+
+def _smollm2_tokenizer():
+    from .modeling import load_tokenizer, resolve_model_path
+
+    return load_tokenizer(resolve_model_path(SMOLLM2))
+
+
+def load_model(name: str, attn: str, device: torch.device, seed: int = 0):
+    """(model in fp32 on `device`, tokenizer, description). Weights are fp32 master weights."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from .tiny import build_tiny_model, build_tiny_tokenizer
+
+    torch.manual_seed(seed)
+    if name == "tiny":
+        tok = build_tiny_tokenizer("chatml")
+        lm = build_tiny_model(len(tok), layers=2, hidden=64, seed=seed, attn_implementation=attn)
+        desc = "tiny llama (2 layers, hidden 64, random)"
+    elif name == "llama1b-random":
+        try:
+            tok, tok_desc = _smollm2_tokenizer(), "SmolLM2 tokenizer"
+        except Exception as e:  # noqa: BLE001 - any failure: fall back to the offline tiny tokenizer
+            print(f"[bench] SmolLM2 tokenizer unavailable ({type(e).__name__}); using the tiny tokenizer", flush=True)
+            tok, tok_desc = build_tiny_tokenizer("chatml"), "tiny tokenizer"
+        with torch.device(device):
+            lm = AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA_1B), attn_implementation=attn,
+                                                  dtype=torch.float32)
+        desc = f"random Llama-3.2-1B-shaped (hidden 2048, 16 layers, 32/8 heads, vocab 128256; {tok_desc})"
+    else:
+        from .modeling import load_tokenizer, resolve_model_path
+
+        path = resolve_model_path(SMOLLM2 if name == "smollm2" else name)
+        tok = load_tokenizer(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
+        desc = path
+    lm.to(device)
+    lm.train()
+    return lm, tok, desc
+
+
+def load_examples(cfg: BenchConfig, tok) -> tuple[list[Segmented], str]:
+    """n_batches × batch_size segmented examples (records that do not segment are skipped)."""
+    need = cfg.batch_size * cfg.n_batches
+    src = cfg.data or ["generator"]
+    if src[0] == "generator":
+        from .generator import generate_problems
+
+        records, label = generate_problems(need * 2, seed=cfg.seed), "generator"
+    else:
+        from .data import load_records
+
+        path = src[1] if src[0] == "gsm8k" and len(src) > 1 else (GSM8K_DEFAULT if src[0] == "gsm8k" else src[0])
+        records, _ = load_records(path, skip_invalid=True)
+        label = f"{path}"
+    out = []
+    for r in records:
+        try:
+            out.append(segment(r, tok, cfg.max_length))
+        except SegmentError:
+            continue
+        if len(out) == need:
+            break
+    if len(out) < need:
+        raise ValueError(f"{label}: only {len(out)} usable examples, need {need} (batch_size × n_batches)")
+    return out, label
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _layout_tokens(batch: dict) -> int:
+    n = batch["input_ids"].numel()
+    return n + (batch["pass2"]["input_ids"].numel() if "pass2" in batch else 0)
+
+
+def _rows(batch: dict) -> int:
+    return batch["input_ids"].shape[0] + (batch["pass2"]["input_ids"].shape[0] if "pass2" in batch else 0)
+
+
+def hf_inputs(batch: dict, packed: bool) -> dict[str, torch.Tensor]:
+    """The plain HF call for an SFT layout: unshifted labels; padded rows get a 2-D padding mask,
+    packed rows no mask and per-sequence position ids (HF then builds a block-diagonal causal mask)."""
+    t = batch["lm_targets"]
+    labels = torch.cat([torch.full_like(t[:, :1], IGNORE_INDEX), t[:, :-1]], dim=1)
+    if packed:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "labels": labels}
+    return {"input_ids": batch["input_ids"], "attention_mask": (batch["role"] != PAD).long(), "labels": labels}
+
+
+def build_batches(variant: str, groups: list[list[Segmented]], pad_id: int, pred_ids: list[int],
+                  attn: str, pack_tokens: int, seed: int) -> list[dict]:
+    """The variant's collated CPU batches for the fixed groups of examples."""
+    base = variant.removesuffix("_packed")
+    packed = variant.endswith("_packed")
+    spec = BASE_VARIANTS[base]
+    pad_multiple = 128 if attn == "flex_attention" else 1
+    out = []
+    for g in groups:
+        kw = dict(pad_id=pad_id, pred_ids=pred_ids if spec["mode"] != "sft" else [], mode=spec["mode"],
+                  pairs=spec["pairs"], pad_multiple=pad_multiple, seed=seed)
+        if packed:
+            if pack_tokens > 0:
+                cap = pack_tokens
+            elif attn == "flex_attention":
+                cap = 1 << 30  # the whole batch in one row: flex skips the blocks no one attends to
+            else:  # dense masks cost rows × T²: rows no longer than this variant's padded rows
+                ref = StepJEPACollator(**{**kw, "pad_multiple": 1})(g)
+                cap = max(ref["input_ids"].shape[1], ref["pass2"]["input_ids"].shape[1] if "pass2" in ref else 0)
+            batch = StepJEPACollator(**kw, packing=True, max_tokens=cap)(g)
+        else:
+            batch = StepJEPACollator(**kw)(g)
+        if spec["kind"] == "hf":
+            batch = hf_inputs(batch, packed)
+        out.append(batch)
+    return out
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _graphs() -> int:
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def run_variant(variant: str, lm, step_loss: Callable[[dict], torch.Tensor], batches: list[dict],
+                init_state: dict, cfg: BenchConfig, device: torch.device, dtype: str,
+                cpu_mem: _CpuMemory) -> tuple[list[float], float | None, float | None, float, float]:
+    """Times warmup+steps optimizer steps; returns (per-step seconds, peak MiB, delta MiB, first, last loss)."""
+    lm.load_state_dict(init_state)
+    lm.zero_grad(set_to_none=True)
+    cuda = device.type == "cuda"
+    opt_kw = {"fused": True} if cuda else {"foreach": True}
+    opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=cfg.lr, **opt_kw)
+    dev_batches = [_to(b, device) for b in batches]
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext())
+
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+
+    losses: list[torch.Tensor] = []
+    n = cfg.warmup + cfg.steps
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(cfg.steps + 1)] if cuda else []
+    cpu_times: list[float] = []
+    t_prev = 0.0
+    for i in range(n):
+        if i == cfg.warmup:
+            if cuda:
+                torch.cuda.synchronize(device)
+                events[0].record()
+            t_prev = time.perf_counter()
+        batch = dev_batches[i % len(dev_batches)]
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            loss = step_loss(batch)
+        loss.backward()
+        opt.step()
+        if i == 0 or i == n - 1:
+            losses.append(loss.detach())
+        if i >= cfg.warmup:
+            if cuda:
+                events[i - cfg.warmup + 1].record()
+            else:
+                t = time.perf_counter()
+                cpu_times.append(t - t_prev)
+                t_prev = t
+    if cuda:
+        torch.cuda.synchronize(device)
+        times = [events[j].elapsed_time(events[j + 1]) / 1e3 for j in range(cfg.steps)]
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        delta = peak - base / 2**20
+    else:
+        times = cpu_times
+        base = cpu_mem.reset() if cfg.mem_steps > 0 else 0.0  # untimed probe; AdamW state already exists
+        for i in range(cfg.mem_steps):
+            opt.zero_grad(set_to_none=True)
+            with amp:
+                loss = step_loss(dev_batches[i % len(dev_batches)])
+            loss.backward()
+            opt.step()
+            del loss
+        peak = cpu_mem.peak() if cfg.mem_steps > 0 else None
+        delta = (peak - base) if peak is not None else None
+    first, last = (float(x) for x in (losses[0], losses[-1]))
+    del opt, dev_batches
+    lm.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.empty_cache()
+    return times, peak, delta, first, last
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs every variant; returns {"env": ..., "config": ..., "rows": [Row as dict, ...]}."""
+    from .modeling import add_predictor_tokens
+    from .objective import JEPAOptions, StepJEPAModel
+
+    unknown = [v for v in cfg.variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if cfg.steps < 1 or cfg.warmup < 1 or cfg.rounds < 1:
+        raise ValueError("--steps, --warmup and --rounds must be >= 1 (warm-up allocates the optimizer state)")
+    device = resolve_device(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    attn = resolve_attn(cfg, device)
+    dtype = resolve_dtype(cfg, device)
+    torch.manual_seed(cfg.seed)
+    lm, tok, model_desc = load_model(cfg.model, attn, device, cfg.seed)
+    # Predictor tokens are added for every variant, so all of them train the same embedding matrix.
+    pred_ids = add_predictor_tokens(lm, tok, cfg.predictors)
+    lm.to(device)
+    examples, data_label = load_examples(cfg, tok)
+    groups = [examples[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(cfg.n_batches)]
+    nonpad = [sum(len(ex.input_ids) for ex in g) for g in groups]
+    init_state = {k: v.detach().to("cpu", copy=True) for k, v in lm.state_dict().items()}
+    env = environment(device)
+    env.update(model=model_desc, params_m=round(sum(p.numel() for p in lm.parameters()) / 1e6, 2), attn=attn,
+               dtype=dtype + (" autocast, fp32 master weights" if dtype == "bf16" else ""), data=data_label,
+               examples_per_batch=cfg.batch_size, batches=cfg.n_batches,
+               mean_example_tokens=round(sum(nonpad) / len(examples), 1),
+               pairs_valid_frac=round(sum(bool(ex.valid_pairs()) for ex in examples) / len(examples), 3))
+    jmodel = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd))
+    cpu_mem = _CpuMemory()
+
+    prepared = []
+    for variant in cfg.variants:
+        spec = BASE_VARIANTS[variant.removesuffix("_packed")]
+        lbd = cfg.lbd if spec["mode"] != "sft" else 0.0
+        if spec["kind"] == "hf":
+            def step_loss(b):
+                return lm(**b).loss
+        else:
+            def step_loss(b, lbd=lbd):
+                out = jmodel(**b)
+                loss = out["lm_sum"] / max(out["n_tokens"], 1)
+                return loss + lbd * out["jepa"] if lbd > 0 else loss
+        batches = build_batches(variant, groups, tok.pad_token_id, pred_ids, attn, cfg.pack_tokens, cfg.seed)
+        prepared.append((variant, step_loss, batches))
+
+    idx = [i % cfg.n_batches for i in range(cfg.warmup, cfg.warmup + cfg.steps)]
+    tok_per_timed_step = sum(nonpad[i] for i in idx) / len(idx)
+    results: dict[str, dict[str, Any]] = {}
+    for rnd in range(cfg.rounds):  # rounds: on a shared CPU, the least-disturbed round is kept
+        for variant, step_loss, batches in prepared:
+            g0 = _graphs()
+            times, peak, delta, first, last = run_variant(variant, lm, step_loss, batches, init_state, cfg,
+                                                          device, dtype, cpu_mem)
+            med = statistics.median(times)
+            prev = results.get(variant)
+            log(f"[bench] round {rnd + 1}/{cfg.rounds} {variant:<16} {med * 1e3:9.2f} ms/step (median)  "
+                f"loss {first:.3f} → {last:.3f}")
+            keep = prev is None or med < statistics.median(prev["times"])
+            peaks = [x for x in (peak, prev and prev["peak"]) if x is not None]
+            deltas = [x for x in (delta, prev and prev["delta"]) if x is not None]
+            results[variant] = {
+                "times": times if keep else prev["times"], "first": first, "last": last,
+                "peak": max(peaks) if peaks else None, "delta": max(deltas) if deltas else None,
+                "graphs": (prev["graphs"] if prev else 0) + _graphs() - g0}
+
+    rows: list[Row] = []
+    for variant, _, batches in prepared:
+        r = results[variant]
+        times = r["times"]
+        med = statistics.median(times)
+        rows.append(Row(
+            variant=variant, ms_median=med * 1e3, ms_mean=statistics.fmean(times) * 1e3, ms_min=min(times) * 1e3,
+            nonpad_tokens_per_s=tok_per_timed_step / med, nonpad_tokens_per_step=sum(nonpad) / len(nonpad),
+            layout_tokens_per_step=sum(_layout_tokens(b) for b in batches) / len(batches),
+            rows_per_step=sum(_rows(b) for b in batches) / len(batches),
+            peak_mib=r["peak"], delta_peak_mib=r["delta"], compiled_graphs=r["graphs"],
+            loss_first=r["first"], loss_last=r["last"]))
+    by_name = {r.variant: r for r in rows}
+    for r in rows:
+        suffix = "_packed" if r.variant.endswith("_packed") else ""
+        sft, hf = by_name.get("sft" + suffix), by_name.get("hf_sft" + suffix)
+        r.time_x_sft = _ratio(r.ms_median, sft.ms_median if sft else None)
+        r.time_x_hf = _ratio(r.ms_median, hf.ms_median if hf else None)
+        r.mem_x_sft = _ratio(r.peak_mib, sft.peak_mib if sft else None)
+        r.delta_mem_x_sft = _ratio(r.delta_peak_mib, sft.delta_peak_mib if sft else None)
+    return {"env": env, "config": asdict(cfg), "rows": [asdict(r) for r in rows],
+            "memory_note": MEMORY_NOTE_CUDA if device.type == "cuda" else MEMORY_NOTE_CPU}
+
+
+MEMORY_NOTE_CUDA = ("peak = torch.cuda.max_memory_allocated over warm-up + timed steps (weights, grads, AdamW "
+                    "state, activations, batches); Δpeak = peak − memory allocated just before the variant "
+                    "(weights + its batches).")
+MEMORY_NOTE_CPU = ("peak = the process's peak resident set (VmHWM via /proc/self/clear_refs) over untimed probe "
+                   "steps run after the timed ones; Δpeak = peak − RSS just before them, i.e. grads, activations and "
+                   "transients of one step (AdamW state is already resident). Whole-process RSS: read Δpeak.")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "device": str(device)}
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+    else:
+        env["device_name"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+                             f"{torch.get_num_threads()} torch threads"
+    return env
+
+
+# --------------------------------------------------------------------------- output
+
+COLUMNS = [
+    ("variant", "variant"), ("ms_median", "ms/step"), ("nonpad_tokens_per_s", "non-pad tok/s"),
+    ("time_x_sft", "time ×SFT"), ("time_x_hf", "time ×HF"), ("peak_mib", "peak MiB"),
+    ("mem_x_sft", "peak ×SFT"), ("delta_peak_mib", "Δpeak MiB"), ("delta_mem_x_sft", "Δpeak ×SFT"),
+    ("layout_tokens_per_step", "layout tok/step"), ("rows_per_step", "rows"),
+]
+
+
+def _fmt(key: str, v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, str):
+        return v
+    if key in ("time_x_sft", "time_x_hf", "mem_x_sft", "delta_mem_x_sft"):
+        return f"{v:.3f}"
+    if key == "ms_median":
+        return f"{v:.2f}" if v < 100 else f"{v:.1f}"
+    if key in ("peak_mib", "delta_peak_mib"):
+        return f"{v:.1f}"
+    if key == "rows_per_step":
+        return f"{v:.1f}"
+    return f"{v:.0f}"
+
+
+def format_env(result: dict) -> str:
+    e = result["env"]
+    return "\n".join([
+        f"torch {e['torch']} | transformers {e['transformers']} | python {e['python']} | {e['device']}: {e['device_name']}",
+        f"model: {e['model']} ({e['params_m']}M params) | attn {e['attn']} | {e['dtype']}",
+        f"data: {e['data']} | {e['batches']} batches × {e['examples_per_batch']} examples, "
+        f"{e['mean_example_tokens']} tokens/example, {e['pairs_valid_frac']:.0%} with a valid pair",
+        f"memory: {result['memory_note']}",
+    ])
+
+
+def format_table(result: dict, markdown: bool = False) -> str:
+    head = [h for _, h in COLUMNS]
+    cells = [[_fmt(k, r[k]) for k, _ in COLUMNS] for r in result["rows"]]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        return "\n".join(lines)
+    w = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    fmt = lambda row: "  ".join(s.ljust(w[i]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(row))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * x for x in w])] + [fmt(c) for c in cells])
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser_arguments(p: argparse.ArgumentParser) -> None:
+    d = BenchConfig()
+    p.add_argument("--model", default=d.model, help="tiny | smollm2 | llama1b-random | a model directory")
+    p.add_argument("--data", nargs="+", default=d.data, metavar="SRC",
+                   help="generator (default) | gsm8k [PATH] | PATH (any file load_records reads)")
+    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--n_batches", type=int, default=d.n_batches, help="fixed batches, cycled over the steps")
+    p.add_argument("--steps", type=int, default=d.steps, help="timed optimizer steps per variant")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first (compilation, optimizer state)")
+    p.add_argument("--dtype", default=d.dtype, choices=("auto", "bf16", "fp32"),
+                   help="bf16 = autocast with fp32 master weights (auto: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--device", default=d.device, help="auto | cuda | cpu | cuda:N")
+    p.add_argument("--attn", default=d.attn, choices=("auto", "sdpa", "eager", "flex_attention"),
+                   help="attention implementation of every variant (auto: flex_attention on cuda, sdpa on cpu)")
+    p.add_argument("--variants", default=",".join(d.variants),
+                   help=f"comma list from: {', '.join(VARIANTS)}")
+    p.add_argument("--max_length", type=int, default=d.max_length)
+    p.add_argument("--predictors", type=int, default=d.predictors, help="K predictor tokens")
+    p.add_argument("--lbd", type=float, default=d.lbd, help="λ of the JEPA variants")
+    p.add_argument("--pack_tokens", type=int, default=d.pack_tokens,
+                   help="row length of packed variants; 0 = auto (flex: the whole batch in one row; "
+                        "sdpa/eager: rows as long as the variant's padded rows)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="torch CPU threads (0 = default); 1 avoids OpenMP stalls on a shared, oversubscribed host")
+    p.add_argument("--rounds", type=int, default=d.rounds,
+                   help="run the variant list this many times and keep each variant's fastest round "
+                        "(use 3+ on a shared CPU; memory is the max over rounds)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write env, config and rows as JSON")
+    p.add_argument("--markdown", default=None, metavar="OUT", help="write env and table as markdown")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        model=args.model, data=list(args.data), batch_size=args.batch_size, n_batches=args.n_batches,
+        steps=args.steps, warmup=args.warmup, dtype=args.dtype, device=args.device, attn=args.attn,
+        variants=[v.strip() for v in args.variants.split(",") if v.strip()], max_length=args.max_length,
+        predictors=args.predictors, lbd=args.lbd, pack_tokens=args.pack_tokens, seed=args.seed,
+        rounds=args.rounds, threads=args.threads)
+
+
+def _run(args: argparse.Namespace) -> int:
+    result = run_bench(config_from_args(args))
+    print()
+    print(format_env(result))
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text("```\n" + format_env(result) + "\n```\n\n" + format_table(result, True) + "\n")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="time forward+backward+AdamW steps of SFT vs Step-JEPA layouts")
+    _parser_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="step-jepa bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _parser_arguments(p)
+    return _run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

