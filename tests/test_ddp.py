@@ -32,5 +32,4 @@ def test_two_process_gloo_ddp(tmp_path: Path):
     assert prints[0] == prints[1], "DDP replicas diverged"
     init = (model_dir / "model.safetensors").read_bytes()
     assert (out / "final" / "model.safetensors").read_bytes() != init
-    assert "world_size" not in proc.stderr or "2" in proc.stderr
     shutil.rmtree(out / "rank_fingerprints")

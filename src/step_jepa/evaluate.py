@@ -703,7 +703,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--system_prompt", default=None, help="replace each record's system prompt ('' drops it)")
     p.add_argument("--lenient", action="store_true", help="fall back to the last number in the output")
     p.add_argument("--output_dir", default=None, help="default: <model dir or ./eval>/eval-<source>")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default="auto")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), default="auto",
+                   help="auto: bf16 on a CUDA GPU, the checkpoint dtype on CPU")
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_cli)
@@ -714,19 +715,9 @@ def _load_model(name: str, dtype: str, device: str | None):
     import torch
 
     torch_dtype = getattr(torch, _DTYPES[dtype]) if _DTYPES[dtype] else None
-    try:
-        from .modeling import load_for_inference
-    except ImportError:
-        load_for_inference = None
-    # load_for_inference leaves the model where it was loaded (CPU) unless told otherwise.
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if load_for_inference is not None:
-        return load_for_inference(name, dtype=torch_dtype, device=dev)
-    # Fallback while modeling.py is absent: plain HF loading of a full model directory or id.
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .modeling import load_for_inference
 
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype or "auto").to(dev)
-    return model, AutoTokenizer.from_pretrained(name)
+    return load_for_inference(name, dtype=torch_dtype, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _dataset_records(name: str, config: str | None, split: str) -> list[dict]:

@@ -10,9 +10,8 @@ import argparse
 
 import torch
 
-from .layout import original_item, pass2_items, place, single_pass_item
+from .layout import meta_of, pass2_items, place, single_pass_item
 from .masks import COPY, ORIG, PRED, dense_mask
-from .layout import meta_of
 from .segment import IGNORE_INDEX, Segmented, segment
 
 _COLORS = {"prompt": "\033[90m", "step1": "\033[94m", "pred": "\033[95m", "step2": "\033[92m", "rest": "\033[0m"}
@@ -75,7 +74,7 @@ def describe(ex: Segmented, tokenizer, pred_ids: list[int], pair: int = 0, color
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from .modeling import add_predictor_tokens, load_tokenizer, resolve_model_path
+    from .modeling import load_tokenizer, resolve_model_path
     from .trainer import load_training_records
     from .config import TrainConfig
 

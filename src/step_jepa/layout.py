@@ -68,7 +68,7 @@ def original_item(ex: Segmented) -> Item:
     return it
 
 
-def _append_pair(it: Item, ex: Segmented, i: int, uid: int, pred_ids: list[int], prefix_end: int | None) -> None:
+def _append_pair(it: Item, ex: Segmented, i: int, uid: int, pred_ids: list[int]) -> None:
     """Append K predictors after step i and an isolated step i+1 to `it` (two-pass positions)."""
     e_i = ex.step_spans[i][1]
     s2, e2 = ex.step_spans[i + 1]
@@ -83,7 +83,7 @@ def single_pass_item(ex: Segmented, pairs: list[int], pred_ids: list[int], uid0:
     """Original tokens, then for each pair K predictors and a copy of step i+1 (one forward pass)."""
     it = original_item(ex)
     for j, i in enumerate(pairs):
-        _append_pair(it, ex, i, uid0 + j, pred_ids, None)
+        _append_pair(it, ex, i, uid0 + j, pred_ids)
     return it
 
 
@@ -94,7 +94,7 @@ def pass2_items(ex: Segmented, pairs: list[int], pred_ids: list[int], uid0: int)
         it = Item()
         e_i = ex.step_spans[i][1]
         it.add(list(ex.input_ids[:e_i]), ORIG, -1, 0, list(range(e_i)))
-        _append_pair(it, ex, i, uid0 + j, pred_ids, e_i)
+        _append_pair(it, ex, i, uid0 + j, pred_ids)
         out.append(it)
     return out
 

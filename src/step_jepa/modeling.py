@@ -139,6 +139,10 @@ def load_for_inference(name_or_path: str, dtype: torch.dtype | None = None, devi
     or any model name resolvable by `resolve_model_path`."""
     from transformers import AutoModelForCausalLM
 
+    if dtype is None and (device or "").startswith("cuda") and torch.cuda.is_bf16_supported():
+        # Training keeps fp32 master weights, so checkpoints are fp32; decoding in fp32 on a GPU
+        # would only be slower. Pass dtype=torch.float32 to evaluate in full precision.
+        dtype = torch.bfloat16
     path = resolve_model_path(name_or_path)
     adapter_cfg = Path(path) / "adapter_config.json"
     if adapter_cfg.exists():
