@@ -132,6 +132,133 @@ def test_report_without_results_is_an_error(tmp_path) -> None:
     assert cli_main(["compare", "--report", str(tmp_path)]) == 2
 
 
+# --------------------------------------------------------------------------- paired statistics (fast)
+
+
+def test_mcnemar_exact_branch_by_hand() -> None:
+    # b + c = 10 < 50: p = 2 * P(Binomial(10, 1/2) <= 2) = 2 * (1 + 10 + 45) / 1024
+    for b, c in ((2, 8), (8, 2)):
+        t = cmp.mcnemar(b, c)
+        assert t["method"] == "exact binomial"
+        assert t["p_value"] == pytest.approx(112 / 1024)
+    assert cmp.mcnemar(5, 5)["p_value"] == 1.0  # capped, not 2 * P(X <= 5) > 1
+    assert cmp.mcnemar(0, 0)["p_value"] == 1.0
+
+
+def test_mcnemar_chi_square_branch_by_hand() -> None:
+    # b + c = 60 >= 50: chi2 = (|20 - 40| - 1)^2 / 60 = 361 / 60; P(chi2_1 > 6.0167) = 0.014171
+    t = cmp.mcnemar(20, 40)
+    assert t["method"].startswith("chi-square")
+    assert t["statistic"] == pytest.approx(361 / 60)
+    assert t["p_value"] == pytest.approx(0.014171, abs=1e-5)
+    # Not circular: for large b + c the approximation agrees with the exact binomial test.
+    approx, exact = cmp.mcnemar(200, 250)["p_value"], cmp.mcnemar(200, 250, exact_below=10**9)["p_value"]
+    assert exact == pytest.approx(approx, rel=0.05) and 0.01 < exact < 0.05
+
+
+def _runs(matrix, ids=None) -> dict[int, dict[str, bool]]:
+    """seed -> {id -> correct} from a [seeds, problems] 0/1 matrix."""
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=bool)
+    ids = ids or [f"p{i}" for i in range(m.shape[1])]
+    return {s: dict(zip(ids, map(bool, row))) for s, row in enumerate(m)}
+
+
+def test_paired_stats_counts_and_bootstrap_ci() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n, seeds = 600, 3
+    base = rng.random((seeds, n)) < 0.5
+    # Candidate: keeps every baseline success, fixes a wrong answer with prob 0.25, breaks a right one
+    # with prob 0.05: true Δ = 100 * (0.5 * 0.25 - 0.5 * 0.05) = +10 points.
+    u = rng.random((seeds, n))
+    cand = np.where(base, u >= 0.05, u < 0.25)
+    st = cmp.paired_stats(_runs(base), _runs(cand), n_boot=2000, seed=1)
+    assert (st["n_seeds"], st["n_problems"]) == (seeds, n)
+    assert st["b"] == int((base & ~cand).sum()) and st["c"] == int((~base & cand).sum())
+    assert st["delta_points"] == pytest.approx(100 * (cand.mean() - base.mean()))
+    lo, hi = st["ci95_points"]
+    assert lo < 10.0 < hi and lo > 0  # contains the true difference, excludes no effect
+    # Its width matches the normal approximation of the per-problem (seed-averaged) difference.
+    d = 100 * (cand.astype(float) - base).mean(0)
+    assert (hi - lo) / 2 == pytest.approx(1.96 * d.std(ddof=1) / np.sqrt(n), rel=0.15)
+    assert st["mcnemar_p"] < 1e-6
+    assert cmp.paired_stats(_runs(base), _runs(cand), n_boot=2000, seed=1)["ci95_points"] == [lo, hi]
+    assert cmp.paired_stats(_runs(base), _runs(cand), n_boot=2000, seed=2)["ci95_points"] != [lo, hi]
+
+
+def test_paired_stats_aligns_by_id_and_reports_drops() -> None:
+    base = {0: {"a": True, "b": False, "c": True}, 1: {"a": True, "b": True, "c": False}, 5: {"a": True}}
+    cand = {0: {"c": True, "b": True, "a": False}, 1: {"a": True, "b": True}, 7: {"a": False}}
+    st = cmp.paired_stats(base, cand, n_boot=200)
+    al = st["alignment"]
+    assert al["seeds_matched"] == [0, 1] and al["seeds_only_baseline"] == [5] and al["seeds_only_candidate"] == [7]
+    assert (st["n_problems"], al["problems_dropped"], al["dropped_ids"]) == (2, 1, ["c"])
+    # Aligned by id, not position: seed 0 a: T->F (b), b: F->T (c); seed 1 identical.
+    assert (st["b"], st["c"]) == (1, 1) and st["delta_points"] == 0.0
+    note = cmp.alignment_note(st)
+    assert "[5]" in note and "[7]" in note and "1 problem id(s)" in note
+    with pytest.raises(ValueError, match="no seed in common"):
+        cmp.paired_stats({0: {"a": True}}, {1: {"a": True}})
+    with pytest.raises(ValueError, match="no problem id in common"):
+        cmp.paired_stats({0: {"a": True}}, {0: {"b": True}})
+
+
+def _fake_predictions(out: Path, name: str, seed: int, correct: list[bool], ids: list | None = None) -> None:
+    """eval/predictions.jsonl of a run, rows shaped like evaluate._score writes them."""
+    path = out / name / f"seed{seed}" / "eval" / cmp.PREDICTIONS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = ids or [f"gen-1000-{i}" for i in range(len(correct))]
+    path.write_text("".join(json.dumps({"id": i, "question": "q", "output": "o", "extracted": "1", "gold": "1",
+                                        "correct": ok, "tokens": 3, "error": None}) + "\n"
+                            for i, ok in zip(ids, correct)))
+
+
+def test_report_paired_section_and_missing_predictions(tmp_path) -> None:
+    base = [[True, True, False, False, True], [True, False, False, True, True]]
+    jepa = [[True, False, True, True, True], [True, True, True, True, False]]
+    for s in (0, 1):
+        for name, table, lbd in (("sft", base, 0.0), ("jepa", jepa, 0.1), ("nopred", None, 0.2)):
+            _fake_result(tmp_path, name, s, 0.5, lbd)
+            if table is not None:
+                # jepa writes its problems in another order: pairing must go by id.
+                ids = [f"gen-1000-{i}" for i in range(5)]
+                order = list(range(5))[::-1] if name == "jepa" else list(range(5))
+                _fake_predictions(tmp_path, name, s, [table[s][i] for i in order], [ids[i] for i in order])
+    rows = cmp.build_report(tmp_path, order=["sft", "jepa", "nopred"])
+    assert rows[0]["paired"] is None and rows[2]["paired"] == {"status": "n/a (no predictions)"}
+    data = json.loads((tmp_path / cmp.RESULTS).read_text())
+    p = data["configs"][1]["paired"]
+    assert data["paired_baseline"] == "sft"
+    # seed 0: b = {1}, c = {2, 3}; seed 1: b = {4}, c = {1, 2}  ->  b = 2, c = 4, Δ = (20 + 20) / 2
+    assert (p["b"], p["c"], p["n_seeds"], p["n_problems"]) == (2, 4, 2, 5)
+    assert p["delta_points"] == pytest.approx(20.0) and p["mcnemar"]["method"] == "exact binomial"
+    assert p["mcnemar_p"] == pytest.approx(2 * (1 + 6 + 15) / 64)
+    table = (tmp_path / cmp.TABLE).read_text()
+    assert "## Paired vs sft (per problem)" in table
+    assert "| jepa | +20.00 [" in table and "| 2 / 4 | 2 × 5 |" in table
+    assert "| nopred | n/a (no predictions) |" in table
+
+
+def test_report_paired_with_missing_seed_and_bad_ids(tmp_path) -> None:
+    for s in (0, 1):
+        _fake_result(tmp_path, "sft", s, 0.5, 0.0)
+        _fake_result(tmp_path, "jepa", s, 0.5, 0.1)
+        _fake_predictions(tmp_path, "sft", s, [True, False])
+    _fake_predictions(tmp_path, "jepa", 0, [False, True])  # seed 1 of jepa has no predictions.jsonl
+    rows = cmp.build_report(tmp_path, order=["sft", "jepa"])
+    p = rows[1]["paired"]
+    assert p["status"] == "ok" and p["n_seeds"] == 1 and p["runs_without_predictions"] == [1]
+    assert "seeds without predictions.jsonl: [1]" in (tmp_path / cmp.TABLE).read_text()
+    _fake_predictions(tmp_path, "jepa", 1, [True, True], ids=["x", "x"])
+    with pytest.raises(ValueError, match="duplicate problem id"):
+        cmp.load_correct(tmp_path / "jepa" / "seed1" / "eval" / cmp.PREDICTIONS)
+    rows = cmp.build_report(tmp_path, order=["sft", "jepa"])  # reported as n/a, the report still builds
+    assert rows[1]["paired"]["status"].startswith("n/a (bad predictions.jsonl, jepa: ValueError")
+
+
 # --------------------------------------------------------------------------- end to end (slow)
 
 

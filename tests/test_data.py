@@ -3,7 +3,6 @@ tests/fixtures/data, reports, prepare/load_records and the `prepare` CLI."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import types
@@ -51,10 +50,10 @@ def skip_reason(obj, **kw) -> str:
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="step-jepa")
-    data.add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """The real entry point, so error formatting and exit codes are the user's."""
+    from step_jepa.cli import main
+
+    return main(argv)
 
 
 # ---------------------------------------------------------------------------- records & helpers
@@ -532,3 +531,47 @@ def test_dev_fraction_split_is_seeded_and_disjoint(tmp_path):
     assert (n_train, n_dev) == (40, 10) and len(train_ids) == 40 and len(dev_ids) == 10
     assert not set(train_ids) & set(dev_ids)
     assert set(train_ids) | set(dev_ids) == {r["id"] for r in recs}
+
+
+# ---------------------------------------------------------------------------- ignored directory files
+
+
+def test_directory_files_that_are_not_read_are_reported(tmp_path):
+    """notes.txt and our own old report are left out of a directory, but never silently."""
+    read, ignored = data.split_input_files(FIX / "mixed_dir")
+    assert [f.name for f in read] == ["a_gsm8k.jsonl", "c_chat.json", "b_deepseek.jsonl", "d_prepared.jsonl"]
+    assert sorted(f.name for f in ignored) == ["notes.txt", "old.jsonl.report.json"]
+    out = tmp_path / "mixed.jsonl"
+    report = prepare(FIX / "mixed_dir", out, skip_invalid=True)
+    expected = sorted(str(f) for f in ignored)
+    assert sorted(report.ignored_files) == expected
+    assert "ignored 2 file(s) that are not .jsonl/.json input" in report.format()
+    assert "notes.txt" in report.format()
+    saved = json.loads(Path(f"{out}.report.json").read_text())
+    assert sorted(saved["ignored_files"]) == expected
+    _, loaded = load_records(FIX / "mixed_dir", skip_invalid=True)
+    assert sorted(loaded.ignored_files) == expected
+
+
+def test_single_file_input_ignores_nothing_and_hidden_files_are_not_listed(tmp_path):
+    _, report = load_records(FIX / "gsm8k.jsonl", skip_invalid=True)
+    assert report.ignored_files == [] and "ignored" not in report.format().replace("blank line(s) ignored", "")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("x")
+    (tmp_path / "a.jsonl").write_text((FIX / "gsm8k.jsonl").read_text())
+    (tmp_path / "README.md").write_text("x")
+    read, ignored = data.split_input_files(tmp_path)
+    assert [f.name for f in read] == ["a.jsonl"] and [f.name for f in ignored] == ["README.md"]
+
+
+def test_directory_without_inputs_names_what_it_found(tmp_path):
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match=r"no \*\.jsonl or \*\.json files in this directory \(found only: readme\.txt\)"):
+        iter_input_files(tmp_path)
+
+
+def test_report_lists_at_most_max_lines_ignored_files():
+    r = Report(ignored_files=[f"d/f{i}.txt" for i in range(15)])
+    text = r.format(max_lines=10)
+    assert "ignored 15 file(s)" in text and "d/f9.txt" in text and "d/f10.txt" not in text
+    assert "... and 5 more" in text

@@ -50,3 +50,42 @@ def test_two_process_gloo_ddp(tmp_path: Path, launcher: str):
     init = (model_dir / "model.safetensors").read_bytes()
     assert (out / "final" / "model.safetensors").read_bytes() != init
     shutil.rmtree(out / "rank_fingerprints")
+
+
+def _infonce_rank(rank: int, port: str, out_dir: str) -> None:
+    """One rank of the in-batch InfoNCE check: rank 1 has no valid pair in its micro-batch."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from step_jepa.data import make_record
+    from step_jepa.generator import generate_problems
+    from step_jepa.layout import StepJEPACollator
+    from step_jepa.modeling import add_predictor_tokens
+    from step_jepa.objective import JEPAOptions, StepJEPAModel
+    from step_jepa.segment import segment
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    tok = build_tiny_tokenizer("chatml")
+    lm = build_tiny_model(len(tok), seed=0)
+    pred = add_predictor_tokens(lm, tok, 1)
+    recs = (generate_problems(3, seed=0) if rank == 0
+            else [make_record("one", "q?", ["The final answer is \\boxed{7}."], "7")] * 2)
+    batch = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred)([segment(r, tok) for r in recs])
+    out = StepJEPAModel(lm, JEPAOptions(loss="infonce"))(**batch)
+    (out["lm_sum"] / out["n_tokens"] + out["jepa"]).backward()
+    dist.barrier()
+    Path(out_dir, f"rank{rank}.txt").write_text(f"{out['jepa'].item():.6f} {len(out['view1'])}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_infonce_gathers_across_ranks_even_without_local_pairs(tmp_path: Path):
+    """Negatives come from every rank; a rank with no pair still joins the collective (no hang),
+    and both ranks compute the same global loss over the 3 gathered pairs."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_infonce_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = ((tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1))
+    assert r0 == r1 and r0[1] == "3"

@@ -208,3 +208,41 @@ def test_embed_two_models_all_pairs_from_file(tiny_models, tmp_path, capsys) -> 
 
     assert mpimg.imread(out / "pca.png").shape[1] > 1000  # two panels side by side
     assert is_png(out / "cosine_hist.png")
+
+
+@pytest.mark.slow
+def test_embed_applies_the_trained_predictor_head(tiny_models, tmp_path, capsys) -> None:
+    """A run trained with --jepa_predictor_head mlp: view 1 is head(view 1), as the JEPA loss saw it."""
+    import shutil
+
+    import torch
+    import yaml
+    from safetensors.torch import save_file
+
+    from step_jepa.objective import PredictorHead
+    from step_jepa.trainer import HEAD_FILE
+
+    run = tmp_path / "jepa_head"
+    shutil.copytree(tiny_models[0], run)
+    torch.manual_seed(3)
+    head = PredictorHead(64)
+    torch.nn.init.normal_(head.net[-1].weight, std=0.5)  # not the identity it starts as
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(run / HEAD_FILE))
+    (run / "step_jepa_config.yaml").write_text(yaml.safe_dump({"jepa_predictor_head": "mlp"}))
+
+    with_head = viz.run_embed([str(run)], data=None, n=6, out=tmp_path / "h", tsne=False)
+    assert "view 1 after the predictor head" in capsys.readouterr().out
+    without = viz.run_embed([str(run)], data=None, n=6, out=tmp_path / "raw", tsne=False, use_head=False)
+    assert with_head["models"][0]["view1"] == "after the predictor head"
+    assert without["models"][0]["view1"] == "hidden state (no predictor head)"
+    h, raw = (np.load(tmp_path / d / "embeddings_model1.npz") for d in ("h", "raw"))
+    np.testing.assert_array_equal(h["v2"], raw["v2"])  # the head is on view 1 only
+    assert not np.allclose(h["v1"], raw["v1"], atol=1e-3)
+    with torch.no_grad():
+        expected = head(torch.from_numpy(raw["v1"])).numpy()
+    np.testing.assert_allclose(h["v1"], expected, rtol=1e-4, atol=1e-4)
+
+    # A saved config that says another head type wins over a stray head file.
+    (run / "step_jepa_config.yaml").write_text(yaml.safe_dump({"jepa_predictor_head": "none"}))
+    assert viz.load_predictor_head(str(run), 64) is None
+    assert viz.load_predictor_head(str(tiny_models[1]), 64) is None  # SFT dir: no head file

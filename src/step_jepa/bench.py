@@ -44,6 +44,12 @@ BASE_VARIANTS = {
     "two_pass": dict(kind="ours", mode="two_pass", pairs="first"),
     "sp_first": dict(kind="ours", mode="single_pass", pairs="first"),
     "sp_all": dict(kind="ours", mode="single_pass", pairs="all"),
+    # The anti-collapse options on top of single-pass pairs=first: what each one costs.
+    "sp_first_stopgrad": dict(kind="ours", mode="single_pass", pairs="first", opts={"target": "stopgrad"}),
+    "sp_first_ema": dict(kind="ours", mode="single_pass", pairs="first", opts={"target": "ema"}),
+    "sp_first_head": dict(kind="ours", mode="single_pass", pairs="first", opts={"head": "mlp"}),
+    "sp_first_infonce": dict(kind="ours", mode="single_pass", pairs="first", opts={"loss": "infonce"}),
+    "sp_first_vicreg": dict(kind="ours", mode="single_pass", pairs="first", opts={"vicreg_weight": 1.0}),
 }
 VARIANTS = [v for b in BASE_VARIANTS for v in (b, b + "_packed")]
 DEFAULT_VARIANTS = ["hf_sft", "sft", "two_pass", "sp_first", "sp_all",
@@ -291,7 +297,8 @@ def build_batches(variant: str, groups: list[list[Segmented]], pad_id: int, pred
     out = []
     for g in groups:
         kw = dict(pad_id=pad_id, pred_ids=pred_ids if spec["mode"] != "sft" else [], mode=spec["mode"],
-                  pairs=spec["pairs"], pad_multiple=pad_multiple, seed=seed)
+                  pairs=spec["pairs"], pad_multiple=pad_multiple, seed=seed,
+                  target_copies=spec.get("opts", {}).get("target") == "ema")
         if packed:
             if pack_tokens > 0:
                 cap = pack_tokens
@@ -434,8 +441,13 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             def step_loss(b):
                 return lm(**b).loss
         else:
-            def step_loss(b, lbd=lbd):
-                out = jmodel(**b)
+            # Variants with options get their own wrapper (an EMA copy, a head); the head's few
+            # parameters are left out of the optimizer, so its AdamW cost is not counted.
+            jm = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd, **spec["opts"])).to(device) if "opts" in spec else jmodel
+
+            def step_loss(b, lbd=lbd, jm=jm):
+                jm.update_ema()  # the per-step EMA update is part of the cost (a no-op without EMA)
+                out = jm(**b)
                 loss = out["lm_sum"] / max(out["n_tokens"], 1)
                 return loss + lbd * out["jepa"] if lbd > 0 else loss
         batches = build_batches(variant, groups, tok.pad_token_id, pred_ids, attn, cfg.pack_tokens, cfg.seed)

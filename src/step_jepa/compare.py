@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .config import TrainConfig, load_yaml
 
 # TrainConfig fields a grid config may override. Everything else must live in `base:`.
@@ -366,6 +368,214 @@ def _select(available: list, wanted: list | None, what: str) -> list:
     return [a for a in available if a in wanted]
 
 
+# --------------------------------------------------------------------------- paired statistics
+
+PREDICTIONS = "predictions.jsonl"  # written by evaluate.evaluate into <run>/eval/
+EXACT_BELOW = 50  # McNemar: exact binomial when b + c < this, else chi-square with continuity correction
+CI_LEVEL = 0.95
+
+
+def mcnemar(b: int, c: int, exact_below: int = EXACT_BELOW) -> dict[str, Any]:
+    """Two-sided McNemar test on the discordant counts b (baseline right, candidate wrong) and c.
+
+    Under H0 a discordant problem is equally likely to go either way, so b ~ Binomial(b + c, 1/2).
+    The exact binomial p-value is used while b + c is small, where the chi-square approximation is
+    poor; above that, chi-square (1 df) with Edwards' continuity correction, whose survival function
+    is erfc(sqrt(x / 2)) — no scipy needed.
+    """
+    n = b + c
+    if n == 0:
+        return {"method": "none (no discordant pairs)", "statistic": None, "p_value": 1.0}
+    if n < exact_below:
+        tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+        return {"method": "exact binomial", "statistic": None, "p_value": min(1.0, 2 * tail / 2 ** n)}
+    stat = max(abs(b - c) - 1, 0) ** 2 / n
+    return {"method": "chi-square, continuity corrected", "statistic": stat, "p_value": math.erfc(math.sqrt(stat / 2))}
+
+
+def align_runs(baseline_runs: dict[int, dict[str, bool]], candidate_runs: dict[int, dict[str, bool]]
+               ) -> tuple[list[int], list[str], dict[str, Any]]:
+    """Seeds present in both, problem ids present in both for every one of those seeds.
+
+    One problem set shared by all seeds is what lets the bootstrap resample problems once for every
+    seed. Whatever does not match is counted in the returned `alignment` (never dropped silently).
+    """
+    seeds = sorted(set(baseline_runs) & set(candidate_runs))
+    if not seeds:
+        raise ValueError(f"no seed in common (baseline {sorted(baseline_runs)}, candidate {sorted(candidate_runs)})")
+    everything = set().union(*(set(baseline_runs[s]) | set(candidate_runs[s]) for s in seeds))
+    common = set.intersection(*(set(baseline_runs[s]) & set(candidate_runs[s]) for s in seeds))
+    ids = sorted(common, key=str)
+    dropped = sorted(everything - common, key=str)
+    alignment = {
+        "seeds_matched": seeds,
+        "seeds_only_baseline": sorted(set(baseline_runs) - set(candidate_runs)),
+        "seeds_only_candidate": sorted(set(candidate_runs) - set(baseline_runs)),
+        "problems_matched": len(ids), "problems_dropped": len(dropped), "dropped_ids": [str(i) for i in dropped[:10]],
+    }
+    if not ids:
+        raise ValueError(f"no problem id in common across seeds {seeds}")
+    return seeds, ids, alignment
+
+
+def bootstrap_ci(per_problem: np.ndarray, n_boot: int, seed: int, level: float = CI_LEVEL,
+                 chunk: int = 1000) -> tuple[float, float]:
+    """Percentile CI of the mean of `per_problem` (problem resampling), in the units given.
+
+    Chunked so that 10k resamples of a 1.3k-problem test set do not hold a 10k × 1.3k index matrix.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(per_problem)
+    means = []
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        means.append(per_problem[idx].mean(axis=1))
+    boot = np.concatenate(means)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def paired_stats(baseline_runs: dict[int, dict[str, bool]], candidate_runs: dict[int, dict[str, bool]],
+                 n_boot: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """Per-problem paired comparison of two configs over seeds (candidate − baseline).
+
+    Arguments map seed → {problem id → correct}. Returns the mean paired accuracy difference in
+    points (averaged over seeds), a bootstrap 95 % CI that resamples *problems* — one resampled
+    problem set applied to every seed, so each resampled problem keeps its baseline/candidate pair
+    and its correlation across seeds (the test set, not the seed, is the dominant noise at a few
+    seeds) — and McNemar's test pooled over seeds (b, c summed). Pooling treats the seed × problem
+    pairs as independent although a problem tends to be hard in every seed, so with several seeds
+    the McNemar p-value is somewhat optimistic; the problem-level CI is the one to read first.
+    """
+    seeds, ids, alignment = align_runs(baseline_runs, candidate_runs)
+    base = np.array([[bool(baseline_runs[s][i]) for i in ids] for s in seeds])  # [S, N]
+    cand = np.array([[bool(candidate_runs[s][i]) for i in ids] for s in seeds])
+    diff = cand.astype(np.float64) - base.astype(np.float64)
+    b, c = int((base & ~cand).sum()), int((~base & cand).sum())
+    lo, hi = bootstrap_ci(100 * diff.mean(axis=0), n_boot, seed)
+    test = mcnemar(b, c)
+    return {
+        "n_seeds": len(seeds), "n_problems": len(ids),
+        "delta_points": float(100 * diff.mean()),
+        "per_seed_delta_points": {int(s): float(100 * d) for s, d in zip(seeds, diff.mean(axis=1))},
+        "ci95_points": [lo, hi], "n_boot": n_boot, "bootstrap_seed": seed,
+        "b": b, "c": c, "mcnemar": test, "mcnemar_p": test["p_value"],
+        "alignment": alignment,
+    }
+
+
+def load_correct(path: str | Path) -> dict[str, bool]:
+    """{problem id → correct} of one predictions.jsonl. A missing id falls back to the line number
+    (every run of a grid evaluates the same records in the same order); a duplicate id is an error,
+    because aligning by id would silently pair the wrong problems."""
+    out: dict[str, bool] = {}
+    for k, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        key = str(row["id"]) if row.get("id") is not None else f"line{k}"
+        if key in out:
+            raise ValueError(f"{path}: duplicate problem id {key!r}")
+        out[key] = bool(row["correct"])
+    return out
+
+
+def load_run_predictions(output_dir: str | Path, results: list[dict[str, Any]]
+                         ) -> tuple[dict[str, dict[int, dict[str, bool]]], dict[str, str]]:
+    """config → seed → {id → correct} for every finished run that has <run>/eval/predictions.jsonl,
+    and config → error for configs with an unreadable one (reported as n/a, not a failed report)."""
+    out: dict[str, dict[int, dict[str, bool]]] = {}
+    errors: dict[str, str] = {}
+    for r in results:
+        path = run_dir(Path(output_dir), r["config"], int(r["seed"])) / "eval" / PREDICTIONS
+        if not path.exists():
+            continue
+        try:
+            out.setdefault(r["config"], {})[int(r["seed"])] = load_correct(path)
+        except (ValueError, KeyError) as e:  # KeyError: a row without "correct"
+            errors[r["config"]] = f"{type(e).__name__}: {e}"
+    return out, errors
+
+
+def paired_vs_baseline(output_dir: str | Path, rows: list[dict[str, Any]], results: list[dict[str, Any]],
+                       n_boot: int = 10000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Paired stats of every config against the first (baseline) row; a config that cannot be
+    paired gets {"status": "n/a (...)"} instead of failing the whole report."""
+    if not rows:
+        return {}
+    preds, errors = load_run_predictions(output_dir, results)
+    base = rows[0]["config"]
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows[1:]:
+        name = row["config"]
+        bad = [f"{n}: {errors[n]}" for n in (base, name) if n in errors]
+        if bad:
+            out[name] = {"status": f"n/a (bad predictions.jsonl, {'; '.join(bad)})"}
+            log(f"paired {name} vs {base}: {out[name]['status']}")
+            continue
+        if not preds.get(base) or not preds.get(name):
+            out[name] = {"status": "n/a (no predictions)"}
+            continue
+        try:
+            stats = paired_stats(preds[base], preds[name], n_boot=n_boot, seed=seed)
+        except ValueError as e:
+            out[name] = {"status": f"n/a ({e})"}
+            continue
+        stats["runs_without_predictions"] = sorted(set(row["seeds"]) - set(preds[name]))
+        stats["status"] = "ok"
+        out[name] = stats
+        _log_alignment(name, base, stats)
+    return out
+
+
+def _log_alignment(name: str, base: str, stats: dict[str, Any]) -> None:
+    """Say what could not be paired; the table carries the same note."""
+    note = alignment_note(stats)
+    if note:
+        log(f"paired {name} vs {base}: {note}")
+
+
+def alignment_note(stats: dict[str, Any]) -> str:
+    """Human-readable list of what was dropped before pairing ('' when everything matched)."""
+    a = stats["alignment"]
+    parts = []
+    if a["seeds_only_baseline"] or a["seeds_only_candidate"]:
+        parts.append(f"unpaired seeds dropped (baseline only {a['seeds_only_baseline']}, "
+                     f"candidate only {a['seeds_only_candidate']})")
+    if a["problems_dropped"]:
+        parts.append(f"{a['problems_dropped']} problem id(s) not in every run dropped (e.g. {a['dropped_ids'][:3]})")
+    if stats.get("runs_without_predictions"):
+        parts.append(f"seeds without predictions.jsonl: {stats['runs_without_predictions']}")
+    return "; ".join(parts)
+
+
+def format_paired(paired: dict[str, dict[str, Any]], baseline: str) -> str:
+    """Markdown section: Δ points [95 % CI], McNemar p and b/c per config against the baseline."""
+    if not paired:
+        return ""
+    lines = [f"\n## Paired vs {baseline} (per problem)\n",
+             "| config | Δ points [95% CI] | McNemar p | b / c | seeds × problems | note |",
+             "|---|---|---|---|---|---|"]
+    for name, st in paired.items():
+        if st.get("status") != "ok":
+            lines.append(f"| {name} | {st['status']} | — | — | — | |")
+            continue
+        lo, hi = st["ci95_points"]
+        lines.append(f"| {name} | {st['delta_points']:+.2f} [{lo:+.2f}, {hi:+.2f}] | {_fmt_p(st['mcnemar_p'])} "
+                     f"({st['mcnemar']['method']}) | {st['b']} / {st['c']} | {st['n_seeds']} × {st['n_problems']} | "
+                     f"{alignment_note(st)} |")
+    lines.append("")
+    lines.append(f"Δ: candidate − {baseline} accuracy in points, averaged over the paired seeds. CI: percentile "
+                 "bootstrap over problems (one resampled problem set for all seeds). McNemar pooled over seeds: "
+                 f"b = {baseline} right & candidate wrong, c = the reverse; exact binomial when b + c < "
+                 f"{EXACT_BELOW}, else chi-square with continuity correction.")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -489,7 +699,8 @@ def plot_compare(rows: list[dict[str, Any]], path: str | Path):
 
 
 def build_report(output_dir: str | Path, order: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rebuild compare_table.md, compare_results.json and compare.png from the result.json files."""
+    """Rebuild compare_table.md, compare_results.json and compare.png from the result.json files,
+    plus per-problem paired stats of every config against the first from eval/predictions.jsonl."""
     out = Path(output_dir)
     results = collect_results(out)
     if not results:
@@ -498,9 +709,13 @@ def build_report(output_dir: str | Path, order: list[str] | None = None) -> list
         order = list(json.loads((out / GRID_COPY).read_text()).get("configs", {}))
     rows = aggregate(results, order)
     warnings = consistency_warnings(results)
-    table = format_table(rows, warnings)
+    paired = paired_vs_baseline(out, rows, results)
+    for row in rows:  # None for the baseline itself
+        row["paired"] = paired.get(row["config"])
+    table = format_table(rows, warnings) + format_paired(paired, rows[0]["config"])
     _write_atomic(out / TABLE, table)
-    _write_atomic(out / RESULTS, json.dumps({"configs": rows, "warnings": warnings, "runs": [
+    _write_atomic(out / RESULTS, json.dumps({"configs": rows, "warnings": warnings,
+                                             "paired_baseline": rows[0]["config"], "runs": [
         {k: r[k] for k in ("config", "seed", "accuracy", "correct", "n", "train_seconds", "eval_seconds")}
         for r in results]}, indent=1))
     plot_compare(rows, out / PLOT)

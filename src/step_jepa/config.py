@@ -103,6 +103,11 @@ class TrainConfig:
             raise ValueError("--jepa_ratio must be in [0, 1]")
         if self.max_length < 8:
             raise ValueError("--max_length must be >= 8")
+        if (self.jepa_loss == "infonce" and self.lbd > 0 and not self.packing and self.pairs != "all"
+                and self.per_device_train_batch_size < 2):
+            # One pair per micro-batch has no negatives: InfoNCE is identically 0 and trains nothing.
+            raise ValueError("--jepa_loss infonce needs several pairs per micro-batch: use "
+                             "--per_device_train_batch_size >= 2, --packing or --pairs all")
 
 
 def _str2bool(v: str) -> bool:

@@ -31,7 +31,6 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -149,7 +148,7 @@ def merge_short_steps(steps: list[str], min_chars: int) -> list[str]:
     return out
 
 
-def normalize_answer(answer: str) -> str:
+def clean_answer(answer: str) -> str:
     """Strip and drop thousands separators (``1,000`` -> ``1000``) so answers compare exactly."""
     return _THOUSANDS_RE.sub("", answer.strip())
 
@@ -169,21 +168,6 @@ def last_boxed(text: str) -> str | None:
         # Unbalanced (truncated generation): try an earlier, complete one.
         start = text.rfind("\\boxed{", 0, start)
     return None
-
-
-def _answer_key(answer: str) -> str | Fraction:
-    """Canonical form for comparing a model's boxed answer with the ground truth.
-
-    Formatting noise (``$``, ``\\,``, ``\\text{ units}``, ``72.0``) must not count as a wrong
-    answer, otherwise correct solutions would be dropped as mismatches.
-    """
-    s = re.sub(r"\\(?:text|mbox|mathrm)\{[^{}]*\}", "", answer)
-    s = re.sub(r"\\[,!;: ]|\\?\$|\\%|%|\s", "", s)
-    s = _THOUSANDS_RE.sub("", s)
-    try:
-        return Fraction(s)
-    except (ValueError, ZeroDivisionError):
-        return s
 
 
 def final_answer_step(answer: str) -> str:
@@ -259,7 +243,7 @@ def _gsm8k_parts(answer_text: str, keep_annotations: bool) -> tuple[list[str], s
     if not finals:
         raise Skip("no final answer", "GSM8K answer has no '#### <answer>' line")
     final = finals[-1]
-    answer = normalize_answer(final.group(1))
+    answer = clean_answer(final.group(1))
     if not answer:
         raise Skip("empty answer", "nothing after '####'")
     body = text[: final.start()]
@@ -321,7 +305,7 @@ def _deepseek_answer(obj: dict, response: str) -> str:
         truth = fallback or last_boxed(response) or ""
     if not truth:
         raise Skip("no final answer", "no ground_truth, answer or \\boxed{} in the response")
-    return normalize_answer(truth)
+    return clean_answer(truth)
 
 
 def _convert_deepseek(obj: dict) -> tuple[str, list[str], str]:
@@ -333,7 +317,10 @@ def _convert_deepseek(obj: dict) -> tuple[str, list[str], str]:
     paragraphs = (_strip_marker(p) for p in split_steps(response))
     steps = [s for s in (clean_step(p) for p in paragraphs) if s and not _RULE_RE.match(s)]
     boxed = last_boxed(steps[-1]) if steps else None
-    if boxed is not None and _answer_key(boxed) != _answer_key(answer):
+    # The evaluator's comparison, so prepare never drops a trace that eval would score as correct.
+    from .evaluate import answers_match
+
+    if boxed is not None and not answers_match(boxed, answer):
         # A solution that ends in a wrong answer would teach wrong reasoning.
         raise Skip("answer mismatch", f"response says {boxed!r}, ground truth is {answer!r}")
     if boxed is None:
@@ -369,7 +356,7 @@ def _chat_turns(obj: dict) -> tuple[str | None, str, str]:
 def _convert_chat(obj: dict) -> tuple[str | None, str, list[str], str]:
     system, question, assistant = _chat_turns(obj)
     # Chat data need not be math: an assistant turn without \boxed{} is kept with answer "".
-    answer = normalize_answer(last_boxed(assistant) or "")
+    answer = clean_answer(last_boxed(assistant) or "")
     return system, question, split_steps(assistant), answer
 
 
@@ -385,7 +372,7 @@ def _convert_prepared(obj: dict) -> tuple[str | None, str, list[str], str]:
     if total not in (len(raw_steps), len(steps)) or isinstance(total, bool):
         raise Skip("inconsistent record", f"total_steps={total!r} but there are {len(steps)} steps")
     answer = _require_str(obj, "answer", allow_empty=True)
-    return system, question, steps, normalize_answer(answer)
+    return system, question, steps, clean_answer(answer)
 
 
 def _record_id(obj: dict, fallback: str | None, question: str, steps: list[str]) -> str:
@@ -462,6 +449,8 @@ class Report:
     step_histogram: dict[int, int] = field(default_factory=dict)
     blank_lines: int = 0
     files: list[str] = field(default_factory=list)
+    # Files of an input directory that were not read (other extensions, our own reports).
+    ignored_files: list[str] = field(default_factory=list)
     output: str | None = None
 
     def add_written(self, record: dict) -> None:
@@ -493,6 +482,7 @@ class Report:
             "step_histogram": {str(k): v for k, v in sorted(self.step_histogram.items())},
             "blank_lines": self.blank_lines,
             "files": list(self.files),
+            "ignored_files": list(self.ignored_files),
             "output": self.output,
         }
 
@@ -511,6 +501,10 @@ class Report:
             out += [f"  {p}:{n}: {r}" for p, n, r in self.skipped_lines[:max_lines]]
             if self.total_skipped > max_lines:
                 out.append(f"  ... and {self.total_skipped - max_lines} more")
+        if self.ignored_files:
+            shown = ", ".join(self.ignored_files[:max_lines])
+            more = f", ... and {len(self.ignored_files) - max_lines} more" if len(self.ignored_files) > max_lines else ""
+            out.append(f"ignored {len(self.ignored_files)} file(s) that are not .jsonl/.json input: {shown}{more}")
         if self.step_histogram:
             hist = " ".join(f"{k}:{v}" for k, v in sorted(self.step_histogram.items()))
             out.append(f"steps per example (steps:count): {hist}")
@@ -526,24 +520,36 @@ class Report:
 
 def iter_input_files(path: str | Path) -> list[Path]:
     """The input files for ``path``: the file itself, or every ``*.jsonl``/``*.json`` under a
-    directory (recursively, sorted so runs are reproducible). Our own ``*.report.json`` files
-    are excluded, so preparing into a directory and reading it back does not eat its reports."""
+    directory (recursively, sorted so runs are reproducible). See ``split_input_files`` for the
+    files that are left out and why."""
+    return split_input_files(path)[0]
+
+
+def split_input_files(path: str | Path) -> tuple[list[Path], list[Path]]:
+    """``(read, ignored)``: the input files for ``path`` and the visible files of a directory that
+    are not read, so the report can name them instead of dropping them silently.
+
+    Ignored are files with other extensions (``notes.txt``) and our own ``*.report.json`` files
+    (so preparing into a directory and reading it back does not eat its reports). Hidden files
+    and folders (``.git``, ``.cache``) are neither read nor listed: they are not data and could
+    hold thousands of files."""
     p = Path(path)
     if p.is_file():
-        return [p]
+        return [p], []
     if not p.exists():
         raise DataError(f"{p}: no such file or directory")
-    files = sorted(
-        f
-        for f in p.rglob("*")
-        if f.is_file()
-        and f.suffix in (".jsonl", ".json")
-        and not f.name.endswith(".report.json")
-        and not any(part.startswith(".") for part in f.relative_to(p).parts)
-    )
-    if not files:
-        raise DataError(f"{p}: no *.jsonl or *.json files in this directory")
-    return files
+    read: list[Path] = []
+    ignored: list[Path] = []
+    for f in sorted(p.rglob("*")):
+        if not f.is_file() or any(part.startswith(".") for part in f.relative_to(p).parts):
+            continue
+        is_input = f.suffix in (".jsonl", ".json") and not f.name.endswith(".report.json")
+        (read if is_input else ignored).append(f)
+    if not read:
+        names = [f.relative_to(p).as_posix() for f in ignored[:5]] + (["..."] if len(ignored) > 5 else [])
+        found = f" (found only: {', '.join(names)})" if names else ""
+        raise DataError(f"{p}: no *.jsonl or *.json files in this directory{found}")
+    return read, ignored
 
 
 # An input item: (source label, 1-based line, parsed object or the Skip it produced).
@@ -744,7 +750,8 @@ def prepare(
 
     sources: list[tuple[Iterable[tuple[_Item, str]], _Converter]] = []
     if inputs is not None:
-        files = iter_input_files(inputs)  # fail on a wrong path before touching the output
+        files, ignored = split_input_files(inputs)  # fail on a wrong path before touching the output
+        report.ignored_files = [str(f) for f in ignored]
         sources.append((_file_items(Path(inputs), files, report, exclude=out.resolve()), convert))
     if dataset is not None:
         sources.append((_hub_items(dataset, split, report), convert))
@@ -811,7 +818,9 @@ def load_records(
         return record
 
     collector = _Collector(report, strict=not skip_invalid)
-    items = _file_items(Path(path), iter_input_files(path), report, exclude=None)
+    files, ignored = split_input_files(path)
+    report.ignored_files = [str(f) for f in ignored]
+    items = _file_items(Path(path), files, report, exclude=None)
     records = [r for item, rid in items if (r := collector.feed(item, rid, convert)) is not None]
     if not records:
         raise DataError(f"{path}: no usable training records\n{report.format()}")
@@ -853,24 +862,19 @@ def add_cli(subparsers: Any) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
+    """Errors are raised as DataError: `step-jepa` prints them as one line and exits 2."""
     if args.input is None and args.dataset is None and not args.generate:
-        print("error: prepare needs --input, --dataset or --generate N", file=sys.stderr)
-        return 2
+        raise DataError("prepare needs --input, --dataset or --generate N")
     if args.min_steps < 1 or args.min_step_chars < 1 or (args.generate or 0) < 0:
-        print("error: --min_steps and --min_step_chars must be >= 1, --generate >= 0", file=sys.stderr)
-        return 2
-    try:
-        report = prepare(
-            args.input, args.output, fmt=args.format, dataset=args.dataset, split=args.split,
-            keep_annotations=args.keep_annotations, min_step_chars=args.min_step_chars,
-            min_steps=args.min_steps, system_prompt=args.system_prompt, generate=args.generate,
-            seed=args.seed, skip_invalid=not args.strict,
-        )
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise DataError("--min_steps and --min_step_chars must be >= 1, --generate >= 0")
+    report = prepare(
+        args.input, args.output, fmt=args.format, dataset=args.dataset, split=args.split,
+        keep_annotations=args.keep_annotations, min_step_chars=args.min_step_chars,
+        min_steps=args.min_steps, system_prompt=args.system_prompt, generate=args.generate,
+        seed=args.seed, skip_invalid=not args.strict,
+    )
     if report.written == 0:
-        print(f"error: no examples were written to {args.output}", file=sys.stderr)
+        print(f"step-jepa prepare: error: no examples were written to {args.output}", file=sys.stderr)
         return 1
     if args.dev_fraction > 0:
         n_train, n_dev, dev = split_dev(args.output, args.dev_fraction, args.seed)
@@ -895,6 +899,15 @@ def split_dev(path: str | Path, fraction: float, seed: int) -> tuple[int, int, P
     random.Random(seed).shuffle(order)
     dev_idx = set(order[: max(1, round(fraction * len(lines)))])
     dev = src.with_name(src.stem + ".dev.jsonl")
-    dev.write_text("".join(lines[i] for i in sorted(dev_idx)), encoding="utf-8")
-    src.write_text("".join(line for i, line in enumerate(lines) if i not in dev_idx), encoding="utf-8")
+    for path, text in ((dev, "".join(lines[i] for i in sorted(dev_idx))),
+                       (src, "".join(line for i, line in enumerate(lines) if i not in dev_idx))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)  # atomic: a crash leaves the old file, never half of one
+    report = Path(f"{src}.report.json")
+    if report.exists():  # the saved report must describe the files as they now are
+        data = json.loads(report.read_text(encoding="utf-8"))
+        data["dev_split"] = {"fraction": fraction, "seed": seed, "train": len(lines) - len(dev_idx),
+                             "dev": len(dev_idx), "dev_file": str(dev)}
+        report.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return len(lines) - len(dev_idx), len(dev_idx), dev

@@ -226,15 +226,14 @@ class GenResult:
 def encode_prompts(tokenizer: Any, prompts: Sequence[list[dict]]) -> list[list[int]]:
     """Token ids of each chat prompt with the assistant turn opened (``add_generation_prompt``).
 
-    The template is rendered to text and tokenized without extra special tokens, because the template
-    already writes BOS where the model expects one (adding it twice changes the model's output).
+    Rendered by `segment.render`, the same function training uses — the tokenizer's template, or the
+    plain fallback for tokenizers without one — so evaluation sees exactly the trained prompt format.
+    Tokenized without extra special tokens: the template already writes BOS where one is expected.
     """
-    if getattr(tokenizer, "chat_template", None):
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-        return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    # No template (a base model): plain text, with the tokenizer's own BOS handling.
-    texts = ["\n\n".join(m["content"] for m in p) + "\n\n" for p in prompts]
-    return [list(x) for x in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    from .segment import render
+
+    texts = [render(tokenizer, list(p), add_generation_prompt=True) for p in prompts]
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -694,7 +693,8 @@ def add_cli(subparsers: Any) -> None:
     src.add_argument("--generate", type=int, metavar="N", help="evaluate on N synthetic problems")
     p.add_argument("--split", default="test", help="dataset split (with --dataset)")
     p.add_argument("--dataset_config", default="main", help="dataset config name (with --dataset)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --generate")
+    p.add_argument("--seed", type=int, default=1000,
+                   help="seed for --generate (default 1000: training on generated problems uses the run seed, 0 by default)")
     p.add_argument("--max_new_tokens", type=int, default=512)
     p.add_argument("--batch_size", type=int, default=None, help="max rows per batch (default: by memory)")
     p.add_argument("--max_batch_tokens", type=int, default=None,

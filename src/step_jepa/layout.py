@@ -229,7 +229,9 @@ class StepJEPACollator:
         batch["pair_example"] = torch.tensor([k for k, s in enumerate(selected) for _ in s], dtype=torch.long)
         # Plain Python numbers: counters for logging must not cost a device→host sync.
         batch["n_examples"] = len(exs)
-        batch["n_with_pair"] = sum(1 for ex in exs if ex.valid_pairs())
+        # Examples of a JEPA step, and those of them that contribute a pair (after --pairs selection).
+        batch["n_jepa_examples"] = len(exs) if use_jepa else 0
+        batch["n_with_pair"] = sum(1 for s in selected if s)
         batch["n_pairs"] = n_pairs
         batch["n_nonpad"] = sum(len(ex.input_ids) for ex in exs)
         batch["jepa_step"] = bool(use_jepa)

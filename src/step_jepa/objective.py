@@ -65,6 +65,12 @@ class PredictorHead(nn.Module):
         return x + self.net(x)
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 class StepJEPAModel(nn.Module):
     """Wraps a causal LM (optionally PEFT) and returns the loss terms for a collated batch."""
 
@@ -172,13 +178,19 @@ class StepJEPAModel(nn.Module):
         if "pass2" in batch:  # two-pass reference: views come from a second forward pass
             part = batch["pass2"]
             source = self.hidden_states(part)[1]
-        if part["view_rows"].numel() > 0:
+        has_pairs = part["view_rows"].numel() > 0
+        # In-batch negatives are gathered from every rank; a rank without pairs must still take
+        # part in the collective, or the others wait for it forever.
+        gather = self.options.loss == "infonce" and _world_size() > 1
+        if has_pairs or gather:
             v1, v2 = self.views(source, part)
             if self.head is not None:
                 v1 = self.head(v1)
-            v2 = self.target_views(batch, v2)
-            if self.options.loss == "infonce":  # negatives from every rank's pairs
+            if has_pairs:
+                v2 = self.target_views(batch, v2)
+            if gather:
                 v1, v2 = gather_views(v1), gather_views(v2)
+        if has_pairs or (gather and len(v1) > 0):
             out["jepa"] = jepa_loss(v1, v2, self.options.loss, self.options.temperature)
             if self.options.vicreg_weight > 0:
                 reg = variance_covariance(v1.float()) + variance_covariance(v2.float())

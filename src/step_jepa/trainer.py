@@ -109,15 +109,30 @@ def segment_all(records: list[dict], tokenizer, max_length: int) -> tuple[list[S
     return out, stats
 
 
-def pack_groups(examples: list[Segmented], budget: int, extra: int, seed: int) -> list[list[Segmented]]:
-    """Groups of examples whose tokens (plus the JEPA extras) fit one batch budget, in a seeded order."""
+def appended_tokens(ex: Segmented, cfg: TrainConfig) -> int:
+    """Tokens the single-pass layout appends to `ex` (K predictors + the step copy per used pair),
+    so packed batches respect the token budget with the JEPA extras counted exactly."""
+    if cfg.lbd == 0:
+        return 0
+    valid = ex.valid_pairs()
+    sizes = {i: cfg.predictors + ex.step_spans[i + 1][1] - ex.step_spans[i + 1][0] for i in valid}
+    if cfg.pairs == "first":
+        return sizes.get(0, 0)
+    if cfg.pairs == "all":
+        return sum(sizes.values())
+    return max(sizes.values(), default=0)  # random: the largest pair it could draw
+
+
+def pack_groups(examples: list[Segmented], budget: int, extra, seed: int) -> list[list[Segmented]]:
+    """Groups of examples whose tokens (plus the JEPA extras: an int, or a function of the example)
+    fit one batch budget, in a seeded order."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     groups: list[list[Segmented]] = []
     cur: list[Segmented] = []
     used = 0
     for i in order:
-        n = len(examples[i].input_ids) + extra
+        n = len(examples[i].input_ids) + (extra(examples[i]) if callable(extra) else extra)
         if cur and used + n > budget:
             groups.append(cur)
             cur, used = [], 0
@@ -217,6 +232,7 @@ class StepJEPATrainer(Trainer):
         a["lm_tokens"] += out["n_tokens"]
         a["micro"] += 1
         a["examples"] += inputs["n_examples"]
+        a["jepa_examples"] += inputs["n_jepa_examples"]
         a["with_pair"] += inputs["n_with_pair"]
         a["nonpad_tokens"] += inputs["n_nonpad"]
         if "view1" in out:
@@ -281,7 +297,8 @@ class StepJEPATrainer(Trainer):
             logs["lm_loss"] = a["lm_sum"] / max(a["lm_tokens"], 1)
             if a["jepa_n"]:
                 logs["jepa_loss"] = a["jepa_sum"] / a["jepa_n"]
-            logs["valid_pair_frac"] = a["with_pair"] / max(a["examples"], 1)
+            if a["jepa_examples"]:  # share of a JEPA step's examples that contributed a pair
+                logs["valid_pair_frac"] = a["with_pair"] / a["jepa_examples"]
             for k in [k[2:] for k in a if k.startswith("d_")]:
                 logs[k] = a[f"d_{k}"] / a[f"n_{k}"]
             logs["tokens_per_s"] = a["nonpad_tokens"] / max(dt, 1e-9)
@@ -290,6 +307,10 @@ class StepJEPATrainer(Trainer):
             logs["skipped_steps"] = a["skipped_steps"]
             if torch.cuda.is_available():
                 logs["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            else:  # the process's peak resident set (Linux reports KiB)
+                import resource
+
+                logs["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
             self._acc = defaultdict(float)
             self._t0 = time.perf_counter()
         super().log(logs, *args, **kwargs)
@@ -642,7 +663,8 @@ def format_data_report(data: dict[str, Any], seg: dict[str, Any]) -> str:
         line += f", {data['written']} used, {sum(skipped.values())} skipped"
         line += "".join(f"\n[step-jepa]   {n:>6}  {reason}" for reason, n in skipped.items())
     seg_line = (f"[step-jepa] segmentation: {seg['examples']} examples, {seg['truncated']} truncated, "
-                f"{seg['without_valid_pair']} without a valid step pair, mean {seg['mean_tokens']} tokens")
+                f"{seg['without_valid_pair']} without a valid step pair, {seg['first_pair_invalid']} without a valid "
+                f"S1→S2 pair (what --pairs first uses), mean {seg['mean_tokens']} tokens")
     seg_line += "".join(f"\n[step-jepa]   {n:>6}  skipped: {reason}" for reason, n in seg["skipped"].items())
     return f"{line}\n{seg_line}"
 
@@ -671,7 +693,7 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
             json.dumps({"data": data_report, "segmentation": seg_stats}, indent=1, ensure_ascii=False))
     attn = resolve_attn_implementation(cfg)
     if cfg.packing:
-        extra = cfg.predictors + 64 if cfg.lbd > 0 else 0
+        extra = (lambda ex: appended_tokens(ex, cfg)) if cfg.jepa_mode == "single_pass" else 0
         dataset = ListDataset(pack_groups(examples, cfg.max_tokens_per_batch, extra, cfg.seed))
     else:
         dataset = ListDataset(examples)

@@ -53,6 +53,7 @@ class ViewSet:
     pair_index: np.ndarray  # [P] i of the step pair (i, i+1)
     predictors: int = 1
     predictors_trained: bool = True
+    view1_head: bool = False  # True: v1 is the predictor head's output (what the JEPA loss compared)
     stats: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:
@@ -186,10 +187,55 @@ def view_options(model_name: str, layer: int | None = None):
     return opts
 
 
+def _saved_head_option(model_dir: Path) -> str | None:
+    """The run's --jepa_predictor_head from its saved step_jepa_config.yaml (None without one)."""
+    import yaml
+
+    saved = model_dir / "step_jepa_config.yaml"
+    if not saved.exists():
+        return None
+    return (yaml.safe_load(saved.read_text()) or {}).get("jepa_predictor_head")
+
+
+def load_predictor_head(model_name: str, hidden: int, device: Any = "cpu"):
+    """The run's trained predictor head (`--jepa_predictor_head mlp`), or None.
+
+    The JEPA loss compared head(view 1) with view 2, so embed must apply the same head to judge
+    prediction vs collapse; without it, view 1 is an intermediate the loss never saw. The head is
+    saved beside the model (trainer.HEAD_FILE); a saved config that says another head type wins
+    over a stray file, and a config that says mlp without the file is reported, not guessed around.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from .modeling import resolve_model_path
+    from .objective import PredictorHead
+    from .trainer import HEAD_FILE
+
+    model_dir = Path(resolve_model_path(model_name))
+    option, path = _saved_head_option(model_dir), model_dir / HEAD_FILE
+    if not path.exists():
+        if option == "mlp":
+            log(f"{model_name}: trained with --jepa_predictor_head mlp but {HEAD_FILE} is missing; "
+                "view 1 is shown BEFORE the head")
+        return None
+    if option not in (None, "mlp"):
+        log(f"{model_name}: {HEAD_FILE} present but the saved config says head {option!r}; not applied")
+        return None
+    head = PredictorHead(hidden)
+    head.load_state_dict(load_file(str(path)))
+    head.to(device=device, dtype=torch.float32).eval()
+    log(f"{model_name}: applying the trained predictor head ({HEAD_FILE}): view 1 after the predictor head")
+    return head
+
+
 def extract_views(model, tokenizer, pred_ids: list[int], records: Sequence[dict], *, pairs: str = "first",
                   batch_size: int = 16, max_length: int = 1024, label: str = "", name: str = "",
-                  trained: bool = True, options=None) -> ViewSet:
-    """Views of every selected pair, batched, through the training code path (collator + mask)."""
+                  trained: bool = True, options=None, head=None) -> ViewSet:
+    """Views of every selected pair, batched, through the training code path (collator + mask).
+
+    With `head` (the run's PredictorHead), view 1 is head(view 1) in float32, as the loss saw it.
+    """
     import torch
 
     from .layout import StepJEPACollator
@@ -209,6 +255,8 @@ def extract_views(model, tokenizer, pred_ids: list[int], records: Sequence[dict]
             chunk = kept[s:s + batch_size]
             batch = _to_device(collator([ex for _, ex, _ in chunk]), device)
             a, b = wrapper.views(_view_hidden(wrapper.hidden_states(batch)), batch)
+            if head is not None:
+                a = head(a.float())
             v1s.append(a.float().cpu().numpy())
             v2s.append(b.float().cpu().numpy())
             # Pair uids are assigned example by example, pair by pair, and views come sorted by uid.
@@ -219,7 +267,7 @@ def extract_views(model, tokenizer, pred_ids: list[int], records: Sequence[dict]
                    ids=np.array([m[1] for m in meta], dtype=str),
                    example_index=np.array([m[0] for m in meta], dtype=np.int64),
                    pair_index=np.array([m[2] for m in meta], dtype=np.int64), predictors=len(pred_ids),
-                   predictors_trained=trained,
+                   predictors_trained=trained, view1_head=head is not None,
                    stats={"records": len(records), "examples": len(kept), "pairs": int(len(meta)), **skipped})
 
 
@@ -363,7 +411,9 @@ def _draw_linked(ax, xy: np.ndarray, p: int, title: str) -> None:
 
 
 def _untrained_note(vs: ViewSet) -> str:
-    return "" if vs.predictors_trained else "\n(predictor embeddings UNTRAINED)"
+    """Title suffix for what view 1 is: untrained predictors and/or the output of the predictor head."""
+    note = "" if vs.predictors_trained else "\n(predictor embeddings UNTRAINED)"
+    return note + ("\n(view 1 after the predictor head)" if vs.view1_head else "")
 
 
 def plot_projection(sets: Sequence[ViewSet], path: str | Path, method: str = "pca"):
@@ -417,8 +467,12 @@ def plot_cosines(sets: Sequence[ViewSet], metrics: Sequence[dict], path: str | P
 def run_embed(models: Sequence[str], *, data: str | None, n: int, out: str | Path, pairs: str = "first",
               batch_size: int = 16, max_length: int = 1024, seed: int = DEFAULT_DATA_SEED,
               predictors: int | None = None, device: str | None = None, tsne: bool = True,
-              layer: int | None = None) -> dict[str, Any]:
-    """Extract views for one or two models, save npz + metrics JSON + figures; returns the report."""
+              layer: int | None = None, use_head: bool = True) -> dict[str, Any]:
+    """Extract views for one or two models, save npz + metrics JSON + figures; returns the report.
+
+    Each model's own predictor head (if it was trained with one) is applied to its view 1 unless
+    `use_head` is False.
+    """
     import gc
 
     out = Path(out)
@@ -432,8 +486,10 @@ def run_embed(models: Sequence[str], *, data: str | None, n: int, out: str | Pat
     sets, metrics = [], []
     for k, name in enumerate(models, 1):
         model, tok, pred_ids, trained = load_embed_model(name, predictors, device)
+        head = load_predictor_head(name, model.get_input_embeddings().weight.shape[1],
+                                   next(model.parameters()).device) if use_head else None
         vs = extract_views(model, tok, pred_ids, records, pairs=pairs, batch_size=batch_size,
-                           max_length=max_length, name=name, trained=trained, options=options)
+                           max_length=max_length, name=name, trained=trained, options=options, head=head)
         del model
         gc.collect()
         vs.save(out / f"embeddings_model{k}.npz")
@@ -449,7 +505,9 @@ def run_embed(models: Sequence[str], *, data: str | None, n: int, out: str | Pat
               "view_layer": getattr(options, "layer", -1), "view_final_norm": getattr(options, "final_norm", True),
               "files": files, "models": [
         {"label": vs.label, "model": vs.model, "npz": str(out / f"embeddings_model{k}.npz"),
-         "predictors": vs.predictors, "predictors_trained": vs.predictors_trained, **vs.stats, "metrics": m}
+         "predictors": vs.predictors, "predictors_trained": vs.predictors_trained,
+         "view1": "after the predictor head" if vs.view1_head else "hidden state (no predictor head)",
+         **vs.stats, "metrics": m}
         for k, (vs, m) in enumerate(zip(sets, metrics), 1)]}
     if "tsne" not in files:
         report["tsne"] = "skipped: scikit-learn is not installed" if tsne else "skipped (--no_tsne)"
@@ -472,6 +530,8 @@ def format_metrics(report: dict[str, Any]) -> str:
     for m in report["models"]:
         mt = m["metrics"]
         note = "" if m["predictors_trained"] else "  [predictor embeddings untrained]"
+        if m.get("view1") == "after the predictor head":
+            note += "  [view 1 after the predictor head]"
         lines.append(f"{m['label']}: {m['pairs']} pairs from {m['examples']} examples{note}")
         for tag in ("raw", "centered"):
             t = mt[tag]
@@ -565,6 +625,8 @@ def add_cli(subparsers: Any) -> None:
                    help="decoder layer to read the views from (default: the first model's --jepa_layer, else last)")
     e.add_argument("--device", default=None, help="cuda / cpu (default: cuda if available)")
     e.add_argument("--no_tsne", action="store_true", help="skip t-SNE even when scikit-learn is installed")
+    e.add_argument("--no_head", action="store_true",
+                   help="do not apply a run's trained predictor head (jepa_head.safetensors) to view 1")
     e.set_defaults(func=_run_embed_cli)
 
     p = subparsers.add_parser("plot", help="plot loss curves of one or more runs from metrics.jsonl")
@@ -581,7 +643,7 @@ def _run_embed_cli(args: argparse.Namespace) -> int:
     models = [args.model] + ([args.model2] if args.model2 else [])
     run_embed(models, data=args.data, n=args.n, out=args.out, pairs=args.pairs, batch_size=args.batch_size,
               max_length=args.max_length, seed=args.seed, predictors=args.predictors, device=args.device,
-              tsne=not args.no_tsne, layer=args.layer)
+              tsne=not args.no_tsne, layer=args.layer, use_head=not args.no_head)
     return 0
 
 

@@ -1,0 +1,138 @@
+"""The `step-jepa` command line: lazy imports, one-line user errors, --traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from step_jepa import cli
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def python(code: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                          cwd=cwd, timeout=300)
+
+
+def step_jepa(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return python(f"import sys; from step_jepa.cli import main; sys.exit(main({list(args)!r}))", env)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, cmd: str, text: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"step-jepa {cmd}: error: ") and text in lines[0], proc.stderr
+
+
+# ---------------------------------------------------------------------------- lazy imports
+
+
+@pytest.mark.parametrize("argv", [["prepare", "--help"], ["--help"], ["plot", "--help"]])
+def test_help_does_not_import_torch(argv):
+    proc = python("import sys\nfrom step_jepa.cli import build_parser\n"
+                  f"try:\n    build_parser({argv!r}).parse_args({argv!r})\nexcept SystemExit:\n    pass\n"
+                  "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_prepare_runs_without_torch(tmp_path):
+    out = tmp_path / "gen.jsonl"
+    proc = python("import sys\nfrom step_jepa.cli import main\n"
+                  f"rc = main(['prepare', '--generate', '3', '--output', {str(out)!r}])\n"
+                  "print(rc, 'torch' in sys.modules)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "0 False"
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_top_level_help_lists_every_subcommand_with_its_own_help(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # no wrapping inside a help line
+    with pytest.raises(SystemExit):
+        cli.build_parser(["--help"]).parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    full = cli.build_parser(None)  # every module registered for real
+    sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
+    real = {a.dest: a.help for a in sub._choices_actions}
+    # The lazy table must say what the modules themselves say, so the two cannot drift apart.
+    assert real == {c.name: c.help for c in cli.COMMANDS}
+    for c in cli.COMMANDS:
+        assert f"{c.name} {' '.join(c.help.split())}" in text
+
+
+def test_chosen_subcommand_gets_its_real_arguments():
+    args = cli.build_parser(["plot", "run_a"]).parse_args(["plot", "run_a"])
+    assert args.command == "plot" and args.runs == ["run_a"] and callable(args.func)
+    with pytest.raises(SystemExit):
+        cli.build_parser(["bogus"]).parse_args(["bogus"])
+
+
+# ---------------------------------------------------------------------------- user errors
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> Path:
+    from step_jepa.tiny import build_tiny_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny-tok")
+    build_tiny_tokenizer("chatml").save_pretrained(d)
+    return d
+
+
+def test_inspect_index_out_of_range_is_one_line(tok_dir):
+    data = Path(__file__).resolve().parent / "fixtures" / "data" / "prepared.jsonl"
+    proc = step_jepa("inspect", "--model", str(tok_dir), "--train_file", str(data), "--index", "999")
+    assert_one_line_error(proc, "inspect", "--index 999 is out of range")
+
+
+def test_model_not_found_is_reported_without_traceback(tmp_path):
+    proc = step_jepa("inspect", "--model", str(tmp_path / "no-such-model"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("step-jepa inspect: error: could not load model")
+    assert "Tried:" in proc.stderr  # the list of what was tried may span lines
+
+
+def _fail_with(monkeypatch, exc: BaseException) -> None:
+    """Make `step-jepa inspect` raise `exc` (add_cli looks run_inspect up when the parser is built)."""
+    from step_jepa import inspection
+
+    def boom(args):
+        raise exc
+
+    monkeypatch.setattr(inspection, "run_inspect", boom)
+
+
+def test_non_finite_loss_is_one_line(monkeypatch, capsys):
+    from step_jepa.trainer import NonFiniteLossError
+
+    _fail_with(monkeypatch, NonFiniteLossError("loss is nan for 3 consecutive steps"))
+    assert cli.main(["inspect"]) == 2
+    err = capsys.readouterr().err
+    assert err == "step-jepa inspect: error: loss is nan for 3 consecutive steps\n"
+
+
+def test_keyboard_interrupt_exits_130(monkeypatch, capsys):
+    _fail_with(monkeypatch, KeyboardInterrupt())
+    assert cli.main(["inspect"]) == 130
+    assert capsys.readouterr().err == "step-jepa inspect: interrupted\n"
+
+
+def test_bugs_still_raise_and_traceback_flag_reraises_user_errors(monkeypatch):
+    _fail_with(monkeypatch, RuntimeError("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["inspect"])
+    _fail_with(monkeypatch, ValueError("bad value"))
+    assert cli.main(["inspect"]) == 2
+    with pytest.raises(ValueError, match="bad value"):
+        cli.main(["--traceback", "inspect"])
+    monkeypatch.setenv("STEP_JEPA_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="bad value"):
+        cli.main(["inspect"])
