@@ -87,8 +87,8 @@ def test_gsm8k_annotations_commas_and_final_step():
     g1, g2, g3 = lines("gsm8k.jsonl")
     rec = convert_line(g1, id="g1")
     assert rec["steps"] == [
-        "Natalia sold 48/2 = 24 clips in May.",
-        "Natalia sold 48+24 = 72 clips altogether in April and May.",
+        "Priya packed 48/2 = 24 jars in July.",
+        "Priya packed 48+24 = 72 jars altogether in June and July.",
         "The final answer is \\boxed{72}.",
     ]
     assert rec["answer"] == "72" and rec["id"] == "g1"
@@ -321,7 +321,7 @@ def test_empty_file_is_a_clear_zero(tmp_path, capsys):
 def test_blank_lines_are_not_records(tmp_path):
     g1 = json.dumps(lines("gsm8k.jsonl")[0])
     path = tmp_path / "blanks.jsonl"
-    path.write_text(f"\n{g1}\n   \n\t\r\n{g1.replace('Natalia', 'Nat')}\n\n")
+    path.write_text(f"\n{g1}\n   \n\t\r\n{g1.replace('Priya', 'Pri')}\n\n")
     records, report = load_records(path)
     assert [r["id"] for r in records] == ["blanks-2", "blanks-5"]  # ids keep real line numbers
     assert (report.lines_read, report.blank_lines) == (2, 4)
