@@ -84,7 +84,7 @@ def test_skip_rejects_unknown_reasons():
 
 
 def test_gsm8k_annotations_commas_and_final_step():
-    g1, g2, g3 = lines("gsm8k.jsonl")
+    g1, g2, g3 = lines("gsm_format.jsonl")
     rec = convert_line(g1, id="g1")
     assert rec["steps"] == [
         "Priya packed 48/2 = 24 jars in July.",
@@ -187,7 +187,7 @@ def test_prepared_round_trip_and_consistency():
 
 
 def test_auto_detection_and_forced_formats():
-    g1 = lines("gsm8k.jsonl")[0]
+    g1 = lines("gsm_format.jsonl")[0]
     assert skip_reason(g1, fmt="deepseek") == "missing field"
     assert skip_reason(g1, fmt="chat") == "missing field"
     assert skip_reason({"text": "hi"}) == "unknown format"
@@ -274,7 +274,7 @@ def test_crlf_file_matches_lf_file():
     def strip_ids(recs):
         return [{k: v for k, v in r.items() if k != "id"} for r in recs]
 
-    assert strip_ids(load_records(FIX / "crlf.jsonl")[0]) == strip_ids(load_records(FIX / "gsm8k.jsonl")[0])
+    assert strip_ids(load_records(FIX / "crlf.jsonl")[0]) == strip_ids(load_records(FIX / "gsm_format.jsonl")[0])
 
 
 def test_windows_bom_and_crlf(tmp_path):
@@ -319,7 +319,7 @@ def test_empty_file_is_a_clear_zero(tmp_path, capsys):
 
 
 def test_blank_lines_are_not_records(tmp_path):
-    g1 = json.dumps(lines("gsm8k.jsonl")[0])
+    g1 = json.dumps(lines("gsm_format.jsonl")[0])
     path = tmp_path / "blanks.jsonl"
     path.write_text(f"\n{g1}\n   \n\t\r\n{g1.replace('Priya', 'Pri')}\n\n")
     records, report = load_records(path)
@@ -330,7 +330,7 @@ def test_blank_lines_are_not_records(tmp_path):
 def test_mixed_directory(tmp_path):
     files = iter_input_files(FIX / "mixed_dir")
     assert [f.relative_to(FIX / "mixed_dir").as_posix() for f in files] == [
-        "a_gsm8k.jsonl", "c_chat.json", "nested/b_deepseek.jsonl", "nested/d_prepared.jsonl",
+        "a_gsm_format.jsonl", "c_chat.json", "nested/b_deepseek.jsonl", "nested/d_prepared.jsonl",
     ]
     out = tmp_path / "mixed.jsonl"
     report = prepare(FIX / "mixed_dir", out)
@@ -339,7 +339,7 @@ def test_mixed_directory(tmp_path):
     assert report.blank_lines == 1 and report.lines_read == 9
     ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
     # JSON-array elements are numbered by the line they start on; nested files keep their folder.
-    assert ids[:4] == ["a_gsm8k-1", "a_gsm8k-3", "c_chat-2", "chat-own-system"]
+    assert ids[:4] == ["a_gsm_format-1", "a_gsm_format-3", "c_chat-2", "chat-own-system"]
     assert "nested/b_deepseek-1" in ids
     with pytest.raises(DataError, match=r"d_prepared\.jsonl:2: invalid json"):
         load_records(FIX / "mixed_dir")
@@ -358,7 +358,7 @@ def test_json_array_errors_point_at_the_element_line(tmp_path):
 
 
 def test_iter_input_files_errors(tmp_path):
-    assert iter_input_files(FIX / "gsm8k.jsonl") == [FIX / "gsm8k.jsonl"]
+    assert iter_input_files(FIX / "gsm_format.jsonl") == [FIX / "gsm_format.jsonl"]
     with pytest.raises(DataError, match="no such file"):
         iter_input_files(tmp_path / "missing")
     (tmp_path / "readme.txt").write_text("x")
@@ -397,7 +397,7 @@ def test_prepare_min_steps_default_two_but_training_accepts_one(tmp_path):
 
 
 def test_prepare_does_not_read_its_own_output(tmp_path):
-    (tmp_path / "in.jsonl").write_text((FIX / "gsm8k.jsonl").read_text())
+    (tmp_path / "in.jsonl").write_text((FIX / "gsm_format.jsonl").read_text())
     for _ in range(2):  # the second run finds out.jsonl and its report inside the input dir
         report = prepare(tmp_path, tmp_path / "out.jsonl")
         assert report.written == 3 and report.lines_read == 3
@@ -419,7 +419,7 @@ def test_load_records_system_prompt_override():
 
 def test_report_caps_details_but_not_counts(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text("{oops\n" * 1500 + json.dumps(lines("gsm8k.jsonl")[0]) + "\n")
+    path.write_text("{oops\n" * 1500 + json.dumps(lines("gsm_format.jsonl")[0]) + "\n")
     _, report = load_records(path, skip_invalid=True)
     assert report.skipped == {"invalid json": 1500}
     assert len(report.skipped_lines) == data.MAX_SKIPPED_DETAILS
@@ -444,7 +444,7 @@ def test_report_format_and_invariant():
 
 def test_cli_prepare_options(tmp_path, capsys):
     out = tmp_path / "o.jsonl"
-    rc = run_cli(["prepare", "--input", str(FIX / "gsm8k.jsonl"), "--output", str(out),
+    rc = run_cli(["prepare", "--input", str(FIX / "gsm_format.jsonl"), "--output", str(out),
                   "--keep_annotations", "--system_prompt", "SP", "--min_steps", "3"])
     assert rc == 0
     recs = [json.loads(x) for x in out.read_text().splitlines()]
@@ -486,7 +486,7 @@ def test_dataset_rows_are_converted(tmp_path, monkeypatch):
 
     def load_dataset(name, config, split):
         calls.append((name, config, split))
-        return lines("gsm8k.jsonl") + [{"question": "Q", "answer": "no marker"}]
+        return lines("gsm_format.jsonl") + [{"question": "Q", "answer": "no marker"}]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     report = prepare(None, tmp_path / "o.jsonl", dataset="openai/gsm8k", split="test")
@@ -539,7 +539,7 @@ def test_dev_fraction_split_is_seeded_and_disjoint(tmp_path):
 def test_directory_files_that_are_not_read_are_reported(tmp_path):
     """notes.txt and our own old report are left out of a directory, but never silently."""
     read, ignored = data.split_input_files(FIX / "mixed_dir")
-    assert [f.name for f in read] == ["a_gsm8k.jsonl", "c_chat.json", "b_deepseek.jsonl", "d_prepared.jsonl"]
+    assert [f.name for f in read] == ["a_gsm_format.jsonl", "c_chat.json", "b_deepseek.jsonl", "d_prepared.jsonl"]
     assert sorted(f.name for f in ignored) == ["notes.txt", "old.jsonl.report.json"]
     out = tmp_path / "mixed.jsonl"
     report = prepare(FIX / "mixed_dir", out, skip_invalid=True)
@@ -554,11 +554,11 @@ def test_directory_files_that_are_not_read_are_reported(tmp_path):
 
 
 def test_single_file_input_ignores_nothing_and_hidden_files_are_not_listed(tmp_path):
-    _, report = load_records(FIX / "gsm8k.jsonl", skip_invalid=True)
+    _, report = load_records(FIX / "gsm_format.jsonl", skip_invalid=True)
     assert report.ignored_files == [] and "ignored" not in report.format().replace("blank line(s) ignored", "")
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "config").write_text("x")
-    (tmp_path / "a.jsonl").write_text((FIX / "gsm8k.jsonl").read_text())
+    (tmp_path / "a.jsonl").write_text((FIX / "gsm_format.jsonl").read_text())
     (tmp_path / "README.md").write_text("x")
     read, ignored = data.split_input_files(tmp_path)
     assert [f.name for f in read] == ["a.jsonl"] and [f.name for f in ignored] == ["README.md"]
