@@ -51,7 +51,7 @@ class TrainConfig:
     lbd_warmup_steps: int = _f(0, "linear warm-up of λ from 0 over this many steps")
     predictors: int = _f(1, "K, number of predictor tokens after step i")
     pairs: str = _f("first", "which step pairs: first (S1→S2) | random | all", choices=("first", "random", "all"))
-    jepa_ratio: float = _f(1.0, "probability that a training step computes the JEPA term")
+    jepa_ratio: float = _f(1.0, "probability that a micro-batch computes the JEPA term (drawn per micro-batch and rank)")
     jepa_mode: str = _f("single_pass", "single_pass (exact, ~SFT cost) | two_pass (reference)",
                         choices=("single_pass", "two_pass"))
     packing: bool = _f(False, "padding-free packing of several examples per row, batches by token budget")
