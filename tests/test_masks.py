@@ -3,7 +3,7 @@
 import torch
 
 from step_jepa.layout import meta_of, pass2_items, place, single_pass_item
-from step_jepa.masks import TokenMeta, additive_mask, dense_mask
+from step_jepa.masks import additive_mask, dense_mask
 from step_jepa.segment import Segmented
 
 # 8 tokens: p0 p1 | a0 a1 (step 1) | s (separator) | b0 b1 (step 2) | r (end of turn)
@@ -123,9 +123,3 @@ def test_additive_mask_matches_boolean():
     meta = meta_of(b)
     add = additive_mask(meta, torch.float32)
     assert torch.equal(add == 0, dense_mask(meta))
-
-
-def test_tokenmeta_to_device_roundtrip():
-    b = place([[single_pass_item(EX, [0], [99], 0)]], pad_id=0)
-    meta = meta_of(b).to("cpu")
-    assert isinstance(meta, TokenMeta) and meta.seq.shape == b["input_ids"].shape

@@ -34,7 +34,7 @@ def _one_sgd_step(model_dir: Path, out: Path, bs: int, ga: int) -> dict[str, tor
     lm, tok, pred_ids, _ = build_model(cfg)
     records, _ = load_training_records(cfg)
     examples, _ = segment_all(records, tok, cfg.max_length)
-    args = training_arguments(cfg, len(examples))
+    args = training_arguments(cfg)
     args.optim = "sgd"
     trainer = StepJEPATrainer(model=StepJEPAModel(lm, jepa_options(cfg)), args=args,
                               train_dataset=ListDataset(examples), data_collator=build_collator(cfg, tok, pred_ids, "sdpa"),

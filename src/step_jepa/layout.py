@@ -68,14 +68,20 @@ def original_item(ex: Segmented) -> Item:
     return it
 
 
+def _add_copy(it: Item, ex: Segmented, i: int, uid: int, K: int) -> None:
+    """Append the isolated copy of step i+1 at the positions pass 2 gives it (after K predictors)."""
+    e_i = ex.step_spans[i][1]
+    s2, e2 = ex.step_spans[i + 1]
+    it.add(list(ex.input_ids[s2:e2]), COPY, uid, 0, list(range(e_i + K, e_i + K + e2 - s2)))
+
+
 def _append_pair(it: Item, ex: Segmented, i: int, uid: int, pred_ids: list[int]) -> None:
     """Append K predictors after step i and an isolated step i+1 to `it` (two-pass positions)."""
     e_i = ex.step_spans[i][1]
-    s2, e2 = ex.step_spans[i + 1]
     K = len(pred_ids)
     it.add(list(pred_ids), PRED, uid, e_i, list(range(e_i, e_i + K)))
     v1 = len(it) - 1
-    it.add(list(ex.input_ids[s2:e2]), COPY, uid, 0, list(range(e_i + K, e_i + K + e2 - s2)))
+    _add_copy(it, ex, i, uid, K)
     it.views.append((uid, v1, len(it) - 1))
 
 
@@ -103,12 +109,9 @@ def copy_items(ex: Segmented, pairs: list[int], pred_ids: list[int], uid0: int) 
     """Only the isolated copies of step i+1 (same positions), for a target encoder (EMA) that
     needs view 2 but nothing else."""
     out = []
-    K = len(pred_ids)
     for j, i in enumerate(pairs):
-        e_i = ex.step_spans[i][1]
-        s2, e2 = ex.step_spans[i + 1]
         it = Item()
-        it.add(list(ex.input_ids[s2:e2]), COPY, uid0 + j, 0, list(range(e_i + K, e_i + K + e2 - s2)))
+        _add_copy(it, ex, i, uid0 + j, len(pred_ids))
         it.views.append((uid0 + j, len(it) - 1, len(it) - 1))
         out.append(it)
     return out
@@ -161,7 +164,7 @@ def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1) -> dict[st
 
 
 def meta_of(batch: dict[str, torch.Tensor]) -> TokenMeta:
-    return TokenMeta(batch["seq"], batch["role"], batch["pair"], batch["ctx"], batch["position_ids"])
+    return TokenMeta(batch["seq"], batch["role"], batch["pair"], batch["ctx"])
 
 
 def pack_rows(items: list[Item], max_tokens: int) -> list[list[Item]]:
@@ -225,16 +228,13 @@ class StepJEPACollator:
             cp = [it for ex, s, u in zip(exs, selected, uid0) for it in copy_items(ex, s, self.pred_ids, u)]
             if cp:
                 batch["copies"] = self._place(cp)
-        n_pairs = uid0[-1]
-        batch["pair_example"] = torch.tensor([k for k, s in enumerate(selected) for _ in s], dtype=torch.long)
         # Plain Python numbers: counters for logging must not cost a device→host sync.
         batch["n_examples"] = len(exs)
         # Examples of a JEPA step, and those of them that contribute a pair (after --pairs selection).
         batch["n_jepa_examples"] = len(exs) if use_jepa else 0
         batch["n_with_pair"] = sum(1 for s in selected if s)
-        batch["n_pairs"] = n_pairs
+        batch["n_pairs"] = uid0[-1]
         batch["n_nonpad"] = sum(len(ex.input_ids) for ex in exs)
-        batch["jepa_step"] = bool(use_jepa)
         return batch
 
     def _place(self, items: list[Item]) -> dict[str, torch.Tensor]:

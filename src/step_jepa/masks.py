@@ -1,7 +1,8 @@
 """Who attends to whom — the one place the Step-JEPA attention rules live.
 
 Every token carries metadata (which example of the row it belongs to, its role, the JEPA pair it
-serves, its position id and, for predictors, how much of the original sequence it may see). The
+serves and, for predictors, how much of the original sequence it may see; position ids go to the
+model separately and play no part in who sees whom). The
 pure function `query_ranges` turns that metadata into the keys each query may see — two index
 ranges — and `allowed` evaluates them; the backends (a dense boolean/additive mask for SDPA and
 eager, a FlexAttention BlockMask) only call these two.
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 import torch
 
 PAD, ORIG, PRED, COPY = 0, 1, 2, 3
-ROLE_NAMES = {PAD: "pad", ORIG: "orig", PRED: "pred", COPY: "copy"}
 
 
 @dataclass
@@ -32,10 +32,6 @@ class TokenMeta:
     role: torch.Tensor
     pair: torch.Tensor  # JEPA pair index within the example, -1 when not a PRED/COPY token
     ctx: torch.Tensor  # for PRED: original tokens with position < ctx are visible
-    pos: torch.Tensor  # position ids
-
-    def to(self, device) -> "TokenMeta":
-        return TokenMeta(*(t.to(device) for t in (self.seq, self.role, self.pair, self.ctx, self.pos)))
 
 
 def query_ranges(meta: TokenMeta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

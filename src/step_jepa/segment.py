@@ -159,9 +159,3 @@ def segment(record: dict, tokenizer, max_length: int | None = None) -> Segmented
         id=str(record.get("id", "")), input_ids=ids, labels=labels, step_spans=spans,
         prompt_len=prompt_len, truncated=truncated,
     )
-
-
-def prompt_text(tokenizer, record: dict) -> str:
-    """The rendered prompt (system + user + assistant header) used for generation."""
-    msgs = [m for m in record["messages"] if m["role"] != "assistant"]
-    return render(tokenizer, msgs, add_generation_prompt=True)

@@ -200,7 +200,7 @@ class StepJEPATrainer(Trainer):
     # ---- token counting across accumulation and ranks
     def get_batch_samples(self, *args, **kwargs):
         batch_samples, _ = super().get_batch_samples(*args, **kwargs)
-        n = sum(int((b["lm_targets"] != -100).sum()) for b in batch_samples)
+        n = sum(b["lm_index"].numel() for b in batch_samples)  # collated on the CPU: no device sync
         n = torch.tensor(n, device=self.args.device)
         if self.args.world_size > 1:
             n = self.accelerator.gather(n).sum()
@@ -479,7 +479,7 @@ class MetricsFileCallback(TrainerCallback):
 # --------------------------------------------------------------------------- entry point
 
 
-def training_arguments(cfg: TrainConfig, n_examples: int) -> TrainingArguments:
+def training_arguments(cfg: TrainConfig) -> TrainingArguments:
     report = [] if cfg.report_to in ("none", "") else cfg.report_to.split(",")
     bs = 1 if cfg.packing else cfg.per_device_train_batch_size
     return TrainingArguments(
@@ -704,7 +704,7 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
     if cfg.debug:
         print_debug_batch(collator([dataset[i] for i in range(min(2, len(dataset)))]))
     trainer = StepJEPATrainer(
-        model=model, args=training_arguments(cfg, len(examples)), train_dataset=dataset, data_collator=collator,
+        model=model, args=training_arguments(cfg), train_dataset=dataset, data_collator=collator,
         processing_class=tok, step_config=cfg,
         callbacks=[MetricsFileCallback(Path(cfg.output_dir) / "metrics.jsonl"), *(callbacks or [])],
     )
