@@ -396,9 +396,25 @@ def _decode_mask(model: Any) -> Callable[[Any], Any]:
     attention implementations (eager wants an additive float mask) get the 2D mask as usual.
     """
     impl = getattr(model.config, "_attn_implementation", None)
-    if impl == "sdpa":
-        return lambda m: m[:, None, None, :].bool()
-    return lambda m: m
+    if impl == "sdpa" and not _has_sliding_window(model):
+        return _padding_mask_4d
+    return _identity
+
+
+def _padding_mask_4d(m):
+    return m[:, None, None, :].bool()
+
+
+def _identity(m):
+    return m
+
+
+def _has_sliding_window(model: Any) -> bool:
+    """Whether some layer attends to a window only: our 4D padding mask would drop that limit."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or []):
+        return True
+    return bool(getattr(cfg, "sliding_window", None)) and getattr(cfg, "use_sliding_window", True) is not False
 
 
 def _decode_batch(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int, stops: Sequence[int],
@@ -412,6 +428,8 @@ def _decode_batch(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int
     in it are done; the "anyone left?" check is the only host sync and runs every ``check_every`` steps.
     """
     import torch
+
+    from .decoding import decode_attention, to_slabs
 
     device = next(model.parameters()).device
     rows, plen = len(seqs), max(len(s) for s in seqs)
@@ -429,30 +447,51 @@ def _decode_batch(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int
     fwd = _Forward(model)
     as_mask = _decode_mask(model)
     cache, logits = _prefill(fwd, input_ids, mask[:, :plen], prefill_tokens)
+    to_slabs(cache, capacity)
     next_tok = logits.argmax(-1)
     out[:, 0] = next_tok
-    done = torch.isin(next_tok, stop_t)
-    row_ids = torch.arange(rows, device=device)
-    last_pos = mask[:, :plen].sum(-1) - 1  # position of each row's last prompt token
-    cur = plen
-    for step in range(1, max_new_tokens):
-        if step % check_every == 0 or step == 1:
-            n_done = int(done.sum())
-            if n_done == done.numel():
+    state = _Rows(mask=mask, last_pos=mask[:, :plen].sum(-1) - 1, next_tok=next_tok,
+                  done=torch.isin(next_tok, stop_t), row_ids=torch.arange(rows, device=device))
+    with decode_attention(model) if as_mask is _padding_mask_4d else contextlib.nullcontext():
+        cur = plen
+        for step in range(1, max_new_tokens):
+            if (step % check_every == 0 or step == 1) and state.all_done_or_compact(cache, compact_fraction):
                 break
-            if n_done > compact_fraction * done.numel():
-                keep = (~done).nonzero().squeeze(1)
-                _select_rows(cache, keep)
-                mask, last_pos, next_tok = mask[keep], last_pos[keep], next_tok[keep]
-                done, row_ids = done[keep], row_ids[keep]
-        mask[:, cur] = 1
-        last_pos = last_pos + 1
-        logits = fwd(next_tok[:, None], as_mask(mask[:, : cur + 1]), last_pos[:, None], cache, last_only=False)
-        cur += 1
-        next_tok = torch.where(done, pad_id, logits.argmax(-1))
-        out[row_ids, step] = next_tok
-        done = done | torch.isin(next_tok, stop_t)
+            state.mask[:, cur] = 1
+            state.last_pos = state.last_pos + 1
+            logits = fwd(state.next_tok[:, None], as_mask(state.mask[:, : cur + 1]), state.last_pos[:, None],
+                         cache, last_only=False)
+            cur += 1
+            state.next_tok = torch.where(state.done, pad_id, logits.argmax(-1))
+            out[state.row_ids, step] = state.next_tok
+            state.done = state.done | torch.isin(state.next_tok, stop_t)
     return _trim(out.cpu().tolist(), set(stops))
+
+
+@dataclass
+class _Rows:
+    """Per-row decode state of the rows still in the batch (``row_ids`` maps them to output rows)."""
+
+    mask: Any
+    last_pos: Any
+    next_tok: Any
+    done: Any
+    row_ids: Any
+
+    def all_done_or_compact(self, cache: Any, compact_fraction: float) -> bool:
+        """True when every row is done; otherwise drop finished rows once they are ``compact_fraction``.
+
+        ``int(done.sum())`` is the loop's only host sync, which is why callers check every few steps.
+        """
+        n_done = int(self.done.sum())
+        if n_done == self.done.numel():
+            return True
+        if n_done > compact_fraction * self.done.numel():
+            keep = (~self.done).nonzero().squeeze(1)
+            _select_rows(cache, keep)
+            self.mask, self.last_pos, self.next_tok = self.mask[keep], self.last_pos[keep], self.next_tok[keep]
+            self.done, self.row_ids = self.done[keep], self.row_ids[keep]
+        return False
 
 
 def _trim(rows: list[list[int]], stops: set[int]) -> list[list[int]]:
