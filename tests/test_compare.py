@@ -354,3 +354,44 @@ def test_same_seed_gives_same_data_order_with_and_without_jepa(tiny_model_dir, t
 def test_example_grids_are_valid(name) -> None:
     grid = cmp.load_grid(Path(__file__).resolve().parents[1] / "examples" / name)
     assert list(grid.configs)[0] == "sft" and len(grid.seeds) >= 2
+
+
+@pytest.mark.parametrize("name", ["gsm8k_dev_sweep.yaml", "gsm8k_test.yaml", "gsm8k_h100.yaml"])
+def test_gpu_experiment_grids_are_valid(name) -> None:
+    """The grids scripts/gpu_queue.py runs: SFT first (the paired baseline), JEPA options only vary."""
+    grid = cmp.load_grid(Path(__file__).resolve().parents[1] / "examples" / name)
+    assert list(grid.configs)[0] == "sft" and grid.configs["sft"] == {"lbd": 0}
+
+
+def _write_metrics(out: Path, name: str, seed: int, rows: list[dict]) -> None:
+    (out / name / f"seed{seed}" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_report_collapse_diagnostics_by_hand(tmp_path) -> None:
+    for s in (0, 1):
+        _fake_result(tmp_path, "sft", s, 0.4, 0.0)
+        _fake_result(tmp_path, "jepa", s, 0.4, 0.1)
+        _write_metrics(tmp_path, "sft", s, [{"step": 1, "lm_loss": 2.0}, {"step": 2, "lm_loss": 1.0}])
+    # Seed 0: the last 3 logged steps with the key are averaged (step 1 is left out); the final
+    # summary line without diagnostics is ignored. Seed 1 has retrieval at chance.
+    _write_metrics(tmp_path, "jepa", 0, [
+        {"step": 1, "lm_loss": 9.0, "jepa_loss": 9.0, "jepa_retrieval_acc": 0.0, "jepa_pairs": 4},
+        *({"step": k, "lm_loss": 1.0, "jepa_loss": 0.1 * k, "view1_pairwise_cos": 0.9, "view2_pairwise_cos": 0.8,
+           "jepa_retrieval_acc": 0.5, "jepa_pairs": 4} for k in (2, 3, 4)),
+        {"step": 4, "train_loss": 1.0}])
+    _write_metrics(tmp_path, "jepa", 1, [
+        {"step": 4, "lm_loss": 3.0, "jepa_loss": 0.0, "view1_pairwise_cos": 1.0, "view2_pairwise_cos": 1.0,
+         "jepa_retrieval_acc": 0.25, "jepa_pairs": 4}])
+    cmp.build_report(tmp_path, order=["sft", "jepa"])
+    table = (tmp_path / cmp.TABLE).read_text()
+    assert "## Collapse diagnostics" in table
+    assert "| sft | 1.5 | — | — | — | — | — |" in table  # each seed: (2.0 + 1.0) / 2
+    # jepa: lm (1.0 + 3.0) / 2, jepa ((0.2+0.3+0.4)/3 + 0) / 2, cos (0.9+1)/2, (0.8+1)/2, retrieval (0.5+0.25)/2
+    assert "| jepa | 2 | 0.15 | 0.95 | 0.9 | 0.375 | 0.25 |" in table
+
+
+def test_report_without_jepa_runs_has_no_collapse_section(tmp_path) -> None:
+    _fake_result(tmp_path, "sft", 0, 0.4, 0.0)
+    _write_metrics(tmp_path, "sft", 0, [{"step": 1, "lm_loss": 2.0}])
+    cmp.build_report(tmp_path)
+    assert "Collapse" not in (tmp_path / cmp.TABLE).read_text()

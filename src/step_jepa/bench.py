@@ -450,14 +450,18 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 out = jm(**b)
                 loss = out["lm_sum"] / max(out["n_tokens"], 1)
                 return loss + lbd * out["jepa"] if lbd > 0 else loss
+        t0 = time.perf_counter()
         batches = build_batches(variant, groups, tok.pad_token_id, pred_ids, attn, cfg.pack_tokens, cfg.seed)
         prepared.append((variant, step_loss, batches))
+        # Progress lines, so that a run stopped by a time limit still shows where the time went.
+        log(f"[bench] {variant}: {len(batches)} batches built in {time.perf_counter() - t0:.1f} s")
 
     idx = [i % cfg.n_batches for i in range(cfg.warmup, cfg.warmup + cfg.steps)]
     tok_per_timed_step = sum(nonpad[i] for i in idx) / len(idx)
     results: dict[str, dict[str, Any]] = {}
     for rnd in range(cfg.rounds):  # rounds: on a shared CPU, the least-disturbed round is kept
         for variant, step_loss, batches in prepared:
+            log(f"[bench] {variant}: {cfg.warmup} warm-up + {cfg.steps} timed steps ...")
             g0 = _graphs()
             times, peak, delta, first, last = run_variant(variant, lm, step_loss, batches, init_state, cfg,
                                                           device, dtype, cpu_mem)

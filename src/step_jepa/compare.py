@@ -576,6 +576,62 @@ def _fmt_p(p: float) -> str:
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
+# --------------------------------------------------------------------------- collapse diagnostics
+
+# metrics.jsonl keys (see trainer/objective) averaged over the last logged steps of each run.
+DIAG_KEYS = ("lm_loss", "jepa_loss", "view1_pairwise_cos", "view2_pairwise_cos", "jepa_retrieval_acc", "jepa_pairs")
+DIAG_LAST = 3
+
+
+def run_diagnostics(metrics_path: Path, last: int = DIAG_LAST) -> dict[str, float] | None:
+    """Mean of each diagnostic over the last ``last`` logged steps that have it (one step is noisy)."""
+    if not metrics_path.exists():
+        return None
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    out = {}
+    for key in DIAG_KEYS:
+        vals = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))][-last:]
+        if vals:
+            out[key] = sum(vals) / len(vals)
+    return out or None
+
+
+def collapse_table(output_dir: str | Path, rows: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:
+    """Markdown section: per config, the end-of-training JEPA diagnostics averaged over seeds.
+
+    A JEPA loss near 0 with view pairwise cosine near 1 and retrieval near chance (1 / pairs in the
+    batch) is a collapsed embedding; retrieval well above chance means view 1 still identifies its own
+    next step among the batch's.
+    """
+    per_config: dict[str, list[dict[str, float]]] = {}
+    for r in results:
+        d = run_diagnostics(run_dir(Path(output_dir), r["config"], int(r["seed"])) / "metrics.jsonl")
+        if d:
+            per_config.setdefault(r["config"], []).append(d)
+    if not any("jepa_loss" in d for ds in per_config.values() for d in ds):
+        return ""
+    lines = [f"\n## Collapse diagnostics (mean of the last {DIAG_LAST} logged steps, then over seeds)\n",
+             "| config | lm_loss | jepa_loss | view-1 pairwise cos | view-2 pairwise cos | retrieval | chance |",
+             "|---|---|---|---|---|---|---|"]
+
+    def mean(ds: list[dict[str, float]], key: str) -> str:
+        vals = [d[key] for d in ds if key in d]
+        return f"{sum(vals) / len(vals):.4g}" if vals else "—"
+
+    for row in rows:
+        ds = per_config.get(row["config"], [])
+        pairs = [d["jepa_pairs"] for d in ds if d.get("jepa_pairs")]
+        chance = f"{len(pairs) / sum(pairs):.3g}" if pairs else "—"
+        lines.append(f"| {row['config']} | {mean(ds, 'lm_loss')} | {mean(ds, 'jepa_loss')} | "
+                     f"{mean(ds, 'view1_pairwise_cos')} | {mean(ds, 'view2_pairwise_cos')} | "
+                     f"{mean(ds, 'jepa_retrieval_acc')} | {chance} |")
+    lines.append("")
+    lines.append("Retrieval: how often view 1 of a pair is closer to its own view 2 than to any other pair's in "
+                 "the micro-batch; chance = 1 / pairs per micro-batch. A falling JEPA loss with retrieval at "
+                 "chance is collapse.")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -712,7 +768,8 @@ def build_report(output_dir: str | Path, order: list[str] | None = None) -> list
     paired = paired_vs_baseline(out, rows, results)
     for row in rows:  # None for the baseline itself
         row["paired"] = paired.get(row["config"])
-    table = format_table(rows, warnings) + format_paired(paired, rows[0]["config"])
+    table = (format_table(rows, warnings) + format_paired(paired, rows[0]["config"])
+             + collapse_table(out, rows, results))
     _write_atomic(out / TABLE, table)
     _write_atomic(out / RESULTS, json.dumps({"configs": rows, "warnings": warnings,
                                              "paired_baseline": rows[0]["config"], "runs": [
