@@ -83,6 +83,8 @@ class BenchConfig:
     mem_steps: int = 2  # CPU: untimed steps that probe the peak RSS after the timed ones (0 = skip)
     threads: int = 0  # CPU: torch.set_num_threads (0 = leave as is); 1 is steadiest on a shared host
     rounds: int = 1  # run all variants this many times; keep each variant's fastest round (noisy hosts)
+    profile_dir: str | None = None  # write a torch.profiler op table per variant here (after timing)
+    profile_steps: int = 3
 
 
 @dataclass
@@ -389,11 +391,45 @@ def run_variant(variant: str, lm, step_loss: Callable[[dict], torch.Tensor], bat
         peak = cpu_mem.peak() if cfg.mem_steps > 0 else None
         delta = (peak - base) if peak is not None else None
     first, last = (float(x) for x in (losses[0], losses[-1]))
+    if cfg.profile_dir:
+        profile_steps(variant, step_loss, opt, dev_batches, amp, cfg, device)
     del opt, dev_batches
     lm.zero_grad(set_to_none=True)
     if cuda:
         torch.cuda.empty_cache()
     return times, peak, delta, first, last
+
+
+def profile_steps(variant: str, step_loss: Callable[[dict], torch.Tensor], opt: torch.optim.Optimizer,
+                  batches: list[dict], amp: Any, cfg: BenchConfig, device: torch.device) -> Path:
+    """Run ``cfg.profile_steps`` more steps under torch.profiler; write the top ops by self time.
+
+    Untimed and after the timed steps, so the profiler's overhead never touches the table's numbers.
+    The op table says where a step's time goes (matmuls vs attention vs elementwise kernels vs
+    launch gaps), which the step time alone cannot.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for i in range(cfg.profile_steps):
+            opt.zero_grad(set_to_none=True)
+            with amp:
+                loss = step_loss(batches[i % len(batches)])
+            loss.backward()
+            opt.step()
+        if cuda:
+            torch.cuda.synchronize(device)
+    averages = prof.key_averages()
+    key = "self_cpu_time_total"
+    if cuda:
+        key = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
+    out = Path(cfg.profile_dir) / f"profile_{variant}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"{variant}: {cfg.profile_steps} steps, sorted by {key}\n"
+                   + averages.table(sort_by=key, row_limit=40) + "\n")
+    return out
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -410,6 +446,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if cfg.steps < 1 or cfg.warmup < 1 or cfg.rounds < 1:
         raise ValueError("--steps, --warmup and --rounds must be >= 1 (warm-up allocates the optimizer state)")
+    if cfg.profile_dir and cfg.profile_steps < 1:
+        raise ValueError("--profile_steps must be >= 1 with --profile_dir")
     device = resolve_device(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -602,6 +640,9 @@ def _parser_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=d.rounds,
                    help="run the variant list this many times and keep each variant's fastest round "
                         "(use 3+ on a shared CPU; memory is the max over rounds)")
+    p.add_argument("--profile_dir", default=None, metavar="DIR",
+                   help="after timing, profile a few more steps per variant; write DIR/profile_<variant>.txt")
+    p.add_argument("--profile_steps", type=int, default=d.profile_steps, help="steps profiled per variant")
     p.add_argument("--json", default=None, metavar="OUT", help="write env, config and rows as JSON")
     p.add_argument("--markdown", default=None, metavar="OUT", help="write env and table as markdown")
 
@@ -612,7 +653,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         steps=args.steps, warmup=args.warmup, dtype=args.dtype, device=args.device, attn=args.attn,
         variants=[v.strip() for v in args.variants.split(",") if v.strip()], max_length=args.max_length,
         predictors=args.predictors, lbd=args.lbd, pack_tokens=args.pack_tokens, seed=args.seed,
-        rounds=args.rounds, threads=args.threads)
+        rounds=args.rounds, threads=args.threads, profile_dir=args.profile_dir, profile_steps=args.profile_steps)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -163,15 +163,42 @@ def load_for_inference(name_or_path: str, dtype: torch.dtype | None = None, devi
     return model, tok
 
 
+VOCAB_ALIGN = 64
+
+
+def aligned_logits(h: torch.Tensor, lm_head: nn.Module, align: int | None = None) -> torch.Tensor:
+    """``lm_head(h)``, computed with the vocabulary padded to a multiple of ``align`` columns.
+
+    Adding K predictor tokens makes the vocabulary odd (SmolLM2: 49,152 + 1), so the logits' row
+    stride is misaligned. In a torch.profiler run of a packed step on an H100 (docs/performance.md),
+    8 matmuls per step ran in old cutlass sm75 kernels at 1.5–2.1 ms each, about 14 ms of a 184 ms
+    step. The LM head's odd width is the likely cause. The speed-up of this padding has not been
+    timed yet. Zero weight rows are appended, and a bias of -inf keeps the extra columns out of the
+    softmax, so the cross-entropy and every gradient are unchanged. Only a plain bias-free
+    ``nn.Linear`` is padded; any other head is called as it is. ``align`` defaults to 64 on CUDA,
+    where the fallback was seen, and to no padding elsewhere, where it would only add columns.
+    """
+    if align is None:
+        align = VOCAB_ALIGN if h.device.type == "cuda" else 1
+    vocab = getattr(lm_head, "out_features", 0)
+    if type(lm_head) is not nn.Linear or lm_head.bias is not None or vocab % align == 0:
+        return lm_head(h)
+    extra = align - vocab % align
+    weight = F.pad(lm_head.weight, (0, 0, 0, extra))
+    bias = torch.zeros(vocab + extra, device=weight.device, dtype=weight.dtype)  # autocast casts it with h
+    bias[vocab:] = float("-inf")
+    return F.linear(h, weight, bias)
+
+
 def chunked_lm_loss_sum(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor,
-                        chunk: int = 4096) -> torch.Tensor:
+                        chunk: int = 4096, align: int | None = None) -> torch.Tensor:
     """Sum of next-token cross-entropies over the labelled positions only.
 
     `hidden` is [N, H] for the N labelled positions. Each chunk's logits are recomputed in the
     backward pass (activation checkpointing), so memory stays at one chunk × vocab whatever N is.
     """
     def part(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(lm_head(h).float(), y, reduction="sum")
+        return F.cross_entropy(aligned_logits(h, lm_head, align).float(), y, reduction="sum")
 
     total = hidden.new_zeros((), dtype=torch.float32)
     for s in range(0, hidden.shape[0], chunk):
