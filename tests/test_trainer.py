@@ -70,3 +70,18 @@ def test_packed_groups_respect_the_token_budget(model_dir: Path, tmp_path: Path,
         assert batch["input_ids"].shape[1] <= cfg.max_tokens_per_batch
         if pairs != "random":
             assert (batch["role"] != 0).sum() == sum(len(ex.input_ids) + appended_tokens(ex, cfg) for ex in g)
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_sft_predictor_tokens_match_the_jepa_vocabulary(model_dir: Path, tmp_path: Path, flag: bool):
+    sft = TrainConfig(model=str(model_dir), output_dir=str(tmp_path), lbd=0, predictors=2, sft_predictor_tokens=flag)
+    jepa = TrainConfig(model=str(model_dir), output_dir=str(tmp_path), lbd=0.1, predictors=2)
+    lm_s, tok_s, ids_s, _ = build_model(sft)
+    lm_j, tok_j, ids_j, _ = build_model(jepa)
+    assert (ids_s == ids_j) is flag and len(ids_s) == (2 if flag else 0)
+    assert (len(tok_s) == len(tok_j)) is flag
+    assert lm_s.get_input_embeddings().weight.shape[0] == len(tok_s)
+    # The tokens exist but SFT batches never contain them.
+    batch = build_collator(sft, tok_s, ids_s, "sdpa")(segment_all(load_training_records(sft)[0][:2], tok_s,
+                                                                       sft.max_length)[0])
+    assert not torch.isin(batch["input_ids"], torch.tensor(ids_j)).any()

@@ -50,6 +50,8 @@ class TrainConfig:
                            choices=("constant", "linear", "cosine"))
     lbd_warmup_steps: int = _f(0, "linear warm-up of λ from 0 over this many steps")
     predictors: int = _f(1, "K, number of predictor tokens after step i")
+    sft_predictor_tokens: bool = _f(False, "with λ=0, still add the K (unused) predictor tokens, so an SFT "
+                                           "baseline has the same vocabulary as the JEPA runs it is compared with")
     pairs: str = _f("first", "which step pairs: first (S1→S2) | random | all", choices=("first", "random", "all"))
     jepa_ratio: float = _f(1.0, "probability that a micro-batch computes the JEPA term (drawn per micro-batch and rank)")
     jepa_mode: str = _f("single_pass", "single_pass (exact, ~SFT cost) | two_pass (reference)",

@@ -161,7 +161,7 @@ def build_model(cfg: TrainConfig):
     tok = load_tokenizer(path)
     lm = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, attn_implementation=resolve_attn_implementation(cfg))
-    pred_ids = add_predictor_tokens(lm, tok, cfg.predictors) if cfg.lbd > 0 else []
+    pred_ids = add_predictor_tokens(lm, tok, cfg.predictors) if cfg.lbd > 0 or cfg.sft_predictor_tokens else []
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
