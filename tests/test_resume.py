@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,3 +88,33 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     for step in want:
         assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), f"step {step}"
     assert not list(run.glob(".tmp-checkpoint-*"))
+
+
+@pytest.mark.slow
+def test_resume_restores_the_ema_target(tmp_path):
+    """With --jepa_target ema the target model is part of the training state: resuming from
+    checkpoint-4 gives the losses of the uninterrupted run, which depend on the EMA weights."""
+    from step_jepa.tiny import build_tiny_model, build_tiny_tokenizer
+
+    model = tmp_path / "tiny"
+    tok = build_tiny_tokenizer("chatml")
+    build_tiny_model(len(tok)).save_pretrained(model)
+    tok.save_pretrained(model)
+    extra = ["--max_steps", "8", "--jepa_target", "ema", "--ema_decay", "0.5", "--lbd", "1.0"]
+
+    ref = tmp_path / "ref"
+    subprocess.run(cli(model, ref, *extra), env=env(), check=True, capture_output=True)
+    assert (ref / "checkpoint-4" / "jepa_ema_target.safetensors").exists()
+    assert not (ref / "final" / "jepa_ema_target.safetensors").exists()
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(ref / "checkpoint-4", run / "checkpoint-4")
+    (run / "metrics.jsonl").write_text("".join(
+        line + "\n" for line in (ref / "metrics.jsonl").read_text().splitlines() if json.loads(line).get("step", 0) <= 4))
+    done = subprocess.run(cli(model, run, *extra, "--resume"), env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got, want = losses(run), losses(ref)
+    assert sorted(got) == sorted(want) == list(range(1, 9))
+    for step in range(5, 9):
+        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), f"step {step}"

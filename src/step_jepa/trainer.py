@@ -326,6 +326,12 @@ class StepJEPATrainer(Trainer):
 
             save_file({k: v.contiguous() for k, v in wrapper.head.state_dict().items()},
                       os.path.join(output_dir, HEAD_FILE))
+        if wrapper._ema and getattr(self, "_staging_root", None) is not None:
+            # Checkpoints only: resuming needs the target model, the final model does not.
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in wrapper._ema[0].state_dict().items()},
+                      os.path.join(output_dir, EMA_FILE))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         save_config(self.step_config, output_dir)
@@ -337,6 +343,28 @@ class StepJEPATrainer(Trainer):
             from safetensors.torch import load_file
 
             wrapper.head.load_state_dict(load_file(os.path.join(resume_from_checkpoint, HEAD_FILE)))
+        if wrapper._ema:
+            self._load_ema(wrapper, resume_from_checkpoint)
+
+    @staticmethod
+    def _load_ema(wrapper: StepJEPAModel, ckpt: str) -> None:
+        """Restore the EMA target, so a resumed run continues the same average (not a fresh copy)."""
+        from safetensors.torch import load_file
+
+        path = os.path.join(ckpt, EMA_FILE)
+        if not os.path.exists(path):  # written by a version that did not save the target
+            print(f"[step-jepa] warning: {ckpt} has no {EMA_FILE}; the EMA target restarts from the resumed "
+                  "weights", flush=True)
+            wrapper._ema[0].load_state_dict(wrapper.lm.state_dict())
+            return
+        state = load_file(path)
+        ema = wrapper._ema[0]
+        device = next(ema.parameters()).device
+        missing, unexpected = ema.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
+        tied = {k for k in missing if "lm_head" in k} if ema.config.tie_word_embeddings else set()
+        if unexpected or set(missing) - tied:
+            raise RuntimeError(f"{path}: does not match the model (missing {sorted(set(missing) - tied)[:5]}, "
+                               f"unexpected {unexpected[:5]})")
 
     # ---- atomic checkpoints: stage into .tmp-checkpoint-N, rename to checkpoint-N when complete
     def _get_output_dir(self, trial) -> str:
@@ -451,6 +479,7 @@ def load_lm_weights(lm, ckpt: str) -> None:
 
 
 HEAD_FILE = "jepa_head.safetensors"
+EMA_FILE = "jepa_ema_target.safetensors"  # in checkpoints of --jepa_target ema runs
 
 
 class EMACallback(TrainerCallback):
