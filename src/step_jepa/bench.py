@@ -381,13 +381,7 @@ def run_variant(variant: str, lm, step_loss: Callable[[dict], torch.Tensor], bat
     else:
         times = cpu_times
         base = cpu_mem.reset() if cfg.mem_steps > 0 else 0.0  # untimed probe; AdamW state already exists
-        for i in range(cfg.mem_steps):
-            opt.zero_grad(set_to_none=True)
-            with amp:
-                loss = step_loss(dev_batches[i % len(dev_batches)])
-            loss.backward()
-            opt.step()
-            del loss
+        _untimed_steps(cfg.mem_steps, step_loss, opt, dev_batches, amp)
         peak = cpu_mem.peak() if cfg.mem_steps > 0 else None
         delta = (peak - base) if peak is not None else None
     first, last = (float(x) for x in (losses[0], losses[-1]))
@@ -398,6 +392,18 @@ def run_variant(variant: str, lm, step_loss: Callable[[dict], torch.Tensor], bat
     if cuda:
         torch.cuda.empty_cache()
     return times, peak, delta, first, last
+
+
+def _untimed_steps(n: int, step_loss: Callable[[dict], torch.Tensor], opt: torch.optim.Optimizer,
+                   batches: list[dict], amp: Any) -> None:
+    """``n`` more optimizer steps over ``batches`` (memory probe, profiler): same work as a timed step."""
+    for i in range(n):
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            loss = step_loss(batches[i % len(batches)])
+        loss.backward()
+        opt.step()
+        del loss
 
 
 def profile_steps(variant: str, step_loss: Callable[[dict], torch.Tensor], opt: torch.optim.Optimizer,
@@ -413,12 +419,7 @@ def profile_steps(variant: str, step_loss: Callable[[dict], torch.Tensor], opt: 
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        for i in range(cfg.profile_steps):
-            opt.zero_grad(set_to_none=True)
-            with amp:
-                loss = step_loss(batches[i % len(batches)])
-            loss.backward()
-            opt.step()
+        _untimed_steps(cfg.profile_steps, step_loss, opt, batches, amp)
         if cuda:
             torch.cuda.synchronize(device)
     averages = prof.key_averages()
