@@ -58,7 +58,8 @@ class TrainConfig:
                         choices=("single_pass", "two_pass"))
     packing: bool = _f(False, "padding-free packing of several examples per row, batches by token budget")
     max_tokens_per_batch: int = _f(8192, "token budget of one packed batch (with --packing)")
-    attn_implementation: str = _f("auto", "auto | sdpa | eager | flex_attention (auto: flex on CUDA, sdpa on CPU)",
+    attn_implementation: str = _f("auto", "auto | sdpa | eager | flex_attention "
+                                          "(auto: flex on CUDA when λ > 0, else sdpa)",
                                   choices=("auto", "sdpa", "eager", "flex_attention"))
     # LoRA
     lora: bool = _f(False, "train a LoRA adapter instead of all weights")
