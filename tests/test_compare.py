@@ -379,6 +379,8 @@ def test_report_collapse_diagnostics_by_hand(tmp_path) -> None:
         *({"step": k, "lm_loss": 1.0, "jepa_loss": 0.1 * k, "view1_pairwise_cos": 0.9, "view2_pairwise_cos": 0.8,
            "jepa_retrieval_acc": 0.5, "jepa_pairs": 4} for k in (2, 3, 4)),
         {"step": 4, "train_loss": 1.0}])
+    with (tmp_path / "jepa" / "seed0" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "lm_loss": 10')  # a killed run's half-written line is skipped
     _write_metrics(tmp_path, "jepa", 1, [
         {"step": 4, "lm_loss": 3.0, "jepa_loss": 0.0, "view1_pairwise_cos": 1.0, "view2_pairwise_cos": 1.0,
          "jepa_retrieval_acc": 0.25, "jepa_pairs": 4}])

@@ -587,7 +587,12 @@ def run_diagnostics(metrics_path: Path, last: int = DIAG_LAST) -> dict[str, floa
     """Mean of each diagnostic over the last ``last`` logged steps that have it (one step is noisy)."""
     if not metrics_path.exists():
         return None
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in metrics_path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # blank, or the half-written last line of a killed run
+            continue
     out = {}
     for key in DIAG_KEYS:
         vals = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))][-last:]

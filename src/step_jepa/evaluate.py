@@ -10,8 +10,9 @@ Three layers, each usable alone:
   row finishes and pays per-step overhead for features we do not use; here prompts are length sorted
   into memory-sized batches (the whole GSM8K test set of a small model is one batch on an 80 GB GPU),
   finished rows are dropped from the batch as they accumulate, the decode step skips transformers'
-  mask construction (and the host sync inside it), and the host only synchronises every few steps.  The tokens
-  are the same as ``model.generate(do_sample=False)`` (tested on CPU in fp32).
+  mask construction (and the host sync inside it), writes the KV cache in place and attends each
+  key/value head once (:mod:`step_jepa.decoding`), and the host only synchronises every few steps.  The
+  tokens are the same as ``model.generate(do_sample=False)`` (tested on CPU in fp32).
 * :func:`evaluate` scores records, writes ``predictions.jsonl`` and ``summary.json``.  Every example is in
   the denominator: no answer and generation errors count as wrong.
 
