@@ -29,5 +29,5 @@ if [ ! -f runs/stage1.done ]; then
     --markdown $OUT/bench_pack64.md > $OUT/bench_pack64.log 2>&1; echo "bench rc=$?"; tail -6 $OUT/bench_pack64.log
   touch runs/stage1.done
 fi
-python3 scripts/gpu_queue.py --deadline $((580 - (SECONDS - T0))) --slots 3 --est 150 --out $OUT
+python3 scripts/gpu_queue.py --deadline $((585 - (SECONDS - T0))) --slots 3 --est 135 --out $OUT
 tail -30 runs/dev_sweep/compare_table.md 2>/dev/null; tail -30 runs/gsm8k_test/compare_table.md 2>/dev/null

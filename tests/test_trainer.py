@@ -85,3 +85,27 @@ def test_sft_predictor_tokens_match_the_jepa_vocabulary(model_dir: Path, tmp_pat
     batch = build_collator(sft, tok_s, ids_s, "sdpa")(segment_all(load_training_records(sft)[0][:2], tok_s,
                                                                        sft.max_length)[0])
     assert not torch.isin(batch["input_ids"], torch.tensor(ids_j)).any()
+
+
+def test_ema_target_of_a_tied_model_saves_and_loads(tmp_path: Path):
+    """Tied embeddings share memory, which safetensors refuses: the saved EMA state keeps one copy
+    and loading restores both (the head stays tied to the input embeddings)."""
+    from safetensors.torch import save_file
+
+    from step_jepa.objective import JEPAOptions
+    from step_jepa.tiny import build_tiny_model
+    from step_jepa.trainer import EMA_FILE, unshared_state
+
+    wrapper = StepJEPAModel(build_tiny_model(50, tie=True), JEPAOptions(target="ema"))
+    ema = wrapper._ema[0]
+    state = unshared_state(ema)
+    assert len(state) == len(ema.state_dict()) - 1  # the lm_head alias is dropped
+    save_file(state, tmp_path / EMA_FILE)
+    saved = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(1.0)
+    StepJEPATrainer._load_ema(wrapper, str(tmp_path))
+    for k, v in ema.state_dict().items():
+        torch.testing.assert_close(v, saved[k], msg=k)
+    assert ema.get_output_embeddings().weight.data_ptr() == ema.get_input_embeddings().weight.data_ptr()

@@ -330,8 +330,7 @@ class StepJEPATrainer(Trainer):
             # Checkpoints only: resuming needs the target model, the final model does not.
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in wrapper._ema[0].state_dict().items()},
-                      os.path.join(output_dir, EMA_FILE))
+            save_file(unshared_state(wrapper._ema[0]), os.path.join(output_dir, EMA_FILE))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         save_config(self.step_config, output_dir)
@@ -479,6 +478,20 @@ def load_lm_weights(lm, ckpt: str) -> None:
 
 
 HEAD_FILE = "jepa_head.safetensors"
+
+
+def unshared_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each storage once: safetensors refuses tensors that share memory, which
+    tied input/output embeddings do (SmolLM2); the dropped alias is re-tied by the model on load."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for k, v in module.state_dict().items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        out[k] = v.contiguous()
+    return out
 EMA_FILE = "jepa_ema_target.safetensors"  # in checkpoints of --jepa_target ema runs
 
 
