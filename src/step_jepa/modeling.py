@@ -183,6 +183,8 @@ def aligned_logits(h: torch.Tensor, lm_head: nn.Module, align: int | None = None
     vocab = getattr(lm_head, "out_features", 0)
     if type(lm_head) is not nn.Linear or lm_head.bias is not None or vocab % align == 0:
         return lm_head(h)
+    if tuple(lm_head.weight.shape) != (vocab, h.shape[-1]):  # e.g. a sharded (FSDP) weight: leave it to the module
+        return lm_head(h)
     extra = align - vocab % align
     weight = F.pad(lm_head.weight, (0, 0, 0, extra))
     bias = torch.zeros(vocab + extra, device=weight.device, dtype=weight.dtype)  # autocast casts it with h
