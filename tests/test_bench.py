@@ -91,3 +91,12 @@ def test_profile_dir_writes_an_op_table_per_variant(tmp_path):
 def test_profile_needs_steps():
     with pytest.raises(ValueError, match="--profile_steps"):
         run_bench(BenchConfig(device="cpu", profile_dir="x", profile_steps=0))
+
+
+@pytest.mark.slow
+def test_compile_option_runs_and_is_reported():
+    cfg = BenchConfig(model="tiny", device="cpu", batch_size=4, n_batches=1, steps=1, warmup=1, mem_steps=0,
+                      variants=["sp_first"], compile=True)
+    result = run_bench(cfg, log=lambda s: None)
+    assert "torch.compile'd decoder" in result["env"]["attn"]
+    assert result["rows"][0]["ms_median"] > 0 and result["rows"][0]["compiled_graphs"] >= 1

@@ -109,3 +109,29 @@ def test_vicreg_weight_adds_regulariser(setup):
     v1, v2 = plain["view1"].float(), plain["view2"].float()
     want = plain["jepa"] + 0.5 * (variance_covariance(v1) + variance_covariance(v2))
     torch.testing.assert_close(reg["jepa"], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_decoder_gives_the_eager_loss_and_gradients(setup):
+    """--torch_compile compiles the decoder in place: same loss and gradients, same parameter names."""
+    from step_jepa.modeling import compile_decoder
+
+    tok, pred, exs = setup
+    batch = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred)(exs)
+    results = []
+    for compiled in (False, True):
+        lm = build_tiny_model(len(tok), seed=5)
+        names = [n for n, _ in lm.named_parameters()]
+        if compiled:
+            compile_decoder(lm)
+            assert [n for n, _ in lm.named_parameters()] == names  # checkpoints keep their keys
+        m = StepJEPAModel(lm, JEPAOptions(lbd=1.0))
+        out = m(**batch)
+        loss = out["lm_sum"] / out["n_tokens"] + out["jepa"]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in lm.named_parameters() if p.grad is not None}))
+    (l_eager, g_eager), (l_comp, g_comp) = results
+    torch.testing.assert_close(l_comp, l_eager, rtol=1e-5, atol=1e-6)
+    assert g_comp.keys() == g_eager.keys()
+    for n in g_eager:
+        torch.testing.assert_close(g_comp[n], g_eager[n], rtol=1e-4, atol=1e-5, msg=n)

@@ -83,6 +83,7 @@ class BenchConfig:
     mem_steps: int = 2  # CPU: untimed steps that probe the peak RSS after the timed ones (0 = skip)
     threads: int = 0  # CPU: torch.set_num_threads (0 = leave as is); 1 is steadiest on a shared host
     rounds: int = 1  # run all variants this many times; keep each variant's fastest round (noisy hosts)
+    compile: bool = False  # torch.compile the decoder (dynamic shapes) for every variant
     profile_dir: str | None = None  # write a torch.profiler op table per variant here (after timing)
     profile_steps: int = 3
 
@@ -439,7 +440,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs every variant; returns {"env": ..., "config": ..., "rows": [Row as dict, ...]}."""
-    from .modeling import add_predictor_tokens
+    from .modeling import add_predictor_tokens, compile_decoder
     from .objective import JEPAOptions, StepJEPAModel
 
     unknown = [v for v in cfg.variants if v not in VARIANTS]
@@ -463,8 +464,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     groups = [examples[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(cfg.n_batches)]
     nonpad = [sum(len(ex.input_ids) for ex in g) for g in groups]
     init_state = {k: v.detach().to("cpu", copy=True) for k, v in lm.state_dict().items()}
+    if cfg.compile:  # compiled during each variant's warm-up steps, which are not timed
+        compile_decoder(lm)
     env = environment(device)
-    env.update(model=model_desc, params_m=round(sum(p.numel() for p in lm.parameters()) / 1e6, 2), attn=attn,
+    env.update(model=model_desc, params_m=round(sum(p.numel() for p in lm.parameters()) / 1e6, 2),
+               attn=attn + (", torch.compile'd decoder" if cfg.compile else ""),
                dtype=dtype + (" autocast, fp32 master weights" if dtype == "bf16" else ""), data=data_label,
                examples_per_batch=cfg.batch_size, batches=cfg.n_batches,
                mean_example_tokens=round(sum(nonpad) / len(examples), 1),
@@ -641,6 +645,8 @@ def _parser_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=d.rounds,
                    help="run the variant list this many times and keep each variant's fastest round "
                         "(use 3+ on a shared CPU; memory is the max over rounds)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoder (dynamic shapes) for every variant; give --warmup >= 2")
     p.add_argument("--profile_dir", default=None, metavar="DIR",
                    help="after timing, profile a few more steps per variant; write DIR/profile_<variant>.txt")
     p.add_argument("--profile_steps", type=int, default=d.profile_steps, help="steps profiled per variant")
@@ -654,7 +660,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         steps=args.steps, warmup=args.warmup, dtype=args.dtype, device=args.device, attn=args.attn,
         variants=[v.strip() for v in args.variants.split(",") if v.strip()], max_length=args.max_length,
         predictors=args.predictors, lbd=args.lbd, pack_tokens=args.pack_tokens, seed=args.seed,
-        rounds=args.rounds, threads=args.threads, profile_dir=args.profile_dir, profile_steps=args.profile_steps)
+        rounds=args.rounds, threads=args.threads, profile_dir=args.profile_dir, profile_steps=args.profile_steps,
+        compile=args.compile)
 
 
 def _run(args: argparse.Namespace) -> int:
