@@ -330,9 +330,9 @@ class StepJEPATrainer(Trainer):
                       os.path.join(output_dir, HEAD_FILE))
         if wrapper._ema and getattr(self, "_staging_root", None) is not None:
             # Checkpoints only: resuming needs the target model, the final model does not.
-            from safetensors.torch import save_file
+            from safetensors.torch import save_model  # stores tied tensors (SmolLM2's embeddings) once
 
-            save_file(unshared_state(wrapper._ema[0]), os.path.join(output_dir, EMA_FILE))
+            save_model(wrapper._ema[0], os.path.join(output_dir, EMA_FILE))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         save_config(self.step_config, output_dir)
@@ -350,7 +350,7 @@ class StepJEPATrainer(Trainer):
     @staticmethod
     def _load_ema(wrapper: StepJEPAModel, ckpt: str) -> None:
         """Restore the EMA target, so a resumed run continues the same average (not a fresh copy)."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model  # re-ties what save_model stored once
 
         path = os.path.join(ckpt, EMA_FILE)
         if not os.path.exists(path):  # written by a version that did not save the target
@@ -358,14 +358,8 @@ class StepJEPATrainer(Trainer):
                   "weights", flush=True)
             wrapper._ema[0].load_state_dict(wrapper.lm.state_dict())
             return
-        state = load_file(path)
         ema = wrapper._ema[0]
-        device = next(ema.parameters()).device
-        missing, unexpected = ema.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
-        tied = {k for k in missing if "lm_head" in k} if ema.config.tie_word_embeddings else set()
-        if unexpected or set(missing) - tied:
-            raise RuntimeError(f"{path}: does not match the model (missing {sorted(set(missing) - tied)[:5]}, "
-                               f"unexpected {unexpected[:5]})")
+        load_model(ema, path, device=str(next(ema.parameters()).device))
 
     # ---- atomic checkpoints: stage into .tmp-checkpoint-N, rename to checkpoint-N when complete
     def _get_output_dir(self, trial) -> str:
@@ -480,20 +474,6 @@ def load_lm_weights(lm, ckpt: str) -> None:
 
 
 HEAD_FILE = "jepa_head.safetensors"
-
-
-def unshared_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with each storage once: safetensors refuses tensors that share memory, which
-    tied input/output embeddings do (SmolLM2); the dropped alias is re-tied by the model on load."""
-    seen: set[tuple[int, int]] = set()
-    out = {}
-    for k, v in module.state_dict().items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset())
-        if key in seen:
-            continue
-        seen.add(key)
-        out[k] = v.contiguous()
-    return out
 EMA_FILE = "jepa_ema_target.safetensors"  # in checkpoints of --jepa_target ema runs
 
 
