@@ -24,6 +24,6 @@ wait; tail -n 2 $OUT/train_sft.log $OUT/train_jepa.log
 timeout 150 python3 -m step_jepa.cli embed --model runs/embed/jepa/final --model2 runs/embed/sft/final \
   --data data/gsm8k_test.jsonl -n 512 --out $OUT/embed > $OUT/embed.log 2>&1; echo "embed rc=$?"; tail -5 $OUT/embed.log
 python3 -m step_jepa.cli plot runs/embed/sft runs/embed/jepa --out $OUT/loss_curves.png > $OUT/plot.log 2>&1; echo "plot rc=$?"
-cp runs/embed/*/metrics.jsonl $OUT/ 2>/dev/null; for r in sft jepa; do cp runs/embed/$r/metrics.jsonl $OUT/metrics_$r.jsonl; done
+for r in sft jepa; do cp runs/embed/$r/metrics.jsonl $OUT/metrics_$r.jsonl; done
 bench bench_pack64_hf hf_sft_packed 90
 ls -la $OUT $OUT/embed

@@ -387,7 +387,7 @@ def run_variant(variant: str, lm, step_loss: Callable[[dict], torch.Tensor], bat
         delta = (peak - base) if peak is not None else None
     first, last = (float(x) for x in (losses[0], losses[-1]))
     if cfg.profile_dir:
-        profile_steps(variant, step_loss, opt, dev_batches, amp, cfg, device)
+        write_profile(variant, step_loss, opt, dev_batches, amp, cfg, device)
     del opt, dev_batches
     lm.zero_grad(set_to_none=True)
     if cuda:
@@ -407,7 +407,7 @@ def _untimed_steps(n: int, step_loss: Callable[[dict], torch.Tensor], opt: torch
         del loss
 
 
-def profile_steps(variant: str, step_loss: Callable[[dict], torch.Tensor], opt: torch.optim.Optimizer,
+def write_profile(variant: str, step_loss: Callable[[dict], torch.Tensor], opt: torch.optim.Optimizer,
                   batches: list[dict], amp: Any, cfg: BenchConfig, device: torch.device) -> Path:
     """Run ``cfg.profile_steps`` more steps under torch.profiler; write the top ops by self time.
 
