@@ -1,7 +1,7 @@
 """GPU check of the FlexAttention backend: same loss and gradients as SDPA, same as the two-pass
 reference, and no B×T×T mask materialised.
 
-    python benchmarks/flex_check.py [--models tiny,smollm2] [--smollm2 PATH] [--mask_T 8192 --mask_B 8]
+    python benchmarks/flex_check.py [--models tiny,smollm2] [--smollm2 PATH] [--mask_T 8192 --mask_B 8] [--liger]
 
 For each model (a 4-layer hidden-256 random Llama, and SmolLM2-135M when it resolves), in fp32
 with TF32 off, on padded and packed batches of real layouts (single-pass, pairs=all, K=2):
@@ -11,7 +11,13 @@ with TF32 off, on padded and packed batches of real layouts (single-pass, pairs=
   sdpa_sp  vs sdpa_tp   the same under SDPA (the CPU-tested path, as a control)
 
 Relative error = |a−b|/|b| for losses and max over parameters of ‖ga−gb‖/‖gb‖ for gradients;
-PASS below --tol (1e-4). Then the block mask of a packed B×T layout is built (compiled, warm) and
+PASS below --tol (1e-4). With --liger, after all of that (Liger patches RoPE module-wide, so it
+must not leak into the checks above), for each model and layout:
+
+  liger_sp vs flex_sp   --use_liger_kernel (fused RMSNorm/RoPE/SwiGLU, fused linear cross-entropy)
+                        against the same model without it, single-pass, FlexAttention; --liger_tol
+
+Then the block mask of a packed B×T layout is built (compiled, warm) and
 the CUDA memory it allocates is compared with the B·T·T bytes a dense boolean mask would take;
 PASS below 1/16 of that. Exit status 1 if anything FAILs, 2 without CUDA.
 """
@@ -79,8 +85,8 @@ def build_models(name: str, smollm2_path: str | None):
     return a.cuda().train(), b.cuda().train(), tok, pred
 
 
-def loss_and_grads(lm, batch, lbd: float = 0.5):
-    m = StepJEPAModel(lm, JEPAOptions(lbd=lbd, loss="cosine"))
+def loss_and_grads(lm, batch, lbd: float = 0.5, liger: bool = False):
+    m = StepJEPAModel(lm, JEPAOptions(lbd=lbd, loss="cosine"), liger_loss=liger)
     lm.zero_grad(set_to_none=True)
     out = m(**batch)
     loss = out["lm_sum"] / out["n_tokens"] + lbd * out["jepa"]
@@ -111,19 +117,40 @@ def compare(tag: str, a, b, tol: float) -> None:
            worst, worst < tol and not missing)
 
 
+def layouts(tok, pred, mode: str = "single_pass"):
+    """(name, batch on CUDA) for padded and packed rows of 12 generated examples, pairs=all, K=2."""
+    exs = examples(tok, 12)
+    for packing in (False, True):
+        kw = dict(pad_id=tok.pad_token_id, pred_ids=pred, pairs="all", packing=packing, max_tokens=2048,
+                  pad_multiple=128)
+        yield ("packed" if packing else "padded"), _to(StepJEPACollator(mode=mode, **kw)(exs))
+
+
+def check_liger(name: str, args) -> None:
+    """Liger's kernels against the same model without them (FlexAttention, single-pass)."""
+    from step_jepa.modeling import apply_liger_kernels
+
+    try:
+        _, plain, tok, pred = build_models(name, args.smollm2)
+    except Exception as e:  # noqa: BLE001 - a model that does not resolve is skipped, not failed
+        print(f"[flex_check] skip liger {name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+        return
+    cases = list(layouts(tok, pred))
+    ref = {lay: loss_and_grads(plain, batch) for lay, batch in cases}  # before Liger patches RoPE
+    apply_liger_kernels(plain)
+    for lay, batch in cases:
+        compare(f"{name}/{lay} liger_sp~flex_sp", loss_and_grads(plain, batch, liger=True), ref[lay], args.liger_tol)
+    del plain
+    torch.cuda.empty_cache()
+
+
 def check_model(name: str, args) -> None:
     try:
         sdpa, flex, tok, pred = build_models(name, args.smollm2)
     except Exception as e:  # noqa: BLE001 - a model that does not resolve is skipped, not failed
         print(f"[flex_check] skip {name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
         return
-    exs = examples(tok, 12)
-    for packing in (False, True):
-        lay = "packed" if packing else "padded"
-        kw = dict(pad_id=tok.pad_token_id, pred_ids=pred, pairs="all", packing=packing, max_tokens=2048,
-                  pad_multiple=128)
-        sp = _to(StepJEPACollator(mode="single_pass", **kw)(exs))
-        tp = _to(StepJEPACollator(mode="two_pass", **kw)(exs))
+    for (lay, sp), (_, tp) in zip(layouts(tok, pred), layouts(tok, pred, "two_pass")):
         res = {"sdpa_sp": loss_and_grads(sdpa, sp), "flex_sp": loss_and_grads(flex, sp),
                "sdpa_tp": loss_and_grads(sdpa, tp), "flex_tp": loss_and_grads(flex, tp)}
         compare(f"{name}/{lay} flex_sp~sdpa_sp", res["flex_sp"], res["sdpa_sp"], args.tol)
@@ -166,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="tiny,smollm2", help="comma list: tiny, smollm2")
     p.add_argument("--smollm2", default=None, help="SmolLM2 directory (default: resolve_model_path)")
     p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--liger", action="store_true", help="also check --use_liger_kernel (needs liger-kernel)")
+    p.add_argument("--liger_tol", type=float, default=1e-3,
+                   help="Liger's kernels reduce in another order than PyTorch's: a looser bound than --tol")
     p.add_argument("--mask_T", type=int, default=8192)
     p.add_argument("--mask_B", type=int, default=8)
     args = p.parse_args(argv)
@@ -184,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
             check_model(name, args)
         except Exception as e:  # noqa: BLE001 - a crash is a FAIL row, the other checks still run
             report(f"{name} run", f"{type(e).__name__}: {str(e).splitlines()[0][:30]}", float("nan"), False)
+            import traceback
+
+            traceback.print_exc()
+    for name in [m.strip() for m in args.models.split(",") if m.strip()] if args.liger else []:
+        try:
+            check_liger(name, args)
+        except Exception as e:  # noqa: BLE001
+            report(f"{name} liger run", f"{type(e).__name__}: {str(e).splitlines()[0][:30]}", float("nan"), False)
             import traceback
 
             traceback.print_exc()

@@ -46,3 +46,56 @@ def test_chunked_loss_and_gradients_equal_plain_cross_entropy(autocast: bool) ->
     for a, b in zip(g_got, g_want):
         torch.testing.assert_close(a, b, **tol)
     assert all(torch.isfinite(g).all() for g in g_got)
+
+
+def test_liger_kernels_refuse_a_machine_without_cuda(monkeypatch) -> None:
+    """Triton has no CPU backend: the flag must fail at once, naming the reason."""
+    from step_jepa.modeling import apply_liger_kernels
+    from step_jepa.tiny import build_tiny_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        apply_liger_kernels(build_tiny_model(64, layers=1, hidden=32))
+
+
+def test_liger_kernels_without_the_package_say_how_to_install(monkeypatch) -> None:
+    import sys
+
+    from step_jepa.modeling import apply_liger_kernels, liger_lm_loss_sum
+    from step_jepa.tiny import build_tiny_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "liger_kernel", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)
+    with pytest.raises(ImportError, match=r"step-jepa\[liger\]"):
+        apply_liger_kernels(build_tiny_model(64, layers=1, hidden=32))
+    with pytest.raises(ImportError, match=r"step-jepa\[liger\]"):
+        liger_lm_loss_sum(torch.zeros(2, 8), nn.Linear(8, 5, bias=False), torch.zeros(2, dtype=torch.long))
+
+
+def test_objective_routes_the_lm_loss_through_liger_when_asked(monkeypatch) -> None:
+    """`liger_loss=True` must call the fused loss with the head and the labelled hidden states only."""
+    import step_jepa.objective as objective
+    from step_jepa.objective import JEPAOptions, StepJEPAModel
+    from step_jepa.tiny import build_tiny_model
+
+    seen = {}
+
+    def fake(hidden, head, targets):
+        seen.update(n=hidden.shape[0], head=head, targets=targets)
+        return F.cross_entropy(head(hidden), targets, reduction="sum")
+
+    monkeypatch.setattr(objective, "liger_lm_loss_sum", fake)
+    lm = build_tiny_model(64, layers=1, hidden=32)
+    ids = torch.randint(0, 64, (1, 6))
+    batch = {"input_ids": ids, "position_ids": torch.arange(6)[None], "role": torch.ones(1, 6, dtype=torch.long),
+             "plain_causal": True, "lm_index": torch.tensor([2, 3, 4]), "lm_labels": ids[0, 3:6],
+             "view_rows": torch.zeros(0, dtype=torch.long)}
+    for liger in (False, True):
+        seen.clear()
+        model = StepJEPAModel(lm, JEPAOptions(lbd=0.0), liger_loss=liger)
+        out = model.lm_sum(model.hidden_states(batch)[0], batch)
+        assert bool(seen) is liger
+        assert torch.isfinite(out)
+    assert seen["n"] == 3 and seen["head"] is lm.get_output_embeddings()
+    assert torch.equal(seen["targets"], ids[0, 3:6])

@@ -84,6 +84,7 @@ class BenchConfig:
     threads: int = 0  # CPU: torch.set_num_threads (0 = leave as is); 1 is steadiest on a shared host
     rounds: int = 1  # run all variants this many times; keep each variant's fastest round (noisy hosts)
     compile: bool = False  # torch.compile the decoder (dynamic shapes) for every variant
+    use_liger_kernel: bool = False  # Liger's RMSNorm/RoPE/SwiGLU + fused linear cross-entropy (CUDA)
     profile_dir: str | None = None  # write a torch.profiler op table per variant here (after timing)
     profile_steps: int = 3
 
@@ -440,7 +441,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs every variant; returns {"env": ..., "config": ..., "rows": [Row as dict, ...]}."""
-    from .modeling import add_predictor_tokens, compile_decoder
+    from .modeling import add_predictor_tokens, apply_liger_kernels, compile_decoder
     from .objective import JEPAOptions, StepJEPAModel
 
     unknown = [v for v in cfg.variants if v not in VARIANTS]
@@ -464,16 +465,19 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     groups = [examples[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(cfg.n_batches)]
     nonpad = [sum(len(ex.input_ids) for ex in g) for g in groups]
     init_state = {k: v.detach().to("cpu", copy=True) for k, v in lm.state_dict().items()}
+    if cfg.use_liger_kernel:
+        apply_liger_kernels(lm)
     if cfg.compile:  # compiled during each variant's warm-up steps, which are not timed
         compile_decoder(lm)
     env = environment(device)
     env.update(model=model_desc, params_m=round(sum(p.numel() for p in lm.parameters()) / 1e6, 2),
-               attn=attn + (", torch.compile'd decoder" if cfg.compile else ""),
+               attn=attn + (", torch.compile'd decoder" if cfg.compile else "")
+               + (", Liger kernels" if cfg.use_liger_kernel else ""),
                dtype=dtype + (" autocast, fp32 master weights" if dtype == "bf16" else ""), data=data_label,
                examples_per_batch=cfg.batch_size, batches=cfg.n_batches,
                mean_example_tokens=round(sum(nonpad) / len(examples), 1),
                pairs_valid_frac=round(sum(bool(ex.valid_pairs()) for ex in examples) / len(examples), 3))
-    jmodel = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd))
+    jmodel = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd), liger_loss=cfg.use_liger_kernel)
     cpu_mem = _CpuMemory()
 
     prepared = []
@@ -486,7 +490,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         else:
             # Variants with options get their own wrapper (an EMA copy, a head); the head's few
             # parameters are left out of the optimizer, so its AdamW cost is not counted.
-            jm = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd, **spec["opts"])).to(device) if "opts" in spec else jmodel
+            jm = (StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd, **spec["opts"]), liger_loss=cfg.use_liger_kernel)
+                  .to(device) if "opts" in spec else jmodel)
 
             def step_loss(b, lbd=lbd, jm=jm):
                 jm.update_ema()  # the per-step EMA update is part of the cost (a no-op without EMA)
@@ -647,6 +652,9 @@ def _parser_arguments(p: argparse.ArgumentParser) -> None:
                         "(use 3+ on a shared CPU; memory is the max over rounds)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decoder (dynamic shapes) for every variant; give --warmup >= 2")
+    p.add_argument("--use_liger_kernel", action="store_true",
+                   help="Liger's fused RMSNorm/RoPE/SwiGLU kernels and fused linear cross-entropy (CUDA only; "
+                        "pip install 'step-jepa[liger]')")
     p.add_argument("--profile_dir", default=None, metavar="DIR",
                    help="after timing, profile a few more steps per variant; write DIR/profile_<variant>.txt")
     p.add_argument("--profile_steps", type=int, default=d.profile_steps, help="steps profiled per variant")
@@ -661,7 +669,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         variants=[v.strip() for v in args.variants.split(",") if v.strip()], max_length=args.max_length,
         predictors=args.predictors, lbd=args.lbd, pack_tokens=args.pack_tokens, seed=args.seed,
         rounds=args.rounds, threads=args.threads, profile_dir=args.profile_dir, profile_steps=args.profile_steps,
-        compile=args.compile)
+        compile=args.compile, use_liger_kernel=args.use_liger_kernel)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -84,6 +84,8 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     torch_compile: bool = _f(False, "torch.compile the decoder (dynamic shapes; the first steps compile). "
                                     "Time it with step-jepa bench --compile before relying on it")
+    use_liger_kernel: bool = _f(False, "Liger's fused Triton kernels: RMSNorm, RoPE, SwiGLU and the LM loss as "
+                                       "fused linear cross-entropy (CUDA only; pip install 'step-jepa[liger]')")
     seed: int = _f(0, "seed for data order, pair sampling and initialisation")
     logging_steps: int = _f(10, "log every N optimizer steps (TensorBoard + metrics.jsonl)")
     save_steps: int = _f(500, "checkpoint every N steps")
