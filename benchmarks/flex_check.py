@@ -1,7 +1,8 @@
 """GPU check of the FlexAttention backend: same loss and gradients as SDPA, same as the two-pass
 reference, and no B×T×T mask materialised.
 
-    python benchmarks/flex_check.py [--models tiny,smollm2] [--smollm2 PATH] [--mask_T 8192 --mask_B 8] [--liger]
+    python benchmarks/flex_check.py [--checks flex,compile,mask] [--models tiny,smollm2] [--smollm2 PATH]
+                                    [--mask_T 8192 --mask_B 8]
 
 For each model (a 4-layer hidden-256 random Llama, and SmolLM2-135M when it resolves), in fp32
 with TF32 off, on padded and packed batches of real layouts (single-pass, pairs=all, K=2):
@@ -11,13 +12,12 @@ with TF32 off, on padded and packed batches of real layouts (single-pass, pairs=
   sdpa_sp  vs sdpa_tp   the same under SDPA (the CPU-tested path, as a control)
 
 Relative error = |a−b|/|b| for losses and max over parameters of ‖ga−gb‖/‖gb‖ for gradients;
-PASS below --tol (1e-4). With --liger, after all of that (Liger patches RoPE module-wide, so it
-must not leak into the checks above), for each model and layout:
+PASS below --tol (1e-4). `compile` checks, for each model and layout:
 
-  liger_sp vs flex_sp   --use_liger_kernel (fused RMSNorm/RoPE/SwiGLU, fused linear cross-entropy)
-                        against the same model without it, single-pass, FlexAttention; --liger_tol
+  compiled_sp vs flex_sp   single-pass with the decoder torch.compile'd in place (`--torch_compile`,
+                           dynamic shapes) against the same model uncompiled, FlexAttention
 
-Then the block mask of a packed B×T layout is built (compiled, warm) and
+`mask`: the block mask of a packed B×T layout is built (compiled, warm) and
 the CUDA memory it allocates is compared with the B·T·T bytes a dense boolean mask would take;
 PASS below 1/16 of that. Exit status 1 if anything FAILs, 2 without CUDA.
 """
@@ -85,8 +85,8 @@ def build_models(name: str, smollm2_path: str | None):
     return a.cuda().train(), b.cuda().train(), tok, pred
 
 
-def loss_and_grads(lm, batch, lbd: float = 0.5, liger: bool = False):
-    m = StepJEPAModel(lm, JEPAOptions(lbd=lbd, loss="cosine"), liger_loss=liger)
+def loss_and_grads(lm, batch, lbd: float = 0.5):
+    m = StepJEPAModel(lm, JEPAOptions(lbd=lbd, loss="cosine"))
     lm.zero_grad(set_to_none=True)
     out = m(**batch)
     loss = out["lm_sum"] / out["n_tokens"] + lbd * out["jepa"]
@@ -126,30 +126,37 @@ def layouts(tok, pred, mode: str = "single_pass"):
         yield ("packed" if packing else "padded"), _to(StepJEPACollator(mode=mode, **kw)(exs))
 
 
-def check_liger(name: str, args) -> None:
-    """Liger's kernels against the same model without them (FlexAttention, single-pass)."""
-    from step_jepa.modeling import apply_liger_kernels
-
+def models_or_skip(name: str, args):
+    """`build_models`, or None (reported) when the model does not resolve: skipped, not failed."""
     try:
-        _, plain, tok, pred = build_models(name, args.smollm2)
-    except Exception as e:  # noqa: BLE001 - a model that does not resolve is skipped, not failed
-        print(f"[flex_check] skip liger {name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+        return build_models(name, args.smollm2)
+    except Exception as e:  # noqa: BLE001
+        print(f"[flex_check] skip {name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+        return None
+
+
+def check_compile(name: str, args) -> None:
+    """The compiled decoder against the same model eager (FlexAttention, single-pass, fp32)."""
+    from step_jepa.modeling import compile_decoder
+
+    models = models_or_skip(name, args)
+    if models is None:
         return
+    _, flex, tok, pred = models
     cases = list(layouts(tok, pred))
-    ref = {lay: loss_and_grads(plain, batch) for lay, batch in cases}  # before Liger patches RoPE
-    apply_liger_kernels(plain)
+    ref = {lay: loss_and_grads(flex, batch) for lay, batch in cases}
+    compile_decoder(flex)
     for lay, batch in cases:
-        compare(f"{name}/{lay} liger_sp~flex_sp", loss_and_grads(plain, batch, liger=True), ref[lay], args.liger_tol)
-    del plain
+        compare(f"{name}/{lay} compiled_sp~flex_sp", loss_and_grads(flex, batch), ref[lay], args.tol)
+    del flex
     torch.cuda.empty_cache()
 
 
 def check_model(name: str, args) -> None:
-    try:
-        sdpa, flex, tok, pred = build_models(name, args.smollm2)
-    except Exception as e:  # noqa: BLE001 - a model that does not resolve is skipped, not failed
-        print(f"[flex_check] skip {name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+    models = models_or_skip(name, args)
+    if models is None:
         return
+    sdpa, flex, tok, pred = models
     for (lay, sp), (_, tp) in zip(layouts(tok, pred), layouts(tok, pred, "two_pass")):
         res = {"sdpa_sp": loss_and_grads(sdpa, sp), "flex_sp": loss_and_grads(flex, sp),
                "sdpa_tp": loss_and_grads(sdpa, tp), "flex_tp": loss_and_grads(flex, tp)}
@@ -188,14 +195,23 @@ def check_mask_memory(args) -> None:
     report(f"mask memory B={B} T={T}", f"peak/dense bytes ({used / 2**20:.1f} MiB)", used / dense, used < dense / 16)
 
 
+def guarded(tag: str, fn, model, args) -> None:
+    """Run one check; a crash becomes a FAIL row and the other checks still run."""
+    try:
+        fn(model, args)
+    except Exception as e:  # noqa: BLE001
+        report(tag, f"{type(e).__name__}: {str(e).splitlines()[0][:30]}", float("nan"), False)
+        import traceback
+
+        traceback.print_exc()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tiny,smollm2", help="comma list: tiny, smollm2")
     p.add_argument("--smollm2", default=None, help="SmolLM2 directory (default: resolve_model_path)")
     p.add_argument("--tol", type=float, default=1e-4)
-    p.add_argument("--liger", action="store_true", help="also check --use_liger_kernel (needs liger-kernel)")
-    p.add_argument("--liger_tol", type=float, default=1e-3,
-                   help="Liger's kernels reduce in another order than PyTorch's: a looser bound than --tol")
+    p.add_argument("--checks", default="flex,compile,mask", help="comma list: flex, compile, mask")
     p.add_argument("--mask_T", type=int, default=8192)
     p.add_argument("--mask_B", type=int, default=8)
     args = p.parse_args(argv)
@@ -209,29 +225,14 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"[flex_check] torch {torch.__version__} | transformers {transformers.__version__} | "
           f"{torch.cuda.get_device_name()} | fp32, TF32 off", flush=True)
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        try:
-            check_model(name, args)
-        except Exception as e:  # noqa: BLE001 - a crash is a FAIL row, the other checks still run
-            report(f"{name} run", f"{type(e).__name__}: {str(e).splitlines()[0][:30]}", float("nan"), False)
-            import traceback
-
-            traceback.print_exc()
-    for name in [m.strip() for m in args.models.split(",") if m.strip()] if args.liger else []:
-        try:
-            check_liger(name, args)
-        except Exception as e:  # noqa: BLE001
-            report(f"{name} liger run", f"{type(e).__name__}: {str(e).splitlines()[0][:30]}", float("nan"), False)
-            import traceback
-
-            traceback.print_exc()
-    try:
-        check_mask_memory(args)
-    except Exception as e:  # noqa: BLE001
-        report("mask memory", f"{type(e).__name__}: {str(e).splitlines()[0][:30]}", float("nan"), False)
-        import traceback
-
-        traceback.print_exc()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    checks = {c.strip() for c in args.checks.split(",") if c.strip()}
+    jobs = [(f"{m} run", check_model, m) for m in models if "flex" in checks]
+    jobs += [(f"{m} compile run", check_compile, m) for m in models if "compile" in checks]
+    for tag, fn, model in jobs:
+        guarded(tag, fn, model, args)
+    if "mask" in checks:
+        guarded("mask memory", lambda _, a: check_mask_memory(a), None, args)
     w = max(len(r[0]) for r in ROWS) if ROWS else 10
     print(f"\n{'check':<{w}}  {'measure':<40}  {'value':>10}  result")
     for check, detail, value, res in ROWS:

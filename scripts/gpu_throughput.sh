@@ -1,18 +1,14 @@
 #!/usr/bin/env bash
-# Toward the 105K tok/s target: packed steps of 64 GSM8K examples, SFT vs single-pass JEPA, under
-# four kernel set-ups, each one bench invocation (its own table): eager, Liger kernels, compiled
-# decoder, Liger + compiled. Two consecutive calls on a warm machine, after `device_setup.sh a`:
-#   carry .carry-model-b .carry-data .whl:  bash scripts/gpu_throughput.sh 1   (setup b, Liger check, eager, Liger)
-#   carry .whl:                             bash scripts/gpu_throughput.sh 2   (compiled, Liger + compiled)
-# .whl holds the liger-kernel wheel (pure Python; Triton is in the GPU image).
+# Toward the 105K tok/s target: packed steps of 64 GSM8K examples, SFT vs single-pass JEPA, eager and
+# with a compiled decoder, each one bench invocation (its own table). Two consecutive calls on a warm
+# machine, after `bash scripts/device_setup.sh a`:
+#   carry .carry-model-b .carry-data:  bash scripts/gpu_throughput.sh 1   (setup b, eager)
+#   no carry:                          bash scripts/gpu_throughput.sh 2   (compiled)
+# The 2026-12-02 round (results/h200-2026-12-02) ran this script at commit 4d5afdd, which also timed
+# the since removed Liger option.
 set -uo pipefail
 part=${1:?1 or 2}
-python3 -m pip install -q --no-index --no-deps --upgrade --target /root/site .whl/*.whl 2>&1 | tail -1
-[ "$part" = 1 ] && { bash scripts/device_setup.sh b > /dev/null 2>&1 || { echo "setup b failed"; exit 1; }; }
-source scripts/gpu_env.sh
-mkdir -p /root/data
-[ -f /root/data/gsm8k_train.jsonl ] || python3 -m step_jepa.cli prepare --input .carry-data/train.jsonl \
-  --output /root/data/gsm8k_train.jsonl > /dev/null 2>&1
+source scripts/gpu_data.sh "$part"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 run() {  # $1 = name, rest = extra flags
   name=$1; shift
@@ -22,12 +18,9 @@ run() {  # $1 = name, rest = extra flags
   echo "$name rc=$?"; grep -E "^\[bench\] round|^sp_first|^sft" $OUT/$name.log | cut -c1-160
 }
 if [ "$part" = 1 ]; then
-  timeout 150 python3 benchmarks/flex_check.py --models tiny,smollm2 --liger --mask_T 4096 > $OUT/liger_check.log 2>&1
-  echo "liger_check rc=$?"; grep -E "liger|PASS:|FAIL:" $OUT/liger_check.log | tail -8
   run eager --rounds 2
-  run liger --rounds 2 --use_liger_kernel
 else
   run compiled --compile
-  run liger_compiled --compile --use_liger_kernel
 fi
-tar czf $OUT/throughput_$part.tgz -C $OUT --exclude='*.tgz' .   # one file: only 8 come back per call
+tar czf $OUT/throughput_$part.tgz -C $OUT --exclude='*.tgz' . 2>/dev/null  # one file: only 8 come back per call
+true

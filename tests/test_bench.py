@@ -100,3 +100,16 @@ def test_compile_option_runs_and_is_reported():
     result = run_bench(cfg, log=lambda s: None)
     assert "torch.compile'd decoder" in result["env"]["attn"]
     assert result["rows"][0]["ms_median"] > 0 and result["rows"][0]["compiled_graphs"] >= 1
+
+
+def test_rounds_give_a_per_round_ratio_against_sft():
+    """×SFT by round pairs each round's medians; with two rounds it is the mean of the two ratios."""
+    cfg = BenchConfig(model="tiny", batch_size=4, n_batches=2, steps=2, warmup=1, device="cpu", threads=1,
+                      rounds=2, variants=["sft", "sp_first"])
+    rows = {r["variant"]: r for r in run_bench(cfg, log=lambda s: None)["rows"]}
+    sft, sp = rows["sft"], rows["sp_first"]
+    assert len(sft["round_ms"]) == len(sp["round_ms"]) == 2
+    assert sft["time_x_sft_rounds"] == pytest.approx(1.0)
+    ratios = [a / b for a, b in zip(sp["round_ms"], sft["round_ms"])]
+    assert sp["time_x_sft_rounds"] == pytest.approx(sum(ratios) / 2)
+    assert sp["ms_median"] == pytest.approx(min(sp["round_ms"]))  # the table keeps the fastest round

@@ -3,7 +3,7 @@
 import torch
 
 from step_jepa.layout import meta_of, pass2_items, place, single_pass_item
-from step_jepa.masks import additive_mask, dense_mask
+from step_jepa.masks import additive_mask, allowed, dense_mask, query_ranges
 from step_jepa.segment import Segmented
 
 # 8 tokens: p0 p1 | a0 a1 (step 1) | s (separator) | b0 b1 (step 2) | r (end of turn)
@@ -123,3 +123,20 @@ def test_additive_mask_matches_boolean():
     meta = meta_of(b)
     add = additive_mask(meta, torch.float32)
     assert torch.equal(add == 0, dense_mask(meta))
+
+
+def test_dense_mask_is_allowed_evaluated_everywhere():
+    """The dense mask splits the rule for speed; it must equal `allowed` at every (query, key)."""
+    other = Segmented(id="o", input_ids=[1, 2, 3, 4, 5, 6], labels=[-100, 2, 3, 4, 5, 6],
+                      step_spans=[(1, 2), (3, 4), (5, 6)], prompt_len=1)
+    rows = [[single_pass_item(other, [0, 1], [97, 98, 99], 0), single_pass_item(EX, [0], [97, 98, 99], 1)],
+            [single_pass_item(EX, [0], [97, 98, 99], 0)],
+            [single_pass_item(other, [1], [97, 98, 99], 0)]]
+    meta = meta_of(place(rows, pad_id=0, multiple_of=8))
+    T = meta.seq.shape[1]
+    lo1, hi1, lo2 = (t[:, :, None] for t in query_ranges(meta))
+    idx = torch.arange(T)
+    want = allowed(lo1, hi1, lo2, idx[None, :, None], idx[None, None, :])
+    got = dense_mask(meta)[:, 0]
+    assert (meta.role == 2).sum() == 15  # predictor rows: the part computed separately
+    assert torch.equal(got, want)

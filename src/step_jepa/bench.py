@@ -84,7 +84,6 @@ class BenchConfig:
     threads: int = 0  # CPU: torch.set_num_threads (0 = leave as is); 1 is steadiest on a shared host
     rounds: int = 1  # run all variants this many times; keep each variant's fastest round (noisy hosts)
     compile: bool = False  # torch.compile the decoder (dynamic shapes) for every variant
-    use_liger_kernel: bool = False  # Liger's RMSNorm/RoPE/SwiGLU + fused linear cross-entropy (CUDA)
     profile_dir: str | None = None  # write a torch.profiler op table per variant here (after timing)
     profile_steps: int = 3
 
@@ -103,6 +102,11 @@ class Row:
     delta_peak_mib: float | None  # peak minus what was allocated/resident just before the variant
     time_x_sft: float | None = None
     time_x_hf: float | None = None
+    # Median over rounds of (this variant's round median / the same-layout SFT's median in that
+    # round). Both numbers of a pair come from the same pass over the variants, so slow drift of a
+    # shared host cancels, which the fastest-round ratio (time_x_sft) cannot do. Equal to it with one round.
+    time_x_sft_rounds: float | None = None
+    round_ms: list[float] = field(default_factory=list)  # median ms/step of each round
     mem_x_sft: float | None = None
     delta_mem_x_sft: float | None = None
     compiled_graphs: int = 0
@@ -441,7 +445,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs every variant; returns {"env": ..., "config": ..., "rows": [Row as dict, ...]}."""
-    from .modeling import add_predictor_tokens, apply_liger_kernels, compile_decoder
+    from .modeling import add_predictor_tokens, compile_decoder
     from .objective import JEPAOptions, StepJEPAModel
 
     unknown = [v for v in cfg.variants if v not in VARIANTS]
@@ -465,19 +469,16 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     groups = [examples[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(cfg.n_batches)]
     nonpad = [sum(len(ex.input_ids) for ex in g) for g in groups]
     init_state = {k: v.detach().to("cpu", copy=True) for k, v in lm.state_dict().items()}
-    if cfg.use_liger_kernel:
-        apply_liger_kernels(lm)
     if cfg.compile:  # compiled during each variant's warm-up steps, which are not timed
         compile_decoder(lm)
     env = environment(device)
     env.update(model=model_desc, params_m=round(sum(p.numel() for p in lm.parameters()) / 1e6, 2),
-               attn=attn + (", torch.compile'd decoder" if cfg.compile else "")
-               + (", Liger kernels" if cfg.use_liger_kernel else ""),
+               attn=attn + (", torch.compile'd decoder" if cfg.compile else ""),
                dtype=dtype + (" autocast, fp32 master weights" if dtype == "bf16" else ""), data=data_label,
                examples_per_batch=cfg.batch_size, batches=cfg.n_batches,
                mean_example_tokens=round(sum(nonpad) / len(examples), 1),
                pairs_valid_frac=round(sum(bool(ex.valid_pairs()) for ex in examples) / len(examples), 3))
-    jmodel = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd), liger_loss=cfg.use_liger_kernel)
+    jmodel = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd))
     cpu_mem = _CpuMemory()
 
     prepared = []
@@ -490,8 +491,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         else:
             # Variants with options get their own wrapper (an EMA copy, a head); the head's few
             # parameters are left out of the optimizer, so its AdamW cost is not counted.
-            jm = (StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd, **spec["opts"]), liger_loss=cfg.use_liger_kernel)
-                  .to(device) if "opts" in spec else jmodel)
+            jm = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd, **spec["opts"])).to(device) if "opts" in spec else jmodel
 
             def step_loss(b, lbd=lbd, jm=jm):
                 jm.update_ema()  # the per-step EMA update is part of the cost (a no-op without EMA)
@@ -522,6 +522,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             deltas = [x for x in (delta, prev and prev["delta"]) if x is not None]
             results[variant] = {
                 "times": times if keep else prev["times"], "first": first, "last": last,
+                "round_ms": (prev["round_ms"] if prev else []) + [med * 1e3],
                 "peak": max(peaks) if peaks else None, "delta": max(deltas) if deltas else None,
                 "graphs": (prev["graphs"] if prev else 0) + _graphs() - g0}
 
@@ -536,12 +537,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             layout_tokens_per_step=sum(_layout_tokens(b) for b in batches) / len(batches),
             rows_per_step=sum(_rows(b) for b in batches) / len(batches),
             peak_mib=r["peak"], delta_peak_mib=r["delta"], compiled_graphs=r["graphs"],
-            loss_first=r["first"], loss_last=r["last"]))
+            loss_first=r["first"], loss_last=r["last"], round_ms=r["round_ms"]))
     by_name = {r.variant: r for r in rows}
     for r in rows:
         suffix = "_packed" if r.variant.endswith("_packed") else ""
         sft, hf = by_name.get("sft" + suffix), by_name.get("hf_sft" + suffix)
         r.time_x_sft = _ratio(r.ms_median, sft.ms_median if sft else None)
+        if sft:
+            r.time_x_sft_rounds = statistics.median(a / b for a, b in zip(r.round_ms, sft.round_ms))
         r.time_x_hf = _ratio(r.ms_median, hf.ms_median if hf else None)
         r.mem_x_sft = _ratio(r.peak_mib, sft.peak_mib if sft else None)
         r.delta_mem_x_sft = _ratio(r.delta_peak_mib, sft.delta_peak_mib if sft else None)
@@ -574,7 +577,8 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 COLUMNS = [
     ("variant", "variant"), ("ms_median", "ms/step"), ("nonpad_tokens_per_s", "non-pad tok/s"),
-    ("time_x_sft", "time ×SFT"), ("time_x_hf", "time ×HF"), ("peak_mib", "peak MiB"),
+    ("time_x_sft", "time ×SFT"), ("time_x_sft_rounds", "×SFT by round"), ("time_x_hf", "time ×HF"),
+    ("peak_mib", "peak MiB"),
     ("mem_x_sft", "peak ×SFT"), ("delta_peak_mib", "Δpeak MiB"), ("delta_mem_x_sft", "Δpeak ×SFT"),
     ("layout_tokens_per_step", "layout tok/step"), ("rows_per_step", "rows"),
 ]
@@ -585,7 +589,7 @@ def _fmt(key: str, v) -> str:
         return "n/a"
     if isinstance(v, str):
         return v
-    if key in ("time_x_sft", "time_x_hf", "mem_x_sft", "delta_mem_x_sft"):
+    if key in ("time_x_sft", "time_x_sft_rounds", "time_x_hf", "mem_x_sft", "delta_mem_x_sft"):
         return f"{v:.3f}"
     if key == "ms_median":
         return f"{v:.2f}" if v < 100 else f"{v:.1f}"
@@ -649,12 +653,10 @@ def _parser_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (0 = default); 1 avoids OpenMP stalls on a shared, oversubscribed host")
     p.add_argument("--rounds", type=int, default=d.rounds,
                    help="run the variant list this many times and keep each variant's fastest round "
-                        "(use 3+ on a shared CPU; memory is the max over rounds)")
+                        "(use 3+ on a shared CPU; memory is the max over rounds); '×SFT by round' is the "
+                        "median of the per-round ratios")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decoder (dynamic shapes) for every variant; give --warmup >= 2")
-    p.add_argument("--use_liger_kernel", action="store_true",
-                   help="Liger's fused RMSNorm/RoPE/SwiGLU kernels and fused linear cross-entropy (CUDA only; "
-                        "pip install 'step-jepa[liger]')")
     p.add_argument("--profile_dir", default=None, metavar="DIR",
                    help="after timing, profile a few more steps per variant; write DIR/profile_<variant>.txt")
     p.add_argument("--profile_steps", type=int, default=d.profile_steps, help="steps profiled per variant")
@@ -669,7 +671,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         variants=[v.strip() for v in args.variants.split(",") if v.strip()], max_length=args.max_length,
         predictors=args.predictors, lbd=args.lbd, pack_tokens=args.pack_tokens, seed=args.seed,
         rounds=args.rounds, threads=args.threads, profile_dir=args.profile_dir, profile_steps=args.profile_steps,
-        compile=args.compile, use_liger_kernel=args.use_liger_kernel)
+        compile=args.compile)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -82,10 +82,8 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "gradient clipping")
     bf16: bool = _f(False, "bf16 autocast (fp32 master weights)")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
-    torch_compile: bool = _f(False, "torch.compile the decoder (dynamic shapes; the first steps compile). "
-                                    "Time it with step-jepa bench --compile before relying on it")
-    use_liger_kernel: bool = _f(False, "Liger's fused Triton kernels: RMSNorm, RoPE, SwiGLU and the LM loss as "
-                                       "fused linear cross-entropy (CUDA only; pip install 'step-jepa[liger]')")
+    torch_compile: bool = _f(False, "torch.compile the decoder (dynamic shapes). Halved a packed SmolLM2 step "
+                                    "on an H200, but compiling takes minutes: for long runs (docs/performance.md)")
     seed: int = _f(0, "seed for data order, pair sampling and initialisation")
     logging_steps: int = _f(10, "log every N optimizer steps (TensorBoard + metrics.jsonl)")
     save_steps: int = _f(500, "checkpoint every N steps")

@@ -5,7 +5,8 @@ serves and, for predictors, how much of the original sequence it may see; positi
 model separately and play no part in who sees whom). The
 pure function `query_ranges` turns that metadata into the keys each query may see — two index
 ranges — and `allowed` evaluates them; the backends (a dense boolean/additive mask for SDPA and
-eager, a FlexAttention BlockMask) only call these two.
+eager, a FlexAttention BlockMask) only call these two (the dense mask applies `allowed`'s two
+ranges in two passes, for speed; a test holds it equal to `allowed` everywhere).
 
 Roles:
   ORIG  the example as written (prompt + answer): causal within its example — exactly pass 1.
@@ -71,11 +72,24 @@ def allowed(lo1, hi1, lo2, q_idx, k_idx):
 
 
 def dense_mask(meta: TokenMeta) -> torch.Tensor:
-    """Boolean mask [B, 1, T, T] (True = attend) for SDPA; also the reference picture for tests."""
+    """Boolean mask [B, 1, T, T] (True = attend) for SDPA; also the reference picture for tests.
+
+    `allowed` evaluated at every (query, key), in two parts: the second range on all rows, the
+    first range on the rows where it is non-empty (predictor queries: K per pair, a few per row).
+    Written out in full, `allowed` costs 7 B×T×T operations; this costs 2 plus the predictor rows.
+    On the CPU tiny-model benchmark that took the mask from 7.1 to 2.3 ms of a ~250 ms step.
+    (On CUDA `nonzero` synchronises once per step; the default CUDA backend, FlexAttention, does
+    not build this mask.)
+    """
     T = meta.seq.shape[-1]
-    lo1, hi1, lo2 = (t[:, :, None] for t in query_ranges(meta))
+    lo1, hi1, lo2 = query_ranges(meta)
     idx = torch.arange(T, device=meta.seq.device)
-    return allowed(lo1, hi1, lo2, idx[None, :, None], idx[None, None, :])[:, None]
+    m = idx >= lo2[:, :, None]
+    m &= idx <= idx[:, None]
+    b, q = (hi1 > lo1).nonzero(as_tuple=True)
+    if b.numel():
+        m[b, q] |= (idx >= lo1[b, q, None]) & (idx < hi1[b, q, None])
+    return m[:, None]
 
 
 def additive_mask(meta: TokenMeta, dtype: torch.dtype) -> torch.Tensor:

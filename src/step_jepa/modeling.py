@@ -134,57 +134,6 @@ def compile_decoder(lm) -> nn.Module:
     return decoder
 
 
-def _liger():
-    """The liger-kernel package, or a clear error saying how to get it."""
-    try:
-        import liger_kernel.transformers as liger
-    except ImportError as e:
-        raise ImportError("--use_liger_kernel needs the liger-kernel package (Triton kernels, CUDA only): "
-                          "pip install 'step-jepa[liger]'") from e
-    return liger
-
-
-def apply_liger_kernels(lm) -> None:
-    """Swap the decoder's RMSNorm, RoPE and SwiGLU for Liger's fused Triton kernels, in place.
-
-    A profile of a packed step on an H100 put about half of the GPU time in unfused elementwise
-    kernels (RMSNorm's fp32 round trip, RoPE, SiLU·mul; docs/performance.md). Liger fuses each
-    into one kernel with the same math, so the loss changes only by rounding. The LM loss takes
-    Liger's fused linear cross-entropy separately (:func:`liger_lm_loss_sum`), because step-jepa
-    computes it from hidden states itself. Triton has no CPU backend, hence the CUDA check here
-    rather than an obscure failure inside the first kernel.
-    """
-    if not torch.cuda.is_available():
-        raise ValueError("--use_liger_kernel needs a CUDA device (Liger's kernels are Triton-only)")
-    liger = _liger()
-    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # a PEFT model wraps the LM
-    model_type = getattr(base.config, "model_type", None)
-    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
-        raise ValueError(f"--use_liger_kernel: Liger has no kernels for model type {model_type!r}")
-    # The model's own loss is never called (step-jepa computes it from hidden states), so Liger's
-    # replacement forward with its fused loss is not installed.
-    liger._apply_liger_kernel_to_instance(model=base, rope=True, rms_norm=True, swiglu=True,
-                                          cross_entropy=False, fused_linear_cross_entropy=False)
-
-
-def liger_lm_loss_sum(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
-    """:func:`chunked_lm_loss_sum` through Liger's fused linear cross-entropy.
-
-    The kernel computes the head's logits chunk by chunk and writes the gradients of the hidden
-    states and of the head's weight during the forward pass, so no logits are stored and none are
-    recomputed in the backward pass (the checkpointed path computes every chunk's logits twice).
-    """
-    _liger()
-    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-
-    if type(lm_head) is not nn.Linear:
-        raise ValueError(f"--use_liger_kernel: the LM head must be a plain nn.Linear, not {type(lm_head).__name__}")
-    loss = LigerFusedLinearCrossEntropyLoss(reduction="sum")
-    return loss(lm_head.weight, hidden, targets, lm_head.bias).float()
-
-
 def ensure_pad_token(tokenizer) -> None:
     """Models without a pad token pad with EOS; padded positions never carry a label."""
     if tokenizer.pad_token_id is None:

@@ -16,7 +16,7 @@ import torch.nn as nn
 from .layout import meta_of
 from .losses import gather_views, jepa_loss, variance_covariance
 from .masks import PAD, build_attention_mask
-from .modeling import chunked_lm_loss_sum, liger_lm_loss_sum
+from .modeling import chunked_lm_loss_sum
 
 
 @dataclass
@@ -74,11 +74,10 @@ def _world_size() -> int:
 class StepJEPAModel(nn.Module):
     """Wraps a causal LM (optionally PEFT) and returns the loss terms for a collated batch."""
 
-    def __init__(self, lm: nn.Module, options: JEPAOptions, liger_loss: bool = False):
+    def __init__(self, lm: nn.Module, options: JEPAOptions):
         super().__init__()
         self.lm = lm
         self.options = options
-        self.liger_loss = liger_loss  # the LM loss through Liger's fused linear cross-entropy (CUDA)
         hidden = lm.get_input_embeddings().weight.shape[1]
         self.head = PredictorHead(hidden) if options.head == "mlp" else None
         # Kept out of the module tree (a list) so the optimizer, DDP and checkpoints ignore it.
@@ -149,8 +148,7 @@ class StepJEPAModel(nn.Module):
     def lm_sum(self, hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed next-token loss over labelled positions only (no [B, T, V] logits)."""
         h = hidden.flatten(0, 1).index_select(0, part["lm_index"])
-        loss_sum = liger_lm_loss_sum if self.liger_loss else chunked_lm_loss_sum
-        return loss_sum(h, self.lm.get_output_embeddings(), part["lm_labels"])
+        return chunked_lm_loss_sum(h, self.lm.get_output_embeddings(), part["lm_labels"])
 
     @staticmethod
     def views(hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

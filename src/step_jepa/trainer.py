@@ -30,7 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from .config import TrainConfig, format_config, save_config
 from .layout import StepJEPACollator
 from .losses import view_diagnostics
-from .modeling import add_predictor_tokens, apply_liger_kernels, compile_decoder, load_tokenizer, resolve_model_path
+from .modeling import add_predictor_tokens, compile_decoder, load_tokenizer, resolve_model_path
 from .objective import JEPAOptions, StepJEPAModel
 from .segment import Segmented, SegmentError, segment
 
@@ -173,8 +173,6 @@ def build_model(cfg: TrainConfig):
             trainable_token_indices={"embed_tokens": pred_ids} if pred_ids else None,
         )
         lm = get_peft_model(lm, lcfg)
-    if cfg.use_liger_kernel:  # before compiling, which would otherwise wrap the unfused modules
-        apply_liger_kernels(lm)
     if cfg.torch_compile:
         compile_decoder(lm)
     return lm, tok, pred_ids, path
@@ -724,7 +722,7 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
     else:
         dataset = ListDataset(examples)
     collator = build_collator(cfg, tok, pred_ids, attn)
-    model = StepJEPAModel(lm, jepa_options(cfg), liger_loss=cfg.use_liger_kernel)
+    model = StepJEPAModel(lm, jepa_options(cfg))
     if model._ema:
         callbacks = [EMACallback(model), *(callbacks or [])]
     if cfg.debug:
