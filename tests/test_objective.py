@@ -112,7 +112,8 @@ def test_vicreg_weight_adds_regulariser(setup):
 
 
 @pytest.mark.slow
-def test_compiled_decoder_gives_the_eager_loss_and_gradients(setup):
+@pytest.mark.parametrize("tie", [False, True])  # SmolLM2 ties its head to the input embeddings
+def test_compiled_decoder_gives_the_eager_loss_and_gradients(setup, tie: bool):
     """--torch_compile compiles the decoder in place: same loss and gradients, same parameter names."""
     from step_jepa.modeling import compile_decoder
 
@@ -120,7 +121,7 @@ def test_compiled_decoder_gives_the_eager_loss_and_gradients(setup):
     batch = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred)(exs)
     results = []
     for compiled in (False, True):
-        lm = build_tiny_model(len(tok), seed=5)
+        lm = build_tiny_model(len(tok), seed=5, tie=tie)
         names = [n for n, _ in lm.named_parameters()]
         if compiled:
             compile_decoder(lm)
