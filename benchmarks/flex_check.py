@@ -117,13 +117,14 @@ def compare(tag: str, a, b, tol: float) -> None:
            worst, worst < tol and not missing)
 
 
-def layouts(tok, pred, mode: str = "single_pass"):
-    """(name, batch on CUDA) for padded and packed rows of 12 generated examples, pairs=all, K=2."""
+def layouts(tok, pred, *modes: str):
+    """(name, [batch on CUDA per mode]) for padded and packed rows of 12 generated examples,
+    pairs=all, K=2; the examples are segmented once and laid out in every mode asked for."""
     exs = examples(tok, 12)
     for packing in (False, True):
         kw = dict(pad_id=tok.pad_token_id, pred_ids=pred, pairs="all", packing=packing, max_tokens=2048,
                   pad_multiple=128)
-        yield ("packed" if packing else "padded"), _to(StepJEPACollator(mode=mode, **kw)(exs))
+        yield ("packed" if packing else "padded"), [_to(StepJEPACollator(mode=m, **kw)(exs)) for m in modes]
 
 
 def models_or_skip(name: str, args):
@@ -143,7 +144,7 @@ def check_compile(name: str, args) -> None:
     if models is None:
         return
     _, flex, tok, pred = models
-    cases = list(layouts(tok, pred))
+    cases = [(lay, sp) for lay, (sp,) in layouts(tok, pred, "single_pass")]
     ref = {lay: loss_and_grads(flex, batch) for lay, batch in cases}
     compile_decoder(flex)
     for lay, batch in cases:
@@ -157,7 +158,7 @@ def check_model(name: str, args) -> None:
     if models is None:
         return
     sdpa, flex, tok, pred = models
-    for (lay, sp), (_, tp) in zip(layouts(tok, pred), layouts(tok, pred, "two_pass")):
+    for lay, (sp, tp) in layouts(tok, pred, "single_pass", "two_pass"):
         res = {"sdpa_sp": loss_and_grads(sdpa, sp), "flex_sp": loss_and_grads(flex, sp),
                "sdpa_tp": loss_and_grads(sdpa, tp), "flex_tp": loss_and_grads(flex, tp)}
         compare(f"{name}/{lay} flex_sp~sdpa_sp", res["flex_sp"], res["sdpa_sp"], args.tol)

@@ -77,10 +77,12 @@ def dense_mask(meta: TokenMeta) -> torch.Tensor:
     `allowed` evaluated at every (query, key), in two parts: the second range on all rows, the
     first range on the rows where it is non-empty (predictor queries: K per pair, a few per row).
     Written out in full, `allowed` costs 7 B×T×T operations; this costs 2 plus the predictor rows.
-    On the CPU tiny-model benchmark that took the mask from 7.1 to 2.3 ms of a ~250 ms step.
-    (On CUDA `nonzero` synchronises once per step; the default CUDA backend, FlexAttention, does
-    not build this mask.)
+    Finding the predictor rows needs `nonzero`, which on a GPU would stall the host once per
+    step; there the mask is `allowed` written out (cheap on a GPU, and FlexAttention, the CUDA
+    default, builds no dense mask at all). `benchmarks/mask_cost.py` times both forms.
     """
+    if meta.seq.device.type != "cpu":
+        return allowed_everywhere(meta)
     T = meta.seq.shape[-1]
     lo1, hi1, lo2 = query_ranges(meta)
     idx = torch.arange(T, device=meta.seq.device)
@@ -90,6 +92,14 @@ def dense_mask(meta: TokenMeta) -> torch.Tensor:
     if b.numel():
         m[b, q] |= (idx >= lo1[b, q, None]) & (idx < hi1[b, q, None])
     return m[:, None]
+
+
+def allowed_everywhere(meta: TokenMeta) -> torch.Tensor:
+    """`allowed` at every (query, key), [B, 1, T, T]: 7 full B×T×T operations, no host sync."""
+    T = meta.seq.shape[-1]
+    lo1, hi1, lo2 = (t[:, :, None] for t in query_ranges(meta))
+    idx = torch.arange(T, device=meta.seq.device)
+    return allowed(lo1, hi1, lo2, idx[:, None], idx)[:, None]
 
 
 def additive_mask(meta: TokenMeta, dtype: torch.dtype) -> torch.Tensor:
