@@ -88,3 +88,53 @@ def test_variety():
     assert len(names) >= 15
     lengths = Counter(len(p.steps) for i in range(3000) for p in [make_problem(9, i)])
     assert set(lengths) == {2, 3, 4, 5, 6}
+
+
+@pytest.mark.parametrize("steps,digits", [(1, 1), (4, 3), (6, 4)])
+def test_chain_problems_have_true_steps_of_the_asked_size(steps: int, digits: int):
+    """One step per operation, each one's arithmetic true, chained (each starts from the last
+    result), the boxed answer the final value; sums and differences use numbers of `digits` digits."""
+    for rec in generate_problems(60, seed=3, task="chain", chain_steps=steps, chain_digits=digits):
+        body = rec["messages"][2]["content"].split("\n\n")
+        assert len(body) == steps + 1 and rec["id"].startswith(f"chain{steps}x{digits}-3-")
+        value = None
+        for step in body[:-1]:
+            (expr, result), = ARITH_RE.findall(step)
+            assert evaluate(expr) == int(result)
+            first = int(re.match(r"\d+", expr).group())
+            assert value is None or first == value
+            a, op, b = re.match(r"(\d+)\s*([-+*/])\s*(\d+)", expr).groups()
+            if op == "+":
+                assert len(b) == digits
+            value = int(result)
+        assert body[-1] == f"The final answer is \\boxed{{{value}}}." and rec["answer"] == str(value)
+        start = int(re.search(r"starts with (\d+)", rec["messages"][1]["content"]).group(1))
+        assert len(str(start)) == digits or (digits == 1 and start >= 2)
+
+
+def test_chain_problems_are_deterministic_and_extend():
+    a = generate_problems(5, seed=1, task="chain", chain_steps=3)
+    b = generate_problems(8, seed=1, task="chain", chain_steps=3)
+    assert a == b[:5] and a != generate_problems(5, seed=2, task="chain", chain_steps=3)
+    assert a != generate_problems(5, seed=1, task="chain", chain_steps=4)
+
+
+def test_chain_knobs_are_checked():
+    with pytest.raises(ValueError, match="digits"):
+        generate_problems(1, task="chain", chain_digits=9)
+    with pytest.raises(ValueError, match="unknown generator task"):
+        generate_problems(1, task="riddles")
+
+
+def test_prepare_writes_chain_problems(tmp_path, capsys):
+    import json
+
+    from step_jepa.cli import main
+
+    out = tmp_path / "chain.jsonl"
+    assert main(["prepare", "--generate", "12", "--task", "chain", "--chain_steps", "3", "--chain_digits", "2",
+                 "--seed", "4", "--output", str(out)]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == 12 and all(r["id"].startswith("chain3x2-4-") and r["total_steps"] == 4 for r in recs)
+    report = json.loads((tmp_path / "chain.jsonl.report.json").read_text())
+    assert "chain_steps=3" in json.dumps(report)

@@ -50,6 +50,9 @@ BASE_VARIANTS = {
     "sp_first_head": dict(kind="ours", mode="single_pass", pairs="first", opts={"head": "mlp"}),
     "sp_first_infonce": dict(kind="ours", mode="single_pass", pairs="first", opts={"loss": "infonce"}),
     "sp_first_vicreg": dict(kind="ours", mode="single_pass", pairs="first", opts={"vicreg_weight": 1.0}),
+    # Semantic Tube Prediction on the ordinary pass: SFT's layout plus three gathered states per example.
+    "stp": dict(kind="ours", mode="sft", pairs="first", stp="random"),
+    "stp_steps": dict(kind="ours", mode="sft", pairs="first", stp="steps"),
 }
 VARIANTS = [v for b in BASE_VARIANTS for v in (b, b + "_packed")]
 DEFAULT_VARIANTS = ["hf_sft", "sft", "two_pass", "sp_first", "sp_all",
@@ -77,6 +80,7 @@ class BenchConfig:
     max_length: int = 512
     predictors: int = 1
     lbd: float = 0.1
+    stp_lbd: float = 0.005  # weight of the STP variants' term (the paper's GSM8K value)
     pack_tokens: int = 0  # 0 = auto: one row per batch under flex, else rows as long as the padded rows
     lr: float = 1e-5
     seed: int = 0
@@ -306,7 +310,7 @@ def build_batches(variant: str, groups: list[list[Segmented]], pad_id: int, pred
     for g in groups:
         kw = dict(pad_id=pad_id, pred_ids=pred_ids if spec["mode"] != "sft" else [], mode=spec["mode"],
                   pairs=spec["pairs"], pad_multiple=pad_multiple, seed=seed,
-                  target_copies=spec.get("opts", {}).get("target") == "ema")
+                  target_copies=spec.get("opts", {}).get("target") == "ema", stp=spec.get("stp", "none"))
         if packed:
             if pack_tokens > 0:
                 cap = pack_tokens
@@ -493,10 +497,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             # parameters are left out of the optimizer, so its AdamW cost is not counted.
             jm = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd, **spec["opts"])).to(device) if "opts" in spec else jmodel
 
-            def step_loss(b, lbd=lbd, jm=jm):
+            def step_loss(b, lbd=lbd, jm=jm, stp="stp" in spec):
                 jm.update_ema()  # the per-step EMA update is part of the cost (a no-op without EMA)
                 out = jm(**b)
                 loss = out["lm_sum"] / max(out["n_tokens"], 1)
+                if stp:
+                    loss = loss + cfg.stp_lbd * out["stp"]
                 return loss + lbd * out["jepa"] if lbd > 0 else loss
         t0 = time.perf_counter()
         batches = build_batches(variant, groups, tok.pad_token_id, pred_ids, attn, cfg.pack_tokens, cfg.seed)
@@ -645,6 +651,7 @@ def _parser_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_length", type=int, default=d.max_length)
     p.add_argument("--predictors", type=int, default=d.predictors, help="K predictor tokens")
     p.add_argument("--lbd", type=float, default=d.lbd, help="λ of the JEPA variants")
+    p.add_argument("--stp_lbd", type=float, default=d.stp_lbd, help="weight of the STP variants' term")
     p.add_argument("--pack_tokens", type=int, default=d.pack_tokens,
                    help="row length of packed variants; 0 = auto (flex: the whole batch in one row; "
                         "sdpa/eager: rows as long as the variant's padded rows)")
@@ -669,7 +676,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         model=args.model, data=list(args.data), batch_size=args.batch_size, n_batches=args.n_batches,
         steps=args.steps, warmup=args.warmup, dtype=args.dtype, device=args.device, attn=args.attn,
         variants=[v.strip() for v in args.variants.split(",") if v.strip()], max_length=args.max_length,
-        predictors=args.predictors, lbd=args.lbd, pack_tokens=args.pack_tokens, seed=args.seed,
+        predictors=args.predictors, lbd=args.lbd, stp_lbd=args.stp_lbd, pack_tokens=args.pack_tokens, seed=args.seed,
         rounds=args.rounds, threads=args.threads, profile_dir=args.profile_dir, profile_steps=args.profile_steps,
         compile=args.compile)
 

@@ -46,7 +46,8 @@ from .config import TrainConfig, load_yaml
 # TrainConfig itself, so options added to train are accepted without editing this file).
 JEPA_KEYS = frozenset(
     {f.name for f in dataclasses.fields(TrainConfig) if f.name.startswith("jepa_")}
-    | ({"lbd", "gamma", "predictors", "pairs", "vicreg_weight", "ema_decay", "lbd_schedule", "lbd_warmup_steps"}
+    | ({"lbd", "gamma", "predictors", "pairs", "vicreg_weight", "ema_decay", "lbd_schedule", "lbd_warmup_steps",
+        "stp_lbd", "stp_positions"}
        & {f.name for f in dataclasses.fields(TrainConfig)}))
 # Set by compare for every run; a grid that sets them would break the layout or the seeding.
 RESERVED_KEYS = frozenset({"seed", "output_dir", "overwrite_output_dir", "resume"})
@@ -798,6 +799,9 @@ def add_cli(subparsers: Any) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="grid YAML (base, eval, configs, seeds, output_dir)")
     src.add_argument("--report", metavar="DIR", help="only rebuild table and plot from DIR/*/seed*/result.json")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="with --report: the config the others are paired against (default: the grid's first, "
+                        "or without a grid the first name in sorted order)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configs (e.g. one per GPU job)")
     p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="run only these seeds")
     p.add_argument("--output_dir", help="override the grid's output_dir")
@@ -807,7 +811,7 @@ def add_cli(subparsers: Any) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     if args.report:
-        build_report(args.report)
+        build_report(args.report, [args.baseline] if args.baseline else None)
         return 0
     grid = load_grid(args.config, args.output_dir)
     if args.dry_run:

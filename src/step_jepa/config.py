@@ -49,6 +49,10 @@ class TrainConfig:
     lbd_schedule: str = _f("constant", "λ after warm-up: constant | linear | cosine decay to 0",
                            choices=("constant", "linear", "cosine"))
     lbd_warmup_steps: int = _f(0, "linear warm-up of λ from 0 over this many steps")
+    stp_lbd: float = _f(0.0, "weight of Semantic Tube Prediction, 1 − cos(h_t − h_r, h_r − h_s) on the ordinary "
+                             "pass (0 = off); needs no step pairs, so it also works with --lbd 0")
+    stp_positions: str = _f("random", "STP triplets s < r < t: random answer tokens (the STP paper) | steps: the "
+                                      "ends of the prompt or step i-1, step i and step i+1", choices=("random", "steps"))
     predictors: int = _f(1, "K, number of predictor tokens after step i")
     sft_predictor_tokens: bool = _f(False, "with λ=0, still add the K (unused) predictor tokens, so an SFT "
                                            "baseline has the same vocabulary as the JEPA runs it is compared with")
@@ -100,8 +104,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        if self.lbd < 0 or self.gamma < 0:
-            raise ValueError("--lbd and --gamma must be >= 0")
+        if self.lbd < 0 or self.gamma < 0 or self.stp_lbd < 0:
+            raise ValueError("--lbd, --gamma and --stp_lbd must be >= 0")
         if self.predictors < 1:
             raise ValueError("--predictors must be >= 1")
         if not 0.0 <= self.jepa_ratio <= 1.0:

@@ -667,11 +667,14 @@ def _hub_items(dataset: str, split: str, report: Report) -> Iterator[tuple[_Item
         yield (label, i + 1, dict(row)), f"{name}-{split}-{i}"
 
 
-def _generated_items(n: int, seed: int, system_prompt: str, report: Report) -> Iterator[tuple[_Item, str]]:
+def _generated_items(n: int, seed: int, system_prompt: str, report: Report,
+                     task: dict[str, Any] | None = None) -> Iterator[tuple[_Item, str]]:
     from .generator import generate_problems
 
-    report.files.append(f"generator(n={n}, seed={seed})")
-    for i, record in enumerate(generate_problems(n, seed=seed, system_prompt=system_prompt)):
+    task = task or {}
+    knobs = "".join(f", {k}={v}" for k, v in task.items())
+    report.files.append(f"generator(n={n}, seed={seed}{knobs})")
+    for i, record in enumerate(generate_problems(n, seed=seed, system_prompt=system_prompt, **task)):
         yield ("generator", i + 1, record), record["id"]
 
 
@@ -724,6 +727,7 @@ def prepare(
     generate: int | None = None,
     seed: int = 0,
     skip_invalid: bool = True,
+    generate_task: dict[str, Any] | None = None,
 ) -> Report:
     """Convert input files, a hub dataset and/or generated problems into one prepared JSONL.
 
@@ -756,7 +760,7 @@ def prepare(
     if dataset is not None:
         sources.append((_hub_items(dataset, split, report), convert))
     if generate:
-        sources.append((_generated_items(generate, seed, system_prompt, report), convert_generated))
+        sources.append((_generated_items(generate, seed, system_prompt, report, generate_task), convert_generated))
     _write_records(out, report, sources, strict=not skip_invalid)
     print(report.format())
     Path(f"{out}.report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
@@ -849,6 +853,12 @@ def add_cli(subparsers: Any) -> None:
     src.add_argument("--split", default="train", help="split of --dataset (default: train)")
     src.add_argument("--generate", type=int, metavar="N", help="add N generated arithmetic word problems")
     src.add_argument("--seed", type=int, default=0, help="seed for --generate (default: 0)")
+    src.add_argument("--task", default="mixed", choices=("mixed", "chain"),
+                     help="--generate's problems: mixed word-problem templates, or chain: a start value and "
+                          "--chain_steps operations on --chain_digits-digit numbers, a task of tunable difficulty "
+                          "(default: mixed)")
+    src.add_argument("--chain_steps", type=int, default=4, help="operations per chain problem (default: 4)")
+    src.add_argument("--chain_digits", type=int, default=3, help="digits of a chain's numbers, 1-6 (default: 3)")
     p.add_argument("--output", default="data/prepared.jsonl", metavar="PATH", help="output JSONL (default: data/prepared.jsonl)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="input format (default: auto-detect per line)")
     p.add_argument("--keep_annotations", action="store_true", help="keep GSM8K calculator annotations like <<48/2=24>>")
@@ -872,6 +882,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
         keep_annotations=args.keep_annotations, min_step_chars=args.min_step_chars,
         min_steps=args.min_steps, system_prompt=args.system_prompt, generate=args.generate,
         seed=args.seed, skip_invalid=not args.strict,
+        generate_task=({"task": "chain", "chain_steps": args.chain_steps, "chain_digits": args.chain_digits}
+                       if args.task == "chain" else None),
     )
     if report.written == 0:
         print(f"step-jepa prepare: error: no examples were written to {args.output}", file=sys.stderr)

@@ -380,12 +380,76 @@ def make_problem(seed: int, i: int) -> Problem:
     return Problem(template, question, steps + [final_answer_step(str(answer))], answer)
 
 
-def generate_problems(n: int, seed: int = 0, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[dict]:
-    """``n`` prepared records with ids ``gen-{seed}-{i}``; deterministic for ``(n, seed)``."""
+CHAIN_ITEMS = ["coins", "stamps", "marbles", "points", "shells", "cards", "beads"]
+
+
+def _chain_op(rng: random.Random, x: int, lo: int, hi: int) -> tuple[str, str, int]:
+    """One operation on the running total: (question clause, solution step body, new total).
+
+    Sums and differences use numbers of the chosen size; products and exact quotients use one
+    digit, so the size knob sets how hard each step's arithmetic is and the step knob how many
+    there are (errors compound along the chain, which is what gives the task its range).
+    """
+    op = rng.choice(("add", "sub", "mul", "div"))
+    divisors = [d for d in range(2, 10) if x % d == 0]
+    if op == "div" and not divisors:
+        op = "add"
+    if op == "sub" and x <= lo:
+        op = "add"
+    if op == "add":
+        b = rng.randint(lo, hi)
+        return f"gets {b} more", f"gets {b} more, so the total is {x} + {b} = {x + b}", x + b
+    if op == "sub":
+        b = rng.randint(max(1, lo // 2), min(hi, x - 1))
+        return f"gives away {b}", f"gives away {b}, so the total is {x} - {b} = {x - b}", x - b
+    if op == "mul":
+        b = rng.randint(2, 9)
+        return f"makes the collection {b} times as large", f"makes it {b} times as large: {_mul(x, b)[0]}", x * b
+    b = rng.choice(divisors)
+    return (f"splits the collection into {b} equal parts and keeps one",
+            f"keeps one of {b} equal parts: {_div(x, b)[0]}", x // b)
+
+
+def make_chain_problem(seed: int, i: int, steps: int = 4, digits: int = 3) -> Problem:
+    """A controlled-difficulty problem: a start value and ``steps`` operations on numbers of
+    ``digits`` digits, one solution step per operation. Problem ``i`` depends only on
+    ``(seed, steps, digits, i)``."""
+    if steps < 1 or not 1 <= digits <= 6:
+        raise ValueError(f"chain problems need steps >= 1 and 1 <= digits <= 6, got {steps}, {digits}")
+    rng = random.Random(f"step-jepa-chain-{seed}-{steps}-{digits}-{i}")
+    name, he = rng.choice(PEOPLE)
+    item = rng.choice(CHAIN_ITEMS)
+    lo, hi = 10 ** (digits - 1), 10 ** digits - 1
+    x = rng.randint(max(lo, 2), hi)
+    clauses, sol = [f"{name} starts with {x} {item}."], []
+    for k in range(steps):
+        clause, body, x = _chain_op(rng, x, lo, hi)
+        clauses.append(f"{'Then' if k else 'First'}, {he} {clause}.")
+        sol.append(f"{he.capitalize() if k else name} {body} {item}.")
+    question = " ".join(clauses) + f" How many {item} does {name} have at the end?"
+    return Problem(f"chain{steps}x{digits}", question, sol + [final_answer_step(str(x))], x)
+
+
+def generate_problems(n: int, seed: int = 0, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+                      task: str = "mixed", chain_steps: int = 4, chain_digits: int = 3) -> list[dict]:
+    """``n`` prepared records, deterministic for ``(n, seed)`` (and the chain knobs).
+
+    task 'mixed': the word-problem templates above (ids ``gen-{seed}-{i}``); task 'chain': the
+    controlled-difficulty chains of ``make_chain_problem`` (ids ``chain{S}x{D}-{seed}-{i}``).
+    """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if task not in TASKS:
+        raise ValueError(f"unknown generator task {task!r}; choose one of {', '.join(TASKS)}")
     out = []
     for i in range(n):
-        p = make_problem(seed, i)
-        out.append(make_record(f"gen-{seed}-{i}", p.question, p.steps, str(p.answer), system_prompt))
+        if task == "chain":
+            p = make_chain_problem(seed, i, chain_steps, chain_digits)
+            rid = f"{p.template}-{seed}-{i}"
+        else:
+            p, rid = make_problem(seed, i), f"gen-{seed}-{i}"
+        out.append(make_record(rid, p.question, p.steps, str(p.answer), system_prompt))
     return out
+
+
+TASKS = ("mixed", "chain")

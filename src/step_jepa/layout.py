@@ -29,6 +29,7 @@ class Item:
     pos: list[int] = field(default_factory=list)
     target: list[int] = field(default_factory=list)  # next-token target at this position, or -100
     views: list[tuple[int, int, int]] = field(default_factory=list)  # (pair uid, view1 idx, view2 idx)
+    stp: list[tuple[int, int, int]] = field(default_factory=list)  # STP triplets (s, r, t), item indices
 
     def add(self, ids, role, pair, ctx, pos, target=None) -> None:
         n = len(ids)
@@ -53,6 +54,32 @@ def select_pairs(ex: Segmented, how: str, rng: random.Random) -> list[int]:
     if how == "all":
         return valid
     raise ValueError(f"unknown pairs selection {how!r} (first|random|all)")
+
+
+STP_POSITIONS = ("random", "steps")
+
+
+def stp_triplet(ex: Segmented, how: str, rng: random.Random) -> tuple[int, int, int] | None:
+    """Positions s < r < t of one Semantic Tube Prediction triplet in the example's own tokens.
+
+    'random' (the STP paper): three distinct answer tokens. 'steps': the last token of the
+    prompt or of step i-1, of step i and of step i+1 for one random step pair i, so each move
+    along the trajectory is one whole reasoning step (the step-level reading of the tube, and
+    the same pairs Step-JEPA uses). None when the example has no such triplet (counted by the
+    caller like an example without a JEPA pair).
+    """
+    if how == "random":
+        answer = [t for t, lab in enumerate(ex.labels) if lab != IGNORE_INDEX]
+        return tuple(sorted(rng.sample(answer, 3))) if len(answer) >= 3 else None  # type: ignore[return-value]
+    if how == "steps":
+        ends = [s[1] - 1 if s is not None and s[1] > s[0] else None for s in ex.step_spans]
+        before = [ex.prompt_len - 1] + ends[:-1]  # the anchor before step i
+        usable = [i for i in ex.valid_pairs() if before[i] is not None and before[i] < ends[i]]
+        if not usable:
+            return None
+        i = rng.choice(usable)
+        return before[i], ends[i], ends[i + 1]  # type: ignore[return-value]
+    raise ValueError(f"unknown STP positions {how!r} ({'|'.join(STP_POSITIONS)})")
 
 
 def _shifted_targets(ex: Segmented) -> list[int]:
@@ -131,6 +158,7 @@ def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1) -> dict[st
     ctx = torch.zeros((B, T), dtype=torch.long)
     pos = torch.zeros((B, T), dtype=torch.long)
     views: list[tuple[int, int, int, int]] = []  # (uid, row, col1, col2)
+    stp: list[list[int]] = []  # flat indices into [B*T] of each STP triplet
     for r, row in enumerate(items):
         off = 0
         for s, it in enumerate(row):
@@ -144,6 +172,7 @@ def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1) -> dict[st
             ctx[r, sl] = torch.tensor(it.ctx)
             pos[r, sl] = torch.tensor(it.pos)
             views += [(uid, r, off + a, off + b) for uid, a, b in it.views]
+            stp += [[r * T + off + i for i in trip] for trip in it.stp]
             off += n
         # Padding gets increasing positions so that no position id is out of range or repeated oddly.
         pos[r, off:] = torch.arange(T - off)
@@ -157,6 +186,7 @@ def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1) -> dict[st
         "lm_index": lm_index, "lm_labels": flat[lm_index],
         "seq": seq, "role": role, "pair": pair, "ctx": ctx,
         "view_rows": v[:, 0], "view1_cols": v[:, 1], "view2_cols": v[:, 2],
+        "stp_index": torch.tensor(stp, dtype=torch.long).reshape(-1, 3),
         # One original sequence per row: the model's own causal + padding mask is exact.
         "plain_causal": all(len(row) == 1 and not any(row[0].views) and all(r == ORIG for r in row[0].role)
                             for row in items),
@@ -202,6 +232,7 @@ class StepJEPACollator:
     seed: int = 0
     jepa_ratio: float = 1.0
     target_copies: bool = False  # also emit the copies alone under 'copies' (EMA target encoder)
+    stp: str = "none"  # none | random | steps: Semantic Tube Prediction triplets on the original tokens
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -219,6 +250,10 @@ class StepJEPACollator:
             items = [single_pass_item(ex, s, self.pred_ids, u) for ex, s, u in zip(exs, selected, uid0)]
         else:
             items = [original_item(ex) for ex in exs]
+        if self.stp != "none":  # drawn after the pairs, so runs without STP draw exactly as before
+            for ex, it in zip(exs, items):
+                trip = stp_triplet(ex, self.stp, self._rng)
+                it.stp = [trip] if trip is not None else []
         batch = self._place(items)
         if self.mode == "two_pass":
             p2 = [it for ex, s, u in zip(exs, selected, uid0) for it in pass2_items(ex, s, self.pred_ids, u)]
@@ -234,6 +269,7 @@ class StepJEPACollator:
         batch["n_jepa_examples"] = len(exs) if use_jepa else 0
         batch["n_with_pair"] = sum(1 for s in selected if s)
         batch["n_pairs"] = uid0[-1]
+        batch["n_stp"] = sum(len(it.stp) for it in items)
         batch["n_nonpad"] = sum(len(ex.input_ids) for ex in exs)
         return batch
 

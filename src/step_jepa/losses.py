@@ -59,6 +59,19 @@ def vicreg_loss(v1: torch.Tensor, v2: torch.Tensor, inv_weight: float = 1.0, reg
     return inv_weight * F.mse_loss(v1, v2) + reg_weight * (variance_covariance(v1) + variance_covariance(v2))
 
 
+def stp_loss(h_s: torch.Tensor, h_r: torch.Tensor, h_t: torch.Tensor) -> torch.Tensor:
+    """Semantic Tube Prediction (Huang, LeCun, Balestriero 2026): 1 − cos(h_t − h_r, h_r − h_s), averaged
+    over triplets of positions s < r < t of one sequence.
+
+    It asks the hidden-state trajectory to be locally straight: the move from r to t should point
+    the way the move from s to r did. It needs no second view and no extra tokens, only three
+    hidden states the ordinary forward pass has already computed. Computed in fp32 (differences
+    of nearby bf16 states lose most of their digits).
+    """
+    h_s, h_r, h_t = h_s.float(), h_r.float(), h_t.float()
+    return (1.0 - F.cosine_similarity(h_t - h_r, h_r - h_s, dim=-1)).mean()
+
+
 def gather_views(v: torch.Tensor) -> torch.Tensor:
     """All ranks' views, differentiable, so in-batch negatives span the global batch under DDP."""
     import torch.distributed as dist

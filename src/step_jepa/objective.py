@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .layout import meta_of
-from .losses import gather_views, jepa_loss, variance_covariance
+from .losses import gather_views, jepa_loss, stp_loss, variance_covariance
 from .masks import PAD, build_attention_mask
 from .modeling import chunked_lm_loss_sum
 
@@ -170,10 +170,23 @@ class StepJEPAModel(nn.Module):
             return h[part["view_rows"], part["view2_cols"]]
         return v2
 
+    @staticmethod
+    def stp(hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean STP loss over the batch's triplets (0 without any): hidden states gathered at the
+        collator's flat indices, so no position is looked up on the host."""
+        idx = part["stp_index"]
+        if idx.numel() == 0:
+            return hidden.new_zeros((), dtype=torch.float32)
+        h = hidden.flatten(0, 1).index_select(0, idx.flatten()).view(idx.shape[0], 3, -1)
+        return stp_loss(h[:, 0], h[:, 1], h[:, 2])
+
     def forward(self, **batch) -> dict[str, torch.Tensor]:
-        """Returns lm_sum (summed token losses), n_tokens, jepa (mean over pairs) and the views."""
+        """Returns lm_sum (summed token losses), n_tokens, jepa (mean over pairs), the views and,
+        when the collator drew STP triplets, stp (their mean loss, on the ordinary pass)."""
         final, vh = self.hidden_states(batch)
         out = {"lm_sum": self.lm_sum(final, batch), "n_tokens": batch["lm_index"].numel()}
+        if "stp_index" in batch:
+            out["stp"] = self.stp(vh, batch)
         source, part = (vh, batch)
         if "pass2" in batch:  # two-pass reference: views come from a second forward pass
             part = batch["pass2"]

@@ -219,6 +219,8 @@ class StepJEPATrainer(Trainer):
         if cfg.lbd > 0:
             lbd = self.jepa_options.lbd_at(self.state.global_step, self.state.max_steps)
             loss = loss + lbd * out["jepa"] / (ga if num_items_in_batch is not None else 1)
+        if cfg.stp_lbd > 0:  # like L_JEPA: a mean per micro-batch, averaged over micro-batches
+            loss = loss + cfg.stp_lbd * out["stp"] / (ga if num_items_in_batch is not None else 1)
         if model.training:
             self._record(inputs, out)
         return (loss, out) if return_outputs else loss
@@ -237,6 +239,10 @@ class StepJEPATrainer(Trainer):
         a["jepa_examples"] += inputs["n_jepa_examples"]
         a["with_pair"] += inputs["n_with_pair"]
         a["nonpad_tokens"] += inputs["n_nonpad"]
+        a["stp_examples"] += inputs.get("n_stp", 0)
+        if inputs.get("n_stp"):
+            a["stp_sum"] = a["stp_sum"] + out["stp"].detach()
+            a["stp_n"] += 1
         if "view1" in out:
             a["jepa_sum"] = a["jepa_sum"] + out["jepa"].detach()
             a["jepa_n"] += 1
@@ -299,6 +305,10 @@ class StepJEPATrainer(Trainer):
             logs["lm_loss"] = a["lm_sum"] / max(a["lm_tokens"], 1)
             if a["jepa_n"]:
                 logs["jepa_loss"] = a["jepa_sum"] / a["jepa_n"]
+            if self.step_config.stp_lbd > 0:  # share of examples that had an STP triplet
+                logs["stp_triplet_frac"] = a["stp_examples"] / max(a["examples"], 1)
+            if a["stp_n"]:
+                logs["stp_loss"] = a["stp_sum"] / a["stp_n"]
             if a["jepa_examples"]:  # share of a JEPA step's examples that contributed a pair
                 logs["valid_pair_frac"] = a["with_pair"] / a["jepa_examples"]
             for k in [k[2:] for k in a if k.startswith("d_")]:
@@ -676,6 +686,7 @@ def build_collator(cfg: TrainConfig, tok, pred_ids: list[int], attn: str) -> Bat
         pad_id=tok.pad_token_id, pred_ids=pred_ids, mode=mode, pairs=cfg.pairs, packing=cfg.packing,
         max_tokens=cfg.max_tokens_per_batch, pad_multiple=128 if attn == "flex_attention" else 1,
         seed=cfg.seed, jepa_ratio=cfg.jepa_ratio, target_copies=cfg.jepa_target == "ema",
+        stp=cfg.stp_positions if cfg.stp_lbd > 0 else "none",
     ))
 
 
