@@ -136,3 +136,53 @@ def test_bugs_still_raise_and_traceback_flag_reraises_user_errors(monkeypatch):
     monkeypatch.setenv("STEP_JEPA_TRACEBACK", "1")
     with pytest.raises(ValueError, match="bad value"):
         cli.main(["inspect"])
+
+
+# ---------------------------------------------------------------------------- flags are never abbreviated
+
+
+@pytest.mark.parametrize("flag, value, meant", [
+    ("--lr", "1e-4", "--learning_rate"),  # would have been --lr_scheduler_type 1e-4
+    ("--warmup", "10", "--warmup_ratio"),
+    ("--res", None, "--resume"),
+])
+def test_abbreviated_train_flag_is_refused_with_a_suggestion(tmp_path, flag, value, meant):
+    out = tmp_path / "run"
+    proc = step_jepa("train", "--output_dir", str(out), flag, *([value] if value else []))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("usage: step-jepa train "), proc.stderr  # the subcommand's usage
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"step-jepa train: error: unrecognized arguments: {flag}"), last
+    assert f"did you mean {meant}" in last
+    assert "resolved config" not in proc.stdout and not out.exists()  # training never started
+
+
+def test_unknown_flag_of_other_subcommands_and_top_level():
+    proc = step_jepa("plot", "run_a", "--ou", "x.png")
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: step-jepa plot ")
+    assert "did you mean --out?" in proc.stderr
+    proc = step_jepa("--trace", "prepare")
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: step-jepa [-h]")
+    assert "did you mean --traceback?" in proc.stderr
+
+
+def test_every_parser_refuses_abbreviations():
+    parser = cli.build_parser(None)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert not parser.allow_abbrev
+    assert all(not p.allow_abbrev for p in sub.choices.values())
+
+
+def test_suggest_prefers_aliases_and_prefixes_over_typos():
+    opts = ["--learning_rate", "--lr_scheduler_type", "--lora", "--resume", "--resume_from_checkpoint"]
+    assert cli.suggest("--lr", opts) == ["--learning_rate", "--lr_scheduler_type"]
+    assert cli.suggest("--res", opts) == ["--resume", "--resume_from_checkpoint"]
+    assert cli.suggest("--resme", opts)[0] == "--resume"
+    assert cli.suggest("--zzz", opts) == []
+
+
+def test_version_flag():
+    from step_jepa import __version__
+
+    proc = step_jepa("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"step-jepa {__version__}"

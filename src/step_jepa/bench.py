@@ -693,8 +693,9 @@ def add_cli(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="step-jepa bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .cli import Parser  # no flag abbreviation, like `step-jepa bench`
+
+    p = Parser(prog="step-jepa bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _parser_arguments(p)
     return _run(p.parse_args(argv))
 
