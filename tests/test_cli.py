@@ -186,3 +186,20 @@ def test_version_flag():
 
     proc = step_jepa("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"step-jepa {__version__}"
+
+
+# ---------------------------------------------------------------------------- values checked before any work
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["eval", "--generate", "4", "--limit", "-3"], "--limit must be >= 1, got -3"),
+    (["eval", "--generate", "4", "--max_new_tokens", "0"], "--max_new_tokens must be >= 1, got 0"),
+    (["eval", "--generate", "4", "--batch_size", "0"], "--batch_size must be >= 1"),
+    (["train", "--warmup_ratio", "1.5"], "--warmup_ratio must be in [0, 1), got 1.5"),
+    (["train", "--warmup_ratio", "-0.1"], "--warmup_ratio must be in [0, 1), got -0.1"),
+])
+def test_bad_value_is_one_line_before_the_model_loads(tmp_path, argv, text):
+    # The model does not exist: reaching its load would be a different error ("could not load model").
+    proc = step_jepa(*argv, "--model", str(tmp_path / "no-such-model"), "--output_dir", str(tmp_path / "out"))
+    assert_one_line_error(proc, argv[0], text)
+    assert not (tmp_path / "out").exists()

@@ -453,6 +453,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if cfg.steps < 1 or cfg.warmup < 1 or cfg.rounds < 1:
         raise ValueError("--steps, --warmup and --rounds must be >= 1 (warm-up allocates the optimizer state)")
+    if min(cfg.batch_size, cfg.n_batches, cfg.predictors, cfg.max_length) < 1:
+        raise ValueError("--batch_size, --n_batches, --predictors and --max_length must be >= 1")
     if cfg.profile_dir and cfg.profile_steps < 1:
         raise ValueError("--profile_steps must be >= 1 with --profile_dir")
     device = resolve_device(cfg)

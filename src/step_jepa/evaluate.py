@@ -803,8 +803,28 @@ def _records_from_args(args: argparse.Namespace) -> tuple[list[dict], str]:
     return records, source
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse out-of-range values before any data or model is loaded.
+
+    Without this, ``--limit -3`` slices off the last 3 examples and evaluates the rest, and
+    ``--max_new_tokens 0`` "succeeds" with an error recorded for every example.
+    """
+    checks = [
+        (args.limit is None or args.limit >= 1, f"--limit must be >= 1, got {args.limit}"),
+        (args.max_new_tokens >= 1, f"--max_new_tokens must be >= 1, got {args.max_new_tokens}"),
+        (args.batch_size is None or args.batch_size >= 1, f"--batch_size must be >= 1, got {args.batch_size}"),
+        (args.max_batch_tokens is None or args.max_batch_tokens >= 1,
+         f"--max_batch_tokens must be >= 1, got {args.max_batch_tokens}"),
+        (args.generate is None or args.generate >= 1, f"--generate must be >= 1, got {args.generate}"),
+    ]
+    problems = [msg for ok, msg in checks if not ok]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """``step-jepa eval``: load, evaluate, print the summary. Returns the process exit code."""
+    check_args(args)
     records, source = _records_from_args(args)
     if not records:
         print("no examples to evaluate")
