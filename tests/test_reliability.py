@@ -444,3 +444,19 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys, tiny, exists):
     assert rc == 0, err
     assert "no complete checkpoint" in out and "starting a fresh run" in out
     assert json.loads((out_dir / "train_summary.json").read_text())["global_step"] == 2
+
+
+@pytest.mark.parametrize("bad", [
+    ["--lr_scheduler_type", "bogus"],  # refused by Hugging Face's TrainingArguments
+    ["--report_to", "bogus"],  # refused by the Trainer's integrations
+    ["--warmup_ratio", "5"],  # refused by TrainConfig.validate
+])
+def test_a_start_that_fails_on_a_bad_value_can_be_rerun(tmp_path, capsys, tiny, bad):
+    out_dir = tmp_path / "run"
+    args = ["--model", str(tiny), "--output_dir", str(out_dir), *BASE]
+    rc, _, err = train(capsys, *args, *bad)
+    assert rc == 2 and bad[1] in one_error_line(err)
+    assert not out_dir.exists(), sorted(p.name for p in out_dir.iterdir())  # nothing written
+    rc, _, err = train(capsys, *args)  # the corrected command, same --output_dir
+    assert rc == 0, err
+    assert json.loads((out_dir / "train_summary.json").read_text())["global_step"] == 2

@@ -696,13 +696,16 @@ def format_data_report(data: dict[str, Any], seg: dict[str, Any]) -> str:
 def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
     """The whole `step-jepa train`: data, model, trainer, final save. Returns a summary.
 
-    Order matters for the user: the output dir is checked, then data and model are loaded and
-    tokenized, and only then is anything written, so a bad --train_file or --model leaves the
-    output dir untouched and the same command can be rerun once it is fixed.
+    Order matters for the user: the output dir is checked, the Trainer's own arguments are
+    built (Hugging Face validates e.g. --lr_scheduler_type and --report_to there), data and
+    model are loaded and tokenized, the Trainer is constructed, and only then is anything
+    written. So any bad value, --train_file or --model leaves the output dir as it was, and the
+    corrected command can be rerun with the same --output_dir.
     """
     from transformers import set_seed
 
     resume_ckpt = check_output_dir(cfg)
+    args = training_arguments(cfg)
     set_seed(cfg.seed)
     if _is_main_process():
         print("[step-jepa] resolved config:\n" + format_config(cfg), flush=True)
@@ -710,28 +713,8 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
     lm, tok, pred_ids, model_path = build_model(cfg)
     examples, seg_stats = segment_all(records, tok, cfg.max_length)
     print(f"[step-jepa] model: {model_path}\n{format_data_report(data_report, seg_stats)}", flush=True)
-    prepare_output_dir(cfg, resume_ckpt)
-    if _is_main_process():
-        save_config(cfg, cfg.output_dir)
-        (Path(cfg.output_dir) / "data_report.json").write_text(
-            json.dumps({"data": data_report, "segmentation": seg_stats}, indent=1, ensure_ascii=False))
-    attn = resolve_attn_implementation(cfg)
-    if cfg.packing:
-        extra = (lambda ex: appended_tokens(ex, cfg)) if cfg.jepa_mode == "single_pass" else 0
-        dataset = ListDataset(pack_groups(examples, cfg.max_tokens_per_batch, extra, cfg.seed))
-    else:
-        dataset = ListDataset(examples)
-    collator = build_collator(cfg, tok, pred_ids, attn)
-    model = StepJEPAModel(lm, jepa_options(cfg))
-    if model._ema:
-        callbacks = [EMACallback(model), *(callbacks or [])]
-    if cfg.debug:
-        print_debug_batch(collator([dataset[i] for i in range(min(2, len(dataset)))]))
-    trainer = StepJEPATrainer(
-        model=model, args=training_arguments(cfg), train_dataset=dataset, data_collator=collator,
-        processing_class=tok, step_config=cfg,
-        callbacks=[MetricsFileCallback(Path(cfg.output_dir) / "metrics.jsonl"), *(callbacks or [])],
-    )
+    trainer = build_trainer(cfg, args, lm, tok, pred_ids, examples, callbacks)
+    write_run_start(cfg, resume_ckpt, {"data": data_report, "segmentation": seg_stats})
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_ckpt)
     seconds = time.perf_counter() - t0
@@ -750,6 +733,36 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
         (Path(cfg.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1))
         print(f"[step-jepa] done: {json.dumps(summary)[:400]}", flush=True)
     return summary
+
+
+def build_trainer(cfg: TrainConfig, args: TrainingArguments, lm, tok, pred_ids: list[int],
+                  examples: list[Segmented], callbacks: list[TrainerCallback] | None) -> StepJEPATrainer:
+    """Dataset, collator, Step-JEPA wrapper and Trainer; writes nothing (see run_train)."""
+    attn = resolve_attn_implementation(cfg)
+    if cfg.packing:
+        extra = (lambda ex: appended_tokens(ex, cfg)) if cfg.jepa_mode == "single_pass" else 0
+        dataset = ListDataset(pack_groups(examples, cfg.max_tokens_per_batch, extra, cfg.seed))
+    else:
+        dataset = ListDataset(examples)
+    collator = build_collator(cfg, tok, pred_ids, attn)
+    model = StepJEPAModel(lm, jepa_options(cfg))
+    if model._ema:
+        callbacks = [EMACallback(model), *(callbacks or [])]
+    if cfg.debug:
+        print_debug_batch(collator([dataset[i] for i in range(min(2, len(dataset)))]))
+    return StepJEPATrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collator,
+        processing_class=tok, step_config=cfg,
+        callbacks=[MetricsFileCallback(Path(cfg.output_dir) / "metrics.jsonl"), *(callbacks or [])],
+    )
+
+
+def write_run_start(cfg: TrainConfig, resume_ckpt: str | None, report: dict[str, Any]) -> None:
+    """The run's first files: output dir, metrics.jsonl reset or trimmed, config and data report."""
+    prepare_output_dir(cfg, resume_ckpt)
+    if _is_main_process():
+        save_config(cfg, cfg.output_dir)
+        (Path(cfg.output_dir) / "data_report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
