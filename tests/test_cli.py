@@ -203,3 +203,15 @@ def test_bad_value_is_one_line_before_the_model_loads(tmp_path, argv, text):
     proc = step_jepa(*argv, "--model", str(tmp_path / "no-such-model"), "--output_dir", str(tmp_path / "out"))
     assert_one_line_error(proc, argv[0], text)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- malformed YAML
+
+
+@pytest.mark.parametrize("cmd", ["train", "compare"])
+def test_malformed_yaml_is_one_line_naming_file_and_line(tmp_path, cmd):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lbd: 0.5\nmax_steps: [3\nseed: 1\n")
+    proc = step_jepa(cmd, "--config", str(bad))
+    assert_one_line_error(proc, cmd, f"{bad}:3: invalid YAML: ")
+    assert "<unicode string>" not in proc.stderr

@@ -67,3 +67,14 @@ def test_validation_accepts_edge_values(argv):
 def test_docs_options_table_is_current():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "options.md").read_text()
     assert options_markdown() in doc, "regenerate with: python -m step_jepa.config > table (see docs/options.md)"
+
+
+@pytest.mark.parametrize("text, line", [("lbd: 0.5\n  x: 3\n", 2), ('a: 1\nb: "open\n', 3), ("a: 1\n\tb: 2\n", 2)])
+def test_malformed_yaml_names_file_and_line(tmp_path: Path, text: str, line: int):
+    from step_jepa.config import load_yaml
+
+    y = tmp_path / "c.yaml"
+    y.write_text(text)
+    with pytest.raises(ValueError) as e:
+        load_yaml(y)
+    assert str(e.value).startswith(f"{y}:{line}: invalid YAML: ") and "\n" not in str(e.value)

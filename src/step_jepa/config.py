@@ -177,10 +177,28 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """A YAML mapping from `path`; a syntax error is a one-line ValueError "FILE:LINE: problem".
+
+    PyYAML's own message spans several lines and names `<unicode string>` instead of the file.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(yaml_error_message(path, e)) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of option: value")
     return data
+
+
+def yaml_error_message(path: str | Path, e: yaml.YAMLError) -> str:
+    """`FILE:LINE: problem (column C)` from a YAML error; marks are 0-based, editors count from 1."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    detail = f" ({context})" if context else ""
+    column = f", column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: invalid YAML: {problem}{detail}{column}"
 
 
 def resolve_config(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
