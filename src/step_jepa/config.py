@@ -92,6 +92,8 @@ class TrainConfig:
     dataloader_num_workers: int = _f(0, "data loader worker processes")
     # reliability
     resume: bool = _f(False, "resume from the latest complete checkpoint in output_dir")
+    resume_from_checkpoint: str | None = _f(None, "resume from exactly this checkpoint dir (HF name; wins over "
+                                                  "--resume); an error if it is missing or damaged")
     overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output dir of another run")
     max_nonfinite_steps: int = _f(5, "stop after this many consecutive non-finite losses (each step is skipped)")
     debug: bool = _f(False, "print the first batch's layout and shapes")

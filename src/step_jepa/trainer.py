@@ -529,23 +529,49 @@ def _is_main_process() -> bool:
 
 
 def check_output_dir(cfg: TrainConfig) -> str | None:
-    """Refuse to mix runs; return the checkpoint to resume from (with --resume). Writes nothing, so
-    a run that then fails on its data leaves the directory as it was."""
+    """Refuse to mix runs; return the checkpoint to resume from (with --resume or
+    --resume_from_checkpoint). Writes nothing, so a run that then fails on its data leaves the
+    directory as it was."""
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--output_dir {out} exists and is not a directory")
+    if cfg.resume_from_checkpoint:
+        return named_checkpoint(cfg)
     if not cfg.resume:
-        # Under torchrun only rank 0 judges the directory: the others would see rank 0's first files.
-        if _is_main_process() and out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
-            raise FileExistsError(
-                f"{out} is not empty (another run?). Use --resume to continue it, --overwrite_output_dir to "
-                "write into it anyway, or choose another --output_dir.")
+        _refuse_non_empty(cfg)
         return None
     ckpt = latest_checkpoint(out)
     if _is_main_process():
         print(f"[step-jepa] --resume: continuing from {ckpt}" if ckpt else
               f"[step-jepa] --resume: no complete checkpoint in {out}; starting a fresh run", flush=True)
     return ckpt
+
+
+def named_checkpoint(cfg: TrainConfig) -> str:
+    """--resume_from_checkpoint: exactly that checkpoint. Unlike --resume there is no fallback to
+    an older one or to a fresh start: the user named this checkpoint, so a missing or damaged one
+    is an error. One outside --output_dir starts a new run from it, which must not mix with
+    another run's files."""
+    ckpt = Path(cfg.resume_from_checkpoint)
+    if not ckpt.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {ckpt}: no such checkpoint directory")
+    problems = checkpoint_problems(ckpt)
+    if problems:
+        raise ValueError(f"--resume_from_checkpoint {ckpt} is damaged or not a checkpoint: {'; '.join(problems)}")
+    if ckpt.resolve().parent != Path(cfg.output_dir).resolve():
+        _refuse_non_empty(cfg)
+    if _is_main_process():
+        print(f"[step-jepa] --resume_from_checkpoint: continuing from {ckpt}", flush=True)
+    return str(ckpt)
+
+
+def _refuse_non_empty(cfg: TrainConfig) -> None:
+    out = Path(cfg.output_dir)
+    # Under torchrun only rank 0 judges the directory: the others would see rank 0's first files.
+    if _is_main_process() and out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
+        raise FileExistsError(
+            f"{out} is not empty (another run?). Use --resume to continue it, --overwrite_output_dir to "
+            "write into it anyway, or choose another --output_dir.")
 
 
 def prepare_output_dir(cfg: TrainConfig, ckpt: str | None) -> None:
