@@ -215,3 +215,27 @@ def test_malformed_yaml_is_one_line_naming_file_and_line(tmp_path, cmd):
     proc = step_jepa(cmd, "--config", str(bad))
     assert_one_line_error(proc, cmd, f"{bad}:3: invalid YAML: ")
     assert "<unicode string>" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------- help text
+
+
+@pytest.mark.parametrize("cmd", ["inspect", "bench", "eval"])
+def test_every_option_has_help(cmd):
+    parser = cli.build_parser([cmd])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[cmd]
+    missing = [a.option_strings or a.dest for a in sub._actions if not (a.help or "").strip()]
+    assert not missing, f"{cmd}: options without help: {missing}"
+
+
+@pytest.mark.parametrize("cmd, line", [
+    ("eval", "generation limit per problem, in tokens (default: 512)"),
+    ("inspect", "(0-based line of --train_file) (default: 0)"),  # a default of 0 is shown too
+    ("bench", "examples per optimizer step (default: 32)"),
+])
+def test_help_shows_defaults(cmd, line, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # no wrapping inside a help line
+    with pytest.raises(SystemExit):
+        cli.build_parser([cmd, "--help"]).parse_args([cmd, "--help"])
+    out = capsys.readouterr().out
+    assert line in out and "(default: None)" not in out and "(default: False)" not in out

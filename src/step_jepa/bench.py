@@ -633,7 +633,7 @@ def _parser_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=d.model, help="tiny | smollm2 | llama1b-random | a model directory")
     p.add_argument("--data", nargs="+", default=d.data, metavar="SRC",
                    help="generator (default) | gsm8k [PATH] | PATH (any file load_records reads)")
-    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--batch_size", type=int, default=d.batch_size, help="examples per optimizer step")
     p.add_argument("--n_batches", type=int, default=d.n_batches, help="fixed batches, cycled over the steps")
     p.add_argument("--steps", type=int, default=d.steps, help="timed optimizer steps per variant")
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first (compilation, optimizer state)")
@@ -644,13 +644,13 @@ def _parser_arguments(p: argparse.ArgumentParser) -> None:
                    help="attention implementation of every variant (auto: flex_attention on cuda, sdpa on cpu)")
     p.add_argument("--variants", default=",".join(d.variants),
                    help=f"comma list from: {', '.join(VARIANTS)}")
-    p.add_argument("--max_length", type=int, default=d.max_length)
+    p.add_argument("--max_length", type=int, default=d.max_length, help="token limit per example")
     p.add_argument("--predictors", type=int, default=d.predictors, help="K predictor tokens")
     p.add_argument("--lbd", type=float, default=d.lbd, help="λ of the JEPA variants")
     p.add_argument("--pack_tokens", type=int, default=d.pack_tokens,
                    help="row length of packed variants; 0 = auto (flex: the whole batch in one row; "
                         "sdpa/eager: rows as long as the variant's padded rows)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the data, initialisation and pair choices")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="torch CPU threads (0 = default); 1 avoids OpenMP stalls on a shared, oversubscribed host")
     p.add_argument("--rounds", type=int, default=d.rounds,
@@ -689,7 +689,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="time forward+backward+AdamW steps of SFT vs Step-JEPA layouts")
+    from .cli import DefaultsFormatter
+
+    p = subparsers.add_parser("bench", help="time forward+backward+AdamW steps of SFT vs Step-JEPA layouts",
+                              formatter_class=DefaultsFormatter)
     _parser_arguments(p)
     p.set_defaults(func=_run)
 

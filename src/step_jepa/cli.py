@@ -120,7 +120,9 @@ class DefaultsFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "default" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        # `is`, not `in`: 0 == False, and a default of 0 is worth showing.
+        if "(default" in text or "default:" in text or any(default is x for x in (None, False, argparse.SUPPRESS)) \
+                or not action.option_strings:
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
         return f"{text} (default: {shown.replace('%', '%%')})"  # help strings are %-formatted next

@@ -194,7 +194,7 @@ def eval_records(grid: Grid) -> list[dict]:
     if ev.get("test_file"):
         from .data import load_records
 
-        records, _ = load_records(ev["test_file"])
+        records, _ = load_records(ev["test_file"], purpose="test")
     else:
         from .generator import generate_problems
 
