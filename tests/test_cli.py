@@ -136,3 +136,106 @@ def test_bugs_still_raise_and_traceback_flag_reraises_user_errors(monkeypatch):
     monkeypatch.setenv("STEP_JEPA_TRACEBACK", "1")
     with pytest.raises(ValueError, match="bad value"):
         cli.main(["inspect"])
+
+
+# ---------------------------------------------------------------------------- flags are never abbreviated
+
+
+@pytest.mark.parametrize("flag, value, meant", [
+    ("--lr", "1e-4", "--learning_rate"),  # would have been --lr_scheduler_type 1e-4
+    ("--warmup", "10", "--warmup_ratio"),
+    ("--res", None, "--resume"),
+])
+def test_abbreviated_train_flag_is_refused_with_a_suggestion(tmp_path, flag, value, meant):
+    out = tmp_path / "run"
+    proc = step_jepa("train", "--output_dir", str(out), flag, *([value] if value else []))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("usage: step-jepa train "), proc.stderr  # the subcommand's usage
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"step-jepa train: error: unrecognized arguments: {flag}"), last
+    assert f"did you mean {meant}" in last
+    assert "resolved config" not in proc.stdout and not out.exists()  # training never started
+
+
+def test_unknown_flag_of_other_subcommands_and_top_level():
+    proc = step_jepa("plot", "run_a", "--ou", "x.png")
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: step-jepa plot ")
+    assert "did you mean --out?" in proc.stderr
+    proc = step_jepa("--trace", "prepare")
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: step-jepa [-h]")
+    assert "did you mean --traceback?" in proc.stderr
+
+
+def test_every_parser_refuses_abbreviations():
+    parser = cli.build_parser(None)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert not parser.allow_abbrev
+    assert all(not p.allow_abbrev for p in sub.choices.values())
+
+
+def test_suggest_prefers_aliases_and_prefixes_over_typos():
+    opts = ["--learning_rate", "--lr_scheduler_type", "--lora", "--resume", "--resume_from_checkpoint"]
+    assert cli.suggest("--lr", opts) == ["--learning_rate", "--lr_scheduler_type"]
+    assert cli.suggest("--res", opts) == ["--resume", "--resume_from_checkpoint"]
+    assert cli.suggest("--resme", opts)[0] == "--resume"
+    assert cli.suggest("--zzz", opts) == []
+
+
+def test_version_flag():
+    from step_jepa import __version__
+
+    proc = step_jepa("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"step-jepa {__version__}"
+
+
+# ---------------------------------------------------------------------------- values checked before any work
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["eval", "--generate", "4", "--limit", "-3"], "--limit must be >= 1, got -3"),
+    (["eval", "--generate", "4", "--max_new_tokens", "0"], "--max_new_tokens must be >= 1, got 0"),
+    (["eval", "--generate", "4", "--batch_size", "0"], "--batch_size must be >= 1"),
+    (["train", "--warmup_ratio", "1.5"], "--warmup_ratio must be in [0, 1), got 1.5"),
+    (["train", "--warmup_ratio", "-0.1"], "--warmup_ratio must be in [0, 1), got -0.1"),
+])
+def test_bad_value_is_one_line_before_the_model_loads(tmp_path, argv, text):
+    # The model does not exist: reaching its load would be a different error ("could not load model").
+    proc = step_jepa(*argv, "--model", str(tmp_path / "no-such-model"), "--output_dir", str(tmp_path / "out"))
+    assert_one_line_error(proc, argv[0], text)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- malformed YAML
+
+
+@pytest.mark.parametrize("cmd", ["train", "compare"])
+def test_malformed_yaml_is_one_line_naming_file_and_line(tmp_path, cmd):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lbd: 0.5\nmax_steps: [3\nseed: 1\n")
+    proc = step_jepa(cmd, "--config", str(bad))
+    assert_one_line_error(proc, cmd, f"{bad}:3: invalid YAML: ")
+    assert "<unicode string>" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------- help text
+
+
+@pytest.mark.parametrize("cmd", ["inspect", "bench", "eval"])
+def test_every_option_has_help(cmd):
+    parser = cli.build_parser([cmd])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[cmd]
+    missing = [a.option_strings or a.dest for a in sub._actions if not (a.help or "").strip()]
+    assert not missing, f"{cmd}: options without help: {missing}"
+
+
+@pytest.mark.parametrize("cmd, line", [
+    ("eval", "generation limit per problem, in tokens (default: 512)"),
+    ("inspect", "(0-based line of --train_file) (default: 0)"),  # a default of 0 is shown too
+    ("bench", "examples per optimizer step (default: 32)"),
+])
+def test_help_shows_defaults(cmd, line, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # no wrapping inside a help line
+    with pytest.raises(SystemExit):
+        cli.build_parser([cmd, "--help"]).parse_args([cmd, "--help"])
+    out = capsys.readouterr().out
+    assert line in out and "(default: None)" not in out and "(default: False)" not in out

@@ -67,6 +67,9 @@ def test_grid_builds_fair_train_configs(tmp_path) -> None:
     (lambda g: g["eval"].update(max_new_token=8), "unknown key"),
     (lambda g: g.update(seeds=[0, 0]), "duplicate seeds"),
     (lambda g: g["configs"].update({"a/b": {}}), "bad config name"),
+    (lambda g: g["eval"].update(max_new_tokens=0), "max_new_tokens must be whole numbers >= 1"),
+    (lambda g: g["eval"].update(limit=-3), "limit must be"),
+    (lambda g: g["base"].update(warmup_ratio=2.0), "--warmup_ratio must be in"),
 ])
 def test_grid_validation_errors(tmp_path, change, message) -> None:
     grid = grid_dict("m", tmp_path / "out")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -398,3 +400,40 @@ def test_cli_dataset_error_is_clear(model_dir, monkeypatch) -> None:
     args = _parse(["eval", "--model", str(model_dir), "--dataset", "openai/gsm8k"])
     with pytest.raises(SystemExit, match="datasets"):
         args.func(args)
+
+
+@pytest.mark.parametrize("rel, expected", [
+    ("run/final", "run/eval-gsm"),  # a run's final model: results in the run dir
+    ("run/checkpoint-4", "run/eval-checkpoint-4-gsm"),  # parent holds step_jepa_config.yaml
+    ("other/final", "other/eval-gsm"),  # named final/: a run dir even without its config
+    ("plain-model", "eval/plain-model-gsm"),
+])
+def test_default_output_dir_is_outside_the_model(tmp_path, monkeypatch, rel, expected) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / rel).mkdir(parents=True)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    (tmp_path / "run" / "step_jepa_config.yaml").write_text("lbd: 0.1\n")
+    assert ev.default_output_dir(rel, "gsm") == Path(expected)
+    assert ev.default_output_dir("HuggingFaceTB/SmolLM2-135M-Instruct", "test") == Path(
+        "eval/SmolLM2-135M-Instruct-test")
+
+
+def test_cli_default_output_dir_of_a_run(model_dir, tmp_path, monkeypatch) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run / "final")
+    monkeypatch.chdir(tmp_path)
+    args = _parse(["eval", "--model", str(run / "final"), "--generate", "2", "--max_new_tokens", "2",
+                   "--device", "cpu", "--no_progress"])
+    assert args.func(args) == 0
+    assert (run / "eval-generated2-s1000" / "summary.json").exists()
+    assert sorted(p.name for p in (run / "final").iterdir()) == sorted(p.name for p in model_dir.iterdir())
+
+
+def test_cli_empty_test_file_says_test_records(model_dir, tmp_path, capsys) -> None:
+    from step_jepa import cli
+
+    empty = tmp_path / "test.jsonl"
+    empty.write_text("")
+    assert cli.main(["eval", "--model", str(model_dir), "--test_file", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty}: no usable test records" in err and "training" not in err

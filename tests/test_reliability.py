@@ -444,3 +444,65 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys, tiny, exists):
     assert rc == 0, err
     assert "no complete checkpoint" in out and "starting a fresh run" in out
     assert json.loads((out_dir / "train_summary.json").read_text())["global_step"] == 2
+
+
+@pytest.mark.parametrize("bad", [
+    ["--lr_scheduler_type", "bogus"],  # refused by Hugging Face's TrainingArguments
+    ["--report_to", "bogus"],  # refused by the Trainer's integrations
+    ["--warmup_ratio", "5"],  # refused by TrainConfig.validate
+])
+def test_a_start_that_fails_on_a_bad_value_can_be_rerun(tmp_path, capsys, tiny, bad):
+    out_dir = tmp_path / "run"
+    args = ["--model", str(tiny), "--output_dir", str(out_dir), *BASE]
+    rc, _, err = train(capsys, *args, *bad)
+    assert rc == 2 and bad[1] in one_error_line(err)
+    assert not out_dir.exists(), sorted(p.name for p in out_dir.iterdir())  # nothing written
+    rc, _, err = train(capsys, *args)  # the corrected command, same --output_dir
+    assert rc == 0, err
+    assert json.loads((out_dir / "train_summary.json").read_text())["global_step"] == 2
+
+
+# ------------------------------------------------------------------------- --resume_from_checkpoint
+
+
+def test_resume_from_a_named_checkpoint_not_the_latest(tmp_path, capsys, two_checkpoints, tiny):
+    out_dir = tmp_path / "run"
+    shutil.copytree(two_checkpoints, out_dir)
+    ckpt = out_dir / "checkpoint-2"  # checkpoint-4 is the latest: --resume would take that one
+    rc, out, err = train(capsys, "--model", str(tiny), "--output_dir", str(out_dir), *BASE,
+                         "--resume_from_checkpoint", str(ckpt), "--max_steps", "4", "--save_total_limit", "3")
+    assert rc == 0, err
+    summary = json.loads((out_dir / "train_summary.json").read_text())
+    assert summary["resumed_from"] == str(ckpt) and summary["global_step"] == 4
+    old, new = metrics(two_checkpoints), metrics(out_dir)
+    assert sorted(new) == [1, 2, 3, 4]
+    for step in (3, 4):  # redone from checkpoint-2 exactly as the original run did them
+        assert new[step]["loss"] == pytest.approx(old[step]["loss"], rel=1e-5)
+
+
+def test_named_checkpoint_missing_or_damaged_is_an_error(tmp_path, capsys, two_checkpoints, tiny):
+    out_dir = tmp_path / "run"
+    shutil.copytree(two_checkpoints, out_dir)
+    damage_truncate_optimizer(out_dir / "checkpoint-4")
+    args = ["--model", str(tiny), "--output_dir", str(out_dir), *BASE, "--resume"]  # the named one wins
+    rc, _, err = train(capsys, *args, "--resume_from_checkpoint", str(out_dir / "checkpoint-4"))
+    assert rc == 2 and "is damaged or not a checkpoint: optimizer.pt truncated" in one_error_line(err)
+    rc, _, err = train(capsys, *args, "--resume_from_checkpoint", str(out_dir / "checkpoint-9"))
+    assert rc == 2 and "no such checkpoint directory" in one_error_line(err)
+    # Refused before anything ran: the finished run's files are as they were.
+    assert json.loads((out_dir / "train_summary.json").read_text())["global_step"] == 4
+    assert tr.checkpoint_problems(out_dir / "checkpoint-4") == ["optimizer.pt truncated or corrupt"]
+
+
+def test_named_checkpoint_of_another_run_needs_an_empty_output_dir(tmp_path, capsys, two_checkpoints, tiny):
+    out_dir = tmp_path / "branch"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("another run")
+    args = ["--model", str(tiny), "--output_dir", str(out_dir), *BASE, "--max_steps", "3",
+            "--resume_from_checkpoint", str(two_checkpoints / "checkpoint-2")]
+    rc, _, err = train(capsys, *args)
+    assert rc == 2 and "is not empty" in one_error_line(err)
+    (out_dir / "notes.txt").unlink()
+    rc, _, err = train(capsys, *args)
+    assert rc == 0, err
+    assert json.loads((out_dir / "train_summary.json").read_text())["global_step"] == 3

@@ -457,6 +457,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if cfg.steps < 1 or cfg.warmup < 1 or cfg.rounds < 1:
         raise ValueError("--steps, --warmup and --rounds must be >= 1 (warm-up allocates the optimizer state)")
+    if min(cfg.batch_size, cfg.n_batches, cfg.predictors, cfg.max_length) < 1:
+        raise ValueError("--batch_size, --n_batches, --predictors and --max_length must be >= 1")
     if cfg.profile_dir and cfg.profile_steps < 1:
         raise ValueError("--profile_steps must be >= 1 with --profile_dir")
     device = resolve_device(cfg)
@@ -637,7 +639,7 @@ def _parser_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=d.model, help="tiny | smollm2 | llama1b-random | a model directory")
     p.add_argument("--data", nargs="+", default=d.data, metavar="SRC",
                    help="generator (default) | gsm8k [PATH] | PATH (any file load_records reads)")
-    p.add_argument("--batch_size", type=int, default=d.batch_size)
+    p.add_argument("--batch_size", type=int, default=d.batch_size, help="examples per optimizer step")
     p.add_argument("--n_batches", type=int, default=d.n_batches, help="fixed batches, cycled over the steps")
     p.add_argument("--steps", type=int, default=d.steps, help="timed optimizer steps per variant")
     p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first (compilation, optimizer state)")
@@ -648,14 +650,14 @@ def _parser_arguments(p: argparse.ArgumentParser) -> None:
                    help="attention implementation of every variant (auto: flex_attention on cuda, sdpa on cpu)")
     p.add_argument("--variants", default=",".join(d.variants),
                    help=f"comma list from: {', '.join(VARIANTS)}")
-    p.add_argument("--max_length", type=int, default=d.max_length)
+    p.add_argument("--max_length", type=int, default=d.max_length, help="token limit per example")
     p.add_argument("--predictors", type=int, default=d.predictors, help="K predictor tokens")
     p.add_argument("--lbd", type=float, default=d.lbd, help="λ of the JEPA variants")
     p.add_argument("--stp_lbd", type=float, default=d.stp_lbd, help="weight of the STP variants' term")
     p.add_argument("--pack_tokens", type=int, default=d.pack_tokens,
                    help="row length of packed variants; 0 = auto (flex: the whole batch in one row; "
                         "sdpa/eager: rows as long as the variant's padded rows)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the data, initialisation and pair choices")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="torch CPU threads (0 = default); 1 avoids OpenMP stalls on a shared, oversubscribed host")
     p.add_argument("--rounds", type=int, default=d.rounds,
@@ -694,14 +696,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="time forward+backward+AdamW steps of SFT vs Step-JEPA layouts")
+    from .cli import DefaultsFormatter
+
+    p = subparsers.add_parser("bench", help="time forward+backward+AdamW steps of SFT vs Step-JEPA layouts",
+                              formatter_class=DefaultsFormatter)
     _parser_arguments(p)
     p.set_defaults(func=_run)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="step-jepa bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .cli import Parser  # no flag abbreviation, like `step-jepa bench`
+
+    p = Parser(prog="step-jepa bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _parser_arguments(p)
     return _run(p.parse_args(argv))
 

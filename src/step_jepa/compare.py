@@ -140,6 +140,11 @@ def _validate_eval(grid: Grid, where: str) -> None:
         raise ValueError(f"{where}: eval: give exactly one of test_file or generate")
     if ev.get("dtype", "auto") not in _DTYPES:
         raise ValueError(f"{where}: eval.dtype must be one of {', '.join(_DTYPES)}")
+    # The same ranges as `step-jepa eval`: found now, not after the grid's first training run.
+    small = [k for k in ("generate", "max_new_tokens", "batch_size", "max_batch_tokens", "limit")
+             if ev.get(k) is not None and not (isinstance(ev[k], int) and ev[k] >= 1)]
+    if small:
+        raise ValueError(f"{where}: eval: {', '.join(small)} must be whole numbers >= 1")
     if ev.get("generate") and not grid.base.get("train_file"):
         eval_seed = int(ev.get("seed", DEFAULT_EVAL_SEED))
         if eval_seed in grid.seeds:
@@ -195,7 +200,7 @@ def eval_records(grid: Grid) -> list[dict]:
     if ev.get("test_file"):
         from .data import load_records
 
-        records, _ = load_records(ev["test_file"])
+        records, _ = load_records(ev["test_file"], purpose="test")
     else:
         from .generator import generate_problems
 

@@ -96,6 +96,8 @@ class TrainConfig:
     dataloader_num_workers: int = _f(0, "data loader worker processes")
     # reliability
     resume: bool = _f(False, "resume from the latest complete checkpoint in output_dir")
+    resume_from_checkpoint: str | None = _f(None, "resume from exactly this checkpoint dir (HF name; wins over "
+                                                  "--resume); an error if it is missing or damaged")
     overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output dir of another run")
     max_nonfinite_steps: int = _f(5, "stop after this many consecutive non-finite losses (each step is skipped)")
     debug: bool = _f(False, "print the first batch's layout and shapes")
@@ -104,19 +106,49 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        if self.lbd < 0 or self.gamma < 0 or self.stp_lbd < 0:
-            raise ValueError("--lbd, --gamma and --stp_lbd must be >= 0")
-        if self.predictors < 1:
-            raise ValueError("--predictors must be >= 1")
-        if not 0.0 <= self.jepa_ratio <= 1.0:
-            raise ValueError("--jepa_ratio must be in [0, 1]")
-        if self.max_length < 8:
-            raise ValueError("--max_length must be >= 8")
+        """Refuse values that would fail late or silently train something else than asked.
+
+        Runs before any model or data is loaded and before anything is written, so a typo costs
+        one line and a rerun, not a model load and an output dir that then refuses the rerun.
+        """
+        problems = [msg for ok, msg in self._checks() if not ok]
+        if problems:
+            raise ValueError("; ".join(problems))
         if (self.jepa_loss == "infonce" and self.lbd > 0 and not self.packing and self.pairs != "all"
                 and self.per_device_train_batch_size < 2):
             # One pair per micro-batch has no negatives: InfoNCE is identically 0 and trains nothing.
             raise ValueError("--jepa_loss infonce needs several pairs per micro-batch: use "
                              "--per_device_train_batch_size >= 2, --packing or --pairs all")
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        """(value is fine, message) per range. Written as "ok" conditions so that NaN fails them."""
+        return [
+            (self.lbd >= 0 and self.gamma >= 0 and self.stp_lbd >= 0, "--lbd, --gamma and --stp_lbd must be >= 0"),
+            (self.predictors >= 1, "--predictors must be >= 1"),
+            (0.0 <= self.jepa_ratio <= 1.0, "--jepa_ratio must be in [0, 1]"),
+            (self.max_length >= 8, "--max_length must be >= 8"),
+            (self.train_file is not None or self.generate_examples >= 1, "--generate_examples must be >= 1"),
+            (self.jepa_temperature > 0, "--jepa_temperature must be > 0"),
+            (self.vicreg_weight >= 0, "--vicreg_weight must be >= 0"),
+            (0.0 <= self.ema_decay <= 1.0, "--ema_decay must be in [0, 1]"),
+            (self.lbd_warmup_steps >= 0, "--lbd_warmup_steps must be >= 0"),
+            (self.max_tokens_per_batch >= 1, "--max_tokens_per_batch must be >= 1"),
+            (self.lora_rank >= 1 and 0.0 <= self.lora_dropout < 1.0,
+             "--lora_rank must be >= 1 and --lora_dropout in [0, 1)"),
+            (self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}"),
+            (self.max_steps > 0 or self.num_train_epochs > 0,
+             f"--num_train_epochs must be > 0 (or give --max_steps > 0), got {self.num_train_epochs}"),
+            (self.per_device_train_batch_size >= 1, "--per_device_train_batch_size must be >= 1"),
+            (self.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1"),
+            # HF reads a warm-up >= 1 as a number of steps: a ratio of 1 would warm up for one step.
+            (0.0 <= self.warmup_ratio < 1.0, f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.weight_decay >= 0, "--weight_decay must be >= 0"),
+            (0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0, "--adam_beta1/2 must be in [0, 1)"),
+            (self.max_grad_norm >= 0, "--max_grad_norm must be >= 0 (0 = no clipping)"),
+            (self.logging_steps >= 1 and self.save_steps >= 1, "--logging_steps and --save_steps must be >= 1"),
+            (self.dataloader_num_workers >= 0, "--dataloader_num_workers must be >= 0"),
+            (self.max_nonfinite_steps >= 1, "--max_nonfinite_steps must be >= 1"),
+        ]
 
 
 def _str2bool(v: str) -> bool:
@@ -151,10 +183,28 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """A YAML mapping from `path`; a syntax error is a one-line ValueError "FILE:LINE: problem".
+
+    PyYAML's own message spans several lines and names `<unicode string>` instead of the file.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(yaml_error_message(path, e)) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of option: value")
     return data
+
+
+def yaml_error_message(path: str | Path, e: yaml.YAMLError) -> str:
+    """`FILE:LINE: problem (column C)` from a YAML error; marks are 0-based, editors count from 1."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    detail = f" ({context})" if context else ""
+    column = f", column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: invalid YAML: {problem}{detail}{column}"
 
 
 def resolve_config(args: argparse.Namespace, cls: type = TrainConfig) -> Any:

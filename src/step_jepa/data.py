@@ -797,6 +797,7 @@ def load_records(
     skip_invalid: bool = False,
     system_prompt: str | None = None,
     min_steps: int = 1,
+    purpose: str = "training",
 ) -> tuple[list[dict], Report]:
     """Read a training file (or directory): prepared records or any raw format, converted on the
     fly.
@@ -811,7 +812,9 @@ def load_records(
     each record's own, with the default for raw records that have none.
 
     Raises ``DataError`` as well when no usable record is left, since training on nothing is
-    never what the user meant.
+    never what the user meant. ``purpose`` names the records in that message ("training",
+    "test", ...): eval and bench read files through here too, and "no usable training records"
+    about a test file sends the user looking in the wrong place.
     """
     report = Report()
 
@@ -827,7 +830,7 @@ def load_records(
     items = _file_items(Path(path), files, report, exclude=None)
     records = [r for item, rid in items if (r := collector.feed(item, rid, convert)) is not None]
     if not records:
-        raise DataError(f"{path}: no usable training records\n{report.format()}")
+        raise DataError(f"{path}: no usable {purpose} records\n{report.format()}")
     return records, report
 
 

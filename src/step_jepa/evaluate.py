@@ -723,9 +723,12 @@ _DTYPES = {"auto": None, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32
 
 def add_cli(subparsers: Any) -> None:
     """Register ``step-jepa eval`` on an ``argparse`` subparsers object."""
+    from .cli import DefaultsFormatter
+
     p = subparsers.add_parser("eval", help="greedy-decode a model on GSM8K-style problems and score it",
                               description="Evaluate a model (HF id, merged dir or LoRA adapter dir) on GSM8K-style "
-                                          "problems with fast batched greedy decoding.")
+                                          "problems with fast batched greedy decoding.",
+                              formatter_class=DefaultsFormatter)
     p.add_argument("--model", required=True, help="model id or directory (LoRA adapter dirs are merged)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--test_file", help="prepared JSONL or raw GSM8K {question, answer} lines")
@@ -735,14 +738,18 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--dataset_config", default="main", help="dataset config name (with --dataset)")
     p.add_argument("--seed", type=int, default=1000,
                    help="seed for --generate (default 1000: training on generated problems uses the run seed, 0 by default)")
-    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--max_new_tokens", type=int, default=512, help="generation limit per problem, in tokens")
     p.add_argument("--batch_size", type=int, default=None, help="max rows per batch (default: by memory)")
     p.add_argument("--max_batch_tokens", type=int, default=None,
                    help="max rows x (prompt + max_new_tokens) per batch (default: half the free GPU memory)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
-    p.add_argument("--system_prompt", default=None, help="replace each record's system prompt ('' drops it)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples (default: all)")
+    p.add_argument("--system_prompt", default=None,
+                   help="replace each record's system prompt ('' drops it; default: each record's own)")
     p.add_argument("--lenient", action="store_true", help="fall back to the last number in the output")
-    p.add_argument("--output_dir", default=None, help="default: <model dir or ./eval>/eval-<source>")
+    p.add_argument("--output_dir", default=None,
+                   help="where predictions.jsonl and summary.json go (default: RUN/eval-<source> for a run's "
+                        "final/ dir, RUN/eval-<dir>-<source> for its checkpoint-N/ or merged/, else "
+                        "./eval/<model name>-<source>; never inside the model dir)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="auto",
                    help="auto: bf16 on a CUDA GPU, the checkpoint dtype on CPU")
     p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
@@ -784,7 +791,7 @@ def _dataset_records(name: str, config: str | None, split: str) -> list[dict]:
 def _load_file(path: str | Path) -> list[dict]:
     from .data import load_records
 
-    records, _report = load_records(str(path))
+    records, _report = load_records(str(path), purpose="test")
     return list(records)
 
 
@@ -803,14 +810,50 @@ def _records_from_args(args: argparse.Namespace) -> tuple[list[dict], str]:
     return records, source
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse out-of-range values before any data or model is loaded.
+
+    Without this, ``--limit -3`` slices off the last 3 examples and evaluates the rest, and
+    ``--max_new_tokens 0`` "succeeds" with an error recorded for every example.
+    """
+    checks = [
+        (args.limit is None or args.limit >= 1, f"--limit must be >= 1, got {args.limit}"),
+        (args.max_new_tokens >= 1, f"--max_new_tokens must be >= 1, got {args.max_new_tokens}"),
+        (args.batch_size is None or args.batch_size >= 1, f"--batch_size must be >= 1, got {args.batch_size}"),
+        (args.max_batch_tokens is None or args.max_batch_tokens >= 1,
+         f"--max_batch_tokens must be >= 1, got {args.max_batch_tokens}"),
+        (args.generate is None or args.generate >= 1, f"--generate must be >= 1, got {args.generate}"),
+    ]
+    problems = [msg for ok, msg in checks if not ok]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def default_output_dir(model: str, source: str) -> Path:
+    """Where results go without --output_dir: next to the model, never inside it.
+
+    A run's final/ (or checkpoint-N/, merged/) is what gets loaded, copied and uploaded as the
+    model; eval files written into it would travel with the weights, and a second eval of the
+    same run would be hidden inside the model dir. So a model dir of a training run (named
+    final, or whose parent holds step_jepa_config.yaml) writes into the run dir; any other
+    model writes under ./eval, named after the model's last path component.
+    """
+    path = Path(model)
+    if path.is_dir() and (path.name == "final" or (path.parent / "step_jepa_config.yaml").exists()):
+        tag = "" if path.name == "final" else f"{path.name}-"
+        return path.parent / f"eval-{tag}{source}"
+    name = path.resolve().name if path.is_dir() else model.rstrip("/").split("/")[-1]
+    return Path("eval") / f"{name}-{source}"
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """``step-jepa eval``: load, evaluate, print the summary. Returns the process exit code."""
+    check_args(args)
     records, source = _records_from_args(args)
     if not records:
         print("no examples to evaluate")
         return 1
-    out_dir = Path(args.output_dir) if args.output_dir else (
-        (Path(args.model) if Path(args.model).is_dir() else Path("eval")) / f"eval-{source}")
+    out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.model, source)
     model, tokenizer = _load_model(args.model, args.dtype, args.device)
     summary = evaluate(model, tokenizer, records, out_dir=out_dir, max_new_tokens=args.max_new_tokens,
                        batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,

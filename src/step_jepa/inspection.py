@@ -240,12 +240,15 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> None:
     """Add ``step-jepa inspect`` to an argparse subparsers object."""
-    p = subparsers.add_parser("inspect", help="show one example's tokens, step spans, labels and JEPA mask")
+    from .cli import DefaultsFormatter
+
+    p = subparsers.add_parser("inspect", help="show one example's tokens, step spans, labels and JEPA mask",
+                              formatter_class=DefaultsFormatter)
     p.add_argument("--train_file", default=None, help="prepared JSONL (default: the built-in generator)")
-    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--index", type=int, default=0, help="which record to show (0-based line of --train_file)")
     p.add_argument("--pair", type=int, default=0, help="pair i shows S(i+1)→S(i+2); 0 = S1→S2")
     p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="tokenizer source")
-    p.add_argument("--predictors", type=int, default=1)
-    p.add_argument("--max_length", type=int, default=1024)
-    p.add_argument("--no_color", action="store_true")
+    p.add_argument("--predictors", type=int, default=1, help="K predictor tokens after step i, as train's --predictors")
+    p.add_argument("--max_length", type=int, default=1024, help="token limit per example, as train's --max_length")
+    p.add_argument("--no_color", action="store_true", help="plain text, no ANSI colours (e.g. for a file)")
     p.set_defaults(func=run_inspect)

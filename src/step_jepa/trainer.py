@@ -539,23 +539,49 @@ def _is_main_process() -> bool:
 
 
 def check_output_dir(cfg: TrainConfig) -> str | None:
-    """Refuse to mix runs; return the checkpoint to resume from (with --resume). Writes nothing, so
-    a run that then fails on its data leaves the directory as it was."""
+    """Refuse to mix runs; return the checkpoint to resume from (with --resume or
+    --resume_from_checkpoint). Writes nothing, so a run that then fails on its data leaves the
+    directory as it was."""
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--output_dir {out} exists and is not a directory")
+    if cfg.resume_from_checkpoint:
+        return named_checkpoint(cfg)
     if not cfg.resume:
-        # Under torchrun only rank 0 judges the directory: the others would see rank 0's first files.
-        if _is_main_process() and out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
-            raise FileExistsError(
-                f"{out} is not empty (another run?). Use --resume to continue it, --overwrite_output_dir to "
-                "write into it anyway, or choose another --output_dir.")
+        _refuse_non_empty(cfg)
         return None
     ckpt = latest_checkpoint(out)
     if _is_main_process():
         print(f"[step-jepa] --resume: continuing from {ckpt}" if ckpt else
               f"[step-jepa] --resume: no complete checkpoint in {out}; starting a fresh run", flush=True)
     return ckpt
+
+
+def named_checkpoint(cfg: TrainConfig) -> str:
+    """--resume_from_checkpoint: exactly that checkpoint. Unlike --resume there is no fallback to
+    an older one or to a fresh start: the user named this checkpoint, so a missing or damaged one
+    is an error. One outside --output_dir starts a new run from it, which must not mix with
+    another run's files."""
+    ckpt = Path(cfg.resume_from_checkpoint)
+    if not ckpt.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {ckpt}: no such checkpoint directory")
+    problems = checkpoint_problems(ckpt)
+    if problems:
+        raise ValueError(f"--resume_from_checkpoint {ckpt} is damaged or not a checkpoint: {'; '.join(problems)}")
+    if ckpt.resolve().parent != Path(cfg.output_dir).resolve():
+        _refuse_non_empty(cfg)
+    if _is_main_process():
+        print(f"[step-jepa] --resume_from_checkpoint: continuing from {ckpt}", flush=True)
+    return str(ckpt)
+
+
+def _refuse_non_empty(cfg: TrainConfig) -> None:
+    out = Path(cfg.output_dir)
+    # Under torchrun only rank 0 judges the directory: the others would see rank 0's first files.
+    if _is_main_process() and out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
+        raise FileExistsError(
+            f"{out} is not empty (another run?). Use --resume to continue it, --overwrite_output_dir to "
+            "write into it anyway, or choose another --output_dir.")
 
 
 def prepare_output_dir(cfg: TrainConfig, ckpt: str | None) -> None:
@@ -707,13 +733,16 @@ def format_data_report(data: dict[str, Any], seg: dict[str, Any]) -> str:
 def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
     """The whole `step-jepa train`: data, model, trainer, final save. Returns a summary.
 
-    Order matters for the user: the output dir is checked, then data and model are loaded and
-    tokenized, and only then is anything written, so a bad --train_file or --model leaves the
-    output dir untouched and the same command can be rerun once it is fixed.
+    Order matters for the user: the output dir is checked, the Trainer's own arguments are
+    built (Hugging Face validates e.g. --lr_scheduler_type and --report_to there), data and
+    model are loaded and tokenized, the Trainer is constructed, and only then is anything
+    written. So any bad value, --train_file or --model leaves the output dir as it was, and the
+    corrected command can be rerun with the same --output_dir.
     """
     from transformers import set_seed
 
     resume_ckpt = check_output_dir(cfg)
+    args = training_arguments(cfg)
     set_seed(cfg.seed)
     if _is_main_process():
         print("[step-jepa] resolved config:\n" + format_config(cfg), flush=True)
@@ -721,28 +750,8 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
     lm, tok, pred_ids, model_path = build_model(cfg)
     examples, seg_stats = segment_all(records, tok, cfg.max_length)
     print(f"[step-jepa] model: {model_path}\n{format_data_report(data_report, seg_stats)}", flush=True)
-    prepare_output_dir(cfg, resume_ckpt)
-    if _is_main_process():
-        save_config(cfg, cfg.output_dir)
-        (Path(cfg.output_dir) / "data_report.json").write_text(
-            json.dumps({"data": data_report, "segmentation": seg_stats}, indent=1, ensure_ascii=False))
-    attn = resolve_attn_implementation(cfg)
-    if cfg.packing:
-        extra = (lambda ex: appended_tokens(ex, cfg)) if cfg.jepa_mode == "single_pass" else 0
-        dataset = ListDataset(pack_groups(examples, cfg.max_tokens_per_batch, extra, cfg.seed))
-    else:
-        dataset = ListDataset(examples)
-    collator = build_collator(cfg, tok, pred_ids, attn)
-    model = StepJEPAModel(lm, jepa_options(cfg))
-    if model._ema:
-        callbacks = [EMACallback(model), *(callbacks or [])]
-    if cfg.debug:
-        print_debug_batch(collator([dataset[i] for i in range(min(2, len(dataset)))]))
-    trainer = StepJEPATrainer(
-        model=model, args=training_arguments(cfg), train_dataset=dataset, data_collator=collator,
-        processing_class=tok, step_config=cfg,
-        callbacks=[MetricsFileCallback(Path(cfg.output_dir) / "metrics.jsonl"), *(callbacks or [])],
-    )
+    trainer = build_trainer(cfg, args, lm, tok, pred_ids, examples, callbacks)
+    write_run_start(cfg, resume_ckpt, {"data": data_report, "segmentation": seg_stats})
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_ckpt)
     seconds = time.perf_counter() - t0
@@ -761,6 +770,36 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
         (Path(cfg.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1))
         print(f"[step-jepa] done: {json.dumps(summary)[:400]}", flush=True)
     return summary
+
+
+def build_trainer(cfg: TrainConfig, args: TrainingArguments, lm, tok, pred_ids: list[int],
+                  examples: list[Segmented], callbacks: list[TrainerCallback] | None) -> StepJEPATrainer:
+    """Dataset, collator, Step-JEPA wrapper and Trainer; writes nothing (see run_train)."""
+    attn = resolve_attn_implementation(cfg)
+    if cfg.packing:
+        extra = (lambda ex: appended_tokens(ex, cfg)) if cfg.jepa_mode == "single_pass" else 0
+        dataset = ListDataset(pack_groups(examples, cfg.max_tokens_per_batch, extra, cfg.seed))
+    else:
+        dataset = ListDataset(examples)
+    collator = build_collator(cfg, tok, pred_ids, attn)
+    model = StepJEPAModel(lm, jepa_options(cfg))
+    if model._ema:
+        callbacks = [EMACallback(model), *(callbacks or [])]
+    if cfg.debug:
+        print_debug_batch(collator([dataset[i] for i in range(min(2, len(dataset)))]))
+    return StepJEPATrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collator,
+        processing_class=tok, step_config=cfg,
+        callbacks=[MetricsFileCallback(Path(cfg.output_dir) / "metrics.jsonl"), *(callbacks or [])],
+    )
+
+
+def write_run_start(cfg: TrainConfig, resume_ckpt: str | None, report: dict[str, Any]) -> None:
+    """The run's first files: output dir, metrics.jsonl reset or trimmed, config and data report."""
+    prepare_output_dir(cfg, resume_ckpt)
+    if _is_main_process():
+        save_config(cfg, cfg.output_dir)
+        (Path(cfg.output_dir) / "data_report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
