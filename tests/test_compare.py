@@ -397,3 +397,19 @@ def test_report_without_jepa_runs_has_no_collapse_section(tmp_path) -> None:
     _write_metrics(tmp_path, "sft", 0, [{"step": 1, "lm_loss": 2.0}])
     cmp.build_report(tmp_path)
     assert "Collapse" not in (tmp_path / cmp.TABLE).read_text()
+
+
+def test_compare_without_matplotlib_fails_before_training(tmp_path, monkeypatch, capsys) -> None:
+    """A missing matplotlib is reported in the first second, not after every run has trained."""
+    import sys
+
+    def must_not_run(*a, **kw):
+        raise AssertionError("compare started training without matplotlib")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    monkeypatch.setattr(cmp, "run_grid", must_not_run)
+    cfg = write_grid(tmp_path / "grid.yaml", grid_dict("unused-model", tmp_path / "out"))
+    assert cli_main(["compare", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "needs matplotlib" in err and "pip install matplotlib" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

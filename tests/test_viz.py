@@ -141,6 +141,25 @@ def test_plot_cli(tmp_path, capsys) -> None:
     assert cli_main(["plot", str(tmp_path / "missing"), "--out", str(out)]) == 2
 
 
+@pytest.mark.parametrize("command", ["plot", "embed"])
+def test_plotting_commands_without_matplotlib_fail_at_start(tmp_path, monkeypatch, capsys, command) -> None:
+    """embed would load models and extract views for a minute before drawing: it must stop first."""
+    import sys
+
+    def must_not_run(*a, **kw):
+        raise AssertionError(f"{command} did work without matplotlib")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    monkeypatch.setattr(viz, "run_embed", must_not_run)
+    monkeypatch.setattr(viz, "plot_runs", must_not_run)
+    args = ["plot", str(write_metrics(tmp_path / "a", jepa=False))] if command == "plot" else \
+        ["embed", "--model", "unused-model", "--out", str(tmp_path / "emb")]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert f"step-jepa {command}: error:" in err and "needs matplotlib" in err
+    assert not (tmp_path / "emb").exists()
+
+
 # --------------------------------------------------------------------------- embed on tiny models (slow)
 
 

@@ -806,6 +806,10 @@ def add_cli(subparsers: Any) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from .deps import require_matplotlib
+
+    if not args.dry_run:  # every other path ends in compare.png: fail now, not after training
+        require_matplotlib("compare")
     if args.report:
         build_report(args.report)
         return 0

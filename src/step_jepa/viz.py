@@ -638,6 +638,9 @@ def add_cli(subparsers: Any) -> None:
 
 
 def _run_embed_cli(args: argparse.Namespace) -> int:
+    from .deps import require_matplotlib
+
+    require_matplotlib("embed")  # before the models load and the views are extracted
     if args.n < 2:
         raise ValueError("-n must be at least 2 (negatives come from other examples)")
     models = [args.model] + ([args.model2] if args.model2 else [])
@@ -648,6 +651,9 @@ def _run_embed_cli(args: argparse.Namespace) -> int:
 
 
 def _run_plot_cli(args: argparse.Namespace) -> int:
+    from .deps import require_matplotlib
+
+    require_matplotlib("plot")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     plot_runs(args.runs, args.out, metrics)
     print(f"[plot] wrote {args.out} ({len(args.runs)} run(s): {', '.join(short_labels(args.runs))})")
