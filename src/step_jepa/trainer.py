@@ -693,6 +693,39 @@ def format_data_report(data: dict[str, Any], seg: dict[str, Any]) -> str:
     return f"{line}\n{seg_line}"
 
 
+LOW_PAIR_FRACTION = 0.10  # below this share of examples with a usable pair, λ > 0 is mostly SFT
+
+
+def pair_fraction(cfg: TrainConfig, seg: dict[str, Any]) -> float:
+    """Share of the examples that can contribute a JEPA pair under --pairs (first: the S1→S2 pair)."""
+    missing = seg["first_pair_invalid"] if cfg.pairs == "first" else seg["without_valid_pair"]
+    return (seg["examples"] - missing) / max(1, seg["examples"])  # not 1 - m/n: 1 - 9/10 < 0.1
+
+
+def check_pair_coverage(cfg: TrainConfig, seg: dict[str, Any]) -> None:
+    """Stop, or warn loudly, when λ > 0 but (almost) no example has a step pair.
+
+    Without pairs the JEPA term is 0 on every batch, so the run is plain SFT that claims to be
+    Step-JEPA: the usual cause is data whose steps are not separated by a blank line, or a
+    --max_length that cuts step 2. Raised before anything is written, so the rerun is clean.
+    """
+    if cfg.lbd == 0:
+        return
+    frac = pair_fraction(cfg, seg)
+    what = "an intact S1→S2 step pair (what --pairs first uses)" if cfg.pairs == "first" else "a valid step pair"
+    if frac == 0:
+        raise ValueError(
+            f"--lbd {cfg.lbd} but none of the {seg['examples']} examples has {what}, so the JEPA loss would be 0 "
+            "and this would be plain SFT. Steps are found at blank lines ('\\n\\n') in the answer: check the data "
+            "(step-jepa inspect), raise --max_length if steps are cut, or train SFT on purpose with --lbd 0.")
+    if frac < LOW_PAIR_FRACTION and _is_main_process():
+        import sys
+
+        print(f"[step-jepa] WARNING: only {100 * frac:.1f}% of the {seg['examples']} examples have {what}; the "
+              f"JEPA term (λ={cfg.lbd}) sees few pairs and this run is mostly plain SFT. Check the step "
+              "separators of the data (step-jepa inspect) or --max_length.", file=sys.stderr, flush=True)
+
+
 def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
     """The whole `step-jepa train`: data, model, trainer, final save. Returns a summary.
 
@@ -710,6 +743,7 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
     lm, tok, pred_ids, model_path = build_model(cfg)
     examples, seg_stats = segment_all(records, tok, cfg.max_length)
     print(f"[step-jepa] model: {model_path}\n{format_data_report(data_report, seg_stats)}", flush=True)
+    check_pair_coverage(cfg, seg_stats)
     prepare_output_dir(cfg, resume_ckpt)
     if _is_main_process():
         save_config(cfg, cfg.output_dir)
