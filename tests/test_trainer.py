@@ -134,3 +134,83 @@ def test_torch_compile_trains_and_saves_plain_weights(model_dir: Path, tmp_path:
     assert compiled == pytest.approx(eager, rel=1e-4)
     assert saved_keys(tmp_path / "compiled" / "final") == saved_keys(tmp_path / "eager" / "final") \
         == saved_keys(model_dir)
+
+
+class _KeepModel:
+    """A TrainerCallback that keeps the trained model, to compare it with what was saved."""
+
+    def __init__(self):
+        self.model = None
+
+    def __getattr__(self, name):  # every other TrainerCallback event: do nothing
+        if name.startswith("on_"):
+            return lambda *a, **kw: None
+        raise AttributeError(name)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tie", [False, True])
+def test_lora_final_loads_the_documented_way_with_the_same_logits(tmp_path: Path, tie: bool):
+    """final/ of a --lora run holds only the adapter, the K predictor rows (not the whole resized
+    embedding) and a portable base name; loaded with `load_for_inference` or with PEFT onto a
+    resized base, it gives the logits of the model that was trained, predictor column included."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from step_jepa.modeling import load_for_inference, load_tokenizer
+    from step_jepa.trainer import run_train
+
+    base_dir = tmp_path / "base"
+    tok = build_tiny_tokenizer("chatml")
+    build_tiny_model(len(tok), tie=tie, seed=3).save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    keep = _KeepModel()
+    cfg = TrainConfig(model=str(base_dir), output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4,
+                      generate_examples=8, lbd=0.5, predictors=2, lora=True, learning_rate=5e-2, warmup_ratio=0.0,
+                      report_to="none", save_steps=1000, logging_steps=1000)
+    run_train(cfg, callbacks=[keep])
+    final = tmp_path / "run" / "final"
+    trained = keep.model.lm.eval()
+    ftok = load_tokenizer(str(final))
+    pred = ftok.convert_tokens_to_ids(["<|predictor_1|>", "<|predictor_2|>"])
+    ids = torch.tensor([ftok("Step 1: 12 + 30 = 42.\n\n")["input_ids"] + pred])
+    with torch.no_grad():
+        want = trained(input_ids=ids).logits
+        merged, _ = load_for_inference(str(final), dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(base_dir)
+        base.resize_token_embeddings(len(ftok))
+        adapter = PeftModel.from_pretrained(base, final).eval()
+        for got in (merged(input_ids=ids).logits, adapter(input_ids=ids).logits):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # The predictor rows were trained (not still at their initial values), so the check above covers them.
+    deltas = {n: p for n, p in trained.named_parameters() if "trainable_tokens_delta" in n}
+    originals = {n: b for n, b in trained.named_buffers() if "trainable_tokens_original" in n}
+    assert len(deltas) == len(originals) == (1 if tie else 2)
+    for (_, d), (_, o) in zip(sorted(deltas.items()), sorted(originals.items())):
+        assert d.shape == (2, d.shape[1]) and (d - o).abs().max() > 1e-3
+
+    from safetensors import safe_open
+
+    with safe_open(str(final / "adapter_model.safetensors"), "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    assert not [k for k, s in shapes.items() if s[0] >= len(tok)]  # no full embedding / head matrix
+    assert sum(1 for k in shapes if "trainable_tokens_delta" in k) == (1 if tie else 2)
+    trainable = sum(p.numel() * p.element_size() for p in trained.parameters() if p.requires_grad)
+    assert (final / "adapter_model.safetensors").stat().st_size < trainable + 16_384  # + the JSON header
+    import json
+
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base_dir.resolve())
+
+
+def test_lora_adapter_records_the_model_name_the_user_gave(model_dir: Path, tmp_path: Path):
+    """A hub name must stay a hub name in adapter_config.json, not this machine's cache path."""
+    from step_jepa.trainer import apply_lora
+
+    lm, _, pred_ids, _ = build_model(TrainConfig(model=str(model_dir), output_dir=str(tmp_path), lbd=0.1))
+    cfg = TrainConfig(model="HuggingFaceTB/SmolLM2-135M-Instruct", output_dir=str(tmp_path), lora=True)
+    peft = apply_lora(lm, cfg, pred_ids)
+    assert peft.peft_config["default"].base_model_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert peft.peft_config["default"].trainable_token_indices == {"embed_tokens": pred_ids, "lm_head": pred_ids}

@@ -161,21 +161,47 @@ def build_model(cfg: TrainConfig):
     tok = load_tokenizer(path)
     lm = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, attn_implementation=resolve_attn_implementation(cfg))
+    old_rows = lm.get_input_embeddings().weight.shape[0]
     pred_ids = add_predictor_tokens(lm, tok, cfg.predictors) if cfg.lbd > 0 or cfg.sft_predictor_tokens else []
     if cfg.lora:
-        from peft import LoraConfig, get_peft_model
-
-        targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else cfg.lora_targets.split(",")
-        lcfg = LoraConfig(
-            r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-            task_type="CAUSAL_LM",
-            # Predictor embeddings are new: they must be trained (and saved) even under LoRA.
-            trainable_token_indices={"embed_tokens": pred_ids} if pred_ids else None,
-        )
-        lm = get_peft_model(lm, lcfg)
+        new_rows = sorted(set(pred_ids) | set(range(old_rows, lm.get_input_embeddings().weight.shape[0])))
+        lm = apply_lora(lm, cfg, new_rows)
     if cfg.torch_compile:
         compile_decoder(lm)
     return lm, tok, pred_ids, path
+
+
+def apply_lora(lm, cfg: TrainConfig, new_rows: list[int]):
+    """Wrap `lm` in a LoRA PeftModel whose adapter alone restores the trained model.
+
+    The rows added by the resize (the predictor tokens) exist in no base checkpoint, so they are
+    PEFT *trainable tokens*: trained, and saved as K rows rather than the whole embedding. An
+    untied LM head got a (randomly drawn, mean-resized) row for them too, so it is a trainable-
+    tokens target as well; a tied head follows the embedding. `_save` then passes
+    `save_embedding_layers=False`, which would otherwise default to saving both full matrices.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else cfg.lora_targets.split(",")
+    tokens: dict[str, list[int]] | None = None
+    if new_rows:
+        tokens = {_module_leaf(lm, lm.get_input_embeddings()): new_rows}
+        if not lm.config.get_text_config().tie_word_embeddings:
+            tokens[_module_leaf(lm, lm.get_output_embeddings())] = new_rows
+    lcfg = LoraConfig(
+        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+        task_type="CAUSAL_LM", trainable_token_indices=tokens)
+    peft = get_peft_model(lm, lcfg)
+    # PEFT records the resolved path (a hub cache snapshot, machine-specific); keep what the user
+    # typed, so the adapter loads elsewhere. A local directory is made absolute for the same reason.
+    local = Path(cfg.model).expanduser()
+    peft.peft_config["default"].base_model_name_or_path = str(local.resolve()) if local.is_dir() else cfg.model
+    return peft
+
+
+def _module_leaf(root: torch.nn.Module, module: torch.nn.Module) -> str:
+    """The last component of `module`'s name in `root` (what PEFT matches target keys against)."""
+    return next(name for name, m in root.named_modules() if m is module).rsplit(".", 1)[-1]
 
 
 # --------------------------------------------------------------------------- trainer
@@ -322,7 +348,8 @@ class StepJEPATrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         wrapper = self.accelerator.unwrap_model(self.model)
-        wrapper.lm.save_pretrained(output_dir, safe_serialization=True)
+        kw = {"save_embedding_layers": False} if hasattr(wrapper.lm, "peft_config") else {}  # see apply_lora
+        wrapper.lm.save_pretrained(output_dir, safe_serialization=True, **kw)
         if wrapper.head is not None:  # the predictor head is part of training only, kept beside the model
             from safetensors.torch import save_file
 
