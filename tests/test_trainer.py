@@ -214,3 +214,11 @@ def test_lora_adapter_records_the_model_name_the_user_gave(model_dir: Path, tmp_
     peft = apply_lora(lm, cfg, pred_ids)
     assert peft.peft_config["default"].base_model_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert peft.peft_config["default"].trainable_token_indices == {"embed_tokens": pred_ids, "lm_head": pred_ids}
+
+
+def test_lora_default_keeps_no_dropped_input_copies(model_dir: Path, tmp_path: Path):
+    """LoRA dropout > 0 stores a dropped copy of every adapted layer's input for backward, which
+    made LoRA peak above full fine-tuning (docs/performance.md); the default must not."""
+    lm, *_ = build_model(TrainConfig(model=str(model_dir), output_dir=str(tmp_path), lbd=0.1, lora=True))
+    dropouts = [m for n, m in lm.named_modules() if n.endswith("lora_dropout.default")]
+    assert dropouts and all(isinstance(m, torch.nn.Identity) for m in dropouts)
