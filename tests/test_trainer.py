@@ -222,3 +222,66 @@ def test_lora_default_keeps_no_dropped_input_copies(model_dir: Path, tmp_path: P
     lm, *_ = build_model(TrainConfig(model=str(model_dir), output_dir=str(tmp_path), lbd=0.1, lora=True))
     dropouts = [m for n, m in lm.named_modules() if n.endswith("lora_dropout.default")]
     assert dropouts and all(isinstance(m, torch.nn.Identity) for m in dropouts)
+
+
+def _direct_eval_losses(final: Path, records: list[dict], cfg: TrainConfig) -> tuple[float, float]:
+    """Per-token LM loss of the saved model on `records` from plain HF logits, and the mean JEPA loss
+    over their pairs, one example at a time: no batching for the two to share."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from step_jepa.modeling import load_tokenizer
+    from step_jepa.segment import segment
+
+    lm = AutoModelForCausalLM.from_pretrained(final).eval()
+    tok = load_tokenizer(str(final))
+    pred_ids = tok.convert_tokens_to_ids(["<|predictor_1|>"])
+    wrapper = StepJEPAModel(lm, jepa_options(cfg)).eval()
+    collate = build_collator(cfg, tok, pred_ids, "sdpa")
+    ce, tokens, jepa = 0.0, 0, []
+    with torch.no_grad():
+        for r in records:
+            ex = segment(r, tok, cfg.max_length)
+            ids, labels = torch.tensor([ex.input_ids]), torch.tensor(ex.labels[1:])
+            logits = lm(input_ids=ids).logits[0, :-1]
+            ce += F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item()
+            tokens += int((labels != -100).sum())
+            jepa.append(wrapper(**collate([ex]))["jepa"].item())
+    return ce / tokens, sum(jepa) / len(jepa)
+
+
+@pytest.mark.slow
+def test_eval_file_logs_held_out_losses_of_the_whole_set(model_dir: Path, tmp_path: Path):
+    """--eval_file: eval_lm_loss is the per-token loss over the whole held-out set (batches of 4
+    and 3 examples of different lengths, so a mean of batch means would differ), eval_jepa_loss the
+    mean over its pairs, both at the logged steps and equal to a direct computation at the end."""
+    import json
+
+    from step_jepa.generator import generate_problems
+    from step_jepa.trainer import run_train
+
+    records = generate_problems(7, seed=77)
+    eval_file = tmp_path / "heldout.jsonl"
+    eval_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=4,
+                      generate_examples=8, lbd=0.5, learning_rate=1e-2, warmup_ratio=0.0, report_to="none",
+                      save_steps=1000, logging_steps=1, eval_file=str(eval_file), eval_steps=2)
+    run_train(cfg)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in logged if "eval_lm_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert evals[0]["eval_lm_loss"] != evals[1]["eval_lm_loss"]  # evaluated on the weights of that step
+    lm_loss, jepa_loss = _direct_eval_losses(tmp_path / "run" / "final", records, cfg)
+    last = evals[-1]
+    assert last["eval_lm_loss"] == pytest.approx(lm_loss, rel=1e-5)
+    assert last["eval_jepa_loss"] == pytest.approx(jepa_loss, rel=1e-4, abs=1e-6)  # 1 - cos, near 0 in fp32
+    assert last["eval_pairs"] == 7
+    assert last["eval_loss"] == pytest.approx(lm_loss + 0.5 * jepa_loss, rel=1e-5)
+
+
+def test_eval_strategy_needs_an_eval_file(tmp_path: Path):
+    with pytest.raises(ValueError, match="--eval_strategy steps needs --eval_file"):
+        TrainConfig(eval_strategy="steps").validate()
+    assert TrainConfig().resolved_eval_strategy() == "no"
+    assert TrainConfig(eval_file="x.jsonl").resolved_eval_strategy() == "steps"
+    assert TrainConfig(eval_file="x.jsonl", eval_strategy="no").resolved_eval_strategy() == "no"

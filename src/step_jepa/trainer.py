@@ -67,20 +67,29 @@ class ListDataset(Dataset):
 def load_training_records(cfg: TrainConfig) -> tuple[list[dict], dict[str, Any]]:
     """Records from --train_file (strict by default: the first bad line is an error naming file:line),
     or from the built-in generator when no file is given."""
-    from .data import load_records
     from .generator import generate_problems
 
     if cfg.train_file is None:
         recs = generate_problems(cfg.generate_examples, seed=cfg.seed)
-        report = {"source": f"generator ({cfg.generate_examples} problems, seed {cfg.seed})", "lines_read": len(recs)}
-    else:
-        recs, rep = load_records(cfg.train_file, skip_invalid=cfg.skip_invalid)
-        report = {"source": cfg.train_file, **rep.to_dict()}
+        return _with_system_prompt(recs, cfg), {
+            "source": f"generator ({cfg.generate_examples} problems, seed {cfg.seed})", "lines_read": len(recs)}
+    return load_file_records(cfg.train_file, cfg)
+
+
+def load_file_records(path: str, cfg: TrainConfig) -> tuple[list[dict], dict[str, Any]]:
+    """Records of a JSONL file (train or eval), read and prompted the same way."""
+    from .data import load_records
+
+    recs, rep = load_records(path, skip_invalid=cfg.skip_invalid)
+    return _with_system_prompt(recs, cfg), {"source": path, **rep.to_dict()}
+
+
+def _with_system_prompt(recs: list[dict], cfg: TrainConfig) -> list[dict]:
     if cfg.system_prompt is not None:
         for r in recs:
             r["messages"] = [{"role": "system", "content": cfg.system_prompt}] + [
                 m for m in r["messages"] if m["role"] != "system"]
-    return recs, report
+    return recs
 
 
 def segment_all(records: list[dict], tokenizer, max_length: int) -> tuple[list[Segmented], dict[str, Any]]:
@@ -317,6 +326,58 @@ class StepJEPATrainer(Trainer):
                 "or use --bf16 false; resume from the last checkpoint with --resume.")
         return None
 
+    # ---- evaluation on --eval_file
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Held-out losses, normalised like training: LM per token over the whole eval set, JEPA per pair.
+
+        The Trainer's evaluation loop averages one loss per batch, which weights a batch of short
+        answers like one of long answers; summing lm_sum and n_tokens over all batches (and
+        ranks) gives the per-token loss of the set, comparable across batch sizes and with
+        lm_loss. Still reached through the Trainer's eval_strategy/eval_steps scheduling.
+        """
+        loader = self._eval_dataloader(eval_dataset)
+        model = self.model_wrapped if self.model_wrapped is not None else self.model
+        was_training = model.training
+        model.eval()
+        # lm_sum, labelled tokens, Σ jepa·pairs, pairs: summed, then reduced over ranks once.
+        totals = torch.zeros(4, dtype=torch.float64, device=self.args.device)
+        with torch.no_grad():
+            for inputs in loader:
+                out = model(**self._prepare_inputs(inputs))
+                pairs = out["view1"].shape[0] if "view1" in out else 0
+                totals += torch.stack([out["lm_sum"].detach().double(), totals.new_tensor(out["n_tokens"]),
+                                       out["jepa"].detach().double() * pairs, totals.new_tensor(pairs)])
+        model.train(was_training)
+        if self.args.world_size > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        metrics = self._eval_metrics(totals.tolist(), metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _eval_dataloader(self, eval_dataset):
+        """The Trainer's eval loader (sharded across ranks), collated with the eval collator:
+        every batch computes the JEPA term (--jepa_ratio only thins training)."""
+        train_collator = self.data_collator
+        self.data_collator = getattr(self, "eval_collator", None) or train_collator
+        try:
+            return self.get_eval_dataloader(eval_dataset)  # the loader keeps the collator it was built with
+        finally:
+            self.data_collator = train_collator
+
+    def _eval_metrics(self, totals: list[float], prefix: str) -> dict[str, float]:
+        lm_sum, tokens, jepa_sum, pairs = totals
+        cfg = self.step_config
+        lm = lm_sum / max(tokens, 1.0)
+        metrics = {f"{prefix}_lm_loss": lm, f"{prefix}_tokens": tokens}
+        loss = cfg.gamma * lm
+        if cfg.lbd > 0 and pairs:
+            metrics[f"{prefix}_jepa_loss"] = jepa_sum / pairs
+            metrics[f"{prefix}_pairs"] = pairs
+            loss += self.jepa_options.lbd_at(self.state.global_step, self.state.max_steps) * jepa_sum / pairs
+        metrics[f"{prefix}_loss"] = loss
+        return metrics
+
     # ---- logging
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs and self._acc["micro"] > 0:
@@ -541,6 +602,7 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
         adam_beta2=cfg.adam_beta2, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
         seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
+        eval_strategy=cfg.resolved_eval_strategy(), eval_steps=cfg.eval_steps, per_device_eval_batch_size=bs,
         save_total_limit=cfg.save_total_limit, report_to=report, remove_unused_columns=False,
         dataloader_num_workers=cfg.dataloader_num_workers, disable_tqdm=False,
         # A predictor head is idle on steps without the JEPA term (--jepa_ratio < 1).
@@ -753,6 +815,24 @@ def check_pair_coverage(cfg: TrainConfig, seg: dict[str, Any]) -> None:
               "separators of the data (step-jepa inspect) or --max_length.", file=sys.stderr, flush=True)
 
 
+def make_dataset(examples: list[Segmented], cfg: TrainConfig) -> ListDataset:
+    """Examples as the collator takes them: one per item, or packed groups within the token budget."""
+    if not cfg.packing:
+        return ListDataset(examples)
+    extra = (lambda ex: appended_tokens(ex, cfg)) if cfg.jepa_mode == "single_pass" else 0
+    return ListDataset(pack_groups(examples, cfg.max_tokens_per_batch, extra, cfg.seed))
+
+
+def load_eval_examples(cfg: TrainConfig, tok) -> list[Segmented]:
+    """--eval_file tokenized like the training data (empty without one), with its own report line."""
+    if not cfg.eval_file or cfg.resolved_eval_strategy() == "no":
+        return []
+    records, report = load_file_records(cfg.eval_file, cfg)
+    examples, seg = segment_all(records, tok, cfg.max_length)
+    print(format_data_report(report, seg).replace("[step-jepa] ", "[step-jepa] eval ", 2), flush=True)
+    return examples
+
+
 def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
     """The whole `step-jepa train`: data, model, trainer, final save. Returns a summary.
 
@@ -771,17 +851,14 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
     examples, seg_stats = segment_all(records, tok, cfg.max_length)
     print(f"[step-jepa] model: {model_path}\n{format_data_report(data_report, seg_stats)}", flush=True)
     check_pair_coverage(cfg, seg_stats)
+    eval_examples = load_eval_examples(cfg, tok)  # a bad --eval_file fails here, before anything is written
     prepare_output_dir(cfg, resume_ckpt)
     if _is_main_process():
         save_config(cfg, cfg.output_dir)
         (Path(cfg.output_dir) / "data_report.json").write_text(
             json.dumps({"data": data_report, "segmentation": seg_stats}, indent=1, ensure_ascii=False))
     attn = resolve_attn_implementation(cfg)
-    if cfg.packing:
-        extra = (lambda ex: appended_tokens(ex, cfg)) if cfg.jepa_mode == "single_pass" else 0
-        dataset = ListDataset(pack_groups(examples, cfg.max_tokens_per_batch, extra, cfg.seed))
-    else:
-        dataset = ListDataset(examples)
+    dataset = make_dataset(examples, cfg)
     collator = build_collator(cfg, tok, pred_ids, attn)
     model = StepJEPAModel(lm, jepa_options(cfg))
     if model._ema:
@@ -790,9 +867,11 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
         print_debug_batch(collator([dataset[i] for i in range(min(2, len(dataset)))]))
     trainer = StepJEPATrainer(
         model=model, args=training_arguments(cfg), train_dataset=dataset, data_collator=collator,
+        eval_dataset=make_dataset(eval_examples, cfg) if eval_examples else None,
         processing_class=tok, step_config=cfg,
         callbacks=[MetricsFileCallback(Path(cfg.output_dir) / "metrics.jsonl"), *(callbacks or [])],
     )
+    trainer.eval_collator = build_collator(dataclasses.replace(cfg, jepa_ratio=1.0), tok, pred_ids, attn)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_ckpt)
     seconds = time.perf_counter() - t0
