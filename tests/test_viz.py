@@ -92,6 +92,26 @@ def test_projection_links_each_pair(tmp_path) -> None:
         assert not (tmp_path / "tsne.png").exists()
 
 
+def inside_figure(fig, artist) -> bool:
+    """Whether a drawn artist (a title, a label) lies within the saved figure, i.e. is not clipped."""
+    renderer = fig.canvas.get_renderer()
+    box, page = artist.get_window_extent(renderer), fig.bbox
+    return box.x0 >= page.x0 - 0.5 and box.x1 <= page.x1 + 0.5 and box.y0 >= page.y0 - 0.5 and box.y1 <= page.y1 + 0.5
+
+
+def test_projection_axes_say_which_component_and_its_variance(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    v1 = rng.normal(size=(20, 6)) * np.array([5.0, 2.0, 1.0, 1.0, 1.0, 1.0])  # PC 1 dominates
+    vs = viewset(v1, v1 + 0.1 * rng.normal(size=v1.shape))
+    fig = viz.plot_projection([vs], tmp_path / "pca.png")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    _, var = viz.pca_2d(np.concatenate([vs.v1, vs.v2]))
+    assert ax.get_xlabel() == f"PC 1 ({100 * var[0]:.1f} % var.)" and ax.get_ylabel() == f"PC 2 ({100 * var[1]:.1f} % var.)"
+    assert var[0] > var[1] > 0
+    assert all(inside_figure(fig, t) for t in (ax.title, ax.xaxis.label, ax.yaxis.label))
+
+
 def test_cosine_histograms_grid(tmp_path) -> None:
     rng = np.random.default_rng(2)
     sets = [viewset(rng.normal(size=(10, 8)), rng.normal(size=(10, 8)), n) for n in ("a", "b")]
@@ -130,6 +150,17 @@ def test_plot_two_runs_one_line_each(tmp_path) -> None:
     assert [ln.get_label() for ln in total] == ["sft/seed0", "jepa/seed0"]
     assert list(total[0].get_xdata()) == [1, 2, 3, 4] and total[0].get_ydata()[1] == 99.0
     assert fig.axes[2].lines[0].get_color() == total[1].get_color()  # one colour per run everywhere
+
+
+def test_loss_curves_have_whole_step_ticks(tmp_path) -> None:
+    """A 4-step run would get ticks at 1.0, 1.5, 2.0, ...: steps are integers."""
+    fig = viz.plot_runs([write_metrics(tmp_path / "a", jepa=True)], tmp_path / "curves.png")
+    fig.canvas.draw()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+        assert inside_figure(fig, ax.title)
 
 
 def test_plot_cli(tmp_path, capsys) -> None:
