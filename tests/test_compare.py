@@ -121,6 +121,18 @@ def test_report_bar_chart_series(tmp_path) -> None:
     assert (tmp_path / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+
+@pytest.mark.parametrize("n_configs", [1, 2, 5])
+def test_compare_plot_title_is_not_clipped(tmp_path, n_configs) -> None:
+    """The figure's width follows the number of bars; the title must fit even the narrowest one."""
+    rows = [{"config": f"config_{i}", "n": 2, "mean": 0.4, "std": 0.01, "accuracy": [0.39, 0.41]}
+            for i in range(n_configs)]
+    fig = cmp.plot_compare(rows, tmp_path / "bars.png")
+    fig.canvas.draw()
+    box, page = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer()), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1
+
+
 def test_report_warns_on_mixed_settings(tmp_path) -> None:
     _fake_result(tmp_path, "a", 0, 0.5, 0.0)
     _fake_result(tmp_path, "b", 0, 0.5, 0.1)
@@ -400,3 +412,19 @@ def test_report_without_jepa_runs_has_no_collapse_section(tmp_path) -> None:
     _write_metrics(tmp_path, "sft", 0, [{"step": 1, "lm_loss": 2.0}])
     cmp.build_report(tmp_path)
     assert "Collapse" not in (tmp_path / cmp.TABLE).read_text()
+
+
+def test_compare_without_matplotlib_fails_before_training(tmp_path, monkeypatch, capsys) -> None:
+    """A missing matplotlib is reported in the first second, not after every run has trained."""
+    import sys
+
+    def must_not_run(*a, **kw):
+        raise AssertionError("compare started training without matplotlib")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    monkeypatch.setattr(cmp, "run_grid", must_not_run)
+    cfg = write_grid(tmp_path / "grid.yaml", grid_dict("unused-model", tmp_path / "out"))
+    assert cli_main(["compare", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "needs matplotlib" in err and "pip install matplotlib" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -126,6 +126,48 @@ def test_only_bad_lines_with_skip_invalid_is_an_error(tmp_path, capsys, tiny):
     assert rc == 2 and "no usable training records" in err and "invalid json" in err
 
 
+def write_chat(path: Path, answers: list[str]) -> Path:
+    """Chat records with the given assistant answers (steps are the blank-line-separated parts)."""
+    with path.open("w") as f:
+        for i, a in enumerate(answers):
+            f.write(json.dumps({"id": f"r{i}", "messages": [
+                {"role": "user", "content": f"What is {i} + 1?"}, {"role": "assistant", "content": a}]}) + "\n")
+    return path
+
+
+ONE_STEP = "{i} + 1 = {j}, so the final answer is \\boxed{{{j}}}."
+TWO_STEPS = "Add one: {i} + 1 = {j}.\n\nThe final answer is \\boxed{{{j}}}."
+
+
+def test_jepa_on_data_without_step_pairs_stops_before_writing(tmp_path, capsys, tiny):
+    """λ > 0 on answers without a blank line between steps would silently be plain SFT."""
+    data = write_chat(tmp_path / "flat.jsonl", [ONE_STEP.format(i=i, j=i + 1) for i in range(6)])
+    out_dir = tmp_path / "run"
+    rc, _, err = train(capsys, "--model", str(tiny), "--train_file", str(data), "--output_dir", str(out_dir),
+                       "--lbd", "0.5", *BASE)
+    assert rc == 2
+    msg = one_error_line(err)
+    assert "none of the 6 examples has an intact S1→S2 step pair" in msg and "--lbd 0" in msg
+    assert not out_dir.exists()
+    # The same data as deliberate SFT trains without complaint.
+    rc, _, err = train(capsys, "--model", str(tiny), "--train_file", str(data), "--output_dir", str(out_dir),
+                       "--lbd", "0", *BASE)
+    assert rc == 0 and "[step-jepa] WARNING" not in err, err
+
+
+def test_jepa_on_data_with_few_step_pairs_warns_loudly(tmp_path, capsys, tiny):
+    answers = [TWO_STEPS.format(i=0, j=1)] + [ONE_STEP.format(i=i, j=i + 1) for i in range(1, 12)]  # 1 in 12
+    data = write_chat(tmp_path / "few.jsonl", answers)
+    rc, _, err = train(capsys, "--model", str(tiny), "--train_file", str(data), "--output_dir",
+                       str(tmp_path / "run"), "--lbd", "0.5", *BASE)
+    assert rc == 0, err
+    assert "WARNING: only 8.3% of the 12 examples have an intact S1→S2 step pair" in err
+    # 10 % and more is normal data (some one-step answers): no warning.
+    rc, _, err = train(capsys, "--model", str(tiny), "--train_file", str(write_chat(tmp_path / "ok.jsonl", answers[:10])),
+                       "--output_dir", str(tmp_path / "run2"), "--lbd", "0.5", *BASE)
+    assert rc == 0 and "[step-jepa] WARNING" not in err, err
+
+
 # ------------------------------------------------------------------------- 2. tokenizers and models
 
 

@@ -134,3 +134,154 @@ def test_torch_compile_trains_and_saves_plain_weights(model_dir: Path, tmp_path:
     assert compiled == pytest.approx(eager, rel=1e-4)
     assert saved_keys(tmp_path / "compiled" / "final") == saved_keys(tmp_path / "eager" / "final") \
         == saved_keys(model_dir)
+
+
+class _KeepModel:
+    """A TrainerCallback that keeps the trained model, to compare it with what was saved."""
+
+    def __init__(self):
+        self.model = None
+
+    def __getattr__(self, name):  # every other TrainerCallback event: do nothing
+        if name.startswith("on_"):
+            return lambda *a, **kw: None
+        raise AttributeError(name)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tie", [False, True])
+def test_lora_final_loads_the_documented_way_with_the_same_logits(tmp_path: Path, tie: bool):
+    """final/ of a --lora run holds only the adapter, the K predictor rows (not the whole resized
+    embedding) and a portable base name; loaded with `load_for_inference` or with PEFT onto a
+    resized base, it gives the logits of the model that was trained, predictor column included."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from step_jepa.modeling import load_for_inference, load_tokenizer
+    from step_jepa.trainer import run_train
+
+    base_dir = tmp_path / "base"
+    tok = build_tiny_tokenizer("chatml")
+    build_tiny_model(len(tok), tie=tie, seed=3).save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    keep = _KeepModel()
+    cfg = TrainConfig(model=str(base_dir), output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4,
+                      generate_examples=8, lbd=0.5, predictors=2, lora=True, learning_rate=5e-2, warmup_ratio=0.0,
+                      report_to="none", save_steps=1000, logging_steps=1000)
+    run_train(cfg, callbacks=[keep])
+    final = tmp_path / "run" / "final"
+    trained = keep.model.lm.eval()
+    ftok = load_tokenizer(str(final))
+    pred = ftok.convert_tokens_to_ids(["<|predictor_1|>", "<|predictor_2|>"])
+    ids = torch.tensor([ftok("Step 1: 12 + 30 = 42.\n\n")["input_ids"] + pred])
+    with torch.no_grad():
+        want = trained(input_ids=ids).logits
+        merged, _ = load_for_inference(str(final), dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(base_dir)
+        base.resize_token_embeddings(len(ftok))
+        adapter = PeftModel.from_pretrained(base, final).eval()
+        for got in (merged(input_ids=ids).logits, adapter(input_ids=ids).logits):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # The predictor rows were trained (not still at their initial values), so the check above covers them.
+    deltas = {n: p for n, p in trained.named_parameters() if "trainable_tokens_delta" in n}
+    originals = {n: b for n, b in trained.named_buffers() if "trainable_tokens_original" in n}
+    assert len(deltas) == len(originals) == (1 if tie else 2)
+    for (_, d), (_, o) in zip(sorted(deltas.items()), sorted(originals.items())):
+        assert d.shape == (2, d.shape[1]) and (d - o).abs().max() > 1e-3
+
+    from safetensors import safe_open
+
+    with safe_open(str(final / "adapter_model.safetensors"), "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    assert not [k for k, s in shapes.items() if s[0] >= len(tok)]  # no full embedding / head matrix
+    assert sum(1 for k in shapes if "trainable_tokens_delta" in k) == (1 if tie else 2)
+    trainable = sum(p.numel() * p.element_size() for p in trained.parameters() if p.requires_grad)
+    assert (final / "adapter_model.safetensors").stat().st_size < trainable + 16_384  # + the JSON header
+    import json
+
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base_dir.resolve())
+
+
+def test_lora_adapter_records_the_model_name_the_user_gave(model_dir: Path, tmp_path: Path):
+    """A hub name must stay a hub name in adapter_config.json, not this machine's cache path."""
+    from step_jepa.trainer import apply_lora
+
+    lm, _, pred_ids, _ = build_model(TrainConfig(model=str(model_dir), output_dir=str(tmp_path), lbd=0.1))
+    cfg = TrainConfig(model="HuggingFaceTB/SmolLM2-135M-Instruct", output_dir=str(tmp_path), lora=True)
+    peft = apply_lora(lm, cfg, pred_ids)
+    assert peft.peft_config["default"].base_model_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert peft.peft_config["default"].trainable_token_indices == {"embed_tokens": pred_ids, "lm_head": pred_ids}
+
+
+def test_lora_default_keeps_no_dropped_input_copies(model_dir: Path, tmp_path: Path):
+    """LoRA dropout > 0 stores a dropped copy of every adapted layer's input for backward, which
+    made LoRA peak above full fine-tuning (docs/performance.md); the default must not."""
+    lm, *_ = build_model(TrainConfig(model=str(model_dir), output_dir=str(tmp_path), lbd=0.1, lora=True))
+    dropouts = [m for n, m in lm.named_modules() if n.endswith("lora_dropout.default")]
+    assert dropouts and all(isinstance(m, torch.nn.Identity) for m in dropouts)
+
+
+def _direct_eval_losses(final: Path, records: list[dict], cfg: TrainConfig) -> tuple[float, float]:
+    """Per-token LM loss of the saved model on `records` from plain HF logits, and the mean JEPA loss
+    over their pairs, one example at a time: no batching for the two to share."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from step_jepa.modeling import load_tokenizer
+    from step_jepa.segment import segment
+
+    lm = AutoModelForCausalLM.from_pretrained(final).eval()
+    tok = load_tokenizer(str(final))
+    pred_ids = tok.convert_tokens_to_ids(["<|predictor_1|>"])
+    wrapper = StepJEPAModel(lm, jepa_options(cfg)).eval()
+    collate = build_collator(cfg, tok, pred_ids, "sdpa")
+    ce, tokens, jepa = 0.0, 0, []
+    with torch.no_grad():
+        for r in records:
+            ex = segment(r, tok, cfg.max_length)
+            ids, labels = torch.tensor([ex.input_ids]), torch.tensor(ex.labels[1:])
+            logits = lm(input_ids=ids).logits[0, :-1]
+            ce += F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item()
+            tokens += int((labels != -100).sum())
+            jepa.append(wrapper(**collate([ex]))["jepa"].item())
+    return ce / tokens, sum(jepa) / len(jepa)
+
+
+@pytest.mark.slow
+def test_eval_file_logs_held_out_losses_of_the_whole_set(model_dir: Path, tmp_path: Path):
+    """--eval_file: eval_lm_loss is the per-token loss over the whole held-out set (batches of 4
+    and 3 examples of different lengths, so a mean of batch means would differ), eval_jepa_loss the
+    mean over its pairs, both at the logged steps and equal to a direct computation at the end."""
+    import json
+
+    from step_jepa.generator import generate_problems
+    from step_jepa.trainer import run_train
+
+    records = generate_problems(7, seed=77)
+    eval_file = tmp_path / "heldout.jsonl"
+    eval_file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=4,
+                      generate_examples=8, lbd=0.5, learning_rate=1e-2, warmup_ratio=0.0, report_to="none",
+                      save_steps=1000, logging_steps=1, eval_file=str(eval_file), eval_steps=2)
+    run_train(cfg)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in logged if "eval_lm_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert evals[0]["eval_lm_loss"] != evals[1]["eval_lm_loss"]  # evaluated on the weights of that step
+    lm_loss, jepa_loss = _direct_eval_losses(tmp_path / "run" / "final", records, cfg)
+    last = evals[-1]
+    assert last["eval_lm_loss"] == pytest.approx(lm_loss, rel=1e-5)
+    assert last["eval_jepa_loss"] == pytest.approx(jepa_loss, rel=1e-4, abs=1e-6)  # 1 - cos, near 0 in fp32
+    assert last["eval_pairs"] == 7
+    assert last["eval_loss"] == pytest.approx(lm_loss + 0.5 * jepa_loss, rel=1e-5)
+
+
+def test_eval_strategy_needs_an_eval_file(tmp_path: Path):
+    with pytest.raises(ValueError, match="--eval_strategy steps needs --eval_file"):
+        TrainConfig(eval_strategy="steps").validate()
+    assert TrainConfig().resolved_eval_strategy() == "no"
+    assert TrainConfig(eval_file="x.jsonl").resolved_eval_strategy() == "steps"
+    assert TrainConfig(eval_file="x.jsonl", eval_strategy="no").resolved_eval_strategy() == "no"

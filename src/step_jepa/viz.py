@@ -382,9 +382,9 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     u, s, _ = np.linalg.svd(xc, full_matrices=False)
     var = s ** 2 / max(float((s ** 2).sum()), 1e-30)
     coords = u[:, :2] * s[:2]
-    if coords.shape[1] < 2:
+    if coords.shape[1] < 2:  # one feature: a second, empty axis (so both axes can be labelled)
         coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
-    return coords, var[:2]
+    return coords, np.pad(var[:2], (0, max(0, 2 - len(var))))
 
 
 def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray | None:
@@ -425,12 +425,16 @@ def plot_projection(sets: Sequence[ViewSet], path: str | Path, method: str = "pc
         if method == "pca":
             xy, var = pca_2d(x)
             title = f"{vs.label}: PCA of both views ({100 * var.sum():.0f}% var){_untrained_note(vs)}"
+            labels = [f"PC {i + 1} ({100 * v:.1f} % var.)" for i, v in enumerate(var)]
         else:
             xy = tsne_2d(x)
             if xy is None:
                 return None
             title = f"{vs.label}: t-SNE of both views (unit-normalised){_untrained_note(vs)}"
+            labels = ["t-SNE 1", "t-SNE 2"]  # t-SNE axes have no units or variance to report
         _draw_linked(ax, xy, len(vs.v1), title)
+        ax.set_xlabel(labels[0], fontsize=8)
+        ax.set_ylabel(labels[1], fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
@@ -579,6 +583,8 @@ def short_labels(paths: Sequence[str | Path]) -> list[str]:
 
 def plot_runs(runs: Sequence[str | Path], path: str | Path, metrics: Sequence[str] = PLOT_METRICS):
     """One subplot per quantity, one line per run (labelled by its directory). Returns the Figure."""
+    from matplotlib.ticker import MaxNLocator
+
     logs = [read_metrics(r) for r in runs]
     labels = short_labels(runs)
     fig, axes = _figure(1, len(metrics), 4.5, 3.6)
@@ -590,6 +596,7 @@ def plot_runs(runs: Sequence[str | Path], path: str | Path, metrics: Sequence[st
                         color=f"C{i % 10}", label=lab)  # one colour per run across all subplots
         ax.set_title(_TITLES.get(key, key), fontsize=10)
         ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no "2.5" ticks on short runs
         if ax.lines:
             ax.legend(fontsize=7)
         else:
@@ -638,6 +645,9 @@ def add_cli(subparsers: Any) -> None:
 
 
 def _run_embed_cli(args: argparse.Namespace) -> int:
+    from .deps import require_matplotlib
+
+    require_matplotlib("embed")  # before the models load and the views are extracted
     if args.n < 2:
         raise ValueError("-n must be at least 2 (negatives come from other examples)")
     models = [args.model] + ([args.model2] if args.model2 else [])
@@ -648,6 +658,9 @@ def _run_embed_cli(args: argparse.Namespace) -> int:
 
 
 def _run_plot_cli(args: argparse.Namespace) -> int:
+    from .deps import require_matplotlib
+
+    require_matplotlib("plot")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     plot_runs(args.runs, args.out, metrics)
     print(f"[plot] wrote {args.out} ({len(args.runs)} run(s): {', '.join(short_labels(args.runs))})")
