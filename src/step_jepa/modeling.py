@@ -161,16 +161,34 @@ def _gguf_path() -> Path | None:
     return gguf_path(OFFLINE_MODELS[0])
 
 
+def gguf_tokenizer(m: OfflineModel, gguf: Path):
+    """The tokenizer stored in the GGUF, with `m.chat_template` installed when it has none.
+
+    Cheaper than converting the whole model (no weights), so the tokenizer tests use it when no
+    converted copy is cached yet.
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if tok.chat_template is None and m.chat_template is not None:
+        tok.chat_template = m.chat_template
+    return tok
+
+
+def cached_model_dir(m: OfflineModel) -> Path | None:
+    """The converted copy of `m` in the cache, if it was converted already."""
+    d = cache_dir() / "models" / m.cached_name
+    return d if (d / "config.json").exists() else None
+
+
 def _convert_gguf(m: OfflineModel, gguf: Path, out: Path) -> Path:
     """Dequantize the GGUF once into a normal safetensors checkpoint (GGUF models refuse save_pretrained)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     print(f"[step-jepa] converting {gguf.name} ({m.quant}, dequantized) into {out} (once)", flush=True)
     src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    template_added = tok.chat_template is None and m.chat_template is not None
-    if template_added:
-        tok.chat_template = m.chat_template
+    tok = gguf_tokenizer(m, gguf)
+    template_added = m.chat_template is not None and tok.chat_template == m.chat_template
     # Drop the GGUF quantization record: the copy holds plain fp32 weights and must be saveable.
     dropped = ("model_type", "transformers_version", "quantization_config", "_name_or_path")
     config = AutoConfig.for_model(src.config.model_type, **{
@@ -213,15 +231,15 @@ def resolve_model_path(name: str) -> str:
         return str(Path(name).expanduser())
     tried.append(f"local directory {name!r}: not found")
     known = offline_model(name)
-    cached = cache_dir() / "models" / known.cached_name if known else None
-    if cached is not None and (cached / "config.json").exists():
-        return str(cached)
+    if known is not None and (done := cached_model_dir(known)) is not None:
+        return str(done)
     hub = _hub_snapshot(known.names[0] if known else name, tried)
     if hub is not None:
         return hub
     if known is not None:
         gguf = gguf_path(known)
         if gguf is not None:
+            cached = cache_dir() / "models" / known.cached_name
             cached.parent.mkdir(parents=True, exist_ok=True)
             path = str(_convert_gguf(known, gguf, cached))
             print(f"[step-jepa] {name}: {path}", flush=True)
@@ -275,10 +293,11 @@ def ensure_pad_token(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, tok=None):
+    """The fast tokenizer at `path` (or `tok`, already loaded), set up the way training uses it."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = tok if tok is not None else AutoTokenizer.from_pretrained(path)
     if not tok.is_fast:
         raise ValueError(f"{path}: a fast tokenizer is required (character offsets map steps to tokens)")
     ensure_pad_token(tok)
