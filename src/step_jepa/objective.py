@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .layout import meta_of
 from .losses import gather_views, jepa_loss, stp_loss, variance_covariance
-from .masks import PAD, build_attention_mask
+from .masks import PAD, build_model_mask
 from .modeling import chunked_lm_loss_sum
 
 
@@ -117,7 +117,7 @@ class StepJEPAModel(nn.Module):
         if part["plain_causal"]:
             return (part["role"] != PAD).long()
         dtype = self.lm.get_input_embeddings().weight.dtype
-        return build_attention_mask(meta_of(part), self.attn_impl(), dtype)
+        return build_model_mask(meta_of(part), self.lm.config, self.attn_impl(), dtype, part["position_ids"])
 
     def hidden_states(self, part: dict[str, torch.Tensor], lm: nn.Module | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
