@@ -342,7 +342,8 @@ def main() -> int:
     elif args.cmd == "queue":
         run_queue(args.deadline, args.slots)
         collect(args.out)
-        shutil.copy(ROOT / "machine.txt", args.out / "machine.txt") if (ROOT / "machine.txt").exists() else None
+        if (ROOT / "machine.txt").exists():
+            shutil.copy(ROOT / "machine.txt", args.out / "machine.txt")
     else:
         for j in plan():
             print(f"{'done' if _done(j) else 'todo'}  {j.grid.stem:<28} {j.name:<14} seed {j.seed}  est {j.est:.0f} s")
