@@ -1,24 +1,12 @@
 """`step-jepa embed` and `step-jepa plot`: look at what the JEPA views learned, and at loss curves.
 
-embed: view 1 (final hidden state of the last predictor token, which sees prompt + step i) and
-view 2 (final hidden state of the last token of step i+1 encoded alone) are extracted exactly as
-training computes them (same collator, same attention mask), for N examples. A falling cosine
-JEPA loss alone cannot tell *prediction* (view 1 points at the particular next step) from
-*collapse* (every view points the same way). The diagnostics here separate the two:
+embed: extract view 1 / view 2 of N examples exactly as training computes them and tell
+*prediction* from *collapse* (:mod:`step_jepa.embed`; the diagnostics are :mod:`step_jepa.collapse`).
 
-- cos(view1_i, view2_i) against cos(view1_i, view2_j) for a random other example j: prediction
-  needs a gap; collapse makes both high and equal;
-- retrieval: is view2_i the nearest view 2 to view1_i? chance is 1/P;
-- spread: mean pairwise cosine between examples, and effective rank of each view.
+plot: loss curves (total, LM, JEPA) of one or more runs from their metrics.jsonl
+(:mod:`step_jepa.plots`, which also draws embed's figures).
 
-Everything is also computed after centring each view (subtracting its mean over the examples),
-because LM hidden states share a large common direction that makes raw cosines high for any pair.
-
-The code lives in :mod:`step_jepa.embed` (views, embed entry point), :mod:`step_jepa.collapse`
-(diagnostics) and :mod:`step_jepa.plots` (figures); this module registers both subcommands and
-re-exports those names.
-
-plot: loss curves (total, LM, JEPA) of one or more runs from their metrics.jsonl.
+This module registers both subcommands and re-exports the names that lived here before.
 """
 
 from __future__ import annotations
