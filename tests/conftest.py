@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,55 @@ def gsm8k_dir() -> Path:
     if not (GSM8K_DIR / "train.jsonl").exists():
         pytest.skip("../shared/data/gsm8k not present")
     return GSM8K_DIR
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from step_jepa.tiny import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def problems():
+    from step_jepa.generator import generate_problems
+
+    return generate_problems(8, seed=3)
+
+
+# ---------------------------------------------------------------------------- data-layer helpers
+# (shared by test_records, test_formats, test_inputs, test_prepare, test_data)
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "data"
+
+
+def lines(name: str) -> list[dict]:
+    return [json.loads(x) for x in (FIX / name).read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def assert_prepared(rec: dict) -> None:
+    """The record contract every consumer relies on."""
+    assert set(rec) == {"id", "messages", "steps", "total_steps", "answer"}
+    assert [m["role"] for m in rec["messages"]] == ["system", "user", "assistant"]
+    assert rec["messages"][2]["content"] == "\n\n".join(rec["steps"])
+    assert rec["total_steps"] == len(rec["steps"]) >= 1
+    for step in rec["steps"]:
+        assert step and step == step.strip() and "\n\n" not in step and "\r" not in step
+    assert isinstance(rec["answer"], str) and isinstance(rec["id"], str)
+
+
+def skip_reason(obj, **kw) -> str:
+    from step_jepa.formats import convert_line
+    from step_jepa.records import SKIP_REASONS, Skip
+
+    with pytest.raises(Skip) as exc:
+        convert_line(obj, **kw)
+    assert exc.value.reason in SKIP_REASONS
+    return exc.value.reason
+
+
+def run_cli(argv: list[str]) -> int:
+    """The real entry point, so error formatting and exit codes are the user's."""
+    from step_jepa.cli import main
+
+    return main(argv)

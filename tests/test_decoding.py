@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from step_jepa import decoding
-from step_jepa import evaluate as ev
+from step_jepa import generation as gen
 from step_jepa.tiny import build_tiny_model, build_tiny_tokenizer
 
 
@@ -80,7 +80,7 @@ def test_decode_uses_slabs_and_grouped_attention(monkeypatch) -> None:
     monkeypatch.setattr(decoding, "to_slabs", counting_slabs)
     seqs = [[5, 6, 7, 8], [9, 10]]
     with torch.no_grad():
-        ev._decode_batch(model, seqs, 4, [], tok.pad_token_id)
+        gen._decode_batch(model, seqs, 4, [], tok.pad_token_id)
     layers = model.config.num_hidden_layers
     assert calls == {"decode": 3 * layers, "slabs": layers}
     assert model.config._attn_implementation == "sdpa"
@@ -102,6 +102,6 @@ def test_sliding_window_models_keep_the_2d_mask() -> None:
     """A 4D padding mask would bypass the window, so such models take transformers' mask path."""
     tok = build_tiny_tokenizer("chatml")
     model = build_tiny_model(len(tok), seed=1, attn_implementation="sdpa")
-    assert ev._decode_mask(model) is ev._padding_mask_4d
+    assert gen._decode_mask(model) is gen._padding_mask_4d
     model.config.sliding_window, model.config.use_sliding_window = 16, True
-    assert ev._decode_mask(model) is ev._identity
+    assert gen._decode_mask(model) is gen._identity

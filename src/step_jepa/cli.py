@@ -28,7 +28,7 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("prepare", "step_jepa.data", "add_cli",
+    Command("prepare", "step_jepa.prepare", "add_cli",
             "convert reasoning data (GSM8K, DeepSeek-style, chat) to Step-JEPA JSONL"),
     Command("train", "step_jepa.cli", "_add_train", "fine-tune with Step-JEPA (or plain SFT with --lbd 0)"),
     Command("inspect", "step_jepa.inspection", "add_cli",

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from .data import DEFAULT_SYSTEM_PROMPT, final_answer_step, make_record
+from .records import DEFAULT_SYSTEM_PROMPT, final_answer_step, make_record
 
 PEOPLE = [
     ("Tom", "he"), ("Maria", "she"), ("Aisha", "she"), ("Liam", "he"), ("Chen", "he"),
