@@ -28,10 +28,10 @@ from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_N
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
 
 from .config import TrainConfig, format_config, save_config
-from .layout import StepJEPACollator
+from .layout import StepJEPACollator, flatten_examples
 from .losses import view_diagnostics
 from .modeling import add_predictor_tokens, compile_decoder, load_tokenizer, resolve_model_path
-from .objective import JEPAOptions, StepJEPAModel
+from .objective import JEPAOptions, StepJEPAModel, step_jepa_loss
 from .segment import Segmented, SegmentError, segment
 
 
@@ -245,17 +245,9 @@ class StepJEPATrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = model(**inputs)
-        cfg = self.step_config
-        n_tokens = num_items_in_batch if num_items_in_batch is not None else max(out["n_tokens"], 1)
-        world = self.args.world_size if num_items_in_batch is not None else 1
         ga = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
-        lm = out["lm_sum"] / (n_tokens.clamp(min=1) if torch.is_tensor(n_tokens) else n_tokens) * world
-        loss = cfg.gamma * lm
-        if cfg.lbd > 0:
-            lbd = self.jepa_options.lbd_at(self.state.global_step, self.state.max_steps)
-            loss = loss + lbd * out["jepa"] / (ga if num_items_in_batch is not None else 1)
-        if cfg.stp_lbd > 0:  # like L_JEPA: a mean per micro-batch, averaged over micro-batches
-            loss = loss + cfg.stp_lbd * out["stp"] / (ga if num_items_in_batch is not None else 1)
+        loss = step_jepa_loss(out, self.jepa_options, self.state.global_step, self.state.max_steps,
+                              num_items_in_batch, ga, self.args.world_size)
         if model.training:
             self._record(inputs, out)
         return (loss, out) if return_outputs else loss
@@ -781,10 +773,10 @@ class BatchSeededCollator:
         self.inner = inner
 
     def __call__(self, examples: list) -> dict[str, torch.Tensor]:
-        flat = [e for item in examples for e in (item if isinstance(item, list) else [item])]
+        flat = flatten_examples(examples)
         key = "\x1f".join(f"{ex.id}:{len(ex.input_ids)}" for ex in flat)
         digest = hashlib.sha256(f"{self.inner.seed}\x1e{key}".encode()).digest()
-        return dataclasses.replace(self.inner, seed=int.from_bytes(digest[:8], "little"))(examples)
+        return dataclasses.replace(self.inner, seed=int.from_bytes(digest[:8], "little"))(flat)
 
 
 def jepa_options(cfg: TrainConfig) -> JEPAOptions:
@@ -792,7 +784,7 @@ def jepa_options(cfg: TrainConfig) -> JEPAOptions:
         lbd=cfg.lbd, gamma=cfg.gamma, loss=cfg.jepa_loss, temperature=cfg.jepa_temperature, layer=cfg.jepa_layer,
         final_norm=cfg.jepa_final_norm, head=cfg.jepa_predictor_head, target=cfg.jepa_target,
         ema_decay=cfg.ema_decay, vicreg_weight=cfg.vicreg_weight, lbd_schedule=cfg.lbd_schedule,
-        lbd_warmup_steps=cfg.lbd_warmup_steps)
+        lbd_warmup_steps=cfg.lbd_warmup_steps, stp_lbd=cfg.stp_lbd)
 
 
 def build_collator(cfg: TrainConfig, tok, pred_ids: list[int], attn: str) -> BatchSeededCollator:
