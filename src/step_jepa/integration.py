@@ -93,3 +93,18 @@ class StepJEPACallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._target(kwargs).update_ema()
+
+
+class StepJEPALossMixin:
+    """Mix into a Trainer subclass whose ``compute_loss`` expects its own model outputs (TRL's
+    SFTTrainer reads its fused LM head's log-probs): the plain ``transformers.Trainer.compute_loss``
+    is used instead, which takes `StepJEPAModel`'s ``loss`` (with ``num_items_in_batch``).
+
+        class StepJEPASFTTrainer(StepJEPALossMixin, SFTTrainer): pass
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from transformers import Trainer
+
+        return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)

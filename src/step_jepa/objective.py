@@ -137,10 +137,18 @@ class StepJEPAModel(nn.Module):
     def config(self):
         return self.lm.config
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
-        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
         if hasattr(self.lm, "enable_input_require_grads"):
             self.lm.enable_input_require_grads()  # LoRA + checkpointing needs grads flowing into inputs
+
+    def add_model_tags(self, tags) -> None:
+        """Passed to the LM (TRL's SFTTrainer tags the model it trains)."""
+        if hasattr(self.lm, "add_model_tags"):
+            self.lm.add_model_tags(tags)
+
+    def get_input_embeddings(self):
+        return self.lm.get_input_embeddings()
 
     def gradient_checkpointing_disable(self) -> None:
         self.lm.gradient_checkpointing_disable()
