@@ -1,6 +1,6 @@
 """The training-time module: γ·L_LM + λ·L_JEPA from the layouts of `layout.py`.
 
-It wraps the Hugging Face causal LM so that DDP/FSDP/accelerate see one module whose forward
+It wraps the Hugging Face causal LM so that DDP/accelerate see one module whose forward
 does everything: the decoder is called once (single-pass) or twice (two-pass reference), logits
 are computed only at labelled positions, and the views are gathered from the final hidden states.
 """

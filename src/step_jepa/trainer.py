@@ -1,6 +1,6 @@
 """StepJEPATrainer (a transformers.Trainer) and `run_train`, the body of `step-jepa train`.
 
-The Trainer gives us DDP/FSDP through accelerate, gradient accumulation, schedulers, checkpoint
+The Trainer gives us DDP through accelerate, gradient accumulation, schedulers, checkpoint
 rotation and resume; this module adds the Step-JEPA loss, per-token LM normalisation across
 accumulation and ranks, the collapse monitor, non-finite-loss skipping and saving the inner model.
 """
@@ -412,12 +412,18 @@ class StepJEPATrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         wrapper = self.accelerator.unwrap_model(self.model)
         kw = {"save_embedding_layers": False} if hasattr(wrapper.lm, "peft_config") else {}  # see apply_lora
+        head_state = wrapper.head.state_dict() if wrapper.head is not None else None
+        if state_dict is not None:
+            # A state dict gathered by the Trainer (FSDP full state dict, DeepSpeed zero-3) is the
+            # wrapper's: the LM's keys under "lm.", the predictor head's under "head.".
+            kw["state_dict"] = {k[3:]: v for k, v in state_dict.items() if k.startswith("lm.")}
+            if head_state is not None:
+                head_state = {k[5:]: v for k, v in state_dict.items() if k.startswith("head.")} or head_state
         wrapper.lm.save_pretrained(output_dir, safe_serialization=True, **kw)
-        if wrapper.head is not None:  # the predictor head is part of training only, kept beside the model
+        if head_state is not None:  # the predictor head is part of training only, kept beside the model
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in wrapper.head.state_dict().items()},
-                      os.path.join(output_dir, HEAD_FILE))
+            save_file({k: v.contiguous() for k, v in head_state.items()}, os.path.join(output_dir, HEAD_FILE))
         if wrapper._ema and getattr(self, "_staging_root", None) is not None:
             # Checkpoints only: resuming needs the target model, the final model does not.
             from safetensors.torch import save_model  # stores tied tensors (SmolLM2's embeddings) once
@@ -500,7 +506,7 @@ def grads_finite(params: list[torch.nn.Parameter]) -> torch.Tensor:
 
 
 def any_rank(flag: torch.Tensor) -> bool:
-    """True when `flag` is set on any process, so every DDP/FSDP rank takes the same decision (a
+    """True when `flag` is set on any process, so every DDP rank takes the same decision (a
     rank that stepped while another skipped would silently desynchronise the replicas)."""
     flag = flag.to(torch.int32)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
