@@ -285,3 +285,25 @@ def test_eval_strategy_needs_an_eval_file(tmp_path: Path):
     assert TrainConfig().resolved_eval_strategy() == "no"
     assert TrainConfig(eval_file="x.jsonl").resolved_eval_strategy() == "steps"
     assert TrainConfig(eval_file="x.jsonl", eval_strategy="no").resolved_eval_strategy() == "no"
+
+
+def test_save_honours_a_given_state_dict(model_dir: Path, tmp_path: Path):
+    """FSDP / DeepSpeed hand `_save` the gathered state dict of the wrapper: it is what gets written
+    (keys without the wrapper's "lm." prefix; the predictor head's beside the model)."""
+    from safetensors.torch import load_file
+
+    from step_jepa.trainer import HEAD_FILE
+
+    cfg = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=1, report_to="none",
+                      generate_examples=4, jepa_predictor_head="mlp")
+    lm, tok, pred_ids, _ = build_model(cfg)
+    wrapper = StepJEPAModel(lm, jepa_options(cfg))
+    trainer = StepJEPATrainer(model=wrapper, args=training_arguments(cfg), train_dataset=ListDataset([]),
+                              data_collator=build_collator(cfg, tok, pred_ids, "sdpa"), processing_class=tok,
+                              step_config=cfg)
+    given = {k: v.detach() + 1.0 for k, v in wrapper.state_dict().items()}
+    trainer._save(str(tmp_path / "saved"), state_dict=given)
+    saved = load_file(tmp_path / "saved" / "model.safetensors")
+    assert saved and all(torch.equal(v, given["lm." + k]) for k, v in saved.items())
+    head = load_file(tmp_path / "saved" / HEAD_FILE)
+    assert head and all(torch.equal(v, given["head." + k]) for k, v in head.items())

@@ -178,10 +178,14 @@ def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1) -> dict[st
         pos[r, off:] = torch.arange(T - off)
     views.sort()
     v = torch.tensor([[r, a, b] for _, r, a, b in views], dtype=torch.long).reshape(-1, 3)
+    labels = torch.full_like(target, IGNORE_INDEX)
+    labels[:, 1:] = target[:, :-1]  # Hugging Face's unshifted convention; the last column's target is always -100
     flat = target.flatten()
     lm_index = (flat != IGNORE_INDEX).nonzero().flatten()
     return {
         "input_ids": ids, "position_ids": pos, "lm_targets": target,
+        # For Hugging Face Trainer / TRL, which count labels[..., 1:] != -100 as num_items_in_batch.
+        "labels": labels,
         # Precomputed here so the model gathers labelled positions without a device→host sync.
         "lm_index": lm_index, "lm_labels": flat[lm_index],
         "seq": seq, "role": role, "pair": pair, "ctx": ctx,
@@ -191,6 +195,26 @@ def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1) -> dict[st
         "plain_causal": all(len(row) == 1 and not any(row[0].views) and all(r == ORIG for r in row[0].role)
                             for row in items),
     }
+
+
+def segmented_from_row(row) -> Segmented:
+    """A `Segmented` example, or a tokenized dataset row (`step_jepa.integration.tokenize_for_step_jepa`:
+    ``input_ids``, ``labels``, ``step_starts``/``step_ends`` with -1 for a step cut by truncation,
+    optional ``prompt_len``, ``id``, ``truncated``) turned into one. Other keys are ignored."""
+    if isinstance(row, Segmented):
+        return row
+    spans = [None if int(s) < 0 else (int(s), int(e)) for s, e in zip(row["step_starts"], row["step_ends"])]
+    labels = [int(x) for x in row["labels"]]
+    prompt_len = row.get("prompt_len")
+    if prompt_len is None:
+        prompt_len = next((t for t, lab in enumerate(labels) if lab != IGNORE_INDEX), len(labels))
+    return Segmented(id=str(row.get("id", "")), input_ids=[int(x) for x in row["input_ids"]], labels=labels,
+                     step_spans=spans, prompt_len=int(prompt_len), truncated=bool(row.get("truncated", False)))
+
+
+def flatten_examples(examples: list) -> list[Segmented]:
+    """The examples of a data-loader batch: Segmented or tokenized rows, single or packed groups (lists)."""
+    return [segmented_from_row(e) for item in examples for e in (item if isinstance(item, list) else [item])]
 
 
 def meta_of(batch: dict[str, torch.Tensor]) -> TokenMeta:
@@ -215,7 +239,7 @@ def pack_rows(items: list[Item], max_tokens: int) -> list[list[Item]]:
 
 @dataclass
 class StepJEPACollator:
-    """Turns segmented examples into model inputs for one of the modes.
+    """Turns segmented examples (or tokenized dataset rows, see `segmented_from_row`) into model inputs.
 
     mode: 'sft' (no JEPA), 'single_pass' (default) or 'two_pass' (reference: a second batch of
     pass-2 sequences under key 'pass2'). With `packing`, items share rows up to `max_tokens`
@@ -238,9 +262,7 @@ class StepJEPACollator:
         self._rng = random.Random(self.seed)
 
     def __call__(self, examples: list) -> dict[str, torch.Tensor]:
-        exs: list[Segmented] = []
-        for e in examples:  # a packed dataset yields whole groups of examples
-            exs.extend(e if isinstance(e, list) else [e])
+        exs = flatten_examples(examples)  # a packed dataset yields whole groups of examples
         use_jepa = self.mode != "sft" and (self.jepa_ratio >= 1.0 or self._rng.random() < self.jepa_ratio)
         selected = [select_pairs(ex, self.pairs, self._rng) if use_jepa else [] for ex in exs]
         uid0 = [0]

@@ -134,6 +134,15 @@ def flex_block_mask(meta: TokenMeta, window: tuple[torch.Tensor, int] | None = N
 
     Rows should be padded to a multiple of 128 (the block size) so lengths fall into few buckets.
     """
+    B, T = meta.seq.shape
+    fn = flex_mask_mod(meta, window)
+    return _create_block_mask_fn(meta.seq.device.type)(fn, B, None, T, T, device=meta.seq.device)
+
+
+def flex_mask_mod(meta: TokenMeta, window: tuple[torch.Tensor, int] | None = None):
+    """The FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` of a batch: `allowed` on the query's
+    ranges (and the sliding window on position ids, if given). `flex_block_mask` builds its
+    BlockMask from it; tests evaluate it densely with ``create_mask`` against `dense_mask`."""
     lo1, hi1, lo2 = query_ranges(meta)
 
     def mask_mod(b, h, q_idx, kv_idx):
@@ -143,9 +152,7 @@ def flex_block_mask(meta: TokenMeta, window: tuple[torch.Tensor, int] | None = N
         pos, size = window
         return mask_mod(b, h, q_idx, kv_idx) & (pos[b, q_idx] - pos[b, kv_idx] < size)
 
-    B, T = meta.seq.shape
-    fn = mask_mod if window is None else windowed_mod
-    return _create_block_mask_fn(meta.seq.device.type)(fn, B, None, T, T, device=meta.seq.device)
+    return mask_mod if window is None else windowed_mod
 
 
 def within_window(position_ids: torch.Tensor, window: int) -> torch.Tensor:

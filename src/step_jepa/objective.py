@@ -1,6 +1,6 @@
 """The training-time module: γ·L_LM + λ·L_JEPA from the layouts of `layout.py`.
 
-It wraps the Hugging Face causal LM so that DDP/FSDP/accelerate see one module whose forward
+It wraps the Hugging Face causal LM so that DDP/accelerate see one module whose forward
 does everything: the decoder is called once (single-pass) or twice (two-pass reference), logits
 are computed only at labelled positions, and the views are gathered from the final hidden states.
 """
@@ -33,6 +33,7 @@ class JEPAOptions:
     vicreg_weight: float = 0.0
     lbd_schedule: str = "constant"
     lbd_warmup_steps: int = 0
+    stp_lbd: float = 0.0  # weight of Semantic Tube Prediction (the collator must draw triplets: stp=...)
 
     def lbd_at(self, step: int, total_steps: int) -> float:
         """λ at an optimizer step: linear warm-up, then constant or decaying to 0 at the end."""
@@ -65,6 +66,35 @@ class PredictorHead(nn.Module):
         return x + self.net(x)
 
 
+def step_jepa_loss(out: dict, options: "JEPAOptions", step: int = 0, max_steps: int = 0,
+                   num_items_in_batch=None, accumulation_steps: int = 1, world_size: int = 1) -> torch.Tensor:
+    """γ·L_LM + λ·L_JEPA + λ_STP·L_STP of one micro-batch, from `StepJEPAModel.terms`.
+
+    λ is ``options.lbd_at(step, max_steps)`` (the schedule). Without `num_items_in_batch`: the
+    per-token LM mean of this micro-batch plus the JEPA/STP means (the Trainer then divides by
+    the accumulation steps itself). With it (the labelled tokens of the whole optimizer step,
+    summed over ranks, as the Trainer counts them from ``labels``): ``lm_sum / num_items · world``,
+    so that DDP's gradient *average* over ranks gives the per-token mean of the whole step, plus
+    the JEPA/STP means divided by the accumulation steps (a mean per micro-batch, averaged over
+    micro-batches). StepJEPATrainer.compute_loss and StepJEPAModel.forward's ``loss`` both come
+    from here. A term whose weight is configured > 0 stays in the graph even while its scheduled
+    weight is 0, so DDP sees the same parameters used on every step.
+    """
+    if num_items_in_batch is None:
+        lm = out["lm_sum"] / max(out["n_tokens"], 1)
+        ga = 1
+    else:
+        n = num_items_in_batch.clamp(min=1) if torch.is_tensor(num_items_in_batch) else max(num_items_in_batch, 1)
+        lm = out["lm_sum"] / n * world_size
+        ga = accumulation_steps
+    loss = options.gamma * lm
+    if options.lbd > 0:
+        loss = loss + options.lbd_at(step, max_steps) * out["jepa"] / ga
+    if options.stp_lbd > 0:
+        loss = loss + options.stp_lbd * out["stp"] / ga
+    return loss
+
+
 def _world_size() -> int:
     import torch.distributed as dist
 
@@ -80,6 +110,11 @@ class StepJEPAModel(nn.Module):
         self.options = options
         hidden = lm.get_input_embeddings().weight.shape[1]
         self.head = PredictorHead(hidden) if options.head == "mlp" else None
+        # Where training stands, for `loss` (λ schedule, accumulation); kept current by
+        # StepJEPACallback in a plain Trainer and by StepJEPATrainer (which computes its own loss).
+        self.global_step = 0
+        self.max_steps = 0
+        self.accumulation_steps = 1
         # Kept out of the module tree (a list) so the optimizer, DDP and checkpoints ignore it.
         self._ema: list[nn.Module] = []
         if options.target == "ema":
@@ -102,10 +137,18 @@ class StepJEPAModel(nn.Module):
     def config(self):
         return self.lm.config
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
-        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
         if hasattr(self.lm, "enable_input_require_grads"):
             self.lm.enable_input_require_grads()  # LoRA + checkpointing needs grads flowing into inputs
+
+    def add_model_tags(self, tags) -> None:
+        """Passed to the LM (TRL's SFTTrainer tags the model it trains)."""
+        if hasattr(self.lm, "add_model_tags"):
+            self.lm.add_model_tags(tags)
+
+    def get_input_embeddings(self):
+        return self.lm.get_input_embeddings()
 
     def gradient_checkpointing_disable(self) -> None:
         self.lm.gradient_checkpointing_disable()
@@ -180,9 +223,26 @@ class StepJEPAModel(nn.Module):
         h = hidden.flatten(0, 1).index_select(0, idx.flatten()).view(idx.shape[0], 3, -1)
         return stp_loss(h[:, 0], h[:, 1], h[:, 2])
 
-    def forward(self, **batch) -> dict[str, torch.Tensor]:
-        """Returns lm_sum (summed token losses), n_tokens, jepa (mean over pairs), the views and,
-        when the collator drew STP triplets, stp (their mean loss, on the ordinary pass)."""
+    def forward(self, labels: torch.Tensor | None = None, num_items_in_batch=None, **batch) -> dict[str, torch.Tensor]:
+        """Returns loss, lm_sum (summed token losses), n_tokens, jepa (mean over pairs), the views
+        and, when the collator drew STP triplets, stp (their mean loss, on the ordinary pass).
+
+        ``loss`` is γ·L_LM + λ·L_JEPA + λ_STP·L_STP (`step_jepa_loss`), what a plain
+        ``transformers.Trainer`` optimizes: with `num_items_in_batch` (the Trainer passes it when
+        the batch has ``labels``, as StepJEPACollator's does) L_LM is per token over the whole
+        optimizer step, and the result is divided by the world size, which the Trainer multiplies
+        back in (``average_tokens_across_devices``). `labels` ([B, T], the collator's
+        ``lm_targets`` shifted right, Hugging Face's convention) are only counted by the Trainer;
+        the loss uses the precomputed ``lm_index``/``lm_labels``.
+        """
+        out = self.terms(batch)
+        world = _world_size() if num_items_in_batch is not None else 1
+        out["loss"] = step_jepa_loss(out, self.options, self.global_step, self.max_steps, num_items_in_batch,
+                                     self.accumulation_steps, world) / world
+        return out
+
+    def terms(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The loss terms of a collated batch (forward without the combined loss)."""
         final, vh = self.hidden_states(batch)
         out = {"lm_sum": self.lm_sum(final, batch), "n_tokens": batch["lm_index"].numel()}
         if "stp_index" in batch:

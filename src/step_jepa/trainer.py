@@ -1,6 +1,6 @@
 """StepJEPATrainer (a transformers.Trainer) and `run_train`, the body of `step-jepa train`.
 
-The Trainer gives us DDP/FSDP through accelerate, gradient accumulation, schedulers, checkpoint
+The Trainer gives us DDP through accelerate, gradient accumulation, schedulers, checkpoint
 rotation and resume; this module adds the Step-JEPA loss, per-token LM normalisation across
 accumulation and ranks, the collapse monitor, non-finite-loss skipping and saving the inner model.
 """
@@ -28,10 +28,10 @@ from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_N
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
 
 from .config import TrainConfig, format_config, save_config
-from .layout import StepJEPACollator
+from .layout import StepJEPACollator, flatten_examples
 from .losses import view_diagnostics
 from .modeling import add_predictor_tokens, compile_decoder, load_tokenizer, resolve_model_path
-from .objective import JEPAOptions, StepJEPAModel
+from .objective import JEPAOptions, StepJEPAModel, step_jepa_loss
 from .segment import Segmented, SegmentError, segment
 
 
@@ -245,17 +245,9 @@ class StepJEPATrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = model(**inputs)
-        cfg = self.step_config
-        n_tokens = num_items_in_batch if num_items_in_batch is not None else max(out["n_tokens"], 1)
-        world = self.args.world_size if num_items_in_batch is not None else 1
         ga = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
-        lm = out["lm_sum"] / (n_tokens.clamp(min=1) if torch.is_tensor(n_tokens) else n_tokens) * world
-        loss = cfg.gamma * lm
-        if cfg.lbd > 0:
-            lbd = self.jepa_options.lbd_at(self.state.global_step, self.state.max_steps)
-            loss = loss + lbd * out["jepa"] / (ga if num_items_in_batch is not None else 1)
-        if cfg.stp_lbd > 0:  # like L_JEPA: a mean per micro-batch, averaged over micro-batches
-            loss = loss + cfg.stp_lbd * out["stp"] / (ga if num_items_in_batch is not None else 1)
+        loss = step_jepa_loss(out, self.jepa_options, self.state.global_step, self.state.max_steps,
+                              num_items_in_batch, ga, self.args.world_size)
         if model.training:
             self._record(inputs, out)
         return (loss, out) if return_outputs else loss
@@ -420,12 +412,18 @@ class StepJEPATrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         wrapper = self.accelerator.unwrap_model(self.model)
         kw = {"save_embedding_layers": False} if hasattr(wrapper.lm, "peft_config") else {}  # see apply_lora
+        head_state = wrapper.head.state_dict() if wrapper.head is not None else None
+        if state_dict is not None:
+            # A state dict gathered by the Trainer (FSDP full state dict, DeepSpeed zero-3) is the
+            # wrapper's: the LM's keys under "lm.", the predictor head's under "head.".
+            kw["state_dict"] = {k[3:]: v for k, v in state_dict.items() if k.startswith("lm.")}
+            if head_state is not None:
+                head_state = {k[5:]: v for k, v in state_dict.items() if k.startswith("head.")} or head_state
         wrapper.lm.save_pretrained(output_dir, safe_serialization=True, **kw)
-        if wrapper.head is not None:  # the predictor head is part of training only, kept beside the model
+        if head_state is not None:  # the predictor head is part of training only, kept beside the model
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in wrapper.head.state_dict().items()},
-                      os.path.join(output_dir, HEAD_FILE))
+            save_file({k: v.contiguous() for k, v in head_state.items()}, os.path.join(output_dir, HEAD_FILE))
         if wrapper._ema and getattr(self, "_staging_root", None) is not None:
             # Checkpoints only: resuming needs the target model, the final model does not.
             from safetensors.torch import save_model  # stores tied tensors (SmolLM2's embeddings) once
@@ -508,7 +506,7 @@ def grads_finite(params: list[torch.nn.Parameter]) -> torch.Tensor:
 
 
 def any_rank(flag: torch.Tensor) -> bool:
-    """True when `flag` is set on any process, so every DDP/FSDP rank takes the same decision (a
+    """True when `flag` is set on any process, so every DDP rank takes the same decision (a
     rank that stepped while another skipped would silently desynchronise the replicas)."""
     flag = flag.to(torch.int32)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -781,10 +779,10 @@ class BatchSeededCollator:
         self.inner = inner
 
     def __call__(self, examples: list) -> dict[str, torch.Tensor]:
-        flat = [e for item in examples for e in (item if isinstance(item, list) else [item])]
+        flat = flatten_examples(examples)
         key = "\x1f".join(f"{ex.id}:{len(ex.input_ids)}" for ex in flat)
         digest = hashlib.sha256(f"{self.inner.seed}\x1e{key}".encode()).digest()
-        return dataclasses.replace(self.inner, seed=int.from_bytes(digest[:8], "little"))(examples)
+        return dataclasses.replace(self.inner, seed=int.from_bytes(digest[:8], "little"))(flat)
 
 
 def jepa_options(cfg: TrainConfig) -> JEPAOptions:
@@ -792,7 +790,7 @@ def jepa_options(cfg: TrainConfig) -> JEPAOptions:
         lbd=cfg.lbd, gamma=cfg.gamma, loss=cfg.jepa_loss, temperature=cfg.jepa_temperature, layer=cfg.jepa_layer,
         final_norm=cfg.jepa_final_norm, head=cfg.jepa_predictor_head, target=cfg.jepa_target,
         ema_decay=cfg.ema_decay, vicreg_weight=cfg.vicreg_weight, lbd_schedule=cfg.lbd_schedule,
-        lbd_warmup_steps=cfg.lbd_warmup_steps)
+        lbd_warmup_steps=cfg.lbd_warmup_steps, stp_lbd=cfg.stp_lbd)
 
 
 def build_collator(cfg: TrainConfig, tok, pred_ids: list[int], attn: str) -> BatchSeededCollator:
