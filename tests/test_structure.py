@@ -7,15 +7,28 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "step_jepa"
 MAX_LINES = 500  # the target is ~450; this guard leaves slack
-# Being restructured separately; remove from here once it is split.
-LINE_LIMIT_EXEMPT = {"trainer.py"}
+LINE_LIMIT_EXEMPT: set[str] = set()
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those under `if TYPE_CHECKING:` (annotations only: never imported at run
+    time, so they cannot close a cycle)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
 
 
 def _imports(path: Path) -> set[str]:
     """Package modules that `path` imports with `from .x import` / `from . import x`, at any level
     (top level and inside functions: a lazy import still closes a cycle at run time)."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             if node.module:
                 out.add(node.module.split(".")[0])

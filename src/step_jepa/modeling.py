@@ -11,12 +11,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:  # config imports this module (DEFAULT_MODEL): the annotation only
+    from .config import TrainConfig
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -390,3 +393,64 @@ def chunked_lm_loss_sum(hidden: torch.Tensor, lm_head: nn.Module, targets: torch
         h, y = hidden[s:s + chunk], targets[s:s + chunk]
         total = total + (checkpoint(part, h, y, use_reentrant=False) if torch.is_grad_enabled() else part(h, y))
     return total
+
+
+# --------------------------------------------------------------------------- building a training model
+
+
+def resolve_attn_implementation(cfg: TrainConfig) -> str:
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    # FlexAttention has no backward on CPU; a dense boolean mask is exact there.
+    return "flex_attention" if torch.cuda.is_available() and cfg.lbd > 0 else "sdpa"
+
+
+def build_model(cfg: TrainConfig):
+    """Load the LM and tokenizer, add predictor tokens, and apply LoRA if asked."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(cfg.model)
+    tok = load_tokenizer(path)
+    lm = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation=resolve_attn_implementation(cfg))
+    old_rows = lm.get_input_embeddings().weight.shape[0]
+    pred_ids = add_predictor_tokens(lm, tok, cfg.predictors) if cfg.lbd > 0 or cfg.sft_predictor_tokens else []
+    if cfg.lora:
+        new_rows = sorted(set(pred_ids) | set(range(old_rows, lm.get_input_embeddings().weight.shape[0])))
+        lm = apply_lora(lm, cfg, new_rows)
+    if cfg.torch_compile:
+        compile_decoder(lm)
+    return lm, tok, pred_ids, path
+
+
+def apply_lora(lm, cfg: TrainConfig, new_rows: list[int]):
+    """Wrap `lm` in a LoRA PeftModel whose adapter alone restores the trained model.
+
+    The rows added by the resize (the predictor tokens) exist in no base checkpoint, so they are
+    PEFT *trainable tokens*: trained, and saved as K rows rather than the whole embedding. An
+    untied LM head got a (randomly drawn, mean-resized) row for them too, so it is a trainable-
+    tokens target as well; a tied head follows the embedding. `_save` then passes
+    `save_embedding_layers=False`, which would otherwise default to saving both full matrices.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else cfg.lora_targets.split(",")
+    tokens: dict[str, list[int]] | None = None
+    if new_rows:
+        tokens = {_module_leaf(lm, lm.get_input_embeddings()): new_rows}
+        if not lm.config.get_text_config().tie_word_embeddings:
+            tokens[_module_leaf(lm, lm.get_output_embeddings())] = new_rows
+    lcfg = LoraConfig(
+        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+        task_type="CAUSAL_LM", trainable_token_indices=tokens)
+    peft = get_peft_model(lm, lcfg)
+    # PEFT records the resolved path (a hub cache snapshot, machine-specific); keep what the user
+    # typed, so the adapter loads elsewhere. A local directory is made absolute for the same reason.
+    local = Path(cfg.model).expanduser()
+    peft.peft_config["default"].base_model_name_or_path = str(local.resolve()) if local.is_dir() else cfg.model
+    return peft
+
+
+def _module_leaf(root: torch.nn.Module, module: torch.nn.Module) -> str:
+    """The last component of `module`'s name in `root` (what PEFT matches target keys against)."""
+    return next(name for name, m in root.named_modules() if m is module).rsplit(".", 1)[-1]

@@ -11,28 +11,30 @@ import dataclasses
 import hashlib
 import json
 import os
-import random
-import re
 import shutil
 import time
-import zipfile
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .config import TrainConfig, format_config, save_config
-from .layout import StepJEPACollator, flatten_examples
 from .losses import view_diagnostics
-from .modeling import add_predictor_tokens, compile_decoder, load_tokenizer, resolve_model_path
+# Model construction lives in modeling; imported here too for `from step_jepa.trainer import build_model`.
+from .modeling import apply_lora, build_model, resolve_attn_implementation  # noqa: F401
 from .objective import JEPAOptions, StepJEPAModel, step_jepa_loss
-from .segment import Segmented, SegmentError, segment
+from .segment import Segmented
+
+# Run directories/checkpoints and training data live in their own modules; their names are
+# imported here too, so `from step_jepa.trainer import ...` keeps working.
+from .checkpoints import (  # noqa: F401
+    STAGING_PREFIX, _CHECKPOINT_RE, _fsync_tree, publish_checkpoint, load_lm_weights, HEAD_FILE, EMA_FILE, _is_main_process, check_output_dir, named_checkpoint, _refuse_non_empty, prepare_output_dir, _logged_step, checkpoint_problems, _weights_problems, latest_checkpoint)
+from .train_data import (  # noqa: F401
+    ListDataset, load_training_records, load_file_records, _with_system_prompt, segment_all, appended_tokens, pack_groups, BatchSeededCollator, build_collator, format_data_report, LOW_PAIR_FRACTION, pair_fraction, check_pair_coverage, make_dataset, load_eval_examples)
 
 
 class NonFiniteLossError(RuntimeError, ValueError):
@@ -41,179 +43,6 @@ class NonFiniteLossError(RuntimeError, ValueError):
     Also a ValueError so that `step-jepa train` reports it as one line with exit code 2 (the CLI
     treats ValueErrors as problems the user fixes: learning rate, data, precision), not a traceback.
     """
-
-
-# A checkpoint is written under this name and renamed to checkpoint-N only once complete, so a
-# kill mid-save never leaves a directory that looks like a checkpoint. The leading dot keeps it
-# out of get_last_checkpoint / rotate_checkpoints, which only match "checkpoint-<N>".
-STAGING_PREFIX = f".tmp-{PREFIX_CHECKPOINT_DIR}"
-_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-
-
-class ListDataset(Dataset):
-    def __init__(self, items: list):
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        return self.items[i]
-
-
-# --------------------------------------------------------------------------- data
-
-
-def load_training_records(cfg: TrainConfig) -> tuple[list[dict], dict[str, Any]]:
-    """Records from --train_file (strict by default: the first bad line is an error naming file:line),
-    or from the built-in generator when no file is given."""
-    from .generator import generate_problems
-
-    if cfg.train_file is None:
-        recs = generate_problems(cfg.generate_examples, seed=cfg.seed)
-        return _with_system_prompt(recs, cfg), {
-            "source": f"generator ({cfg.generate_examples} problems, seed {cfg.seed})", "lines_read": len(recs)}
-    return load_file_records(cfg.train_file, cfg)
-
-
-def load_file_records(path: str, cfg: TrainConfig) -> tuple[list[dict], dict[str, Any]]:
-    """Records of a JSONL file (train or eval), read and prompted the same way."""
-    from .data import load_records
-
-    recs, rep = load_records(path, skip_invalid=cfg.skip_invalid)
-    return _with_system_prompt(recs, cfg), {"source": path, **rep.to_dict()}
-
-
-def _with_system_prompt(recs: list[dict], cfg: TrainConfig) -> list[dict]:
-    if cfg.system_prompt is not None:
-        for r in recs:
-            r["messages"] = [{"role": "system", "content": cfg.system_prompt}] + [
-                m for m in r["messages"] if m["role"] != "system"]
-    return recs
-
-
-def segment_all(records: list[dict], tokenizer, max_length: int) -> tuple[list[Segmented], dict[str, Any]]:
-    """Tokenize every record; unusable ones are counted per reason and reported, never dropped silently."""
-    out: list[Segmented] = []
-    skipped: Counter = Counter()
-    skipped_examples: list[dict[str, str]] = []
-    for r in records:
-        try:
-            out.append(segment(r, tokenizer, max_length))
-        except SegmentError as e:
-            skipped[e.reason] += 1
-            if len(skipped_examples) < 20:  # enough to find them; counts stay exact
-                skipped_examples.append({"id": str(r.get("id", "")), "reason": str(e)})
-    stats = {
-        "examples": len(out),
-        "skipped": dict(skipped),
-        "skipped_examples": skipped_examples,
-        "truncated": sum(ex.truncated for ex in out),
-        "without_valid_pair": sum(not ex.valid_pairs() for ex in out),
-        "first_pair_invalid": sum(0 not in ex.valid_pairs() for ex in out),
-        "mean_tokens": round(sum(len(ex.input_ids) for ex in out) / max(1, len(out)), 1),
-    }
-    if not out:
-        raise ValueError(f"no usable training example (skipped: {dict(skipped)})")
-    return out, stats
-
-
-def appended_tokens(ex: Segmented, cfg: TrainConfig) -> int:
-    """Tokens the single-pass layout appends to `ex` (K predictors + the step copy per used pair),
-    so packed batches respect the token budget with the JEPA extras counted exactly."""
-    if cfg.lbd == 0:
-        return 0
-    valid = ex.valid_pairs()
-    sizes = {i: cfg.predictors + ex.step_spans[i + 1][1] - ex.step_spans[i + 1][0] for i in valid}
-    if cfg.pairs == "first":
-        return sizes.get(0, 0)
-    if cfg.pairs == "all":
-        return sum(sizes.values())
-    return max(sizes.values(), default=0)  # random: the largest pair it could draw
-
-
-def pack_groups(examples: list[Segmented], budget: int, extra, seed: int) -> list[list[Segmented]]:
-    """Groups of examples whose tokens (plus the JEPA extras: an int, or a function of the example)
-    fit one batch budget, in a seeded order."""
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    groups: list[list[Segmented]] = []
-    cur: list[Segmented] = []
-    used = 0
-    for i in order:
-        n = len(examples[i].input_ids) + (extra(examples[i]) if callable(extra) else extra)
-        if cur and used + n > budget:
-            groups.append(cur)
-            cur, used = [], 0
-        cur.append(examples[i])
-        used += n
-    if cur:
-        groups.append(cur)
-    return groups
-
-
-# --------------------------------------------------------------------------- model
-
-
-def resolve_attn_implementation(cfg: TrainConfig) -> str:
-    if cfg.attn_implementation != "auto":
-        return cfg.attn_implementation
-    # FlexAttention has no backward on CPU; a dense boolean mask is exact there.
-    return "flex_attention" if torch.cuda.is_available() and cfg.lbd > 0 else "sdpa"
-
-
-def build_model(cfg: TrainConfig):
-    """Load the LM and tokenizer, add predictor tokens, and apply LoRA if asked."""
-    from transformers import AutoModelForCausalLM
-
-    path = resolve_model_path(cfg.model)
-    tok = load_tokenizer(path)
-    lm = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, attn_implementation=resolve_attn_implementation(cfg))
-    old_rows = lm.get_input_embeddings().weight.shape[0]
-    pred_ids = add_predictor_tokens(lm, tok, cfg.predictors) if cfg.lbd > 0 or cfg.sft_predictor_tokens else []
-    if cfg.lora:
-        new_rows = sorted(set(pred_ids) | set(range(old_rows, lm.get_input_embeddings().weight.shape[0])))
-        lm = apply_lora(lm, cfg, new_rows)
-    if cfg.torch_compile:
-        compile_decoder(lm)
-    return lm, tok, pred_ids, path
-
-
-def apply_lora(lm, cfg: TrainConfig, new_rows: list[int]):
-    """Wrap `lm` in a LoRA PeftModel whose adapter alone restores the trained model.
-
-    The rows added by the resize (the predictor tokens) exist in no base checkpoint, so they are
-    PEFT *trainable tokens*: trained, and saved as K rows rather than the whole embedding. An
-    untied LM head got a (randomly drawn, mean-resized) row for them too, so it is a trainable-
-    tokens target as well; a tied head follows the embedding. `_save` then passes
-    `save_embedding_layers=False`, which would otherwise default to saving both full matrices.
-    """
-    from peft import LoraConfig, get_peft_model
-
-    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else cfg.lora_targets.split(",")
-    tokens: dict[str, list[int]] | None = None
-    if new_rows:
-        tokens = {_module_leaf(lm, lm.get_input_embeddings()): new_rows}
-        if not lm.config.get_text_config().tie_word_embeddings:
-            tokens[_module_leaf(lm, lm.get_output_embeddings())] = new_rows
-    lcfg = LoraConfig(
-        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-        task_type="CAUSAL_LM", trainable_token_indices=tokens)
-    peft = get_peft_model(lm, lcfg)
-    # PEFT records the resolved path (a hub cache snapshot, machine-specific); keep what the user
-    # typed, so the adapter loads elsewhere. A local directory is made absolute for the same reason.
-    local = Path(cfg.model).expanduser()
-    peft.peft_config["default"].base_model_name_or_path = str(local.resolve()) if local.is_dir() else cfg.model
-    return peft
-
-
-def _module_leaf(root: torch.nn.Module, module: torch.nn.Module) -> str:
-    """The last component of `module`'s name in `root` (what PEFT matches target keys against)."""
-    return next(name for name, m in root.named_modules() if m is module).rsplit(".", 1)[-1]
-
-
-# --------------------------------------------------------------------------- trainer
 
 
 class StepJEPATrainer(Trainer):
@@ -514,65 +343,6 @@ def any_rank(flag: torch.Tensor) -> bool:
     return bool(flag.item())
 
 
-def _fsync_tree(root: Path) -> None:
-    """Flush a checkpoint's files (and the directory entries) to disk before it is published, so a
-    power loss cannot leave a renamed checkpoint whose contents never reached the disk."""
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def publish_checkpoint(staged: Path, final: Path) -> None:
-    """Rename a fully written checkpoint into place. An existing checkpoint of the same step
-    (e.g. a damaged one skipped on resume) is moved aside first: rename cannot replace a
-    non-empty directory, and deleting it first would leave a moment with neither."""
-    _fsync_tree(staged)
-    old = final.with_name(f".old-{final.name}")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(staged, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_lm_weights(lm, ckpt: str) -> None:
-    """Restore weights saved by `_save` (full model or LoRA adapter), failing loudly on mismatch."""
-    from safetensors.torch import load_file
-
-    ckpt_path = Path(ckpt)
-    if (ckpt_path / "adapter_model.safetensors").exists():
-        from peft import set_peft_model_state_dict
-
-        res = set_peft_model_state_dict(lm, load_file(ckpt_path / "adapter_model.safetensors"))
-        if getattr(res, "unexpected_keys", None):
-            raise RuntimeError(f"{ckpt}: unexpected adapter keys {res.unexpected_keys[:5]}")
-        return
-    files = sorted(ckpt_path.glob("model*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{ckpt}: no model.safetensors or adapter_model.safetensors")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(f))
-    missing, unexpected = lm.load_state_dict(state, strict=False)
-    tied = {k for k in missing if "lm_head" in k} if lm.config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"{ckpt}: weights do not match the model (missing {sorted(set(missing) - tied)[:5]}, "
-                           f"unexpected {unexpected[:5]})")
-
-
-HEAD_FILE = "jepa_head.safetensors"
-EMA_FILE = "jepa_ema_target.safetensors"  # in checkpoints of --jepa_target ema runs
-
-
 class EMACallback(TrainerCallback):
     """Moves the EMA target model towards the online model after every optimizer step."""
 
@@ -596,9 +366,6 @@ class MetricsFileCallback(TrainerCallback):
                 f.write(json.dumps(rec) + "\n")
 
 
-# --------------------------------------------------------------------------- entry point
-
-
 def training_arguments(cfg: TrainConfig) -> TrainingArguments:
     report = [] if cfg.report_to in ("none", "") else cfg.report_to.split(",")
     bs = 1 if cfg.packing else cfg.per_device_train_batch_size
@@ -620,252 +387,12 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
     )
 
 
-def _is_main_process() -> bool:
-    """Rank 0 under torchrun (known before the Trainer initialises torch.distributed)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def check_output_dir(cfg: TrainConfig) -> str | None:
-    """Refuse to mix runs; return the checkpoint to resume from (with --resume or
-    --resume_from_checkpoint). Writes nothing, so a run that then fails on its data leaves the
-    directory as it was."""
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--output_dir {out} exists and is not a directory")
-    if cfg.resume_from_checkpoint:
-        return named_checkpoint(cfg)
-    if not cfg.resume:
-        _refuse_non_empty(cfg)
-        return None
-    ckpt = latest_checkpoint(out)
-    if _is_main_process():
-        print(f"[step-jepa] --resume: continuing from {ckpt}" if ckpt else
-              f"[step-jepa] --resume: no complete checkpoint in {out}; starting a fresh run", flush=True)
-    return ckpt
-
-
-def named_checkpoint(cfg: TrainConfig) -> str:
-    """--resume_from_checkpoint: exactly that checkpoint. Unlike --resume there is no fallback to
-    an older one or to a fresh start: the user named this checkpoint, so a missing or damaged one
-    is an error. One outside --output_dir starts a new run from it, which must not mix with
-    another run's files."""
-    ckpt = Path(cfg.resume_from_checkpoint)
-    if not ckpt.is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {ckpt}: no such checkpoint directory")
-    problems = checkpoint_problems(ckpt)
-    if problems:
-        raise ValueError(f"--resume_from_checkpoint {ckpt} is damaged or not a checkpoint: {'; '.join(problems)}")
-    if ckpt.resolve().parent != Path(cfg.output_dir).resolve():
-        _refuse_non_empty(cfg)
-    if _is_main_process():
-        print(f"[step-jepa] --resume_from_checkpoint: continuing from {ckpt}", flush=True)
-    return str(ckpt)
-
-
-def _refuse_non_empty(cfg: TrainConfig) -> None:
-    out = Path(cfg.output_dir)
-    # Under torchrun only rank 0 judges the directory: the others would see rank 0's first files.
-    if _is_main_process() and out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
-        raise FileExistsError(
-            f"{out} is not empty (another run?). Use --resume to continue it, --overwrite_output_dir to "
-            "write into it anyway, or choose another --output_dir.")
-
-
-def prepare_output_dir(cfg: TrainConfig, ckpt: str | None) -> None:
-    """Create the output dir and make metrics.jsonl describe this run: a fresh run starts it
-    anew; a resumed run drops the lines logged after the checkpoint (those steps are redone and
-    logged again, and would otherwise appear twice)."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not _is_main_process():
-        return
-    for stale in out.glob(f"{STAGING_PREFIX}-*"):  # a save interrupted by a kill
-        shutil.rmtree(stale, ignore_errors=True)
-    metrics = out / "metrics.jsonl"
-    if ckpt is None:
-        metrics.unlink(missing_ok=True)
-    elif metrics.exists():
-        step = json.loads((Path(ckpt) / TRAINER_STATE_NAME).read_text())["global_step"]
-        keep = [line for line in metrics.read_text().splitlines(keepends=True) if _logged_step(line) <= step]
-        metrics.write_text("".join(keep))
-
-
-def _logged_step(line: str) -> float:
-    try:
-        return float(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return float("inf")  # a line cut by the kill: drop it
-
-
-def checkpoint_problems(ckpt: Path) -> list[str]:
-    """Why `ckpt` cannot be resumed from (empty list: it looks complete).
-
-    Cheap structural checks that catch a kill or a full disk mid-save: required files exist,
-    trainer_state.json parses, safetensors headers parse and cover the file, and torch pickles
-    (zip archives) still have their central directory, which is written last.
-    """
-    problems: list[str] = []
-    try:
-        json.loads((ckpt / TRAINER_STATE_NAME).read_text())["global_step"]
-    except FileNotFoundError:
-        problems.append(f"{TRAINER_STATE_NAME} missing")
-    except (ValueError, KeyError, TypeError):
-        problems.append(f"{TRAINER_STATE_NAME} unreadable")
-    problems += _weights_problems(ckpt)
-    for name in (OPTIMIZER_NAME, SCHEDULER_NAME):
-        if not (ckpt / name).exists():
-            problems.append(f"{name} missing")
-        elif not zipfile.is_zipfile(ckpt / name):
-            problems.append(f"{name} truncated or corrupt")
-    rng = sorted(ckpt.glob("rng_state*.pth"))
-    if not rng:
-        problems.append("rng_state.pth missing")
-    problems += [f"{f.name} truncated or corrupt" for f in rng if not zipfile.is_zipfile(f)]
-    return problems
-
-
-def _weights_problems(ckpt: Path) -> list[str]:
-    from safetensors import SafetensorError, safe_open
-
-    files = sorted(ckpt.glob("adapter_model.safetensors")) or sorted(ckpt.glob("model*.safetensors"))
-    index = ckpt / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            shards = set(json.loads(index.read_text())["weight_map"].values())
-        except (ValueError, KeyError):
-            return [f"{index.name} unreadable"]
-        missing = sorted(s for s in shards if not (ckpt / s).exists())
-        if missing:
-            return [f"weight shard(s) missing: {', '.join(missing)}"]
-    if not files:
-        return ["no model.safetensors or adapter_model.safetensors"]
-    problems = []
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as st:  # checks the header covers the file
-                st.keys()
-        except (SafetensorError, OSError) as e:
-            problems.append(f"{f.name} truncated or corrupt ({str(e).splitlines()[0][:80]})")
-    return problems
-
-
-def latest_checkpoint(out: Path) -> str | None:
-    """The newest checkpoint-N in `out` that passes `checkpoint_problems`; damaged ones are
-    reported and skipped in favour of the previous one."""
-    out = Path(out)
-    if not out.is_dir():
-        return None
-    for ckpt in reversed(sort_checkpoints(str(out), use_mtime=False)):
-        if not _CHECKPOINT_RE.match(Path(ckpt).name):
-            continue  # checkpoint-* globbing also matches names like checkpoint-3-backup
-        problems = checkpoint_problems(Path(ckpt))
-        if not problems:
-            return ckpt
-        print(f"[step-jepa] warning: {ckpt} is damaged ({'; '.join(problems)}); skipping it", flush=True)
-    return None
-
-
-class BatchSeededCollator:
-    """Makes the collator's random choices (--pairs random, --jepa_ratio < 1) a function of the
-    batch's examples instead of how many batches came before.
-
-    The wrapped collator draws from one running RNG, and a resumed run skips the batches it has
-    seen without collating them, so the draws after a resume would differ from an uninterrupted
-    run's. Seeding each batch from its example ids keeps resume exact, and also makes the draws
-    independent of data-loader workers and prefetching.
-    """
-
-    def __init__(self, inner: StepJEPACollator):
-        self.inner = inner
-
-    def __call__(self, examples: list) -> dict[str, torch.Tensor]:
-        flat = flatten_examples(examples)
-        key = "\x1f".join(f"{ex.id}:{len(ex.input_ids)}" for ex in flat)
-        digest = hashlib.sha256(f"{self.inner.seed}\x1e{key}".encode()).digest()
-        return dataclasses.replace(self.inner, seed=int.from_bytes(digest[:8], "little"))(flat)
-
-
 def jepa_options(cfg: TrainConfig) -> JEPAOptions:
     return JEPAOptions(
         lbd=cfg.lbd, gamma=cfg.gamma, loss=cfg.jepa_loss, temperature=cfg.jepa_temperature, layer=cfg.jepa_layer,
         final_norm=cfg.jepa_final_norm, head=cfg.jepa_predictor_head, target=cfg.jepa_target,
         ema_decay=cfg.ema_decay, vicreg_weight=cfg.vicreg_weight, lbd_schedule=cfg.lbd_schedule,
         lbd_warmup_steps=cfg.lbd_warmup_steps, stp_lbd=cfg.stp_lbd)
-
-
-def build_collator(cfg: TrainConfig, tok, pred_ids: list[int], attn: str) -> BatchSeededCollator:
-    mode = "sft" if cfg.lbd == 0 else cfg.jepa_mode
-    return BatchSeededCollator(StepJEPACollator(
-        pad_id=tok.pad_token_id, pred_ids=pred_ids, mode=mode, pairs=cfg.pairs, packing=cfg.packing,
-        max_tokens=cfg.max_tokens_per_batch, pad_multiple=128 if attn == "flex_attention" else 1,
-        seed=cfg.seed, jepa_ratio=cfg.jepa_ratio, target_copies=cfg.jepa_target == "ema",
-        stp=cfg.stp_positions if cfg.stp_lbd > 0 else "none",
-    ))
-
-
-def format_data_report(data: dict[str, Any], seg: dict[str, Any]) -> str:
-    """Two readable lines: what happened to the input lines, and to the records at tokenization."""
-    skipped = data.get("skipped") or {}
-    line = f"[step-jepa] data: {data.get('lines_read', 0)} lines read from {data.get('source')}"
-    if "written" in data:
-        line += f", {data['written']} used, {sum(skipped.values())} skipped"
-        line += "".join(f"\n[step-jepa]   {n:>6}  {reason}" for reason, n in skipped.items())
-    seg_line = (f"[step-jepa] segmentation: {seg['examples']} examples, {seg['truncated']} truncated, "
-                f"{seg['without_valid_pair']} without a valid step pair, {seg['first_pair_invalid']} without a valid "
-                f"S1→S2 pair (what --pairs first uses), mean {seg['mean_tokens']} tokens")
-    seg_line += "".join(f"\n[step-jepa]   {n:>6}  skipped: {reason}" for reason, n in seg["skipped"].items())
-    return f"{line}\n{seg_line}"
-
-
-LOW_PAIR_FRACTION = 0.10  # below this share of examples with a usable pair, λ > 0 is mostly SFT
-
-
-def pair_fraction(cfg: TrainConfig, seg: dict[str, Any]) -> float:
-    """Share of the examples that can contribute a JEPA pair under --pairs (first: the S1→S2 pair)."""
-    missing = seg["first_pair_invalid"] if cfg.pairs == "first" else seg["without_valid_pair"]
-    return (seg["examples"] - missing) / max(1, seg["examples"])  # not 1 - m/n: 1 - 9/10 < 0.1
-
-
-def check_pair_coverage(cfg: TrainConfig, seg: dict[str, Any]) -> None:
-    """Stop, or warn loudly, when λ > 0 but (almost) no example has a step pair.
-
-    Without pairs the JEPA term is 0 on every batch, so the run is plain SFT that claims to be
-    Step-JEPA: the usual cause is data whose steps are not separated by a blank line, or a
-    --max_length that cuts step 2. Raised before anything is written, so the rerun is clean.
-    """
-    if cfg.lbd == 0:
-        return
-    frac = pair_fraction(cfg, seg)
-    what = "an intact S1→S2 step pair (what --pairs first uses)" if cfg.pairs == "first" else "a valid step pair"
-    if frac == 0:
-        raise ValueError(
-            f"--lbd {cfg.lbd} but none of the {seg['examples']} examples has {what}, so the JEPA loss would be 0 "
-            "and this would be plain SFT. Steps are found at blank lines ('\\n\\n') in the answer: check the data "
-            "(step-jepa inspect), raise --max_length if steps are cut, or train SFT on purpose with --lbd 0.")
-    if frac < LOW_PAIR_FRACTION and _is_main_process():
-        import sys
-
-        print(f"[step-jepa] WARNING: only {100 * frac:.1f}% of the {seg['examples']} examples have {what}; the "
-              f"JEPA term (λ={cfg.lbd}) sees few pairs and this run is mostly plain SFT. Check the step "
-              "separators of the data (step-jepa inspect) or --max_length.", file=sys.stderr, flush=True)
-
-
-def make_dataset(examples: list[Segmented], cfg: TrainConfig) -> ListDataset:
-    """Examples as the collator takes them: one per item, or packed groups within the token budget."""
-    if not cfg.packing:
-        return ListDataset(examples)
-    extra = (lambda ex: appended_tokens(ex, cfg)) if cfg.jepa_mode == "single_pass" else 0
-    return ListDataset(pack_groups(examples, cfg.max_tokens_per_batch, extra, cfg.seed))
-
-
-def load_eval_examples(cfg: TrainConfig, tok) -> list[Segmented]:
-    """--eval_file tokenized like the training data (empty without one), with its own report line."""
-    if not cfg.eval_file or cfg.resolved_eval_strategy() == "no":
-        return []
-    records, report = load_file_records(cfg.eval_file, cfg)
-    examples, seg = segment_all(records, tok, cfg.max_length)
-    print(format_data_report(report, seg).replace("[step-jepa] ", "[step-jepa] eval ", 2), flush=True)
-    return examples
 
 
 def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
