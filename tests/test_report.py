@@ -162,6 +162,19 @@ def test_report_collapse_diagnostics_by_hand(tmp_path) -> None:
     assert "| jepa | 2 | 0.15 | 0.95 | 0.9 | 0.375 | 0.25 |" in table
 
 
+def test_report_shows_the_stp_loss_of_stp_runs(tmp_path) -> None:
+    _fake_result(tmp_path, "sft", 0, 0.4, 0.0)
+    _fake_result(tmp_path, "stp", 0, 0.4, 0.0)
+    _write_metrics(tmp_path, "sft", 0, [{"step": 1, "lm_loss": 2.0}])
+    _write_metrics(tmp_path, "stp", 0, [{"step": 1, "lm_loss": 2.0, "stp_loss": 1.5},
+                                        {"step": 2, "lm_loss": 1.0, "stp_loss": 1.25}])
+    rep.build_report(tmp_path, order=["sft", "stp"])
+    table = (tmp_path / rep.TABLE).read_text()
+    assert "| chance | stp_loss |" in table
+    assert "| sft | 2 | — | — | — | — | — | — |" in table
+    assert "| stp | 1.5 | — | — | — | — | — | 1.375 |" in table
+
+
 def test_report_without_jepa_runs_has_no_collapse_section(tmp_path) -> None:
     _fake_result(tmp_path, "sft", 0, 0.4, 0.0)
     _write_metrics(tmp_path, "sft", 0, [{"step": 1, "lm_loss": 2.0}])

@@ -156,7 +156,8 @@ def _fmt_p(p: float) -> str:
 
 
 # metrics.jsonl keys (see trainer/objective) averaged over the last logged steps of each run.
-DIAG_KEYS = ("lm_loss", "jepa_loss", "view1_pairwise_cos", "view2_pairwise_cos", "jepa_retrieval_acc", "jepa_pairs")
+DIAG_KEYS = ("lm_loss", "jepa_loss", "view1_pairwise_cos", "view2_pairwise_cos", "jepa_retrieval_acc", "jepa_pairs",
+             "stp_loss")
 
 
 DIAG_LAST = 3
@@ -192,11 +193,14 @@ def collapse_table(output_dir: str | Path, rows: list[dict[str, Any]], results: 
         d = run_diagnostics(run_dir(Path(output_dir), r["config"], int(r["seed"])) / "metrics.jsonl")
         if d:
             per_config.setdefault(r["config"], []).append(d)
-    if not any("jepa_loss" in d for ds in per_config.values() for d in ds):
+    logged = {k for ds in per_config.values() for d in ds for k in d}
+    if not logged & {"jepa_loss", "stp_loss"}:
         return ""
+    stp = "stp_loss" in logged  # a column only when some run trained with STP
     lines = [f"\n## Collapse diagnostics (mean of the last {DIAG_LAST} logged steps, then over seeds)\n",
-             "| config | lm_loss | jepa_loss | view-1 pairwise cos | view-2 pairwise cos | retrieval | chance |",
-             "|---|---|---|---|---|---|---|"]
+             "| config | lm_loss | jepa_loss | view-1 pairwise cos | view-2 pairwise cos | retrieval | chance |"
+             + (" stp_loss |" if stp else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if stp else "")]
 
     def mean(ds: list[dict[str, float]], key: str) -> str:
         vals = [d[key] for d in ds if key in d]
@@ -208,7 +212,7 @@ def collapse_table(output_dir: str | Path, rows: list[dict[str, Any]], results: 
         chance = f"{len(pairs) / sum(pairs):.3g}" if pairs else "—"
         lines.append(f"| {row['config']} | {mean(ds, 'lm_loss')} | {mean(ds, 'jepa_loss')} | "
                      f"{mean(ds, 'view1_pairwise_cos')} | {mean(ds, 'view2_pairwise_cos')} | "
-                     f"{mean(ds, 'jepa_retrieval_acc')} | {chance} |")
+                     f"{mean(ds, 'jepa_retrieval_acc')} | {chance} |" + (f" {mean(ds, 'stp_loss')} |" if stp else ""))
     lines.append("")
     lines.append("Retrieval: how often view 1 of a pair is closer to its own view 2 than to any other pair's in "
                  "the micro-batch; chance = 1 / pairs per micro-batch. A falling JEPA loss with retrieval at "
