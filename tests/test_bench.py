@@ -21,6 +21,16 @@ def test_rows_present_and_positive(result):
         assert r["ms_median"] > 0 and r["nonpad_tokens_per_s"] > 0
         assert r["ms_min"] <= r["ms_median"]
         assert r["loss_first"] == r["loss_first"] and r["loss_last"] == r["loss_last"]  # finite, not NaN
+        assert 0 < r["mfu"] and r["model_tflops_per_s"] > 0
+
+
+def test_model_flops_follow_the_layout(result):
+    """FLOPs per step (rate × time) grow with what the layout computes: SFT < single pass < two pass;
+    HF's SFT call needs the same FLOPs as ours (logits beyond the labelled positions are waste)."""
+    per_step = {r["variant"]: r["model_tflops_per_s"] * r["ms_median"] for r in result["rows"]}
+    assert per_step["sft"] < per_step["sp_first"] < per_step["two_pass"]
+    assert per_step["hf_sft"] == pytest.approx(per_step["sft"])
+    assert result["env"]["matmul_peak_tflops"] > 0
 
 
 def test_ratios_against_sft_of_same_layout(result):
@@ -56,7 +66,7 @@ def test_table_and_json_cli(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert [r["variant"] for r in data["rows"]] == ["sft", "sp_first"]
     assert "| variant |" in md.read_text()
-    assert "time ×SFT" in format_table(data)
+    assert "time ×SFT" in format_table(data) and "MFU %" in format_table(data)
 
 
 def test_hf_labels_are_the_unshifted_targets(tok_chatml):

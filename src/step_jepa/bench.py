@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 import torch
+from .flops import FlopCounter, matmul_peak
 from .layout import StepJEPACollator
 from .masks import PAD
 from .segment import IGNORE_INDEX, Segmented, SegmentError, segment
@@ -193,8 +194,11 @@ def hf_inputs(batch: dict, packed: bool) -> dict[str, torch.Tensor]:
 
 
 def build_batches(variant: str, groups: list[list[Segmented]], pad_id: int, pred_ids: list[int],
-                  attn: str, pack_tokens: int, seed: int) -> list[dict]:
-    """The variant's collated CPU batches for the fixed groups of examples."""
+                  attn: str, pack_tokens: int, seed: int, flops: FlopCounter | None = None,
+                  flops_out: list[float] | None = None) -> list[dict]:
+    """The variant's collated CPU batches for the fixed groups of examples; with `flops`, each
+    batch's model FLOPs are appended to `flops_out` (counted on our layout, before an HF variant
+    drops its metadata)."""
     base = variant.removesuffix("_packed")
     packed = variant.endswith("_packed")
     spec = BASE_VARIANTS[base]
@@ -215,6 +219,8 @@ def build_batches(variant: str, groups: list[list[Segmented]], pad_id: int, pred
             batch = StepJEPACollator(**kw, packing=True, max_tokens=cap)(g)
         else:
             batch = StepJEPACollator(**kw)(g)
+        if flops is not None and flops_out is not None:
+            flops_out.append(flops.step_flops(batch))
         if spec["kind"] == "hf":
             batch = hf_inputs(batch, packed)
         out.append(batch)
@@ -262,6 +268,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                examples_per_batch=cfg.batch_size, batches=cfg.n_batches,
                mean_example_tokens=round(sum(nonpad) / len(examples), 1),
                pairs_valid_frac=round(sum(bool(ex.valid_pairs()) for ex in examples) / len(examples), 3))
+    counter = FlopCounter.of(lm)
+    # The matmuls run in the autocast dtype on the GPU (bf16) and in fp32 on the CPU.
+    matmul = matmul_peak(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
+    env.update(matmul_peak_tflops=round(matmul["flops_per_s"] / 1e12, 3),
+               matmul_peak_shape=f"{matmul['n']}³ {matmul['dtype']}")
     jmodel = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd))
     cpu_mem = _CpuMemory()
 
@@ -285,8 +296,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                     loss = loss + cfg.stp_lbd * out["stp"]
                 return loss + lbd * out["jepa"] if lbd > 0 else loss
         t0 = time.perf_counter()
-        batches = build_batches(variant, groups, tok.pad_token_id, pred_ids, attn, cfg.pack_tokens, cfg.seed)
-        prepared.append((variant, step_loss, batches))
+        step_flops: list[float] = []
+        batches = build_batches(variant, groups, tok.pad_token_id, pred_ids, attn, cfg.pack_tokens, cfg.seed,
+                                counter, step_flops)
+        prepared.append((variant, step_loss, batches, step_flops))
         # Progress lines, so that a run stopped by a time limit still shows where the time went.
         log(f"[bench] {variant}: {len(batches)} batches built in {time.perf_counter() - t0:.1f} s")
 
@@ -294,7 +307,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     tok_per_timed_step = sum(nonpad[i] for i in idx) / len(idx)
     results: dict[str, dict[str, Any]] = {}
     for rnd in range(cfg.rounds):  # rounds: on a shared CPU, the least-disturbed round is kept
-        for variant, step_loss, batches in prepared:
+        for variant, step_loss, batches, _ in prepared:
             log(f"[bench] {variant}: {cfg.warmup} warm-up + {cfg.steps} timed steps ...")
             g0 = _graphs()
             times, peak, delta, first, last = run_variant(variant, lm, step_loss, batches, init_state, cfg,
@@ -313,17 +326,19 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
                 "graphs": (prev["graphs"] if prev else 0) + _graphs() - g0}
 
     rows: list[Row] = []
-    for variant, _, batches in prepared:
+    for variant, _, batches, step_flops in prepared:
         r = results[variant]
         times = r["times"]
         med = statistics.median(times)
+        flops_per_step = sum(step_flops[i] for i in idx) / len(idx)  # the batches the timed steps ran
         rows.append(Row(
             variant=variant, ms_median=med * 1e3, ms_mean=statistics.fmean(times) * 1e3, ms_min=min(times) * 1e3,
             nonpad_tokens_per_s=tok_per_timed_step / med, nonpad_tokens_per_step=sum(nonpad) / len(nonpad),
             layout_tokens_per_step=sum(_layout_tokens(b) for b in batches) / len(batches),
             rows_per_step=sum(_rows(b) for b in batches) / len(batches),
             peak_mib=r["peak"], delta_peak_mib=r["delta"], compiled_graphs=r["graphs"],
-            loss_first=r["first"], loss_last=r["last"], round_ms=r["round_ms"]))
+            loss_first=r["first"], loss_last=r["last"], round_ms=r["round_ms"],
+            model_tflops_per_s=flops_per_step / med / 1e12, mfu=flops_per_step / med / matmul["flops_per_s"]))
     by_name = {r.variant: r for r in rows}
     for r in rows:
         suffix = "_packed" if r.variant.endswith("_packed") else ""

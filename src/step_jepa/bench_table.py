@@ -4,6 +4,7 @@ from __future__ import annotations
 
 COLUMNS = [
     ("variant", "variant"), ("ms_median", "ms/step"), ("nonpad_tokens_per_s", "non-pad tok/s"),
+    ("model_tflops_per_s", "model TFLOP/s"), ("mfu", "MFU %"),
     ("time_x_sft", "time ×SFT"), ("time_x_sft_rounds", "×SFT by round"), ("time_x_hf", "time ×HF"),
     ("peak_mib", "peak MiB"),
     ("mem_x_sft", "peak ×SFT"), ("delta_peak_mib", "Δpeak MiB"), ("delta_mem_x_sft", "Δpeak ×SFT"),
@@ -18,6 +19,10 @@ def _fmt(key: str, v) -> str:
         return v
     if key in ("time_x_sft", "time_x_sft_rounds", "time_x_hf", "mem_x_sft", "delta_mem_x_sft"):
         return f"{v:.3f}"
+    if key == "mfu":
+        return f"{100 * v:.1f}"
+    if key == "model_tflops_per_s":
+        return f"{v:.3f}" if v < 10 else f"{v:.1f}"
     if key == "ms_median":
         return f"{v:.2f}" if v < 100 else f"{v:.1f}"
     if key in ("peak_mib", "delta_peak_mib"):
@@ -34,6 +39,8 @@ def format_env(result: dict) -> str:
         f"model: {e['model']} ({e['params_m']}M params) | attn {e['attn']} | {e['dtype']}",
         f"data: {e['data']} | {e['batches']} batches × {e['examples_per_batch']} examples, "
         f"{e['mean_example_tokens']} tokens/example, {e['pairs_valid_frac']:.0%} with a valid pair",
+        f"MFU: model FLOPs of the step's layout (step_jepa/flops.py) / step time / matmul peak "
+        f"{e.get('matmul_peak_tflops', 'n/a')} TFLOP/s measured here ({e.get('matmul_peak_shape', '')})",
         f"memory: {result['memory_note']}",
     ])
 

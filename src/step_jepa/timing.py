@@ -71,6 +71,8 @@ class Row:
     compiled_graphs: int = 0
     loss_first: float | None = None
     loss_last: float | None = None
+    model_tflops_per_s: float | None = None  # model FLOPs of a timed step (flops.py) / median step time
+    mfu: float | None = None  # model_tflops_per_s / the matmul peak measured on the same device and dtype
 
 
 class _CpuMemory:
