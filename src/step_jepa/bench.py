@@ -273,7 +273,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     matmul = matmul_peak(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
     env.update(matmul_peak_tflops=round(matmul["flops_per_s"] / 1e12, 3),
                matmul_peak_shape=f"{matmul['n']}³ {matmul['dtype']}")
-    jmodel = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd))
     cpu_mem = _CpuMemory()
 
     prepared = []
@@ -284,17 +283,15 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             def step_loss(b):
                 return lm(**b).loss
         else:
-            # Variants with options get their own wrapper (an EMA copy, a head); the head's few
-            # parameters are left out of the optimizer, so its AdamW cost is not counted.
-            jm = StepJEPAModel(lm, JEPAOptions(lbd=cfg.lbd, **spec["opts"])).to(device) if "opts" in spec else jmodel
+            # Each variant's wrapper carries its own weights of the terms; one with options also its
+            # EMA copy or head (the head's few parameters stay out of the optimizer, so its AdamW
+            # cost is not counted). The loss is the model's own (`step_jepa_loss`), as in training.
+            opts = JEPAOptions(lbd=lbd, stp_lbd=cfg.stp_lbd if "stp" in spec else 0.0, **spec.get("opts", {}))
+            jm = StepJEPAModel(lm, opts).to(device)
 
-            def step_loss(b, lbd=lbd, jm=jm, stp="stp" in spec):
+            def step_loss(b, jm=jm):
                 jm.update_ema()  # the per-step EMA update is part of the cost (a no-op without EMA)
-                out = jm(**b)
-                loss = out["lm_sum"] / max(out["n_tokens"], 1)
-                if stp:
-                    loss = loss + cfg.stp_lbd * out["stp"]
-                return loss + lbd * out["jepa"] if lbd > 0 else loss
+                return jm(**b)["loss"]
         t0 = time.perf_counter()
         step_flops: list[float] = []
         batches = build_batches(variant, groups, tok.pad_token_id, pred_ids, attn, cfg.pack_tokens, cfg.seed,

@@ -175,11 +175,12 @@ def build_attention_mask(meta: TokenMeta, impl: str, dtype: torch.dtype = torch.
     if impl == "flex_attention":
         return flex_block_mask(meta, window)
     m = dense_mask(meta)
-    if window is not None:
-        m = m & within_window(*window)
-    if impl == "eager":
-        return _additive(m, dtype)
-    return m
+    return _dense_for(m & within_window(*window) if window is not None else m, impl, dtype)
+
+
+def _dense_for(m: torch.Tensor, impl: str, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask as `impl` takes it: additive floats for eager attention, booleans for SDPA."""
+    return _additive(m, dtype) if impl == "eager" else m
 
 
 def sliding_window_of(config) -> tuple[int | None, list[str] | None]:
@@ -204,11 +205,16 @@ def sliding_window_of(config) -> tuple[int | None, list[str] | None]:
 
 def build_model_mask(meta: TokenMeta, config, impl: str, dtype: torch.dtype, position_ids: torch.Tensor):
     """Our mask in the form the model takes: one mask, or one per layer type when some layers
-    use a sliding window (the dict Gemma 3 / Qwen2 accept as ``attention_mask``)."""
+    use a sliding window (the dict Gemma 3 / Qwen2 accept as ``attention_mask``). The dense rule
+    is evaluated once per step and windowed from there; FlexAttention builds a BlockMask per kind."""
     window, types = sliding_window_of(config)
     if window is None:
         return build_attention_mask(meta, impl, dtype)
-    windowed = build_attention_mask(meta, impl, dtype, (position_ids, window))
-    if types is None:
-        return windowed
-    return {"full_attention": build_attention_mask(meta, impl, dtype), "sliding_attention": windowed}
+    win = (position_ids, window)
+    if impl == "flex_attention":
+        windowed, full = flex_block_mask(meta, win), (flex_block_mask(meta) if types is not None else None)
+    else:
+        m = dense_mask(meta)
+        windowed = _dense_for(m & within_window(*win), impl, dtype)
+        full = _dense_for(m, impl, dtype) if types is not None else None
+    return windowed if full is None else {"full_attention": full, "sliding_attention": windowed}
