@@ -23,6 +23,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .config import TrainConfig, format_config, save_config
+from .integration import StepJEPACallback
 from .losses import view_diagnostics
 # Model construction lives in modeling; imported here too for `from step_jepa.trainer import build_model`.
 from .modeling import apply_lora, build_model, resolve_attn_implementation  # noqa: F401
@@ -343,16 +344,6 @@ def any_rank(flag: torch.Tensor) -> bool:
     return bool(flag.item())
 
 
-class EMACallback(TrainerCallback):
-    """Moves the EMA target model towards the online model after every optimizer step."""
-
-    def __init__(self, model: StepJEPAModel):
-        self.model = model
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.model.update_ema()
-
-
 class MetricsFileCallback(TrainerCallback):
     """Appends every log record (with its step) to output_dir/metrics.jsonl on the main process."""
 
@@ -448,7 +439,7 @@ def build_trainer(cfg: TrainConfig, args: TrainingArguments, lm, tok, pred_ids: 
     collator = build_collator(cfg, tok, pred_ids, attn)
     model = StepJEPAModel(lm, jepa_options(cfg))
     if model._ema:
-        callbacks = [EMACallback(model), *(callbacks or [])]
+        callbacks = [StepJEPACallback(model), *(callbacks or [])]  # moves the EMA target after each step
     if cfg.debug:
         print_debug_batch(collator([dataset[i] for i in range(min(2, len(dataset)))]))
     trainer = StepJEPATrainer(
