@@ -279,6 +279,26 @@ def test_eval_file_logs_held_out_losses_of_the_whole_set(model_dir: Path, tmp_pa
     assert last["eval_loss"] == pytest.approx(lm_loss + 0.5 * jepa_loss, rel=1e-5)
 
 
+def test_eval_file_with_stp_logs_its_term_in_eval_loss(model_dir: Path, tmp_path: Path):
+    """With --stp_lbd the held-out STP term is logged (mean over triplets: one per example) and
+    counted in eval_loss, as it is in the training loss."""
+    import json
+
+    from step_jepa.generator import generate_problems
+    from step_jepa.trainer import run_train
+
+    eval_file = tmp_path / "heldout.jsonl"
+    eval_file.write_text("".join(json.dumps(r) + "\n" for r in generate_problems(5, seed=78)))
+    cfg = TrainConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
+                      generate_examples=8, lbd=0.0, stp_lbd=0.5, report_to="none", save_steps=1000, logging_steps=1,
+                      eval_file=str(eval_file), eval_steps=2)
+    run_train(cfg)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    (last,) = [r for r in logged if "eval_lm_loss" in r]
+    assert 0.0 <= last["eval_stp_loss"] <= 2.0 and "eval_jepa_loss" not in last
+    assert last["eval_loss"] == pytest.approx(last["eval_lm_loss"] + 0.5 * last["eval_stp_loss"], rel=1e-6)
+
+
 def test_eval_strategy_needs_an_eval_file(tmp_path: Path):
     with pytest.raises(ValueError, match="--eval_strategy steps needs --eval_file"):
         TrainConfig(eval_strategy="steps").validate()

@@ -167,14 +167,18 @@ class StepJEPATrainer(Trainer):
         model = self.model_wrapped if self.model_wrapped is not None else self.model
         was_training = model.training
         model.eval()
-        # lm_sum, labelled tokens, Σ jepa·pairs, pairs: summed, then reduced over ranks once.
-        totals = torch.zeros(4, dtype=torch.float64, device=self.args.device)
+        # lm_sum, labelled tokens, Σ jepa·pairs, pairs, Σ stp·triplets, triplets: summed, then
+        # reduced over ranks once.
+        totals = torch.zeros(6, dtype=torch.float64, device=self.args.device)
         with torch.no_grad():
             for inputs in loader:
+                n_stp = inputs.get("n_stp", 0)
                 out = model(**self._prepare_inputs(inputs))
                 pairs = out["view1"].shape[0] if "view1" in out else 0
+                stp = out["stp"].detach().double() * n_stp if n_stp else totals.new_zeros(())
                 totals += torch.stack([out["lm_sum"].detach().double(), totals.new_tensor(out["n_tokens"]),
-                                       out["jepa"].detach().double() * pairs, totals.new_tensor(pairs)])
+                                       out["jepa"].detach().double() * pairs, totals.new_tensor(pairs),
+                                       stp, totals.new_tensor(n_stp)])
         model.train(was_training)
         if self.args.world_size > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")
@@ -194,7 +198,7 @@ class StepJEPATrainer(Trainer):
             self.data_collator = train_collator
 
     def _eval_metrics(self, totals: list[float], prefix: str) -> dict[str, float]:
-        lm_sum, tokens, jepa_sum, pairs = totals
+        lm_sum, tokens, jepa_sum, pairs, stp_sum, triplets = totals
         cfg = self.step_config
         lm = lm_sum / max(tokens, 1.0)
         metrics = {f"{prefix}_lm_loss": lm, f"{prefix}_tokens": tokens}
@@ -203,6 +207,9 @@ class StepJEPATrainer(Trainer):
             metrics[f"{prefix}_jepa_loss"] = jepa_sum / pairs
             metrics[f"{prefix}_pairs"] = pairs
             loss += self.jepa_options.lbd_at(self.state.global_step, self.state.max_steps) * jepa_sum / pairs
+        if cfg.stp_lbd > 0 and triplets:
+            metrics[f"{prefix}_stp_loss"] = stp_sum / triplets
+            loss += cfg.stp_lbd * stp_sum / triplets
         metrics[f"{prefix}_loss"] = loss
         return metrics
 
