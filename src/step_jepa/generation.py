@@ -232,19 +232,15 @@ def _has_sliding_window(model: Any) -> bool:
     return bool(getattr(cfg, "sliding_window", None)) and getattr(cfg, "use_sliding_window", True) is not False
 
 
-def _decode_batch(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int, stops: Sequence[int],
-                  pad_id: int, *, check_every: int = 8, compact_fraction: float = 0.25,
-                  prefill_tokens: int = 65536) -> list[list[int]]:
-    """Greedy-decode one batch; return each row's generated ids (stop token included when hit).
+def _prefilled(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int, pad_id: int, prefill_tokens: int):
+    """Left-pad the prompts, prefill them; return (forward, slab cache, last logits, mask, prompt width).
 
-    Mirrors ``model.generate(do_sample=False)``: left padding, position ids from the attention mask's
-    cumulative sum, finished rows fed the pad token with mask 1 until they are dropped.  Rows leave
-    the batch (cache, mask and state index-selected) once more than ``compact_fraction`` of those still
-    in it are done; the "anyone left?" check is the only host sync and runs every ``check_every`` steps.
+    ``mask`` is the [rows, prompt width + max_new_tokens] padding mask with the prompt part set, as
+    ``model.generate`` builds it; the cache's full-attention layers are slabs of that capacity.
     """
     import torch
 
-    from .decoding import decode_attention, to_slabs
+    from .decoding import to_slabs
 
     device = next(model.parameters()).device
     rows, plen = len(seqs), max(len(s) for s in seqs)
@@ -256,31 +252,65 @@ def _decode_batch(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int
             input_ids[r, plen - len(s):] = torch.tensor(list(s), dtype=torch.long)
         mask[r, plen - len(s): plen] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
-    stop_t = torch.tensor(list(stops) or [-1], dtype=torch.long, device=device)
-    out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
-
     fwd = _Forward(model)
-    as_mask = _decode_mask(model)
     cache, logits = _prefill(fwd, input_ids, mask[:, :plen], prefill_tokens)
     to_slabs(cache, capacity)
+    return fwd, cache, logits, mask, plen
+
+
+def _decode_batch(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int, stops: Sequence[int],
+                  pad_id: int, *, check_every: int = 8, compact_fraction: float = 0.25,
+                  prefill_tokens: int = 65536, cuda_graphs: bool = False) -> list[list[int]]:
+    """Greedy-decode one batch; return each row's generated ids (stop token included when hit).
+
+    Mirrors ``model.generate(do_sample=False)``: left padding, position ids from the attention mask's
+    cumulative sum, finished rows fed the pad token with mask 1 until they are dropped.  Rows leave
+    the batch (cache, mask and state index-selected) once more than ``compact_fraction`` of those still
+    in it are done; the "anyone left?" check is the only host sync and runs every ``check_every`` steps.
+    ``cuda_graphs`` hands the decode steps to :mod:`step_jepa.graph_decode` (recorded and replayed
+    on CUDA; the same static-shape loop run eagerly elsewhere) where the model allows it.
+    """
+    from .decoding import decode_attention
+    from .graph_decode import can_use_static, decode_batch_static
+
+    as_mask = _decode_mask(model)
+    fwd, cache, logits, mask, plen = _prefilled(model, seqs, max_new_tokens, pad_id, prefill_tokens)
+    with decode_attention(model) if as_mask is _padding_mask_4d else contextlib.nullcontext():
+        if cuda_graphs and as_mask is _padding_mask_4d and can_use_static(cache):
+            out, _ = decode_batch_static(fwd, cache, logits, mask, plen, max_new_tokens, stops, pad_id,
+                                         check_every=check_every)
+            return _trim(out.cpu().tolist(), set(stops))
+        out = _eager_loop(fwd, cache, logits, mask, plen, max_new_tokens, stops, pad_id, as_mask,
+                          check_every, compact_fraction)
+    return _trim(out.cpu().tolist(), set(stops))
+
+
+def _eager_loop(fwd: _Forward, cache: Any, logits, mask, plen: int, max_new_tokens: int, stops: Sequence[int],
+                pad_id: int, as_mask: Callable[[Any], Any], check_every: int, compact_fraction: float):
+    """The decode steps with Python-side shapes: the cache grows by one slot per step, rows are dropped."""
+    import torch
+
+    device = logits.device
+    rows = mask.shape[0]
+    stop_t = torch.tensor(list(stops) or [-1], dtype=torch.long, device=device)
+    out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     next_tok = logits.argmax(-1)
     out[:, 0] = next_tok
     state = _Rows(mask=mask, last_pos=mask[:, :plen].sum(-1) - 1, next_tok=next_tok,
                   done=torch.isin(next_tok, stop_t), row_ids=torch.arange(rows, device=device))
-    with decode_attention(model) if as_mask is _padding_mask_4d else contextlib.nullcontext():
-        cur = plen
-        for step in range(1, max_new_tokens):
-            if (step % check_every == 0 or step == 1) and state.all_done_or_compact(cache, compact_fraction):
-                break
-            state.mask[:, cur] = 1
-            state.last_pos = state.last_pos + 1
-            logits = fwd(state.next_tok[:, None], as_mask(state.mask[:, : cur + 1]), state.last_pos[:, None],
-                         cache, last_only=False)
-            cur += 1
-            state.next_tok = torch.where(state.done, pad_id, logits.argmax(-1))
-            out[state.row_ids, step] = state.next_tok
-            state.done = state.done | torch.isin(state.next_tok, stop_t)
-    return _trim(out.cpu().tolist(), set(stops))
+    cur = plen
+    for step in range(1, max_new_tokens):
+        if (step % check_every == 0 or step == 1) and state.all_done_or_compact(cache, compact_fraction):
+            break
+        state.mask[:, cur] = 1
+        state.last_pos = state.last_pos + 1
+        logits = fwd(state.next_tok[:, None], as_mask(state.mask[:, : cur + 1]), state.last_pos[:, None],
+                     cache, last_only=False)
+        cur += 1
+        state.next_tok = torch.where(state.done, pad_id, logits.argmax(-1))
+        out[state.row_ids, step] = state.next_tok
+        state.done = state.done | torch.isin(state.next_tok, stop_t)
+    return out
 
 
 @dataclass
@@ -369,13 +399,16 @@ def _decode_with_fallback(model: Any, seqs: list[list[int]], decode: Callable[[l
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], *, max_new_tokens: int = 512,
              batch_size: int | None = None, max_batch_tokens: int | None = None, progress: bool = True,
-             stop_ids: Sequence[int] | None = None, check_every: int = 8) -> list[GenResult]:
+             stop_ids: Sequence[int] | None = None, check_every: int = 8,
+             cuda_graphs: bool = False) -> list[GenResult]:
     """Greedy completions of chat prompts (system + user messages), in the order given.
 
     ``max_batch_tokens`` bounds ``rows x (longest prompt + max_new_tokens)`` per batch (KV-cache slots);
     on CUDA it defaults to half the free memory, so the whole GSM8K test set of a small model fits in
     one batch.  On CPU ``batch_size`` defaults to 16.  A batch that raises is retried in halves; an
-    example that fails alone gets ``GenResult(error=...)``.
+    example that fails alone gets ``GenResult(error=...)``.  ``cuda_graphs`` replays each decode step
+    as a recorded CUDA graph (:mod:`step_jepa.graph_decode`; SDPA models without sliding windows; on
+    the CPU the same static-shape loop runs without recording).
     """
     import torch
     from tqdm.auto import tqdm
@@ -393,7 +426,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], *, max_n
     batches = plan_batches([len(s) for s in seqs], max_new_tokens, max_batch_tokens, batch_size)
 
     def decode(batch: list[list[int]]) -> list[list[int]]:
-        return _decode_batch(model, batch, max_new_tokens, stops, pad_id, check_every=check_every)
+        return _decode_batch(model, batch, max_new_tokens, stops, pad_id, check_every=check_every,
+                             cuda_graphs=cuda_graphs)
 
     results: list[GenResult | None] = [None] * len(seqs)
     was_training = model.training
