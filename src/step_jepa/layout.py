@@ -144,8 +144,15 @@ def copy_items(ex: Segmented, pairs: list[int], pred_ids: list[int], uid0: int) 
     return out
 
 
-def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1) -> dict[str, torch.Tensor]:
-    """Place rows of items into padded [B, T] tensors and resolve view indices to (row, column)."""
+def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1, min_rows: int = 1,
+          allow_plain: bool = True) -> dict[str, torch.Tensor]:
+    """Place rows of items into padded [B, T] tensors and resolve view indices to (row, column).
+
+    ``min_rows``: empty (all-padding) rows are added up to this many; a compiled decoder
+    specialises on a batch of one row, so a last short batch would compile it again.
+    ``allow_plain``: whether ``plain_causal`` may be set (see `plain_causal`).
+    """
+    items = list(items) + [[] for _ in range(min_rows - len(items))]
     lengths = [sum(len(it) for it in row) for row in items]
     T = max(lengths) if lengths else 0
     T = max(multiple_of, -(-T // multiple_of) * multiple_of) if T else multiple_of
@@ -191,10 +198,15 @@ def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1) -> dict[st
         "seq": seq, "role": role, "pair": pair, "ctx": ctx,
         "view_rows": v[:, 0], "view1_cols": v[:, 1], "view2_cols": v[:, 2],
         "stp_index": torch.tensor(stp, dtype=torch.long).reshape(-1, 3),
-        # One original sequence per row: the model's own causal + padding mask is exact.
-        "plain_causal": all(len(row) == 1 and not any(row[0].views) and all(r == ORIG for r in row[0].role)
-                            for row in items),
+        "plain_causal": allow_plain and plain_causal(items),
     }
+
+
+def plain_causal(items: list[list[Item]]) -> bool:
+    """One original sequence per row (or none: an added padding row): the model's own causal +
+    padding mask is then exact, and cheaper than ours (SDPA can take its causal kernels)."""
+    return all(len(row) == 0 or (len(row) == 1 and not any(row[0].views) and all(r == ORIG for r in row[0].role))
+               for row in items)
 
 
 def segmented_from_row(row) -> Segmented:
@@ -257,6 +269,7 @@ class StepJEPACollator:
     jepa_ratio: float = 1.0
     target_copies: bool = False  # also emit the copies alone under 'copies' (EMA target encoder)
     stp: str = "none"  # none | random | steps: Semantic Tube Prediction triplets on the original tokens
+    min_rows: int = 1  # pad a shorter batch with empty rows (2 under torch.compile: see `place`)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -297,4 +310,15 @@ class StepJEPACollator:
 
     def _place(self, items: list[Item]) -> dict[str, torch.Tensor]:
         rows = pack_rows(items, self.max_tokens) if self.packing else [[it] for it in items]
-        return place(rows, self.pad_id, self.pad_multiple)
+        return place(rows, self.pad_id, self.pad_multiple, 1 if self.packing else self.min_rows,
+                     self.plain_batches_only)
+
+    @property
+    def plain_batches_only(self) -> bool:
+        """Whether every batch of this collator is plain causal (unpacked and without JEPA pairs).
+
+        Only then may a batch take the model's own mask: a run that mixes the two masks (a
+        single-pass batch without a valid pair, a packed group of one example) hands a compiled
+        decoder a mask of another rank and dtype, and it compiles a second graph mid-run.
+        """
+        return self.mode != "single_pass" and not self.packing

@@ -148,6 +148,7 @@ def build_collator(cfg: TrainConfig, tok, pred_ids: list[int], attn: str) -> Bat
         max_tokens=cfg.max_tokens_per_batch, pad_multiple=128 if attn == "flex_attention" else 1,
         seed=cfg.seed, jepa_ratio=cfg.jepa_ratio, target_copies=cfg.jepa_target == "ema",
         stp=cfg.stp_positions if cfg.stp_lbd > 0 else "none",
+        min_rows=2 if cfg.torch_compile else 1,  # a 1-row last batch would recompile the decoder
     ))
 
 
