@@ -34,6 +34,7 @@ import torch
 from .flops import FlopCounter, matmul_peak
 from .layout import StepJEPACollator
 from .masks import PAD
+from .options import add_dataclass_arguments, resolve_dataclass
 from .segment import IGNORE_INDEX, Segmented, SegmentError, segment
 
 # Re-exports: the harness lives in step_jepa.timing, the table in step_jepa.bench_table now.
@@ -351,52 +352,15 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
 
 
 def _parser_arguments(p: argparse.ArgumentParser) -> None:
-    d = BenchConfig()
-    p.add_argument("--model", default=d.model, help="tiny | smollm2 | llama1b-random | a model directory")
-    p.add_argument("--data", nargs="+", default=d.data, metavar="SRC",
-                   help="generator (default) | gsm8k [PATH] | PATH (any file load_records reads)")
-    p.add_argument("--batch_size", type=int, default=d.batch_size, help="examples per optimizer step")
-    p.add_argument("--n_batches", type=int, default=d.n_batches, help="fixed batches, cycled over the steps")
-    p.add_argument("--steps", type=int, default=d.steps, help="timed optimizer steps per variant")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps first (compilation, optimizer state)")
-    p.add_argument("--dtype", default=d.dtype, choices=("auto", "bf16", "fp32"),
-                   help="bf16 = autocast with fp32 master weights (auto: bf16 on cuda, fp32 on cpu)")
-    p.add_argument("--device", default=d.device, help="auto | cuda | cpu | cuda:N")
-    p.add_argument("--attn", default=d.attn, choices=("auto", "sdpa", "eager", "flex_attention"),
-                   help="attention implementation of every variant (auto: flex_attention on cuda, sdpa on cpu)")
-    p.add_argument("--variants", default=",".join(d.variants),
-                   help=f"comma list from: {', '.join(VARIANTS)}")
-    p.add_argument("--max_length", type=int, default=d.max_length, help="token limit per example")
-    p.add_argument("--predictors", type=int, default=d.predictors, help="K predictor tokens")
-    p.add_argument("--lbd", type=float, default=d.lbd, help="λ of the JEPA variants")
-    p.add_argument("--stp_lbd", type=float, default=d.stp_lbd, help="weight of the STP variants' term")
-    p.add_argument("--pack_tokens", type=int, default=d.pack_tokens,
-                   help="row length of packed variants; 0 = auto (flex: the whole batch in one row; "
-                        "sdpa/eager: rows as long as the variant's padded rows)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the data, initialisation and pair choices")
-    p.add_argument("--threads", type=int, default=d.threads,
-                   help="torch CPU threads (0 = default); 1 avoids OpenMP stalls on a shared, oversubscribed host")
-    p.add_argument("--rounds", type=int, default=d.rounds,
-                   help="run the variant list this many times and keep each variant's fastest round "
-                        "(use 3+ on a shared CPU; memory is the max over rounds); '×SFT by round' is the "
-                        "median of the per-round ratios")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decoder (dynamic shapes) for every variant; give --warmup >= 2")
-    p.add_argument("--profile_dir", default=None, metavar="DIR",
-                   help="after timing, profile a few more steps per variant; write DIR/profile_<variant>.txt")
-    p.add_argument("--profile_steps", type=int, default=d.profile_steps, help="steps profiled per variant")
+    """BenchConfig's fields through train's parser (`--config FILE.yaml` included), plus the outputs."""
+    add_dataclass_arguments(p, BenchConfig)
     p.add_argument("--json", default=None, metavar="OUT", help="write env, config and rows as JSON")
     p.add_argument("--markdown", default=None, metavar="OUT", help="write env and table as markdown")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    return BenchConfig(
-        model=args.model, data=list(args.data), batch_size=args.batch_size, n_batches=args.n_batches,
-        steps=args.steps, warmup=args.warmup, dtype=args.dtype, device=args.device, attn=args.attn,
-        variants=[v.strip() for v in args.variants.split(",") if v.strip()], max_length=args.max_length,
-        predictors=args.predictors, lbd=args.lbd, stp_lbd=args.stp_lbd, pack_tokens=args.pack_tokens, seed=args.seed,
-        rounds=args.rounds, threads=args.threads, profile_dir=args.profile_dir, profile_steps=args.profile_steps,
-        compile=args.compile)
+    """Defaults < `--config` YAML < flags, as for `step-jepa train`."""
+    return resolve_dataclass(args, BenchConfig)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -86,14 +86,19 @@ class Parser(argparse.ArgumentParser):
         self.error(msg)
 
     def option_strings(self) -> list[str]:
-        return [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        """Each flag's first long spelling: HfArgumentParser adds `--warmup-steps` beside
+        `--warmup_steps`, and a suggestion should name the spelling the docs use."""
+        return [next(o for o in a.option_strings if o.startswith("--")) for a in self._actions
+                if any(o.startswith("--") for o in a.option_strings)]
 
 
 def suggest(flag: str, options: Sequence[str], n: int = 3) -> list[str]:
     """Flags `flag` probably meant: known aliases and the flags it abbreviates (what argparse
-    would have picked); only without those, difflib's close matches (a typo). At most `n`."""
+    would have picked), shortest first; only without those, difflib's close matches (a typo). At most `n`."""
     found = [o for o in ALIASES.get(flag, ()) if o in options]
-    found += sorted(o for o in options if o.startswith(flag) and o not in found)
+    # Shortest first: with every TrainingArguments flag, `--res` also prefixes
+    # `--restore_callback_states_from_checkpoint`, and the short name is the likely one.
+    found += sorted((o for o in options if o.startswith(flag) and o not in found), key=lambda o: (len(o), o))
     return (found or difflib.get_close_matches(flag, options, n=n))[:n]
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, load_yaml
+from .config import TrainConfig, config_dict, load_yaml
 # Re-exports: the report and its files live in step_jepa.report, the statistics in step_jepa.stats now.
 from .report import (  # noqa: F401
     DIAG_KEYS,
@@ -178,14 +178,12 @@ def train_config(grid: Grid, name: str, seed: int) -> TrainConfig:
     """The TrainConfig of one run: base, then the config's JEPA overrides, then seed and directory."""
     values = {**grid.base, **grid.configs[name], "seed": seed,
               "output_dir": str(run_dir(grid.output_dir, name, seed)), "overwrite_output_dir": True}
-    cfg = TrainConfig(**values)
-    cfg.validate()
-    return cfg
+    return TrainConfig(**values)  # validated while it is built
 
 
 def shared_settings(cfg: TrainConfig) -> dict[str, Any]:
     """The part of a TrainConfig that must be identical across the configs of one seed."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in JEPA_KEYS | {"output_dir"}}
+    return {k: v for k, v in config_dict(cfg).items() if k not in JEPA_KEYS | {"output_dir"}}
 
 
 def check_same_except_jepa(grid: Grid) -> None:
@@ -278,7 +276,7 @@ def run_state(rdir: Path) -> str:
 def _check_recorded(result: dict, cfg: TrainConfig, ev: dict, rdir: Path) -> None:
     """A skipped result must come from the same settings as the grid now asks for."""
     rec_train, rec_eval = result.get("train_config", {}), result.get("eval", {})
-    now_train = cfg.to_dict()
+    now_train = config_dict(cfg)
     diff = sorted(k for k in set(rec_train) | set(now_train) if rec_train.get(k) != now_train.get(k))
     ediff = sorted(k for k in set(rec_eval) | set(ev) if rec_eval.get(k) != ev.get(k))
     if diff or ediff:
@@ -295,7 +293,7 @@ def _check_trained(cfg: TrainConfig, rdir: Path) -> None:
     import yaml
 
     rec = yaml.safe_load(saved.read_text()) or {}
-    now = cfg.to_dict()
+    now = config_dict(cfg)
     diff = sorted(k for k in set(rec) | set(now) if rec.get(k) != now.get(k))
     if diff:
         raise ValueError(f"{rdir} was trained with other settings ({diff}); delete it to redo the run")
@@ -339,7 +337,7 @@ def run_one(grid: Grid, name: str, seed: int, records: list[dict]) -> dict[str, 
         "n": summary["n"], "no_answer_rate": summary.get("no_answer_rate"),
         "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
         "overrides": grid.configs[name], "shared_fingerprint": fingerprint(shared_settings(cfg)),
-        "train_config": cfg.to_dict(), "eval": ev, "train_summary": train_summary,
+        "train_config": config_dict(cfg), "eval": ev, "train_summary": train_summary,
         "eval_summary": {k: v for k, v in summary.items() if k != "versions"},
     }
     _write_atomic(rdir / RESULT, json.dumps(result, indent=1, default=str))

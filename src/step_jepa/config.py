@@ -1,12 +1,16 @@
-"""Run configuration: one dataclass whose fields are the `step-jepa train` flags.
+"""Run configuration: `StepJEPAConfig`, a `transformers.TrainingArguments` with the Step-JEPA fields.
 
-Names follow Hugging Face `TrainingArguments` where one exists, so users can move flags between
-TRL/HF scripts and this tool. Precedence: defaults < `--config file.yaml` < flags on the command line.
+Like TRL's `SFTConfig`, it extends `TrainingArguments`, so every Trainer option (`--fsdp`,
+`--deepspeed`, `--optim`, ...) is a `step-jepa train` flag and YAML key and reaches the Trainer
+unchanged; the subclass re-declares only the fields whose default or help differs from Hugging
+Face's. Flags are built by `HfArgumentParser`'s field rules. Precedence: defaults <
+`--config file.yaml` < flags on the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field, fields
@@ -14,16 +18,32 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
+from transformers import TrainingArguments
 
 from .modeling import DEFAULT_MODEL
+# The parser and YAML helpers are shared with `step-jepa bench` (options); imported here too,
+# so `from step_jepa.config import load_yaml, yaml_error_message` keeps working.
+from .options import (  # noqa: F401
+    add_dataclass_arguments, field_default, load_yaml, plain, resolve_dataclass, yaml_error_message)
 
 
 def _f(default: Any, help: str, **kw) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "y", "on"), ("0", "false", "no", "n", "off")
+
+
 @dataclass
-class TrainConfig:
+class StepJEPAConfig(TrainingArguments):
+    """The options of `step-jepa train`: ours, then TrainingArguments' (some with our defaults).
+
+    `__post_init__` fills in what depends on our fields (batch size 1 under packing, warm-up
+    from --warmup_ratio, eval strategy from --eval_file, ...), validates our ranges first (one
+    clear line), then runs TrainingArguments' own checks and device setup, so an instance can be
+    handed to any `Trainer`.
+    """
+
     # data and model
     model: str = _f(DEFAULT_MODEL, "model name or local directory (offline: default SmolLM2 GGUF, or gemma3-270m)")
     train_file: str | None = _f(None, "prepared JSONL (or raw GSM8K/chat JSONL); default: built-in generator")
@@ -83,16 +103,16 @@ class TrainConfig:
     max_steps: int = _f(-1, "total optimizer steps (overrides epochs when > 0)")
     per_device_train_batch_size: int = _f(8, "examples per device per micro-batch")
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
-    warmup_ratio: float = _f(0.03, "fraction of steps of linear warm-up")
+    warmup_ratio: float = _f(0.03, "fraction of steps of linear warm-up (ignored when --warmup_steps > 0)")
     lr_scheduler_type: str = _f("cosine", "HF scheduler name")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     adam_beta1: float = _f(0.9, "AdamW β1")
     adam_beta2: float = _f(0.95, "AdamW β2")
     max_grad_norm: float = _f(1.0, "gradient clipping")
     bf16: bool = _f(False, "bf16 autocast (fp32 master weights)")
-    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     torch_compile: bool = _f(False, "torch.compile the decoder (dynamic shapes). Halved a packed SmolLM2 step "
-                                    "on an H200, but compiling takes minutes: for long runs (docs/performance.md)")
+                                    "on an H200, but compiling takes minutes: for long runs (docs/performance.md). "
+                                    "Hugging Face's whole-model compile: --torch_compile_backend/--torch_compile_mode")
     seed: int = _f(0, "seed for data order, pair sampling and initialisation")
     logging_steps: int = _f(10, "log every N optimizer steps (TensorBoard + metrics.jsonl)")
     eval_strategy: str | None = _f(None, "when to evaluate on --eval_file: no | steps | epoch "
@@ -101,24 +121,103 @@ class TrainConfig:
     eval_steps: int | None = _f(None, "evaluate every N optimizer steps (default: --logging_steps)")
     save_steps: int = _f(500, "checkpoint every N steps")
     save_total_limit: int | None = _f(2, "keep at most N checkpoints")
+    # `str` for the flag (one comma-separated value, as before); a YAML list is accepted too.
     report_to: str = _f("tensorboard", "tensorboard | none | wandb ... (comma-separated)")
     dataloader_num_workers: int = _f(0, "data loader worker processes")
+    # TrainingArguments fields that our Trainer needs set otherwise than Hugging Face's default
+    logging_first_step: bool = _f(True, "log the first optimizer step too")
+    remove_unused_columns: bool = _f(False, "keep batch keys the model forward does not name (the step "
+                                            "spans are needed; leave false)")
+    disable_tqdm: bool = _f(False, "hide the progress bar")
+    per_device_eval_batch_size: int | None = _f(None, "examples per device per eval batch (default: the training "
+                                                      "batch size; 1 group with --packing)")
+    use_cpu: bool | None = _f(None, "train on the CPU (default: true when no CUDA device is visible; makes "
+                                    "accelerate use gloo DDP under torchrun on CPU)")
+    ddp_find_unused_parameters: bool | None = _f(None, "DDP find_unused_parameters (default: true only for a "
+                                                       "predictor head with --jepa_ratio < 1, idle on some steps)")
     # reliability
     resume: bool = _f(False, "resume from the latest complete checkpoint in output_dir")
     resume_from_checkpoint: str | None = _f(None, "resume from exactly this checkpoint dir (HF name; wins over "
                                                   "--resume); an error if it is missing or damaged")
     overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output dir of another run")
     max_nonfinite_steps: int = _f(5, "stop after this many consecutive non-finite losses (each step is skipped)")
-    debug: bool = _f(False, "print the first batch's layout and shapes")
+    debug_batch: bool = _f(False, "print the first batch's layout and shapes (also: --debug, --debug true)")
+    # Hugging Face's `debug` (underflow_overflow | tpu_metrics_debug; a YAML list is accepted too).
+    # `--debug` was our boolean: alone or with a boolean value it still means --debug_batch.
+    debug: str = _f("", "--debug or --debug true: --debug_batch; other values are Hugging Face's debug "
+                        "options (underflow_overflow, tpu_metrics_debug)", nargs="?", const="true")
+
+    validates_on_init = True  # __post_init__ runs validate(): resolve_dataclass need not
+
+    def __post_init__(self) -> None:
+        """Resolve our dependent defaults, check our ranges, then let TrainingArguments finish.
+
+        The values as given (before any resolution) are kept in `_given`, so the saved config
+        holds what the user asked for, not what this machine resolved it to (CPU, eval steps).
+        """
+        self._map_debug()
+        # A deep copy: TrainingArguments fills dicts such as fsdp_config in place.
+        self._given = copy.deepcopy({f.name: getattr(self, f.name) for f in fields(self) if f.init})
+        self.validate()
+        self._resolve()
+        self._hf_post_init()
+
+    def _hf_post_init(self) -> None:
+        """TrainingArguments' own checks and device set-up, with our --torch_compile hidden.
+
+        Ours compiles the decoder (dynamic shapes, in build_model); seen by Hugging Face it would
+        also compile the whole wrapper through accelerate. Hugging Face's compile stays reachable:
+        --torch_compile_backend / --torch_compile_mode turn it on, as in any HF script.
+        """
+        ours, self.torch_compile = self.torch_compile, False
+        try:
+            super().__post_init__()
+        finally:
+            self.torch_compile = ours
+
+    def _map_debug(self) -> None:
+        """`--debug` used to be our boolean flag; HF's `debug` is a list of options: keep both."""
+        if isinstance(self.debug, bool) or (isinstance(self.debug, str) and self.debug.lower() in _TRUE + _FALSE):
+            flag = self.debug if isinstance(self.debug, bool) else self.debug.lower() in _TRUE
+            self.debug_batch = self.debug_batch or flag
+            self.debug = ""
+
+    def _resolve(self) -> None:
+        """Trainer-facing values that follow from ours.
+
+        Copy a built config with `copy.copy`, not `dataclasses.replace`: building another
+        TrainingArguments resets accelerate's state, which a constructed Trainer holds.
+        """
+        import torch
+
+        if self.packing:
+            self.per_device_train_batch_size = 1  # a batch is one packed group
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = self.per_device_train_batch_size
+        if not self.warmup_steps:
+            self.warmup_steps = self.warmup_ratio  # HF reads warm-up < 1 as a ratio
+        self.eval_strategy = self.resolved_eval_strategy()
+        self.report_to = _report_list(self.report_to)
+        if self.data_seed is None:
+            self.data_seed = self.seed
+        if self.use_cpu is None:
+            self.use_cpu = not torch.cuda.is_available()
+        if self.ddp_find_unused_parameters is None:
+            self.ddp_find_unused_parameters = self.jepa_predictor_head != "none" and self.jepa_ratio < 1
 
     def resolved_eval_strategy(self) -> str:
         """--eval_strategy with its default filled in: giving --eval_file is asking for evaluation."""
         if self.eval_strategy is not None:
-            return self.eval_strategy
+            return getattr(self.eval_strategy, "value", self.eval_strategy)
         return "steps" if self.eval_file else "no"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def saved_dict(self) -> dict[str, Any]:
+        """What `step_jepa_config.yaml` holds: every Step-JEPA field, and the TrainingArguments
+        fields given a value other than our default. Reloads with --config to the same run."""
+        ours = own_fields(type(self))
+        given = getattr(self, "_given", None) or {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        rest = [k for k in given if k not in ours and plain(given[k]) != plain(field_default(type(self), k))]
+        return {k: plain(given[k]) for k in [*ours, *rest]}
 
     def validate(self) -> None:
         """Refuse values that would fail late or silently train something else than asked.
@@ -169,12 +268,27 @@ class TrainConfig:
         ]
 
 
-def _str2bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "y", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+TrainConfig = StepJEPAConfig  # the name used before StepJEPAConfig extended TrainingArguments
+
+
+def own_fields(cls: type = StepJEPAConfig) -> list[str]:
+    """Fields declared by our class: the Step-JEPA ones first, then the TrainingArguments fields
+    whose default or help we change (dataclasses keep a re-declared field at its base position)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is TrainingArguments:
+            break
+        names |= set(vars(klass).get("__annotations__", {}))
+    hf = {f.name for f in fields(TrainingArguments)}
+    ordered = [f.name for f in fields(cls) if f.name in names]
+    return [n for n in ordered if n not in hf] + [n for n in ordered if n in hf]
+
+
+def _report_list(value: str | list[str] | None) -> list[str]:
+    """`tensorboard,wandb`, a YAML list or "none" as the list the Trainer wants ("none" = [])."""
+    items = [value] if isinstance(value, str) or value is None else list(value)
+    names = [n.strip() for item in items if item for n in str(item).split(",") if n.strip()]
+    return [n for n in names if n != "none"]
 
 
 def _optional(tp: Any) -> Any:
@@ -183,82 +297,43 @@ def _optional(tp: Any) -> Any:
     return args[0] if args else tp
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
-    """One flag per dataclass field. Defaults are suppressed so that only flags typed by the user
-    override the YAML overlay."""
-    parser.add_argument("--config", help="YAML file of options (overridden by command-line flags)")
-    hints = get_type_hints(cls)
-    for f in fields(cls):
-        tp = _optional(hints[f.name])
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{f.metadata.get('help', '')} (default: {f.default})"}
-        if tp is bool:
-            kw.update(nargs="?", const=True, type=_str2bool)
-        else:
-            kw["type"] = tp
-            if "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
-        parser.add_argument(f"--{f.name}", **kw)
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = StepJEPAConfig) -> None:
+    """`step-jepa train`'s flags (see `options.add_dataclass_arguments`): every field, plus --config."""
+    add_dataclass_arguments(parser, cls)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from `path`; a syntax error is a one-line ValueError "FILE:LINE: problem".
-
-    PyYAML's own message spans several lines and names `<unicode string>` instead of the file.
-    """
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(yaml_error_message(path, e)) from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of option: value")
-    return data
+def resolve_config(args: argparse.Namespace, cls: type = StepJEPAConfig) -> Any:
+    """Defaults < YAML overlay < flags, built (and so validated) as `cls`; see `options.resolve_dataclass`."""
+    return resolve_dataclass(args, cls)
 
 
-def yaml_error_message(path: str | Path, e: yaml.YAMLError) -> str:
-    """`FILE:LINE: problem (column C)` from a YAML error; marks are 0-based, editors count from 1."""
-    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    context = getattr(e, "context", None)
-    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-    detail = f" ({context})" if context else ""
-    column = f", column {mark.column + 1}" if mark is not None else ""
-    return f"{where}: invalid YAML: {problem}{detail}{column}"
-
-
-def resolve_config(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
-    """Defaults, then the YAML overlay, then explicit flags. Unknown YAML keys are an error."""
-    values: dict[str, Any] = {}
-    names = {f.name for f in fields(cls)}
-    if getattr(args, "config", None):
-        overlay = load_yaml(args.config)
-        unknown = sorted(set(overlay) - names)
-        if unknown:
-            raise ValueError(f"{args.config}: unknown option(s): {', '.join(unknown)}")
-        values.update(overlay)
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    cfg = cls(**values)
-    if hasattr(cfg, "validate"):
-        cfg.validate()
-    return cfg
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """The reloadable, readable form of a config (see StepJEPAConfig.saved_dict)."""
+    return cfg.saved_dict() if hasattr(cfg, "saved_dict") else plain(dataclasses.asdict(cfg))
 
 
 def save_config(cfg: Any, output_dir: str | Path) -> Path:
     """Write the resolved configuration next to the run's outputs (YAML, reloadable with --config)."""
     path = Path(output_dir) / "step_jepa_config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    path.write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False, allow_unicode=True))
     return path
 
 
 def format_config(cfg: Any) -> str:
-    return json.dumps(dataclasses.asdict(cfg), indent=1)
+    return json.dumps(config_dict(cfg), indent=1, ensure_ascii=False)
 
 
 def options_markdown(cls: type = TrainConfig) -> str:
-    """The options table of docs/options.md, generated from the dataclass so it cannot drift."""
+    """The options table of docs/options.md, generated from the dataclass so it cannot drift.
+
+    Lists the fields our class declares; the other TrainingArguments fields keep Hugging Face's
+    defaults and help (`step-jepa train --help`), so they would only copy its documentation.
+    """
     hints = get_type_hints(cls)
     rows = ["| flag | type | default | meaning |", "|---|---|---|---|"]
-    for f in fields(cls):
+    for name in own_fields(cls):
+        f = cls.__dataclass_fields__[name]
         tp = _optional(hints[f.name])
         rows.append(f"| `--{f.name}` | {getattr(tp, '__name__', str(tp))} | `{f.default}` | {f.metadata.get('help', '')} |")
     return "\n".join(rows) + "\n"

@@ -20,31 +20,54 @@ DEFAULT_VARIANTS = ["hf_sft", "sft", "two_pass", "sp_first", "sp_all",
                     "hf_sft_packed", "sft_packed", "two_pass_packed", "sp_first_packed", "sp_all_packed"]
 
 
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    """A BenchConfig field with its flag's help (and argparse options such as `choices`)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
 @dataclass
 class BenchConfig:
-    model: str = "tiny"  # tiny | smollm2 | llama1b-random | a model directory
-    data: list[str] = field(default_factory=lambda: ["generator"])  # ["generator"] | ["gsm8k", PATH] | [PATH]
-    batch_size: int = 32
-    n_batches: int = 8
-    steps: int = 20
-    warmup: int = 5
-    dtype: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | bf16 | fp32
-    device: str = "auto"
-    attn: str = "auto"  # auto (flex_attention on cuda, sdpa on cpu) | sdpa | eager | flex_attention
-    variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
-    max_length: int = 512
-    predictors: int = 1
-    lbd: float = 0.1
-    stp_lbd: float = 0.005  # weight of the STP variants' term (the paper's GSM8K value)
-    pack_tokens: int = 0  # 0 = auto: one row per batch under flex, else rows as long as the padded rows
-    lr: float = 1e-5
-    seed: int = 0
-    mem_steps: int = 2  # CPU: untimed steps that probe the peak RSS after the timed ones (0 = skip)
-    threads: int = 0  # CPU: torch.set_num_threads (0 = leave as is); 1 is steadiest on a shared host
-    rounds: int = 1  # run all variants this many times; keep each variant's fastest round (noisy hosts)
-    compile: bool = False  # torch.compile the decoder (dynamic shapes) for every variant
-    profile_dir: str | None = None  # write a torch.profiler op table per variant here (after timing)
-    profile_steps: int = 3
+    """The options of `step-jepa bench`: its flags, parsed like train's (`step_jepa.options`)."""
+
+    model: str = _opt("tiny", "tiny | smollm2 | llama1b-random | a model directory")
+    data: list[str] = _opt(["generator"], "generator (default) | gsm8k [PATH] | PATH (any file load_records reads)",
+                           metavar="SRC")
+    batch_size: int = _opt(32, "examples per optimizer step")
+    n_batches: int = _opt(8, "fixed batches, cycled over the steps")
+    steps: int = _opt(20, "timed optimizer steps per variant")
+    warmup: int = _opt(5, "untimed steps first (compilation, optimizer state)")
+    dtype: str = _opt("auto", "bf16 = autocast with fp32 master weights (auto: bf16 on cuda, fp32 on cpu)",
+                      choices=("auto", "bf16", "fp32"))
+    device: str = _opt("auto", "auto | cuda | cpu | cuda:N")
+    attn: str = _opt("auto", "attention implementation of every variant (auto: flex_attention on cuda, sdpa on cpu)",
+                     choices=("auto", "sdpa", "eager", "flex_attention"))
+    variants: list[str] = _opt(DEFAULT_VARIANTS, "variants to run, comma (or space) separated: hf_sft, sft, "
+                                                 "two_pass, sp_first, sp_all, each also with _packed")
+    max_length: int = _opt(512, "token limit per example")
+    predictors: int = _opt(1, "K predictor tokens")
+    lbd: float = _opt(0.1, "λ of the JEPA variants")
+    stp_lbd: float = _opt(0.005, "weight of the STP variants' term (the paper's GSM8K value)")
+    pack_tokens: int = _opt(0, "row length of packed variants; 0 = auto (flex: the whole batch in one row; "
+                               "sdpa/eager: rows as long as the variant's padded rows)")
+    lr: float = _opt(1e-5, "AdamW learning rate of the timed steps")
+    seed: int = _opt(0, "seed of the data, initialisation and pair choices")
+    mem_steps: int = _opt(2, "CPU: untimed steps that probe the peak RSS after the timed ones (0 = skip)")
+    threads: int = _opt(0, "torch CPU threads (0 = default); 1 avoids OpenMP stalls on a shared, oversubscribed host")
+    rounds: int = _opt(1, "run the variant list this many times and keep each variant's fastest round (use 3+ "
+                          "on a shared CPU; memory is the max over rounds); '×SFT by round' is the median of "
+                          "the per-round ratios")
+    compile: bool = _opt(False, "torch.compile the decoder (dynamic shapes) for every variant; give --warmup >= 2")
+    profile_dir: str | None = _opt(None, "after timing, profile a few more steps per variant; write "
+                                         "DIR/profile_<variant>.txt", metavar="DIR")
+    profile_steps: int = _opt(3, "steps profiled per variant")
+
+    def __post_init__(self) -> None:
+        """`--variants sft,sp_first` (the documented form) and `--variants sft sp_first` alike."""
+        items = [self.variants] if isinstance(self.variants, str) else self.variants
+        self.variants = [v.strip() for item in items for v in item.split(",") if v.strip()]
+        self.data = [self.data] if isinstance(self.data, str) else list(self.data)
 
 
 @dataclass

@@ -7,7 +7,7 @@ accumulation and ranks, the collapse monitor, non-finite-loss skipping and savin
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import hashlib
 import json
 import os
@@ -365,24 +365,10 @@ class MetricsFileCallback(TrainerCallback):
 
 
 def training_arguments(cfg: TrainConfig) -> TrainingArguments:
-    report = [] if cfg.report_to in ("none", "") else cfg.report_to.split(",")
-    bs = 1 if cfg.packing else cfg.per_device_train_batch_size
-    return TrainingArguments(
-        output_dir=cfg.output_dir, learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps, per_device_train_batch_size=bs,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, warmup_steps=cfg.warmup_ratio,
-        lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
-        seed=cfg.seed, data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
-        eval_strategy=cfg.resolved_eval_strategy(), eval_steps=cfg.eval_steps, per_device_eval_batch_size=bs,
-        save_total_limit=cfg.save_total_limit, report_to=report, remove_unused_columns=False,
-        dataloader_num_workers=cfg.dataloader_num_workers, disable_tqdm=False,
-        # A predictor head is idle on steps without the JEPA term (--jepa_ratio < 1).
-        ddp_find_unused_parameters=cfg.jepa_predictor_head != "none" and cfg.jepa_ratio < 1,
-        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
-        use_cpu=not torch.cuda.is_available(),  # makes accelerate choose gloo DDP under torchrun on CPU
-    )
+    """The Trainer's arguments: the config itself, which is a TrainingArguments whose
+    `__post_init__` already resolved what depends on our fields (batch size under --packing,
+    warm-up ratio, eval strategy, report_to, use_cpu, DDP unused parameters)."""
+    return cfg
 
 
 def jepa_options(cfg: TrainConfig) -> JEPAOptions:
@@ -396,9 +382,9 @@ def jepa_options(cfg: TrainConfig) -> JEPAOptions:
 def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
     """The whole `step-jepa train`: data, model, trainer, final save. Returns a summary.
 
-    Order matters for the user: the output dir is checked, the Trainer's own arguments are
-    built (Hugging Face validates e.g. --lr_scheduler_type and --report_to there), data and
-    model are loaded and tokenized, the Trainer is constructed, and only then is anything
+    Order matters for the user: `cfg` was validated when it was built (ours, then Hugging
+    Face's checks of e.g. --lr_scheduler_type and --report_to), the output dir is checked, data
+    and model are loaded and tokenized, the Trainer is constructed, and only then is anything
     written. So any bad value, --train_file or --model leaves the output dir as it was, and the
     corrected command can be rerun with the same --output_dir.
     """
@@ -447,7 +433,7 @@ def build_trainer(cfg: TrainConfig, args: TrainingArguments, lm, tok, pred_ids: 
     model = StepJEPAModel(lm, jepa_options(cfg))
     if model._ema:
         callbacks = [StepJEPACallback(model), *(callbacks or [])]  # moves the EMA target after each step
-    if cfg.debug:
+    if cfg.debug_batch:
         print_debug_batch(collator([dataset[i] for i in range(min(2, len(dataset)))]))
     trainer = StepJEPATrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
@@ -455,8 +441,12 @@ def build_trainer(cfg: TrainConfig, args: TrainingArguments, lm, tok, pred_ids: 
         processing_class=tok, step_config=cfg,
         callbacks=[MetricsFileCallback(Path(cfg.output_dir) / "metrics.jsonl"), *(callbacks or [])],
     )
-    # Evaluation always computes the JEPA term (--jepa_ratio only thins it out in training).
-    trainer.eval_collator = build_collator(dataclasses.replace(cfg, jepa_ratio=1.0), tok, pred_ids, attn)
+    # Evaluation always computes the JEPA term (--jepa_ratio only thins it out in training). A
+    # shallow copy, not dataclasses.replace: building a TrainingArguments resets accelerate's
+    # state, which the Trainer just constructed holds.
+    eval_cfg = copy.copy(cfg)
+    eval_cfg.jepa_ratio = 1.0
+    trainer.eval_collator = build_collator(eval_cfg, tok, pred_ids, attn)
     return trainer
 
 
