@@ -196,3 +196,18 @@ def test_compare_without_matplotlib_fails_before_training(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "needs matplotlib" in err and "pip install matplotlib" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_consistency_warning_names_the_differing_setting():
+    """A grid that varies a non-JEPA setting (here the learning rate) is flagged by name; the
+    configs' own JEPA overrides are not named."""
+    from step_jepa.report import consistency_warnings
+
+    def run(config, overrides, lr):
+        cfg = {"learning_rate": lr, "seed": 1, "output_dir": f"/x/{config}", **overrides}
+        return {"config": config, "seed": 1, "overrides": overrides, "train_config": cfg,
+                "shared_fingerprint": str(lr), "eval": {}}
+
+    warns = consistency_warnings([run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5, "predictors": 4}, 2e-5)])
+    assert warns == ["seed 1: runs differ in non-JEPA training settings (learning_rate); they are not comparable"]
+    assert consistency_warnings([run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5}, 8e-5)]) == []

@@ -266,6 +266,15 @@ def aggregate(results: list[dict[str, Any]], order: list[str] | None = None) -> 
     return rows
 
 
+def differing_settings(runs: list[dict[str, Any]]) -> list[str]:
+    """The training settings whose values differ between these runs, leaving out each run's own
+    overrides (the JEPA options a grid varies on purpose): what makes them incomparable, by name."""
+    overridden = {k for r in runs for k in (r.get("overrides") or {})} | {"output_dir"}
+    cfgs = [r.get("train_config") or {} for r in runs]
+    keys = sorted({k for c in cfgs for k in c} - overridden)
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in cfgs}) > 1]
+
+
 def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
     """Runs of one seed whose shared (non-JEPA) settings or eval settings differ: not comparable."""
     warnings = []
@@ -276,7 +285,9 @@ def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
         d["eval"].add(fingerprint(r.get("eval")))
     for s, d in sorted(by_seed.items()):
         if len(d["train"]) > 1:
-            warnings.append(f"seed {s}: runs differ in non-JEPA training settings; they are not comparable")
+            named = differing_settings([r for r in results if int(r["seed"]) == s])
+            warnings.append(f"seed {s}: runs differ in non-JEPA training settings ({', '.join(named) or 'see result.json'}); "
+                            "they are not comparable")
         if len(d["eval"]) > 1:
             warnings.append(f"seed {s}: runs were evaluated with different settings")
     counts = {}
