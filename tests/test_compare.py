@@ -211,3 +211,18 @@ def test_consistency_warning_names_the_differing_setting():
     warns = consistency_warnings([run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5, "predictors": 4}, 2e-5)])
     assert warns == ["seed 1: runs differ in non-JEPA training settings (learning_rate); they are not comparable"]
     assert consistency_warnings([run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5}, 8e-5)]) == []
+
+
+def test_grid_eval_cuda_graphs_must_be_a_boolean(tmp_path):
+    """`eval.cuda_graphs` is a known grid key; a non-boolean value is refused when the grid is read."""
+    from step_jepa.compare import load_grid
+
+    grid = {"output_dir": str(tmp_path / "o"), "base": {"max_steps": 1}, "configs": {"sft": {"lbd": 0}},
+            "seeds": [0], "eval": {"generate": 4, "cuda_graphs": "yes"}}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    with pytest.raises(ValueError, match="cuda_graphs must be true or false"):
+        load_grid(path)
+    grid["eval"]["cuda_graphs"] = True
+    path.write_text(yaml.safe_dump(grid))
+    assert load_grid(path).eval["cuda_graphs"] is True

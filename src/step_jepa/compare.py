@@ -83,7 +83,7 @@ RESERVED_KEYS = frozenset({"seed", "output_dir", "overwrite_output_dir", "resume
 
 
 EVAL_KEYS = frozenset({"test_file", "generate", "seed", "max_new_tokens", "batch_size", "max_batch_tokens",
-                       "limit", "lenient", "dtype", "system_prompt"})
+                       "limit", "lenient", "dtype", "system_prompt", "cuda_graphs"})
 
 
 DEFAULT_EVAL_SEED = 1000  # far from usual training seeds, so generated eval problems are not training ones
@@ -159,6 +159,8 @@ def _validate_eval(grid: Grid, where: str) -> None:
         raise ValueError(f"{where}: eval: unknown key(s): {', '.join(bad)} (known: {', '.join(sorted(EVAL_KEYS))})")
     if bool(ev.get("test_file")) == bool(ev.get("generate")):
         raise ValueError(f"{where}: eval: give exactly one of test_file or generate")
+    if not isinstance(ev.get("cuda_graphs", False), bool):
+        raise ValueError(f"{where}: eval.cuda_graphs must be true or false")
     if ev.get("dtype", "auto") not in _DTYPES:
         raise ValueError(f"{where}: eval.dtype must be one of {', '.join(_DTYPES)}")
     # The same ranges as `step-jepa eval`: found now, not after the grid's first training run.
@@ -244,7 +246,7 @@ def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]
         return evaluate(model, tok, records, out_dir=out_dir, max_new_tokens=int(ev.get("max_new_tokens", 512)),
                         batch_size=ev.get("batch_size"), max_batch_tokens=ev.get("max_batch_tokens"),
                         system_prompt=ev.get("system_prompt"), lenient=bool(ev.get("lenient", False)),
-                        progress=False, model_name=str(final_dir))
+                        progress=False, model_name=str(final_dir), cuda_graphs=bool(ev.get("cuda_graphs", False)))
     finally:
         del model
         _free_memory()
