@@ -39,6 +39,18 @@ def tok_llama3():
     return build_tiny_tokenizer("llama3")
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A saved tiny Llama + chatml tokenizer: a model directory the CLI and the Trainer can load."""
+    from step_jepa.tiny import build_tiny_model, build_tiny_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny")
+    tok = build_tiny_tokenizer("chatml")
+    build_tiny_model(len(tok), seed=0).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
 @pytest.fixture
 def gsm8k_dir() -> Path:
     if not (GSM8K_DIR / "train.jsonl").exists():

@@ -13,21 +13,11 @@ from transformers import TrainingArguments
 import step_jepa.trainer as trainer_mod
 from step_jepa import cli
 from step_jepa.config import StepJEPAConfig, TrainConfig, resolve_config, save_config
-from step_jepa.tiny import build_tiny_model, build_tiny_tokenizer
 
 
 def _train(argv: list[str]) -> StepJEPAConfig:
     """`step-jepa train ARGV`'s config, parsed by the real command-line parser."""
     return resolve_config(cli.build_parser(["train"]).parse_args(["train", *argv]))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tiny")
-    tok = build_tiny_tokenizer("chatml")
-    build_tiny_model(len(tok), seed=0).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
 
 
 class _Stop(Exception):

@@ -15,15 +15,6 @@ from step_jepa.trainer import (ListDataset, StepJEPATrainer, appended_tokens, bu
                                jepa_options, load_training_records, pack_groups, segment_all, training_arguments)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tiny")
-    tok = build_tiny_tokenizer("chatml")
-    build_tiny_model(len(tok), seed=0).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def _one_sgd_step(model_dir: Path, out: Path, bs: int, ga: int) -> dict[str, torch.Tensor]:
     """Parameters after one plain-SGD step (lr 1, no clipping): the update is exactly −gradient."""
     cfg = TrainConfig(model=str(model_dir), output_dir=str(out), max_steps=1, per_device_train_batch_size=bs,
