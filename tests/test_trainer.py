@@ -12,7 +12,7 @@ from step_jepa.config import TrainConfig
 from step_jepa.objective import StepJEPAModel
 from step_jepa.tiny import build_tiny_model, build_tiny_tokenizer
 from step_jepa.trainer import (ListDataset, StepJEPATrainer, appended_tokens, build_collator, build_model,
-                               jepa_options, load_training_records, pack_groups, segment_all, training_arguments)
+                               jepa_options, load_training_records, pack_groups, segment_all)
 
 
 def _one_sgd_step(model_dir: Path, out: Path, bs: int, ga: int) -> dict[str, torch.Tensor]:
@@ -25,7 +25,7 @@ def _one_sgd_step(model_dir: Path, out: Path, bs: int, ga: int) -> dict[str, tor
     lm, tok, pred_ids, _ = build_model(cfg)
     records, _ = load_training_records(cfg)
     examples, _ = segment_all(records, tok, cfg.max_length)
-    args = training_arguments(cfg)
+    args = cfg
     args.optim = "sgd"
     trainer = StepJEPATrainer(model=StepJEPAModel(lm, jepa_options(cfg)), args=args,
                               train_dataset=ListDataset(examples), data_collator=build_collator(cfg, tok, pred_ids, "sdpa"),
@@ -309,7 +309,7 @@ def test_save_honours_a_given_state_dict(model_dir: Path, tmp_path: Path):
                       generate_examples=4, jepa_predictor_head="mlp")
     lm, tok, pred_ids, _ = build_model(cfg)
     wrapper = StepJEPAModel(lm, jepa_options(cfg))
-    trainer = StepJEPATrainer(model=wrapper, args=training_arguments(cfg), train_dataset=ListDataset([]),
+    trainer = StepJEPATrainer(model=wrapper, args=cfg, train_dataset=ListDataset([]),
                               data_collator=build_collator(cfg, tok, pred_ids, "sdpa"), processing_class=tok,
                               step_config=cfg)
     given = {k: v.detach() + 1.0 for k, v in wrapper.state_dict().items()}

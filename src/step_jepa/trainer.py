@@ -364,13 +364,6 @@ class MetricsFileCallback(TrainerCallback):
                 f.write(json.dumps(rec) + "\n")
 
 
-def training_arguments(cfg: TrainConfig) -> TrainingArguments:
-    """The Trainer's arguments: the config itself, which is a TrainingArguments whose
-    `__post_init__` already resolved what depends on our fields (batch size under --packing,
-    warm-up ratio, eval strategy, report_to, use_cpu, DDP unused parameters)."""
-    return cfg
-
-
 def jepa_options(cfg: TrainConfig) -> JEPAOptions:
     return JEPAOptions(
         lbd=cfg.lbd, gamma=cfg.gamma, loss=cfg.jepa_loss, temperature=cfg.jepa_temperature, layer=cfg.jepa_layer,
@@ -391,7 +384,7 @@ def run_train(cfg: TrainConfig, callbacks: list[TrainerCallback] | None = None) 
     from transformers import set_seed
 
     resume_ckpt = check_output_dir(cfg)
-    args = training_arguments(cfg)
+    args = cfg  # a StepJEPAConfig is a TrainingArguments, resolved in its __post_init__
     set_seed(cfg.seed)
     if _is_main_process():
         print("[step-jepa] resolved config:\n" + format_config(cfg), flush=True)
