@@ -4,7 +4,14 @@
         [--compare_hf] [--hf_batch_size 512] [--dtype bf16]
 
 Prints one row per method (wall seconds of generation, generated tokens/s, accuracy) and, with
-``--compare_hf``, how many outputs differ.  In fp32 the two must agree exactly; in bf16 a few rows can
+``--compare_hf``, how many outputs differ.
+
+``--variants loop:400000,loop:auto,graphs:auto:128,...`` times our loop in several settings in one
+process (one model load): ``loop`` is the default decode loop, ``graphs`` the CUDA-graph loop
+(``--cuda_graphs true``), then the batch budget (``--max_batch_tokens``; ``auto`` = the default, half
+the free GPU memory) and, for ``graphs``, the attention window step. Each row also gives batches,
+decode steps, graphs recorded, host seconds in new-shape steps, and how many outputs are
+token-identical to the first variant's; ``--json`` writes the rows.  In fp32 the two must agree exactly; in bf16 a few rows can
 flip because a different batch composition changes the matmul reduction order, so they are counted,
 not asserted.
 
@@ -16,6 +23,7 @@ worst case for both methods) and accuracy is meaningless.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -101,6 +109,44 @@ def run_hf(model, tok, prompts, args) -> tuple[list[ev.GenResult], float]:
     return [r for r in results if r is not None], time.perf_counter() - t0
 
 
+def run_variant(model, tok, prompts, spec: str, args) -> dict:
+    """One ``loop|graphs:BUDGET[:WINDOW]`` setting of our decode loop, timed, with its per-batch stats."""
+    kind, budget, *window = spec.split(":")
+    if kind not in ("loop", "graphs"):
+        raise SystemExit(f"--variants: {spec!r}: the kind must be loop or graphs")
+    stats: list[dict] = []
+    _sync()
+    t0 = time.perf_counter()
+    gens = ev.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, progress=False,
+                       max_batch_tokens=None if budget == "auto" else int(budget), stop_ids=args.stops,
+                       cuda_graphs=kind == "graphs", graph_window=int(window[0]) if window else 128, stats=stats)
+    _sync()
+    secs = time.perf_counter() - t0
+    return {"variant": spec, "seconds": round(secs, 3), "gens": gens, "batches": len(stats),
+            "steps": sum(s["steps"] for s in stats), "captures": sum(s.get("captures", 0) for s in stats),
+            "capture_s": round(sum(s.get("capture_s", 0.0) for s in stats), 3), "stats": stats}
+
+
+def run_variants(model, tok, records, prompts, args) -> int:
+    rows = [run_variant(model, tok, prompts, spec, args) for spec in args.variants.split(",")]
+    ref = rows[0]["gens"]
+    print(f"{'variant':<22} {'wall s':>7} {'tok/s':>8} {'correct':>8} {'same as 1st':>11} {'batches':>7} "
+          f"{'steps':>6} {'graphs':>6} {'capture s':>9}")
+    for r in rows:
+        gens = r.pop("gens")
+        n_tok = sum(g.n_tokens for g in gens)
+        r.update(tokens=n_tok, tokens_per_s=round(n_tok / r["seconds"]),
+                 correct=sum(ev._score(rec, g, False)["correct"] for rec, g in zip(records, gens)),
+                 identical=sum(a.text == b.text and a.n_tokens == b.n_tokens for a, b in zip(gens, ref)))
+        print(f"{r['variant']:<22} {r['seconds']:>7.2f} {r['tokens_per_s']:>8d} {r['correct']:>8d} "
+              f"{r['identical']:>11d} {r['batches']:>7d} {r['steps']:>6d} {r['captures']:>6d} {r['capture_s']:>9.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"n": len(records), "max_new_tokens": args.max_new_tokens,
+                                               "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+                                               else "cpu", "rows": rows}, indent=1))
+    return 0
+
+
 def _accuracy(records, gens) -> float:
     return sum(ev._score(r, g, False)["correct"] for r, g in zip(records, gens)) / max(len(records), 1)
 
@@ -120,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--random_init", action="store_true", help="random SmolLM2-135M-shaped weights, no EOS")
     p.add_argument("--warmup", type=int, default=8, help="prompts decoded once before timing (kernel warm-up)")
+    p.add_argument("--variants", help="comma list of loop|graphs:BUDGET|auto[:WINDOW] settings of our loop")
+    p.add_argument("--json", help="with --variants: write the rows here")
     args = p.parse_args(argv)
 
     model, tok = _load(args)
@@ -128,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     args.stops = [] if args.random_init else ev.stop_token_ids(model, tok)
     if args.warmup:
         ev.generate(model, tok, prompts[: args.warmup], max_new_tokens=8, progress=False, stop_ids=args.stops)
+    if args.variants:
+        return run_variants(model, tok, records, prompts, args)
 
     rows = []
     ours, t_ours = run_ours(model, tok, prompts, args)

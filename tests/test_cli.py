@@ -195,6 +195,7 @@ def test_version_flag():
     (["eval", "--generate", "4", "--limit", "-3"], "--limit must be >= 1, got -3"),
     (["eval", "--generate", "4", "--max_new_tokens", "0"], "--max_new_tokens must be >= 1, got 0"),
     (["eval", "--generate", "4", "--batch_size", "0"], "--batch_size must be >= 1"),
+    (["eval", "--generate", "4", "--graph_window", "0"], "--graph_window must be >= 1, got 0"),
     (["train", "--warmup_ratio", "1.5"], "--warmup_ratio must be in [0, 1), got 1.5"),
     (["train", "--warmup_ratio", "-0.1"], "--warmup_ratio must be in [0, 1), got -0.1"),
 ])

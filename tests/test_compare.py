@@ -211,6 +211,15 @@ def test_consistency_warning_names_the_differing_setting():
     warns = consistency_warnings([run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5, "predictors": 4}, 2e-5)])
     assert warns == ["seed 1: runs differ in non-JEPA training settings (learning_rate); they are not comparable"]
     assert consistency_warnings([run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5}, 8e-5)]) == []
+    # A run from a newer version records an extra option; "unset" spelled False or "" is the same.
+    old, new = run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5}, 8e-5)
+    old["train_config"]["debug"], new["train_config"]["debug"] = False, ""
+    new["train_config"]["torch_compile_scope"], new["shared_fingerprint"] = "layers", "other"
+    assert consistency_warnings([old, new]) == [
+        "seed 1: runs come from different step-jepa versions; every setting all of them record is equal "
+        "(recorded by only some: torch_compile_scope)"]
+    new["train_config"]["learning_rate"] = 2e-5
+    assert "differ in non-JEPA training settings (learning_rate)" in consistency_warnings([old, new])[0]
 
 
 def test_grid_eval_cuda_graphs_must_be_a_boolean(tmp_path):

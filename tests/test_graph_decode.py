@@ -20,8 +20,8 @@ def _static(model, seqs, max_new, stops, pad, **kw) -> tuple[list[list[int]], in
     from step_jepa.decoding import decode_attention
 
     with decode_attention(model):
-        out, captures = gd.decode_batch_static(fwd, cache, logits, mask, plen, max_new, stops, pad, **kw)
-    return gen._trim(out.tolist(), set(stops)), captures
+        out, stats = gd.decode_batch_static(fwd, cache, logits, mask, plen, max_new, stops, pad, **kw)
+    return gen._trim(out.tolist(), set(stops)), stats["captures"]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

@@ -112,8 +112,9 @@ def test_vicreg_weight_adds_regulariser(setup):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("scope", ["layers", "decoder"])
 @pytest.mark.parametrize("tie", [False, True])  # SmolLM2 ties its head to the input embeddings
-def test_compiled_decoder_gives_the_eager_loss_and_gradients(setup, tie: bool):
+def test_compiled_decoder_gives_the_eager_loss_and_gradients(setup, tie: bool, scope: str):
     """--torch_compile compiles the decoder in place: same loss and gradients, same parameter names."""
     from step_jepa.modeling import compile_decoder
 
@@ -124,7 +125,7 @@ def test_compiled_decoder_gives_the_eager_loss_and_gradients(setup, tie: bool):
         lm = build_tiny_model(len(tok), seed=5, tie=tie)
         names = [n for n, _ in lm.named_parameters()]
         if compiled:
-            compile_decoder(lm)
+            compile_decoder(lm, scope)
             assert [n for n, _ in lm.named_parameters()] == names  # checkpoints keep their keys
         m = StepJEPAModel(lm, JEPAOptions(lbd=1.0))
         out = m(**batch)

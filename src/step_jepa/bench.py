@@ -261,10 +261,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     nonpad = [sum(len(ex.input_ids) for ex in g) for g in groups]
     init_state = {k: v.detach().to("cpu", copy=True) for k, v in lm.state_dict().items()}
     if cfg.compile:  # compiled during each variant's warm-up steps, which are not timed
-        compile_decoder(lm)
+        compile_decoder(lm, cfg.compile_scope)
     env = environment(device)
     env.update(model=model_desc, params_m=round(sum(p.numel() for p in lm.parameters()) / 1e6, 2),
-               attn=attn + (", torch.compile'd decoder" if cfg.compile else ""),
+               attn=attn + (f", torch.compile'd decoder ({cfg.compile_scope})" if cfg.compile else ""),
                dtype=dtype + (" autocast, fp32 master weights" if dtype == "bf16" else ""), data=data_label,
                examples_per_batch=cfg.batch_size, batches=cfg.n_batches,
                mean_example_tokens=round(sum(nonpad) / len(examples), 1),

@@ -113,6 +113,9 @@ class StepJEPAConfig(TrainingArguments):
     torch_compile: bool = _f(False, "torch.compile the decoder (dynamic shapes). Halved a packed SmolLM2 step "
                                     "on an H200, but compiling takes minutes: for long runs (docs/performance.md). "
                                     "Hugging Face's whole-model compile: --torch_compile_backend/--torch_compile_mode")
+    torch_compile_scope: str = _f("layers", "what --torch_compile compiles: each decoder layer (one graph shared by "
+                                            "all layers, compiles ~30x less code) or the whole decoder stack",
+                                  choices=("layers", "decoder"))
     seed: int = _f(0, "seed for data order, pair sampling and initialisation")
     logging_steps: int = _f(10, "log every N optimizer steps (TensorBoard + metrics.jsonl)")
     eval_strategy: str | None = _f(None, "when to evaluate on --eval_file: no | steps | epoch "

@@ -91,7 +91,7 @@ def _versions() -> dict[str, str]:
 def evaluate(model: Any, tokenizer: Any, records: Sequence[dict], *, out_dir: str | Path,
              max_new_tokens: int = 512, batch_size: int | None = None, max_batch_tokens: int | None = None,
              system_prompt: str | None = None, lenient: bool = False, progress: bool = True,
-             model_name: str | None = None, cuda_graphs: bool = False) -> dict:
+             model_name: str | None = None, cuda_graphs: bool = False, graph_window: int = 128) -> dict:
     """Generate for every record, score against ``record["answer"]``, write predictions and summary.
 
     Denominator policy: accuracy = correct / len(records).  An output without an extractable answer
@@ -107,7 +107,8 @@ def evaluate(model: Any, tokenizer: Any, records: Sequence[dict], *, out_dir: st
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    max_batch_tokens=max_batch_tokens, progress=progress, cuda_graphs=cuda_graphs)
+                    max_batch_tokens=max_batch_tokens, progress=progress, cuda_graphs=cuda_graphs,
+                    graph_window=graph_window)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -118,6 +119,8 @@ def evaluate(model: Any, tokenizer: Any, records: Sequence[dict], *, out_dir: st
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = _summarize(rows, seconds, model, max_new_tokens, lenient, model_name, batch_size, system_prompt)
     summary["cuda_graphs"] = cuda_graphs
+    if cuda_graphs:
+        summary["graph_window"] = graph_window
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -200,6 +203,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--cuda_graphs", choices=("true", "false"), default="false",
                    help="replay each decode step as a recorded CUDA graph (SDPA models without sliding "
                         "windows; same tokens, less launch overhead; on CPU the same loop runs unrecorded)")
+    p.add_argument("--graph_window", type=int, default=128,
+                   help="with --cuda_graphs: attention windows are rounded up to this many cache slots "
+                        "(smaller: less attention over empty slots, more graphs recorded)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_cli)
 
@@ -270,6 +276,7 @@ def check_args(args: argparse.Namespace) -> None:
         (args.max_batch_tokens is None or args.max_batch_tokens >= 1,
          f"--max_batch_tokens must be >= 1, got {args.max_batch_tokens}"),
         (args.generate is None or args.generate >= 1, f"--generate must be >= 1, got {args.generate}"),
+        (args.graph_window >= 1, f"--graph_window must be >= 1, got {args.graph_window}"),
     ]
     problems = [msg for ok, msg in checks if not ok]
     if problems:
@@ -306,7 +313,7 @@ def run_cli(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
                        system_prompt=args.system_prompt, lenient=args.lenient,
                        progress=not args.no_progress, model_name=args.model,
-                       cuda_graphs=args.cuda_graphs == "true")
+                       cuda_graphs=args.cuda_graphs == "true", graph_window=args.graph_window)
     print(f"accuracy {summary['accuracy']:.4f} ({summary['correct']}/{summary['n']}), "
           f"no answer {summary['no_answer']}, errors {summary['errors']}, "
           f"{summary['generation_seconds']:.1f} s, {summary['generated_tokens_per_s']} tok/s -> {out_dir}")

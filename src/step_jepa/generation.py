@@ -260,7 +260,8 @@ def _prefilled(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int, p
 
 def _decode_batch(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int, stops: Sequence[int],
                   pad_id: int, *, check_every: int = 8, compact_fraction: float = 0.25,
-                  prefill_tokens: int = 65536, cuda_graphs: bool = False) -> list[list[int]]:
+                  prefill_tokens: int = 65536, cuda_graphs: bool = False, graph_window: int = 128,
+                  stats: list[dict] | None = None) -> list[list[int]]:
     """Greedy-decode one batch; return each row's generated ids (stop token included when hit).
 
     Mirrors ``model.generate(do_sample=False)``: left padding, position ids from the attention mask's
@@ -268,7 +269,9 @@ def _decode_batch(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int
     the batch (cache, mask and state index-selected) once more than ``compact_fraction`` of those still
     in it are done; the "anyone left?" check is the only host sync and runs every ``check_every`` steps.
     ``cuda_graphs`` hands the decode steps to :mod:`step_jepa.graph_decode` (recorded and replayed
-    on CUDA; the same static-shape loop run eagerly elsewhere) where the model allows it.
+    on CUDA; the same static-shape loop run eagerly elsewhere) where the model allows it, with
+    attention windows of ``graph_window`` slots. ``stats``, when given, receives one dict per batch
+    (rows, decode steps, loop, graphs recorded).
     """
     from .decoding import decode_attention
     from .graph_decode import can_use_static, decode_batch_static
@@ -277,17 +280,22 @@ def _decode_batch(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int
     fwd, cache, logits, mask, plen = _prefilled(model, seqs, max_new_tokens, pad_id, prefill_tokens)
     with decode_attention(model) if as_mask is _padding_mask_4d else contextlib.nullcontext():
         if cuda_graphs and as_mask is _padding_mask_4d and can_use_static(cache):
-            out, _ = decode_batch_static(fwd, cache, logits, mask, plen, max_new_tokens, stops, pad_id,
-                                         check_every=check_every)
+            out, info = decode_batch_static(fwd, cache, logits, mask, plen, max_new_tokens, stops, pad_id,
+                                            check_every=check_every, window_step=graph_window)
+            if stats is not None:
+                stats.append({"rows": len(seqs), "loop": "static", **info})
             return _trim(out.cpu().tolist(), set(stops))
-        out = _eager_loop(fwd, cache, logits, mask, plen, max_new_tokens, stops, pad_id, as_mask,
-                          check_every, compact_fraction)
+        out, steps = _eager_loop(fwd, cache, logits, mask, plen, max_new_tokens, stops, pad_id, as_mask,
+                                 check_every, compact_fraction)
+    if stats is not None:
+        stats.append({"rows": len(seqs), "loop": "eager", "steps": steps})
     return _trim(out.cpu().tolist(), set(stops))
 
 
 def _eager_loop(fwd: _Forward, cache: Any, logits, mask, plen: int, max_new_tokens: int, stops: Sequence[int],
                 pad_id: int, as_mask: Callable[[Any], Any], check_every: int, compact_fraction: float):
-    """The decode steps with Python-side shapes: the cache grows by one slot per step, rows are dropped."""
+    """The decode steps with Python-side shapes: the cache grows by one slot per step, rows are dropped.
+    Returns (generated ids, decode steps run)."""
     import torch
 
     device = logits.device
@@ -299,9 +307,11 @@ def _eager_loop(fwd: _Forward, cache: Any, logits, mask, plen: int, max_new_toke
     state = _Rows(mask=mask, last_pos=mask[:, :plen].sum(-1) - 1, next_tok=next_tok,
                   done=torch.isin(next_tok, stop_t), row_ids=torch.arange(rows, device=device))
     cur = plen
+    steps = 0
     for step in range(1, max_new_tokens):
         if (step % check_every == 0 or step == 1) and state.all_done_or_compact(cache, compact_fraction):
             break
+        steps += 1
         state.mask[:, cur] = 1
         state.last_pos = state.last_pos + 1
         logits = fwd(state.next_tok[:, None], as_mask(state.mask[:, : cur + 1]), state.last_pos[:, None],
@@ -310,7 +320,7 @@ def _eager_loop(fwd: _Forward, cache: Any, logits, mask, plen: int, max_new_toke
         state.next_tok = torch.where(state.done, pad_id, logits.argmax(-1))
         out[state.row_ids, step] = state.next_tok
         state.done = state.done | torch.isin(state.next_tok, stop_t)
-    return out
+    return out, steps
 
 
 @dataclass
@@ -400,7 +410,8 @@ def _decode_with_fallback(model: Any, seqs: list[list[int]], decode: Callable[[l
 def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], *, max_new_tokens: int = 512,
              batch_size: int | None = None, max_batch_tokens: int | None = None, progress: bool = True,
              stop_ids: Sequence[int] | None = None, check_every: int = 8,
-             cuda_graphs: bool = False) -> list[GenResult]:
+             cuda_graphs: bool = False, graph_window: int = 128, stats: list[dict] | None = None
+             ) -> list[GenResult]:
     """Greedy completions of chat prompts (system + user messages), in the order given.
 
     ``max_batch_tokens`` bounds ``rows x (longest prompt + max_new_tokens)`` per batch (KV-cache slots);
@@ -408,7 +419,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], *, max_n
     one batch.  On CPU ``batch_size`` defaults to 16.  A batch that raises is retried in halves; an
     example that fails alone gets ``GenResult(error=...)``.  ``cuda_graphs`` replays each decode step
     as a recorded CUDA graph (:mod:`step_jepa.graph_decode`; SDPA models without sliding windows; on
-    the CPU the same static-shape loop runs without recording).
+    the CPU the same static-shape loop runs without recording), over attention windows rounded up
+    to ``graph_window`` slots. ``stats``: a list that receives one dict per decoded batch.
     """
     import torch
     from tqdm.auto import tqdm
@@ -427,7 +439,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], *, max_n
 
     def decode(batch: list[list[int]]) -> list[list[int]]:
         return _decode_batch(model, batch, max_new_tokens, stops, pad_id, check_every=check_every,
-                             cuda_graphs=cuda_graphs)
+                             cuda_graphs=cuda_graphs, graph_window=graph_window, stats=stats)
 
     results: list[GenResult | None] = [None] * len(seqs)
     was_training = model.training

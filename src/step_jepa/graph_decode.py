@@ -24,6 +24,7 @@ the tests check this loop's tokens against ``model.generate`` on the CPU.
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -112,6 +113,7 @@ class _Replayer:
         self.graph: Any = None
         self.key: tuple[int, int] | None = None
         self.captures = 0
+        self.capture_s = 0.0  # host seconds spent in new-shape steps (eager step + recording)
 
     def __call__(self, rows: int, window: int) -> None:
         if self.capture and self.key == (rows, window):
@@ -121,12 +123,14 @@ class _Replayer:
         if not self.capture:
             self.run(window)
             return
+        t0 = time.perf_counter()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # the real step of this call, and the warm-up capture needs
             self.run(window)
         torch.cuda.current_stream().wait_stream(side)
         self._record(rows, window)
+        self.capture_s += time.perf_counter() - t0
 
     def _record(self, rows: int, window: int) -> None:
         graph = torch.cuda.CUDAGraph()
@@ -163,12 +167,15 @@ def _shrink(cache: Any, st: _State, n_done: int) -> bool:
 def decode_batch_static(fwd: Callable, cache: Any, logits: torch.Tensor, mask: torch.Tensor,
                         plen: int, max_new_tokens: int, stops: Sequence[int], pad_id: int, *,
                         check_every: int = 8, window_step: int = 128, capture: bool | None = None
-                        ) -> tuple[torch.Tensor, int]:
-    """Decode from a prefilled slab cache; return (generated ids [rows, max_new_tokens], graphs recorded).
+                        ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Decode from a prefilled slab cache; return (generated ids [rows, max_new_tokens], stats).
 
     ``cache`` holds :class:`~step_jepa.decoding.SlabLayer` s of capacity ``plen + max_new_tokens``,
     ``logits`` the prompts' last-position logits, ``mask`` the [rows, capacity] padding mask with
-    the prompt part set. ``capture`` defaults to "on CUDA".
+    the prompt part set. ``capture`` defaults to "on CUDA". ``window_step`` trades attention over
+    unwritten slots (a coarse window reads up to ``window_step - 1`` zero slots per row) against
+    captures (one per window length and batch size). ``stats``: decode steps, graphs recorded
+    and the host seconds those new-shape steps took.
     """
     device = logits.device
     rows, capacity = mask.shape
@@ -187,8 +194,11 @@ def decode_batch_static(fwd: Callable, cache: Any, logits: torch.Tensor, mask: t
             layer.set_window(window)
         _step(fwd, cache, st, out, window, stop_t, pad_id)
 
+    if window_step < 1:
+        raise ValueError(f"window_step must be >= 1, got {window_step}")
     replay = _Replayer(run, capture)
     cur = plen  # host copy of st.cur: the window is chosen without reading the device
+    steps = 0
     for step in range(1, max_new_tokens):
         if step % check_every == 0 or step == 1:
             n_done = int(st.done.sum())  # the loop's only host sync
@@ -198,4 +208,5 @@ def decode_batch_static(fwd: Callable, cache: Any, logits: torch.Tensor, mask: t
         window = min(capacity, -(-(cur + 1) // window_step) * window_step)
         replay(st.done.numel(), window)
         cur += 1
-    return out, replay.captures
+        steps += 1
+    return out, {"steps": steps, "captures": replay.captures, "capture_s": round(replay.capture_s, 4)}

@@ -266,13 +266,34 @@ def aggregate(results: list[dict[str, Any]], order: list[str] | None = None) -> 
     return rows
 
 
-def differing_settings(runs: list[dict[str, Any]]) -> list[str]:
-    """The training settings whose values differ between these runs, leaving out each run's own
-    overrides (the JEPA options a grid varies on purpose): what makes them incomparable, by name."""
+def _unset(v: Any) -> Any:
+    """One spelling for "not set": versions of the config wrote False, None or "" for it."""
+    return None if v is None or v is False or v == "" or v == [] else v
+
+
+def _shared_keys(runs: list[dict[str, Any]]) -> tuple[list[dict], set[str], set[str]]:
+    """(configs, keys every run records, keys only some record), without each run's overrides."""
     overridden = {k for r in runs for k in (r.get("overrides") or {})} | {"output_dir"}
     cfgs = [r.get("train_config") or {} for r in runs]
-    keys = sorted({k for c in cfgs for k in c} - overridden)
-    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in cfgs}) > 1]
+    every = set.intersection(*(set(c) for c in cfgs)) - overridden if cfgs else set()
+    some = {k for c in cfgs for k in c} - overridden - every
+    return cfgs, every, some
+
+
+def differing_settings(runs: list[dict[str, Any]]) -> list[str]:
+    """The training settings whose values differ between these runs, leaving out each run's own
+    overrides (the JEPA options a grid varies on purpose): what makes them incomparable, by name.
+    Only settings every run records count (see `version_only_settings`)."""
+    cfgs, every, _ = _shared_keys(runs)
+    return [k for k in sorted(every)
+            if len({json.dumps(_unset(c[k]), sort_keys=True, default=str) for c in cfgs}) > 1]
+
+
+def version_only_settings(runs: list[dict[str, Any]]) -> list[str]:
+    """Settings only some runs record: runs made by different versions of step-jepa, where a newer
+    version added (or dropped) an option. They cannot differ in effect unless a value is set."""
+    cfgs, _, some = _shared_keys(runs)
+    return sorted(some)
 
 
 def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
@@ -285,9 +306,14 @@ def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
         d["eval"].add(fingerprint(r.get("eval")))
     for s, d in sorted(by_seed.items()):
         if len(d["train"]) > 1:
-            named = differing_settings([r for r in results if int(r["seed"]) == s])
-            warnings.append(f"seed {s}: runs differ in non-JEPA training settings ({', '.join(named) or 'see result.json'}); "
-                            "they are not comparable")
+            runs = [r for r in results if int(r["seed"]) == s]
+            named, extra = differing_settings(runs), version_only_settings(runs)
+            if named or not extra:
+                warnings.append(f"seed {s}: runs differ in non-JEPA training settings "
+                                f"({', '.join(named) or 'see result.json'}); they are not comparable")
+            else:
+                warnings.append(f"seed {s}: runs come from different step-jepa versions; every setting all "
+                                f"of them record is equal (recorded by only some: {', '.join(extra)})")
         if len(d["eval"]) > 1:
             warnings.append(f"seed {s}: runs were evaluated with different settings")
     counts = {}

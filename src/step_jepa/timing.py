@@ -59,6 +59,9 @@ class BenchConfig:
                           "on a shared CPU; memory is the max over rounds); '×SFT by round' is the median of "
                           "the per-round ratios")
     compile: bool = _opt(False, "torch.compile the decoder (dynamic shapes) for every variant; give --warmup >= 2")
+    compile_scope: str = _opt("layers", "with --compile: 'layers' compiles each decoder layer (one shared graph), "
+                                        "'decoder' the whole stack (as train's --torch_compile_scope)",
+                                choices=("layers", "decoder"))
     profile_dir: str | None = _opt(None, "after timing, profile a few more steps per variant; write "
                                          "DIR/profile_<variant>.txt", metavar="DIR")
     profile_steps: int = _opt(3, "steps profiled per variant")
