@@ -61,6 +61,16 @@ CHAIN_BASE = dict(model=SMOL, max_length=512, num_train_epochs=3, per_device_tra
                   predictors=1, sft_predictor_tokens=True)
 CHAIN_EVAL = dict(max_new_tokens=256)
 CHAIN_JEPA = dict(lbd=1.0, predictors=1, jepa_loss="cosine", pairs="first")  # the GSM8K dev winner of 2026-11-25
+# The options never run on a GPU before, each a change to CHAIN_JEPA, selected on the chain task's dev
+# problems at 1,000 training problems with 2 seeds; the winner then runs on the test problems.
+OPTION_SIZE, OPTION_SEEDS = 1000, [0, 1]
+OPTIONS = {
+    "jepa": {},
+    "jepa_ema": dict(jepa_target="ema"),
+    "jepa_infonce": dict(jepa_loss="infonce"),
+    "jepa_mid_layer": dict(jepa_layer=15),  # SmolLM2 has 30 layers
+    "jepa_lbd_schedule": dict(lbd_warmup_steps=10, lbd_schedule="cosine"),  # of 96 steps
+}
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,43 @@ def chain_jobs(seeds: list[int]) -> list[Job]:
             for name in ("sft", "jepa", "stp")]
 
 
+def option_grid(lv: tuple[int, int], split: str, configs: dict) -> Path:
+    """The option configs at OPTION_SIZE problems, on the dev problems or (the winner) the test ones;
+    test runs share the n-problem curve's output dir, so its SFT runs are their baseline."""
+    d = DATA / "chain" / level_name(lv)
+    out = RUNS / "chain" / level_name(lv) / ("options_dev" if split == "dev" else f"n{OPTION_SIZE}")
+    return write_grid(f"opts_{level_name(lv)}_{split}", out,
+                      {**CHAIN_BASE, "train_file": str(d / f"train_{OPTION_SIZE}.jsonl")},
+                      {**CHAIN_EVAL, "test_file": str(d / f"{split}.jsonl")}, configs, OPTION_SEEDS)
+
+
+def chosen_option(lv: tuple[int, int]) -> str | None:
+    """The option with the most dev answers right over both seeds (ties: the earlier in OPTIONS)."""
+    out = RUNS / "chain" / level_name(lv) / "options_dev"
+    runs = {n: [result(out, n, s) for s in OPTION_SEEDS] for n in OPTIONS}
+    if any(r is None for rs in runs.values() for r in rs):
+        return None
+    correct = {n: sum(r["correct"] for r in rs) for n, rs in runs.items()}
+    best = max(OPTIONS, key=lambda n: correct[n])  # max keeps the first of equals
+    _record(out / "chosen.json", {"option": best, "dev_correct_over_seeds": correct})
+    return best
+
+
+def option_jobs() -> list[Job]:
+    """Dev selection (SFT for reference, every option, 2 seeds), then the winner on the test problems."""
+    lv = chosen_level()
+    if lv is None:
+        return []
+    configs = {"sft": {"lbd": 0}, **{n: {**CHAIN_JEPA, **o} for n, o in OPTIONS.items()}}
+    dev = option_grid(lv, "dev", configs)
+    jobs = [Job(dev, n, s, 35 + OPTION_SIZE * 0.03) for s in OPTION_SEEDS for n in configs]
+    best = chosen_option(lv)
+    if best is not None and best != "jepa":  # the plain option already ran on the test problems
+        test = option_grid(lv, "test", {"sft": {"lbd": 0}, best: configs[best]})
+        jobs += [Job(test, best, s, 35 + OPTION_SIZE * 0.03) for s in OPTION_SEEDS]
+    return jobs
+
+
 def plan() -> list[Job]:
     """Every job in priority order; later phases appear once their choice can be made. Seed by
     seed, so a plan cut short by the device budget still leaves complete paired seeds."""
@@ -191,7 +238,7 @@ def plan() -> list[Job]:
     jobs = [lrs[0], lrs[1], lrs[2], lrs[3], *cal]
     for s in SEEDS:
         jobs += [j for j in gsm if j.seed == s and j not in late] + chain_jobs([s])
-    return jobs + late  # GPU processes time-share the card: the order, not the slots, sets what ends first
+    return jobs + late + option_jobs()  # GPU processes time-share the card: the order, not the slots, sets what ends first
 
 
 def _record(path: Path, obj: dict) -> None:
@@ -450,7 +497,12 @@ def prepare_data(chain: bool = True) -> None:
         test = [x for x in (d / "test_raw.jsonl").read_text().splitlines(keepends=True)
                 if json.loads(x)["messages"][1]["content"] not in seen][:500]
         (d / "test.jsonl").write_text("".join(test))
-        print(f"chain {level_name(lv)}: {len(test)} test problems not in train", flush=True)
+        # Dev problems for option selection: later problems of the training stream whose question is
+        # not among the OPTION_SIZE training problems (the test problems stay unseen by selection).
+        first = {json.loads(x)["messages"][1]["content"] for x in lines[:OPTION_SIZE]}
+        dev = [x for x in lines[OPTION_SIZE:] if json.loads(x)["messages"][1]["content"] not in first][:500]
+        (d / "dev.jsonl").write_text("".join(dev))
+        print(f"chain {level_name(lv)}: {len(test)} test problems not in train, {len(dev)} dev problems", flush=True)
 
 
 def setup(part: str, chain: bool = True) -> None:

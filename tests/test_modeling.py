@@ -46,3 +46,11 @@ def test_chunked_loss_and_gradients_equal_plain_cross_entropy(autocast: bool) ->
     for a, b in zip(g_got, g_want):
         torch.testing.assert_close(a, b, **tol)
     assert all(torch.isfinite(g).all() for g in g_got)
+
+
+def test_compile_decoder_refuses_an_unknown_scope() -> None:
+    from step_jepa.modeling import compile_decoder
+    from step_jepa.tiny import build_tiny_model
+
+    with pytest.raises(ValueError, match="compile scope 'model': choose from layers, decoder"):
+        compile_decoder(build_tiny_model(64), "model")

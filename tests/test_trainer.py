@@ -318,3 +318,11 @@ def test_save_honours_a_given_state_dict(model_dir: Path, tmp_path: Path):
     assert saved and all(torch.equal(v, given["lm." + k]) for k, v in saved.items())
     head = load_file(tmp_path / "saved" / HEAD_FILE)
     assert head and all(torch.equal(v, given["head." + k]) for k, v in head.items())
+
+
+def test_jepa_layer_outside_the_model_is_refused_at_build(model_dir: Path, tmp_path: Path):
+    """A --jepa_layer the model lacks (the tiny model has 2 layers) is one clear error naming the
+    layer count, before any training; -2 (from the top) is accepted."""
+    with pytest.raises(ValueError, match=r"--jepa_layer 15: .* has 2 decoder layers"):
+        build_model(TrainConfig(model=str(model_dir), output_dir=str(tmp_path), lbd=0.1, jepa_layer=15))
+    build_model(TrainConfig(model=str(model_dir), output_dir=str(tmp_path), lbd=0.1, jepa_layer=-2))
