@@ -177,6 +177,8 @@ def decode_batch_static(fwd: Callable, cache: Any, logits: torch.Tensor, mask: t
     captures (one per window length and batch size). ``stats``: decode steps, graphs recorded
     and the host seconds those new-shape steps took.
     """
+    if window_step < 1:  # before the cache is made static: a refused call leaves it usable
+        raise ValueError(f"window_step must be >= 1, got {window_step}")
     device = logits.device
     rows, capacity = mask.shape
     capture = device.type == "cuda" if capture is None else capture
@@ -194,8 +196,6 @@ def decode_batch_static(fwd: Callable, cache: Any, logits: torch.Tensor, mask: t
             layer.set_window(window)
         _step(fwd, cache, st, out, window, stop_t, pad_id)
 
-    if window_step < 1:
-        raise ValueError(f"window_step must be >= 1, got {window_step}")
     replay = _Replayer(run, capture)
     cur = plen  # host copy of st.cur: the window is chosen without reading the device
     steps = 0
