@@ -133,6 +133,29 @@ def test_report_paired_with_missing_seed_and_bad_ids(tmp_path) -> None:
     assert rows[1]["paired"]["status"].startswith("n/a (bad predictions.jsonl, jepa: ValueError")
 
 
+def test_report_reads_gzipped_predictions_and_metrics(tmp_path) -> None:
+    """Committed result dirs keep predictions.jsonl and metrics.jsonl gzipped: the report reads
+    them as they are, with the same numbers as from the plain files."""
+    import gzip
+
+    tables = []
+    for zipped in (False, True):
+        out = tmp_path / ("gz" if zipped else "plain")
+        for name, correct, lbd in (("sft", [True, False, False], 0.0), ("jepa", [True, True, False], 0.1)):
+            _fake_result(out, name, 0, 0.5, lbd)
+            _fake_predictions(out, name, 0, correct)
+            _write_metrics(out, name, 0, [{"step": 1, "lm_loss": 1.5, "jepa_loss": 0.2 + lbd}])
+            if zipped:
+                for f in (out / name / "seed0" / "eval" / rep.PREDICTIONS, out / name / "seed0" / "metrics.jsonl"):
+                    with gzip.open(f.with_name(f.name + ".gz"), "wt") as g:
+                        g.write(f.read_text())
+                    f.unlink()
+        rows = rep.build_report(out, order=["sft", "jepa"])
+        assert rows[1]["paired"]["status"] == "ok" and (rows[1]["paired"]["b"], rows[1]["paired"]["c"]) == (0, 1)
+        tables.append((out / rep.TABLE).read_text())
+    assert "## Collapse diagnostics" in tables[1] and tables[0] == tables[1]
+
+
 def _write_metrics(out: Path, name: str, seed: int, rows: list[dict]) -> None:
     (out / name / f"seed{seed}" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 

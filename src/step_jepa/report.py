@@ -57,12 +57,29 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def read_text_or_gz(path: Path) -> str | None:
+    """The text of ``path``, or of ``path.gz`` when only the gzipped copy exists (committed result
+    dirs keep predictions and metrics gzipped); None when neither does."""
+    import gzip
+
+    if path.exists():
+        return path.read_text(encoding="utf-8")
+    gz = path.with_name(path.name + ".gz")
+    if gz.exists():
+        with gzip.open(gz, "rt", encoding="utf-8") as f:
+            return f.read()
+    return None
+
+
 def load_correct(path: str | Path) -> dict[str, bool]:
     """{problem id → correct} of one predictions.jsonl. A missing id falls back to the line number
     (every run of a grid evaluates the same records in the same order); a duplicate id is an error,
     because aligning by id would silently pair the wrong problems."""
     out: dict[str, bool] = {}
-    for k, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
+    text = read_text_or_gz(Path(path))
+    if text is None:
+        raise FileNotFoundError(path)
+    for k, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
         row = json.loads(line)
@@ -81,7 +98,7 @@ def load_run_predictions(output_dir: str | Path, results: list[dict[str, Any]]
     errors: dict[str, str] = {}
     for r in results:
         path = run_dir(Path(output_dir), r["config"], int(r["seed"])) / "eval" / PREDICTIONS
-        if not path.exists():
+        if not path.exists() and not path.with_name(PREDICTIONS + ".gz").exists():
             continue
         try:
             out.setdefault(r["config"], {})[int(r["seed"])] = load_correct(path)
@@ -165,10 +182,11 @@ DIAG_LAST = 3
 
 def run_diagnostics(metrics_path: Path, last: int = DIAG_LAST) -> dict[str, float] | None:
     """Mean of each diagnostic over the last ``last`` logged steps that have it (one step is noisy)."""
-    if not metrics_path.exists():
+    text = read_text_or_gz(metrics_path)
+    if text is None:
         return None
     rows = []
-    for line in metrics_path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:  # blank, or the half-written last line of a killed run
