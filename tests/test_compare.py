@@ -78,6 +78,16 @@ def test_grid_validation_errors(tmp_path, change, message) -> None:
         cmp.load_grid(write_grid(tmp_path / "g.yaml", grid))
 
 
+def test_grid_yaml_exponent_without_a_dot_is_a_number(tmp_path) -> None:
+    """`learning_rate: 1e-4` in a grid's base or a config (a string to PyYAML) trains at 1e-4."""
+    path = tmp_path / "g.yaml"
+    text = yaml.safe_dump(grid_dict("m", tmp_path / "out")).replace("max_steps: 2", "max_steps: 2\n  learning_rate: 1e-4")
+    path.write_text(text.replace("lbd: 0.1", "lbd: 1e-1"))
+    grid = cmp.load_grid(path)
+    assert grid.base["learning_rate"] == 1e-4 and grid.configs["jepa_l0.1_k1"]["lbd"] == 0.1
+    assert cmp.train_config(grid, "jepa_l0.1_k1", 0).learning_rate == 1e-4
+
+
 # --------------------------------------------------------------------------- end to end (slow)
 
 

@@ -93,6 +93,19 @@ def test_unknown_yaml_key_names_file_key_and_likely_option(tmp_path: Path):
     assert str(e.value) == f"{y}: unknown option(s): optimm (did you mean optim?)"
 
 
+def test_yaml_exponent_without_a_dot_is_a_number(tmp_path: Path):
+    """PyYAML reads `1e-4` as a string (YAML 1.1 wants `1.0e-4`); a float option still gets a float,
+    and a word where a number belongs is an error naming the file and the key."""
+    y = tmp_path / "c.yaml"
+    y.write_text("learning_rate: 1e-4\nlbd: 5e-1\nmax_steps: 3\n")
+    cfg = _train(["--config", str(y), "--report_to", "none"])
+    assert cfg.learning_rate == 1e-4 and cfg.lbd == 0.5 and cfg.max_steps == 3
+    y.write_text("learning_rate: fast\n")
+    with pytest.raises(ValueError) as e:
+        _train(["--config", str(y)])
+    assert str(e.value) == f"{y}: learning_rate: expected a number, got 'fast'"
+
+
 def test_unknown_flag_names_it_and_the_likely_flag(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--optimm", "adafactor"])

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, config_dict, load_yaml
+from .options import coerce_numbers
 # Re-exports: the report and its files live in step_jepa.report, the statistics in step_jepa.stats now.
 from .report import (  # noqa: F401
     DIAG_KEYS,
@@ -115,8 +116,10 @@ def load_grid(path: str | Path, output_dir: str | None = None) -> Grid:
     out = output_dir or raw.get("output_dir")
     if not out:
         raise ValueError(f"{path}: 'output_dir' is required (or pass --output_dir)")
-    grid = Grid(base=dict(raw.get("base") or {}), eval=dict(raw.get("eval") or {}),
-                configs={str(k): dict(v or {}) for k, v in (raw.get("configs") or {}).items()},
+    grid = Grid(base=coerce_numbers(f"{path}: base", dict(raw.get("base") or {}), TrainConfig),
+                eval=dict(raw.get("eval") or {}),
+                configs={str(k): coerce_numbers(f"{path}: configs.{k}", dict(v or {}), TrainConfig)
+                         for k, v in (raw.get("configs") or {}).items()},
                 seeds=[int(s) for s in (raw.get("seeds") or [0])], output_dir=Path(out), source=str(path),
                 keep_checkpoints=bool(raw.get("keep_checkpoints", True)))
     validate_grid(grid)

@@ -84,12 +84,35 @@ def resolve_dataclass(args: argparse.Namespace, cls: type) -> Any:
     if getattr(args, "config", None):
         overlay = load_yaml(args.config)
         refuse_unknown(args.config, overlay, names)
-        values.update(overlay)
+        values.update(coerce_numbers(str(args.config), overlay, cls))
     values.update({k: v for k, v in vars(args).items() if k in names})
     cfg = cls(**values)
     if hasattr(cfg, "validate") and not getattr(cls, "validates_on_init", False):
         cfg.validate()
     return cfg
+
+
+def coerce_numbers(where: str, values: dict[str, Any], cls: type) -> dict[str, Any]:
+    """`values` with YAML strings converted for the float options of `cls`.
+
+    PyYAML follows YAML 1.1, where `1e-4` (no dot) is a string, not a number; written as a learning
+    rate it would reach the config as "1e-4" and fail somewhere deep with a TypeError. A string
+    that is a number becomes a float; one that is not is an error naming the file and key.
+    """
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for key, value in values.items():
+        tp = hints.get(key)
+        base = [a for a in getattr(tp, "__args__", ()) if a is not type(None)] or [tp]
+        if not isinstance(value, str) or base != [float]:
+            continue
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise ValueError(f"{where}: {key}: expected a number, got {value!r}") from None
+    return out
 
 
 def refuse_unknown(path: str | Path, overlay: dict[str, Any], names: set[str]) -> None:
