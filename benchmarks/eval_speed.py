@@ -11,7 +11,8 @@ process (one model load): ``loop`` is the default decode loop, ``graphs`` the CU
 (``--cuda_graphs true``), then the batch budget (``--max_batch_tokens``; ``auto`` = the default, half
 the free GPU memory) and, for ``graphs``, the attention window step. Each row also gives batches,
 decode steps, graphs recorded, host seconds in new-shape steps, and how many outputs are
-token-identical to the first variant's; ``--json`` writes the rows.  In fp32 the two must agree exactly; in bf16 a few rows can
+token-identical to the first variant's and to the ``loop`` variant of the same budget (when one
+was run); ``--json`` writes the rows.  In fp32 the two must agree exactly; in bf16 a few rows can
 flip because a different batch composition changes the matmul reduction order, so they are counted,
 not asserted.
 
@@ -130,16 +131,23 @@ def run_variant(model, tok, prompts, spec: str, args) -> dict:
 def run_variants(model, tok, records, prompts, args) -> int:
     rows = [run_variant(model, tok, prompts, spec, args) for spec in args.variants.split(",")]
     ref = rows[0]["gens"]
-    print(f"{'variant':<22} {'wall s':>7} {'tok/s':>8} {'correct':>8} {'same as 1st':>11} {'batches':>7} "
-          f"{'steps':>6} {'graphs':>6} {'capture s':>9}")
+    # The loop run at the same batch budget: a graph variant's outputs are compared with it too,
+    # since the budget alone changes bf16 outputs (docs/evaluate.md).
+    loops = {r["variant"].split(":")[1]: r["gens"] for r in rows if r["variant"].startswith("loop:")}
+    same = lambda x, y: sum(a.text == b.text and a.n_tokens == b.n_tokens for a, b in zip(x, y))  # noqa: E731
+    print(f"{'variant':<22} {'wall s':>7} {'tok/s':>8} {'correct':>8} {'same as 1st':>11} {'same as loop':>12} "
+          f"{'batches':>7} {'steps':>6} {'graphs':>6} {'capture s':>9}")
     for r in rows:
         gens = r.pop("gens")
+        loop = loops.get(r["variant"].split(":")[1])
         n_tok = sum(g.n_tokens for g in gens)
         r.update(tokens=n_tok, tokens_per_s=round(n_tok / r["seconds"]),
                  correct=sum(ev._score(rec, g, False)["correct"] for rec, g in zip(records, gens)),
-                 identical=sum(a.text == b.text and a.n_tokens == b.n_tokens for a, b in zip(gens, ref)))
+                 identical=same(gens, ref), identical_to_loop=same(gens, loop) if loop is not None else None)
+        vs_loop = "-" if r["identical_to_loop"] is None else str(r["identical_to_loop"])
         print(f"{r['variant']:<22} {r['seconds']:>7.2f} {r['tokens_per_s']:>8d} {r['correct']:>8d} "
-              f"{r['identical']:>11d} {r['batches']:>7d} {r['steps']:>6d} {r['captures']:>6d} {r['capture_s']:>9.2f}")
+              f"{r['identical']:>11d} {vs_loop:>12} {r['batches']:>7d} {r['steps']:>6d} {r['captures']:>6d} "
+              f"{r['capture_s']:>9.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"n": len(records), "max_new_tokens": args.max_new_tokens,
                                                "device": torch.cuda.get_device_name() if torch.cuda.is_available()
