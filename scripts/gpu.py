@@ -355,6 +355,16 @@ SPEED = {
 }
 
 
+def _run_logged(cmd: list[str], log_path: Path, left: float, tag: str, env: dict | None = None) -> int | str:
+    """Run `cmd` with its output in `log_path`, killed after `left` seconds; its exit code or "killed"."""
+    with open(log_path, "w") as log:
+        try:
+            return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=left, env=env).returncode
+        except subprocess.TimeoutExpired:  # subprocess.run has killed it
+            print(f"[speed] {tag}: killed at the deadline", flush=True)
+            return "killed"
+
+
 def speed_train(name: str, until: float) -> None:
     """`step-jepa train` for one GSM8K epoch under TORCH_LOGS=recompiles, killed at `until`
     (monotonic); the log and metrics land in RUNS/speed/<name>[-N] (N: the how-many-th run)."""
@@ -376,14 +386,7 @@ def speed_train(name: str, until: float) -> None:
         print(f"[speed] {name}: no time left", flush=True)
         return
     t0 = time.monotonic()
-    with open(logf, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "step_jepa.cli", "train", "--config", str(conf)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            rc = proc.wait(timeout=left)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = "killed"
+    rc = _run_logged([sys.executable, "-m", "step_jepa.cli", "train", "--config", str(conf)], logf, left, name, env)
     wall.write_text(json.dumps({"wall_seconds": round(time.monotonic() - t0, 1), "rc": rc}))
     print(f"[speed {time.strftime('%H:%M:%S')}] {name}: rc={rc} {time.monotonic() - t0:.0f} s", flush=True)
 
@@ -412,11 +415,7 @@ def speed_eval(model: Path, until: float) -> None:
            str(DATA / "gsm8k_test.jsonl"), "--max_new_tokens", "512", "--dtype", "bf16",
            "--variants", EVAL_VARIANTS, "--json", str(out / "eval_sweep.json")]
     cmd += ["--limit", "4", "--max_new_tokens", "16", "--device", "cpu"] if os.environ.get("SJ_SMOKE") else []
-    with open(out / "eval_sweep.log", "w") as log:
-        try:
-            subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=left)
-        except subprocess.TimeoutExpired:
-            print("[speed] eval_sweep: killed at the deadline", flush=True)
+    _run_logged(cmd, out / "eval_sweep.log", left, "eval_sweep")
     print(f"[speed {time.strftime('%H:%M:%S')}] eval_sweep:\n" + (out / "eval_sweep.log").read_text()[-1500:], flush=True)
 
 
@@ -433,12 +432,7 @@ def speed_bench(until: float) -> None:
            "--batch_size", "32", "--steps", "10", "--warmup", "3",
            "--variants", "sft_packed,sp_first_packed,sft,sp_first", "--compile", "--compile_scope", "layers",
            "--rounds", "2", "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md")]
-    with open(out / "bench.log", "w") as log:
-        try:
-            subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=left,
-                           env={**os.environ, "TORCH_LOGS": "recompiles"})
-        except subprocess.TimeoutExpired:
-            print("[speed] bench: killed at the deadline", flush=True)
+    _run_logged(cmd, out / "bench.log", left, "bench", {**os.environ, "TORCH_LOGS": "recompiles"})
     print(f"[speed {time.strftime('%H:%M:%S')}] bench:\n" + (out / "bench.log").read_text()[-2500:], flush=True)
 
 

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, config_dict, load_yaml
-from .options import coerce_numbers
+from .config import TrainConfig, config_dict
+from .options import coerce_numbers, load_yaml
 # Re-exports: the report and its files live in step_jepa.report, the statistics in step_jepa.stats now.
 from .report import (  # noqa: F401
     DIAG_KEYS,

@@ -24,7 +24,7 @@ from .modeling import DEFAULT_MODEL
 # The parser and YAML helpers are shared with `step-jepa bench` (options); imported here too,
 # so `from step_jepa.config import load_yaml, yaml_error_message` keeps working.
 from .options import (  # noqa: F401
-    add_dataclass_arguments, field_default, load_yaml, plain, resolve_dataclass, yaml_error_message)
+    add_dataclass_arguments, field_default, load_yaml, non_none_type, plain, resolve_dataclass, yaml_error_message)
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -295,12 +295,6 @@ def _report_list(value: str | list[str] | None) -> list[str]:
     return [n for n in names if n != "none"]
 
 
-def _optional(tp: Any) -> Any:
-    """The non-None type of `X | None`."""
-    args = [a for a in getattr(tp, "__args__", ()) if a is not type(None)]
-    return args[0] if args else tp
-
-
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type = StepJEPAConfig) -> None:
     """`step-jepa train`'s flags (see `options.add_dataclass_arguments`): every field, plus --config."""
     add_dataclass_arguments(parser, cls)
@@ -338,7 +332,7 @@ def options_markdown(cls: type = TrainConfig) -> str:
     rows = ["| flag | type | default | meaning |", "|---|---|---|---|"]
     for name in own_fields(cls):
         f = cls.__dataclass_fields__[name]
-        tp = _optional(hints[f.name])
+        tp = non_none_type(hints[f.name])
         rows.append(f"| `--{f.name}` | {getattr(tp, '__name__', str(tp))} | `{f.default}` | {f.metadata.get('help', '')} |")
     return "\n".join(rows) + "\n"
 

@@ -99,20 +99,22 @@ def coerce_numbers(where: str, values: dict[str, Any], cls: type) -> dict[str, A
     rate it would reach the config as "1e-4" and fail somewhere deep with a TypeError. A string
     that is a number becomes a float; one that is not is an error naming the file and key.
     """
-    import typing
-
-    hints = typing.get_type_hints(cls)
+    hints = get_type_hints(cls)
     out = dict(values)
     for key, value in values.items():
-        tp = hints.get(key)
-        base = [a for a in getattr(tp, "__args__", ()) if a is not type(None)] or [tp]
-        if not isinstance(value, str) or base != [float]:
+        if not isinstance(value, str) or key not in hints or non_none_type(hints[key]) is not float:
             continue
         try:
             out[key] = float(value)
         except ValueError:
             raise ValueError(f"{where}: {key}: expected a number, got {value!r}") from None
     return out
+
+
+def non_none_type(tp: Any) -> Any:
+    """The first non-None type of a union such as `X | None` (`tp` itself when it is no union)."""
+    args = [a for a in getattr(tp, "__args__", ()) if a is not type(None)]
+    return args[0] if args else tp
 
 
 def refuse_unknown(path: str | Path, overlay: dict[str, Any], names: set[str]) -> None:

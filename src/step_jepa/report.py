@@ -98,12 +98,14 @@ def load_run_predictions(output_dir: str | Path, results: list[dict[str, Any]]
     errors: dict[str, str] = {}
     for r in results:
         path = run_dir(Path(output_dir), r["config"], int(r["seed"])) / "eval" / PREDICTIONS
-        if not path.exists() and not path.with_name(PREDICTIONS + ".gz").exists():
-            continue
         try:
-            out.setdefault(r["config"], {})[int(r["seed"])] = load_correct(path)
+            correct = load_correct(path)
+        except FileNotFoundError:  # neither predictions.jsonl nor its .gz: an older run
+            continue
         except (ValueError, KeyError) as e:  # KeyError: a row without "correct"
             errors[r["config"]] = f"{type(e).__name__}: {e}"
+            continue
+        out.setdefault(r["config"], {})[int(r["seed"])] = correct
     return out, errors
 
 
