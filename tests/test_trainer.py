@@ -12,7 +12,7 @@ from step_jepa.config import TrainConfig
 from step_jepa.objective import StepJEPAModel
 from step_jepa.tiny import build_tiny_model, build_tiny_tokenizer
 from step_jepa.trainer import (ListDataset, StepJEPATrainer, appended_tokens, build_collator, build_model,
-                               jepa_options, load_training_records, pack_groups, segment_all)
+                               jepa_options, load_training_records, make_dataset, pack_groups, segment_all)
 
 
 def _one_sgd_step(model_dir: Path, out: Path, bs: int, ga: int) -> dict[str, torch.Tensor]:
@@ -61,6 +61,29 @@ def test_packed_groups_respect_the_token_budget(model_dir: Path, tmp_path: Path,
         assert batch["input_ids"].shape[1] <= cfg.max_tokens_per_batch
         if pairs != "random":
             assert (batch["role"] != 0).sum() == sum(len(ex.input_ids) + appended_tokens(ex, cfg) for ex in g)
+
+
+def test_packing_budget_examples_gives_jepa_the_sft_batches(model_dir: Path, tmp_path: Path):
+    """--packing_budget examples: the JEPA run's batches are the SFT run's (same examples per step,
+    same step count), each still one row holding the JEPA extras; the default budget counts the
+    extras and so makes more, smaller batches."""
+    base = dict(model=str(model_dir), output_dir=str(tmp_path), generate_examples=40, packing=True,
+                max_tokens_per_batch=1024, predictors=2, sft_predictor_tokens=True)
+    sft, jepa = TrainConfig(**base, lbd=0), TrainConfig(**base, lbd=0.5)
+    same = TrainConfig(**base, lbd=0.5, packing_budget="examples")
+    lm, tok, pred_ids, _ = build_model(jepa)
+    examples, _ = segment_all(load_training_records(jepa)[0], tok, jepa.max_length)
+    ids = lambda cfg: [[ex.id for ex in g] for g in make_dataset(examples, cfg).items]  # noqa: E731
+    assert ids(same) == ids(sft)
+    assert len(ids(jepa)) > len(ids(sft))
+    collate = build_collator(same, tok, pred_ids, "sdpa")
+    over = 0
+    for g in make_dataset(examples, same).items:
+        batch = collate([g])
+        assert batch["input_ids"].shape[0] == 1  # one padding-free row, even past the budget
+        assert (batch["role"] != 0).sum() == sum(len(ex.input_ids) + appended_tokens(ex, jepa) for ex in g)
+        over += batch["input_ids"].shape[1] > same.max_tokens_per_batch
+    assert over > 0  # the extras do push rows past the budget: the case is exercised
 
 
 @pytest.mark.parametrize("flag", [False, True])

@@ -84,6 +84,10 @@ class StepJEPAConfig(TrainingArguments):
                         choices=("single_pass", "two_pass"))
     packing: bool = _f(False, "padding-free packing of several examples per row, batches by token budget")
     max_tokens_per_batch: int = _f(8192, "token budget of one packed batch (with --packing)")
+    packing_budget: str = _f("all", "what the budget counts (with --packing): all (every token of the row, "
+                                    "JEPA extras too) | examples (the examples' own tokens: a JEPA run gets "
+                                    "the very batches and step count of the SFT run of its seed, rows grow "
+                                    "by the extras)", choices=("all", "examples"))
     attn_implementation: str = _f("auto", "auto | sdpa | eager | flex_attention "
                                           "(auto: flex on CUDA when λ > 0, else sdpa)",
                                   choices=("auto", "sdpa", "eager", "flex_attention"))
@@ -333,7 +337,8 @@ def options_markdown(cls: type = TrainConfig) -> str:
     for name in own_fields(cls):
         f = cls.__dataclass_fields__[name]
         tp = non_none_type(hints[f.name])
-        rows.append(f"| `--{f.name}` | {getattr(tp, '__name__', str(tp))} | `{f.default}` | {f.metadata.get('help', '')} |")
+        text = f.metadata.get("help", "").replace("|", "\\|")  # help strings list choices as a | b
+        rows.append(f"| `--{f.name}` | {getattr(tp, '__name__', str(tp))} | `{f.default}` | {text} |")
     return "\n".join(rows) + "\n"
 
 
