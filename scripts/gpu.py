@@ -55,16 +55,18 @@ SFT_LRS = [1e-5, 2e-5, 4e-5, 8e-5]
 JEPA_PAPER = dict(lbd=0.5, predictors=4, jepa_loss="cosine", pairs="first")
 STP = dict(lbd=0.0, stp_lbd=0.005, stp_positions="random")
 
-# The second model family (issue #14): Gemma 3 270M (base), the GSM8K recipe above, its own SFT
-# learning rate chosen on the dev split (a coarser grid, reaching above SmolLM2's winning 8e-5),
-# then SFT and Step-JEPA at that rate (the paper's λ and K), 3 seeds. The time a 4-epoch Gemma run
-# takes on the card has not been measured: the estimate is a guess (docs/gpu.md).
+# The second model family (issue #14): Gemma 3 270M (base), the GSM8K recipe above at 3 epochs and
+# lr 8e-5 (the 2026-12-03 runs: results/h200-2026-12-03-s7), SFT and Step-JEPA (the paper's λ and K),
+# seeds 0-2 done. Next: `jepa_matched`, the same Step-JEPA with the SFT run's very batches and step
+# count (--packing_budget examples), against the same SFT runs; then seeds 3-4 of all three; then
+# Gemma's own learning-rate grid on the dev split, as a check of 8e-5. SJ_GEMMA_LR=dev chooses the
+# methods' rate on that grid first instead (a new grid: the committed runs would not match it).
 GEMMA_LRS = [2e-5, 8e-5, 1.6e-4]
 GEMMA_EST = 420.0
-# SJ_GEMMA_LR fixes the methods' rate instead (a device budget too small for the grid first): the
-# grid then follows the methods, as a check of that rate on the dev split.
-GEMMA_FIXED_LR = float(os.environ["SJ_GEMMA_LR"]) if os.environ.get("SJ_GEMMA_LR") else None
-GEMMA_EPOCHS = int(os.environ.get("SJ_GEMMA_EPOCHS", GSM8K_BASE["num_train_epochs"]))  # issue #14 names 3
+GEMMA_FIXED_LR = None if os.environ.get("SJ_GEMMA_LR") == "dev" else float(os.environ.get("SJ_GEMMA_LR", 8e-5))
+GEMMA_EPOCHS = int(os.environ.get("SJ_GEMMA_EPOCHS", 3))
+GEMMA_SEEDS = [0, 1, 2, 3, 4]
+JEPA_MATCHED = dict(JEPA_PAPER, packing_budget="examples")
 
 # The generated chain task: pick the difficulty whose SFT accuracy (1,000 examples) is nearest 40 %,
 # then the sample-efficiency curve at that difficulty.
@@ -191,21 +193,23 @@ def gemma_lr_jobs() -> list[Job]:
 
 
 def gemma_jobs() -> list[Job]:
-    """The learning-rate grid, then per seed SFT and Step-JEPA at the chosen rate (with
-    SJ_GEMMA_LR: the methods at that rate first, the grid after them)."""
+    """Per seed SFT and Step-JEPA at the fixed rate (`jepa_matched` first for the seeds that have
+    the others), then the learning-rate grid; with SJ_GEMMA_LR=dev the grid first."""
     grid = gemma_lr_jobs()
     lr = GEMMA_FIXED_LR or chosen_lr(RUNS / "gemma_lr_dev", GEMMA_LRS)
     if lr is None:
         return grid
     if GEMMA_FIXED_LR is not None:
         _record(RUNS / "gemma_methods" / "chosen.json",
-                {"learning_rate": lr, "how": "fixed by SJ_GEMMA_LR before the runs, not selected on dev"})
+                {"learning_rate": lr, "how": "fixed before the runs (SmolLM2's dev-chosen rate), not selected on dev"})
     g = write_grid("gemma_methods", RUNS / "gemma_methods",
                    {**GSM8K_BASE, "model": GEMMA, "num_train_epochs": GEMMA_EPOCHS,
                     "train_file": str(DATA / "gsm8k_train.jsonl"), "learning_rate": lr},
                    {**GSM8K_EVAL, "test_file": str(DATA / "gsm8k_test.jsonl")},
-                   {"sft": {"lbd": 0}, "jepa_tuned": JEPA_PAPER}, SEEDS)
-    methods = [Job(g, n, s, GEMMA_EST) for s in SEEDS for n in ("sft", "jepa_tuned")]
+                   {"sft": {"lbd": 0}, "jepa_tuned": JEPA_PAPER, "jepa_matched": JEPA_MATCHED}, GEMMA_SEEDS)
+    methods = [Job(g, "jepa_matched", s, GEMMA_EST) for s in SEEDS]
+    methods += [Job(g, n, s, GEMMA_EST) for s in GEMMA_SEEDS for n in ("sft", "jepa_tuned", "jepa_matched")
+                if Job(g, n, s, GEMMA_EST) not in methods]
     return methods + grid if GEMMA_FIXED_LR is not None else grid + methods
 
 

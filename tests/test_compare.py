@@ -88,6 +88,18 @@ def test_grid_yaml_exponent_without_a_dot_is_a_number(tmp_path) -> None:
     assert cmp.train_config(grid, "jepa_l0.1_k1", 0).learning_rate == 1e-4
 
 
+def test_grid_config_may_set_packing_budget_against_the_sft_baseline(tmp_path) -> None:
+    """A JEPA config with the SFT run's batches (`packing_budget: examples`) shares the grid's SFT
+    baseline: the option is accepted per config and is not a shared setting that must match."""
+    grid = grid_dict("m", tmp_path / "out")
+    grid["base"].update(packing=True)
+    grid["configs"]["jepa_matched"] = {"lbd": 0.1, "predictors": 1, "packing_budget": "examples"}
+    g = cmp.load_grid(write_grid(tmp_path / "g.yaml", grid))
+    assert cmp.train_config(g, "jepa_matched", 0).packing_budget == "examples"
+    assert cmp.train_config(g, "sft", 0).packing_budget == "all"
+    assert "packing_budget" in cmp.JEPA_KEYS
+
+
 # --------------------------------------------------------------------------- end to end (slow)
 
 

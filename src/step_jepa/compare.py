@@ -72,10 +72,12 @@ from .stats import CI_LEVEL, EXACT_BELOW, align_runs, alignment_note, bootstrap_
 # TrainConfig fields a grid config may override. Everything else must live in `base:`.
 # The JEPA options: every `jepa_*` field plus the ones named without the prefix (taken from
 # TrainConfig itself, so options added to train are accepted without editing this file).
+# `packing_budget` is one of them: it changes only how a JEPA run's extras count against the
+# batch budget (an SFT run has none), so a config may set it against the grid's SFT baseline.
 JEPA_KEYS = frozenset(
     {f.name for f in dataclasses.fields(TrainConfig) if f.name.startswith("jepa_")}
     | ({"lbd", "gamma", "predictors", "pairs", "vicreg_weight", "ema_decay", "lbd_schedule", "lbd_warmup_steps",
-        "stp_lbd", "stp_positions"}
+        "stp_lbd", "stp_positions", "packing_budget"}
        & {f.name for f in dataclasses.fields(TrainConfig)}))
 
 
