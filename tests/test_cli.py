@@ -54,6 +54,22 @@ def test_prepare_runs_without_torch(tmp_path):
     assert len(out.read_text().splitlines()) == 3
 
 
+@pytest.mark.parametrize("preset", [None, "max_split_size_mb:128"])
+def test_cli_sets_expandable_segments_unless_configured(tmp_path, preset):
+    """Every command runs with expandable segments (fragmentation OOMs, docs/gpu.md); a user's own
+    allocator config is kept as it is."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
+    if preset:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = preset
+    code = ("import os\nfrom step_jepa.cli import main\n"
+            f"rc = main(['prepare', '--generate', '2', '--output', {str(tmp_path / 'g.jsonl')!r}])\n"
+            "print(rc, os.environ['PYTORCH_CUDA_ALLOC_CONF'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**env, "PYTHONPATH": str(SRC)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f"0 {preset or 'expandable_segments:True'}"
+
+
 def test_top_level_help_lists_every_subcommand_with_its_own_help(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")  # no wrapping inside a help line
     with pytest.raises(SystemExit):
