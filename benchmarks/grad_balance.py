@@ -4,7 +4,7 @@
         --lbd 0.5 --predictors 4 --packing true --max_tokens_per_batch 4096 --batches 4 [--json out.json]
 
 Takes the flags of `step-jepa train` (and `--config`), builds the model, data and collator the
-trainer would, and for the first `--batches` batches computes, in one forward each, the gradient of
+trainer would, and for the first `--batches` batches of the dataset computes, in one forward each, the gradient of
 L_LM (per-token mean) and of L_JEPA separately with respect to every trained parameter. It prints
 their norms, the ratio λ·|∇L_JEPA| / (γ·|∇L_LM|), their cosine, and the norm of the combined gradient
 next to `--max_grad_norm`.
@@ -84,7 +84,8 @@ def setup(cfg):
 
 
 def measure(cfg, batches: int, device: str = "cpu", log=print) -> list[dict]:
-    """`batch_row` for the first `batches` batches in the trainer's order."""
+    """`batch_row` for the first `batches` batches of the dataset (packed groups in their seeded
+    order; the trainer's sampler shuffles them again, so these are its batches, not its first ones)."""
     wrapper, dataset, collator = setup(cfg)
     wrapper.to(device)
     params = [q for q in wrapper.parameters() if q.requires_grad]
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p)
-    p.add_argument("--batches", type=int, default=4, help="how many batches (in the trainer's order) to measure")
+    p.add_argument("--batches", type=int, default=4, help="how many batches to measure")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)

@@ -7,6 +7,7 @@ usable checkpoint and tokenizer onto the machine, and refusing one that only loo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -209,10 +210,18 @@ def cached_model_dir(m: OfflineModel) -> Path | None:
 
 def check_cached_copy(d: Path) -> None:
     """A converted copy made by a transformers version that rebuilt the tokenizer wrongly is
-    refused (see `check_subword_tokenizer`), with its path to delete."""
+    refused (see `check_subword_tokenizer`), with its path to delete. Checked once per process
+    and tokenizer file: `compare` resolves the model for every training and evaluation, and
+    Gemma's tokenizer takes about a second to load."""
+    tok_file = d / "tokenizer.json"
+    _check_cached_copy(str(d), tok_file.stat().st_mtime_ns if tok_file.exists() else 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _check_cached_copy(d: str, tokenizer_mtime_ns: int) -> None:
     from transformers import AutoTokenizer
 
-    check_subword_tokenizer(AutoTokenizer.from_pretrained(str(d)), f"converted copy {d}",
+    check_subword_tokenizer(AutoTokenizer.from_pretrained(d), f"converted copy {d}",
                             f"Upgrade transformers, delete {d} and run again (it is converted anew).")
 
 
