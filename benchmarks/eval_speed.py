@@ -1,4 +1,4 @@
-"""Generation speed of step_jepa.evaluate's decode loop vs HF ``model.generate``, same prompts, same scoring.
+"""Generation speed of step_jepa.evaluation.evaluate's decode loop vs HF ``model.generate``, same prompts, same scoring.
 
     python benchmarks/eval_speed.py --model DIR --test_file test.jsonl --max_new_tokens 512 [--limit N] \
         [--compare_hf] [--hf_batch_size 512] [--dtype bf16]
@@ -33,7 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from step_jepa import evaluate as ev  # noqa: E402
+from step_jepa.evaluation import evaluate as ev  # noqa: E402
+from step_jepa.evaluation.decode import GenResult, _pad_id, _to_result, _trim, attention_backends, encode_prompts, generate, plan_batches, stop_token_ids
 
 SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                     num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
@@ -42,11 +43,11 @@ SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=3
 
 def _records(args: argparse.Namespace) -> list[dict]:
     if args.test_file:
-        from step_jepa.data import load_records
+        from step_jepa.data.load import load_records
 
         records, _ = load_records(args.test_file)
     else:
-        from step_jepa.generator import generate_problems
+        from step_jepa.data.synthetic import generate_problems
 
         records = generate_problems(args.generate, seed=0)
     return records[: args.limit] if args.limit else records
@@ -57,14 +58,14 @@ def _load(args: argparse.Namespace):
     if args.random_init:
         from transformers import AutoModelForCausalLM, LlamaConfig
 
-        from step_jepa.tiny import build_tiny_tokenizer
+        from step_jepa.models.tiny import build_tiny_tokenizer
 
         tok = build_tiny_tokenizer()
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(LlamaConfig(**SMOLLM2_135M), attn_implementation="sdpa")
         model.to(device=args.device, dtype=dtype or torch.bfloat16).eval()
         return model, tok
-    from step_jepa.modeling import load_for_inference
+    from step_jepa.models.loading import load_for_inference
 
     return load_for_inference(args.model, dtype=dtype, device=args.device)
 
@@ -74,24 +75,24 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(model, tok, prompts, args) -> tuple[list[ev.GenResult], float]:
+def run_ours(model, tok, prompts, args) -> tuple[list[GenResult], float]:
     _sync()
     t0 = time.perf_counter()
-    res = ev.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    res = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                       max_batch_tokens=args.max_batch_tokens, progress=False, stop_ids=args.stops)
     _sync()
     return res, time.perf_counter() - t0
 
 
-def run_hf(model, tok, prompts, args) -> tuple[list[ev.GenResult], float]:
+def run_hf(model, tok, prompts, args) -> tuple[list[GenResult], float]:
     """HF generate in length-sorted batches of ``--hf_batch_size`` (its fairest configuration)."""
-    seqs = ev.encode_prompts(tok, prompts)
-    pad = ev._pad_id(tok, args.stops)
+    seqs = encode_prompts(tok, prompts)
+    pad = _pad_id(tok, args.stops)
     stops = set(args.stops)
-    results: list[ev.GenResult | None] = [None] * len(seqs)
+    results: list[GenResult | None] = [None] * len(seqs)
     _sync()
     t0 = time.perf_counter()
-    for idx in ev.plan_batches([len(s) for s in seqs], args.max_new_tokens, None, args.hf_batch_size):
+    for idx in plan_batches([len(s) for s in seqs], args.max_new_tokens, None, args.hf_batch_size):
         width = max(len(seqs[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -100,12 +101,12 @@ def run_hf(model, tok, prompts, args) -> tuple[list[ev.GenResult], float]:
             mask[r, width - len(seqs[i]):] = 1
         # Same SDPA backends as ours: identical kernels, so identical tokens are possible, and HF is
         # spared cuDNN's per-shape plan building (which would make this baseline several times slower).
-        with torch.inference_mode(), ev.attention_backends(model.device):
+        with torch.inference_mode(), attention_backends(model.device):
             out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                                  max_new_tokens=args.max_new_tokens, do_sample=False,
                                  eos_token_id=list(stops) or None, pad_token_id=pad)
-        for i, toks in zip(idx, ev._trim(out[:, width:].tolist(), stops)):
-            results[i] = ev._to_result(tok, toks, stops)
+        for i, toks in zip(idx, _trim(out[:, width:].tolist(), stops)):
+            results[i] = _to_result(tok, toks, stops)
     _sync()
     return [r for r in results if r is not None], time.perf_counter() - t0
 
@@ -118,7 +119,7 @@ def run_variant(model, tok, prompts, spec: str, args) -> dict:
     stats: list[dict] = []
     _sync()
     t0 = time.perf_counter()
-    gens = ev.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, progress=False,
+    gens = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, progress=False,
                        max_batch_tokens=None if budget == "auto" else int(budget), stop_ids=args.stops,
                        cuda_graphs=kind == "graphs", graph_window=int(window[0]) if window else 128, stats=stats)
     _sync()
@@ -181,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = _load(args)
     records = _records(args)
     prompts = ev.build_prompts(records)
-    args.stops = [] if args.random_init else ev.stop_token_ids(model, tok)
+    args.stops = [] if args.random_init else stop_token_ids(model, tok)
     if args.warmup:
-        ev.generate(model, tok, prompts[: args.warmup], max_new_tokens=8, progress=False, stop_ids=args.stops)
+        generate(model, tok, prompts[: args.warmup], max_new_tokens=8, progress=False, stop_ids=args.stops)
     if args.variants:
         return run_variants(model, tok, records, prompts, args)
 

@@ -32,11 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from step_jepa.layout import StepJEPACollator, meta_of  # noqa: E402
-from step_jepa.masks import flex_block_mask  # noqa: E402
-from step_jepa.modeling import add_predictor_tokens  # noqa: E402
-from step_jepa.objective import JEPAOptions, StepJEPAModel  # noqa: E402
-from step_jepa.segment import SegmentError, segment  # noqa: E402
+from step_jepa.data.segment import SegmentError, segment
+from step_jepa.method.layout import StepJEPACollator, meta_of
+from step_jepa.method.masks import flex_block_mask
+from step_jepa.method.model import JEPAOptions, StepJEPAModel
+from step_jepa.models.loading import add_predictor_tokens
 
 ROWS: list[tuple[str, str, float, str]] = []  # (check, detail, value, PASS/FAIL)
 
@@ -47,7 +47,7 @@ def report(check: str, detail: str, value: float, ok: bool) -> None:
 
 
 def examples(tok, n: int, max_length: int = 512):
-    from step_jepa.generator import generate_problems
+    from step_jepa.data.synthetic import generate_problems
 
     out = []
     for r in generate_problems(n * 2, seed=7):
@@ -66,13 +66,14 @@ def build_models(name: str, smollm2_path: str | None):
     from transformers import AutoModelForCausalLM
 
     if name == "tiny":
-        from step_jepa.tiny import build_tiny_model, build_tiny_tokenizer
+        from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
         tok = build_tiny_tokenizer("chatml")
         make = lambda impl: build_tiny_model(len(tok), layers=4, hidden=256, seed=0,  # noqa: E731
                                              attn_implementation=impl)
     else:
-        from step_jepa.modeling import load_tokenizer, resolve_model_path
+        from step_jepa.models.loading import load_tokenizer
+        from step_jepa.models.sources import resolve_model_path
 
         path = resolve_model_path(smollm2_path or "HuggingFaceTB/SmolLM2-135M-Instruct")
         tok = load_tokenizer(path)
@@ -138,7 +139,7 @@ def models_or_skip(name: str, args):
 
 def check_compile(name: str, args) -> None:
     """The compiled decoder against the same model eager (FlexAttention, single-pass, fp32)."""
-    from step_jepa.modeling import compile_decoder
+    from step_jepa.models.loading import compile_decoder
 
     models = models_or_skip(name, args)
     if models is None:
@@ -170,7 +171,7 @@ def check_model(name: str, args) -> None:
 
 def check_mask_memory(args) -> None:
     """Build the BlockMask of packed single-pass rows of length T and measure what it allocates."""
-    from step_jepa.tiny import build_tiny_tokenizer
+    from step_jepa.models.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer("chatml")
     tok.add_special_tokens({"additional_special_tokens": ["<|predictor_1|>"]})

@@ -70,10 +70,15 @@ def format_rows(rows: list[dict], model: str, lbd: float, clip: float) -> str:
 
 def setup(cfg):
     """The wrapper, dataset and collator `step-jepa train` would build for `cfg` (nothing written)."""
-    from step_jepa.modeling import build_model, resolve_attn_implementation
-    from step_jepa.objective import StepJEPAModel
-    from step_jepa.train_data import build_collator, load_training_records, make_dataset, segment_all
-    from step_jepa.trainer import jepa_options
+    from step_jepa.method.model import StepJEPAModel
+    from step_jepa.training.data import (
+        build_collator,
+        load_training_records,
+        make_dataset,
+        segment_all,
+    )
+    from step_jepa.training.model import build_model, resolve_attn_implementation
+    from step_jepa.training.trainer import jepa_options
 
     torch.manual_seed(cfg.seed)
     lm, tok, pred_ids, _ = build_model(cfg)
@@ -100,7 +105,7 @@ def measure(cfg, batches: int, device: str = "cpu", log=print) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from step_jepa.config import add_config_arguments, resolve_config
+    from step_jepa.training.config import add_config_arguments, resolve_config
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p)
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     batches, out, device = args.batches, args.json, args.device
     for k in ("batches", "json", "device"):
-        delattr(args, k)  # not TrainConfig fields
+        delattr(args, k)  # not StepJEPAConfig fields
     cfg = resolve_config(args)
     if cfg.lbd <= 0:
         raise SystemExit("grad_balance: --lbd must be > 0 (there is no JEPA gradient to compare)")

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import torch
 
-from step_jepa.config import TrainConfig
-from step_jepa.objective import StepJEPAModel
-from step_jepa.trainer import build_collator, build_model, jepa_options, load_training_records, segment_all
+from step_jepa.method.model import StepJEPAModel
+from step_jepa.training.config import StepJEPAConfig
+from step_jepa.training.data import build_collator, load_training_records, segment_all
+from step_jepa.training.model import build_model
+from step_jepa.training.trainer import jepa_options
 
 MB = 2 ** 20
 VARIANTS = {"full fine-tuning": {}, "LoRA r16, dropout 0.05": {"lora": True, "lora_dropout": 0.05},
@@ -31,7 +33,7 @@ def smollm2_shaped(path: Path) -> Path:
     """A random model with SmolLM2-135M's shapes (tied embeddings) and the tiny tokenizer."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from step_jepa.tiny import build_tiny_tokenizer
+    from step_jepa.models.tiny import build_tiny_tokenizer
 
     if not (path / "config.json").exists():
         cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -56,7 +58,7 @@ def saved_bytes(model: torch.nn.Module, batch: dict) -> int:
 
 
 def measure(model_dir: Path, examples: int, **overrides) -> dict[str, float]:
-    cfg = TrainConfig(model=str(model_dir), output_dir=tempfile.mkdtemp(), generate_examples=examples, lbd=0.1,
+    cfg = StepJEPAConfig(model=str(model_dir), output_dir=tempfile.mkdtemp(), generate_examples=examples, lbd=0.1,
                       attn_implementation="sdpa", **overrides)
     lm, tok, pred_ids, _ = build_model(cfg)
     ex, _ = segment_all(load_training_records(cfg)[0], tok, cfg.max_length)

@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from step_jepa.generator import generate_problems  # noqa: E402
-from step_jepa.layout import StepJEPACollator, meta_of  # noqa: E402
-from step_jepa.masks import allowed_everywhere, dense_mask  # noqa: E402
-from step_jepa.segment import segment  # noqa: E402
-from step_jepa.tiny import build_tiny_tokenizer  # noqa: E402
+from step_jepa.data.segment import segment
+from step_jepa.data.synthetic import generate_problems
+from step_jepa.method.layout import StepJEPACollator, meta_of
+from step_jepa.method.masks import allowed_everywhere, dense_mask
+from step_jepa.models.tiny import build_tiny_tokenizer
 
 
 def median_ms(fn, meta, repeats: int) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from step_jepa.bench import main  # noqa: E402
+from step_jepa.bench.run import main
 
 if __name__ == "__main__":
     sys.exit(main())

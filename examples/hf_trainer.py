@@ -22,7 +22,9 @@ def load_records(train_file: str | None, n: int) -> list[dict]:
     if train_file:
         with open(train_file) as f:
             return [json.loads(line) for line in f if line.strip()]
-    from step_jepa.generator import generate_problems  # built-in multi-step arithmetic problems
+    from step_jepa.data.synthetic import (
+        generate_problems,  # built-in multi-step arithmetic problems
+    )
 
     return generate_problems(n, seed=0)
 
@@ -30,10 +32,21 @@ def load_records(train_file: str | None, n: int) -> list[dict]:
 def main(model: str, output_dir: str, max_steps: int = 20, train_file: str | None = None, n: int = 64,
          lbd: float = 0.1, predictors: int = 1, learning_rate: float = 5e-5, batch_size: int = 4):
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+    )
 
-    from step_jepa import (JEPAOptions, StepJEPACallback, StepJEPACollator, StepJEPAModel, add_predictor_tokens,
-                           tokenize_for_step_jepa)
+    from step_jepa import (
+        JEPAOptions,
+        StepJEPACallback,
+        StepJEPACollator,
+        StepJEPAModel,
+        add_predictor_tokens,
+        tokenize_for_step_jepa,
+    )
 
     tok = AutoTokenizer.from_pretrained(model)
     if tok.pad_token is None:

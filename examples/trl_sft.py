@@ -26,9 +26,15 @@ def main(model: str, output_dir: str, max_steps: int = 20, train_file: str | Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from step_jepa import (JEPAOptions, StepJEPACallback, StepJEPACollator, StepJEPAModel, add_predictor_tokens,
-                           tokenize_for_step_jepa)
-    from step_jepa.integration import StepJEPALossMixin
+    from step_jepa import (
+        JEPAOptions,
+        StepJEPACallback,
+        StepJEPACollator,
+        StepJEPAModel,
+        add_predictor_tokens,
+        tokenize_for_step_jepa,
+    )
+    from step_jepa.training.integration import StepJEPALossMixin
 
     class StepJEPASFTTrainer(StepJEPALossMixin, SFTTrainer):
         pass

@@ -310,7 +310,7 @@ def _done(job: Job) -> bool:
 
 def _launch(job: Job, logs: Path) -> subprocess.Popen:
     log = open(logs / f"{job.grid.stem}.{job.name}.seed{job.seed}.log", "a")
-    cmd = [sys.executable, "-m", "step_jepa.cli", "compare", "--config", str(job.grid), "--only", job.name,
+    cmd = [sys.executable, "-m", "step_jepa.cli.main", "compare", "--config", str(job.grid), "--only", job.name,
            "--seeds", str(job.seed)]
     print(f"[queue {time.strftime('%H:%M:%S')}] start {job.grid.stem} {job.name} seed {job.seed}", flush=True)
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -460,7 +460,7 @@ def speed_train(name: str, until: float) -> None:
         print(f"[speed] {name}: no time left", flush=True)
         return
     t0 = time.monotonic()
-    rc = _run_logged([sys.executable, "-m", "step_jepa.cli", "train", "--config", str(conf)], logf, left, name, env)
+    rc = _run_logged([sys.executable, "-m", "step_jepa.cli.main", "train", "--config", str(conf)], logf, left, name, env)
     wall.write_text(json.dumps({"wall_seconds": round(time.monotonic() - t0, 1), "rc": rc}))
     print(f"[speed {time.strftime('%H:%M:%S')}] {name}: rc={rc} {time.monotonic() - t0:.0f} s", flush=True)
 
@@ -501,7 +501,7 @@ def speed_bench(until: float) -> None:
         return
     out = RUNS / "speed" / "bench_compiled"
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "step_jepa.cli", "bench", "--model", SMOL, "--data", "gsm8k",
+    cmd = [sys.executable, "-m", "step_jepa.cli.main", "bench", "--model", SMOL, "--data", "gsm8k",
            str(DATA / "gsm8k_train.jsonl"), "--device", "cuda", "--dtype", "bf16", "--attn", "flex_attention",
            "--batch_size", "32", "--steps", "10", "--warmup", "3",
            "--variants", "sft_packed,sp_first_packed,sft,sp_first", "--compile", "--compile_scope", "layers",
@@ -552,7 +552,7 @@ def collect(out: Path, reports: bool = True) -> None:
     keep = {"result.json", "metrics.jsonl", "summary.json", "predictions.jsonl", "train_summary.json",
             "step_jepa_config.yaml", "data_report.json", "chosen.json"}
     dirs = sorted({p.parents[2] for p in RUNS.rglob("seed*/result.json") if new(p)}) if reports else []
-    procs = [subprocess.Popen([sys.executable, "-m", "step_jepa.cli", "compare", "--report", str(d),
+    procs = [subprocess.Popen([sys.executable, "-m", "step_jepa.cli.main", "compare", "--report", str(d),
                                *(["--baseline", "sft"] if (d / "sft").exists() else [])],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d in dirs]
     for proc in procs:
@@ -586,7 +586,7 @@ def _sh(cmd: list[str]) -> None:
 def prepare_data(chain: bool = True) -> None:
     """GSM8K (train, dev split, test) and the chain task at every difficulty, once per machine."""
     src = Path(".carry-data")
-    prep = [sys.executable, "-m", "step_jepa.cli", "prepare"]
+    prep = [sys.executable, "-m", "step_jepa.cli.main", "prepare"]
     if not (DATA / "gsm8k_train.jsonl").exists():
         _sh(prep + ["--input", str(src / "train.jsonl"), "--output", str(DATA / "gsm8k_train.jsonl")])
         _sh(prep + ["--input", str(src / "train.jsonl"), "--output", str(DATA / "sweep/train.jsonl"),
@@ -669,7 +669,7 @@ def setup_gemma(site: Path, store: Path) -> bool:
 CONVERT_WITH_TOKENIZER = """
 import json, sys
 from pathlib import Path
-import step_jepa.sources as mm
+import step_jepa.models.sources as mm
 from transformers import AutoTokenizer
 
 tok_dir, name = sys.argv[1], sys.argv[2]
@@ -728,7 +728,7 @@ def setup(part: str, chain: bool = True) -> None:
     if not (pkg / gguf.name).exists():
         (pkg / gguf.name).symlink_to(gguf)
     subprocess.run(["sha256sum", str(gguf)], check=True)
-    subprocess.run([sys.executable, "-c", "from step_jepa.modeling import resolve_model_path as r; "
+    subprocess.run([sys.executable, "-c", "from step_jepa.models.loading import resolve_model_path as r; "
                     f"print(r('{SMOL}'))"], check=True)
     prepare_data(chain)
     record_machine()

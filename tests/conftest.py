@@ -27,14 +27,14 @@ def record(steps: list[str], question: str = "How many apples?", rid: str = "r0"
 
 @pytest.fixture(scope="session")
 def tok_chatml():
-    from step_jepa.tiny import build_tiny_tokenizer
+    from step_jepa.models.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer("chatml")
 
 
 @pytest.fixture(scope="session")
 def tok_llama3():
-    from step_jepa.tiny import build_tiny_tokenizer
+    from step_jepa.models.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer("llama3")
 
@@ -42,7 +42,7 @@ def tok_llama3():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A saved tiny Llama + chatml tokenizer: a model directory the CLI and the Trainer can load."""
-    from step_jepa.tiny import build_tiny_model, build_tiny_tokenizer
+    from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
     d = tmp_path_factory.mktemp("tiny")
     tok = build_tiny_tokenizer("chatml")
@@ -60,14 +60,14 @@ def gsm8k_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def tok():
-    from step_jepa.tiny import build_tiny_tokenizer
+    from step_jepa.models.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def problems():
-    from step_jepa.generator import generate_problems
+    from step_jepa.data.synthetic import generate_problems
 
     return generate_problems(8, seed=3)
 
@@ -94,8 +94,8 @@ def assert_prepared(rec: dict) -> None:
 
 
 def skip_reason(obj, **kw) -> str:
-    from step_jepa.formats import convert_line
-    from step_jepa.records import SKIP_REASONS, Skip
+    from step_jepa.data.formats import convert_line
+    from step_jepa.data.records import SKIP_REASONS, Skip
 
     with pytest.raises(Skip) as exc:
         convert_line(obj, **kw)
@@ -105,6 +105,6 @@ def skip_reason(obj, **kw) -> str:
 
 def run_cli(argv: list[str]) -> int:
     """The real entry point, so error formatting and exit codes are the user's."""
-    from step_jepa.cli import main
+    from step_jepa.cli.main import main
 
     return main(argv)

@@ -1,0 +1,363 @@
+"""`step-jepa compare`: train and evaluate a grid of configs × seeds, then tabulate and plot accuracy.
+
+This module runs the grid; the table, plot and their files are :mod:`step_jepa.analysis.report`, the
+paired statistics :mod:`step_jepa.analysis.stats`.
+
+A grid file (YAML) has five keys::
+
+    base:        StepJEPAConfig fields shared by every run (model, data, steps, lr, batch size, ...)
+    eval:        test_file | generate (+ seed), max_new_tokens, batch_size, limit, lenient, dtype, system_prompt
+    configs:     name -> overrides of the JEPA options only (lbd, predictors, pairs, jepa_loss, ...)
+    seeds:       [0, 1, 2]
+    output_dir:  where <name>/seed<s>/ run directories and the table/plot go
+    keep_checkpoints: (optional, default true) false deletes checkpoint-*/ of finished runs
+
+Why the overrides are restricted to the JEPA options: the point of the grid is to attribute an
+accuracy difference to the JEPA term. Every run of one seed therefore shares the data, the data
+order (the Trainer's sampler is seeded by `seed`, and the model-side randomness of the JEPA runs —
+predictor-row initialisation, pair sampling — does not touch it; `tests/test_compare.py` checks
+this), the optimiser and the schedule. `check_same_except_jepa` asserts it before anything runs.
+
+Resumability: a run is finished when its `result.json` exists (written last, atomically), and is
+skipped. A run whose training finished (`train_summary.json` + `final/`) but whose evaluation did
+not is only evaluated. Anything else in a run directory is a half-finished run and is redone from
+scratch. A finished result whose recorded train/eval settings differ from the grid's is an error:
+mixing results of two different grids in one table is the mistake this guards against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from step_jepa.analysis.report import (
+    GRID_COPY,
+    RESULT,
+    _write_atomic,
+    fingerprint,
+    log,
+    run_dir,
+)
+from step_jepa.evaluation.evaluate import EVAL_DTYPES
+from step_jepa.training.config import StepJEPAConfig, config_dict
+from step_jepa.training.options import coerce_numbers, load_yaml
+
+# StepJEPAConfig fields a grid config may override. Everything else must live in `base:`.
+# The JEPA options: every `jepa_*` field plus the ones named without the prefix (taken from
+# StepJEPAConfig itself, so options added to train are accepted without editing this file).
+# `packing_budget` is one of them: it changes only how a JEPA run's extras count against the
+# batch budget (an SFT run has none), so a config may set it against the grid's SFT baseline.
+JEPA_KEYS = frozenset(
+    {f.name for f in dataclasses.fields(StepJEPAConfig) if f.name.startswith("jepa_")}
+    | ({"lbd", "gamma", "predictors", "pairs", "vicreg_weight", "ema_decay", "lbd_schedule", "lbd_warmup_steps",
+        "stp_lbd", "stp_positions", "packing_budget"}
+       & {f.name for f in dataclasses.fields(StepJEPAConfig)}))
+
+
+# Set by compare for every run; a grid that sets them would break the layout or the seeding.
+RESERVED_KEYS = frozenset({"seed", "output_dir", "overwrite_output_dir", "resume"})
+
+
+EVAL_KEYS = frozenset({"test_file", "generate", "seed", "max_new_tokens", "batch_size", "max_batch_tokens",
+                       "limit", "lenient", "dtype", "system_prompt", "cuda_graphs"})
+
+
+DEFAULT_EVAL_SEED = 1000  # far from usual training seeds, so generated eval problems are not training ones
+
+
+@dataclass
+class Grid:
+    """A parsed, validated grid file."""
+
+    base: dict[str, Any]
+    eval: dict[str, Any]
+    configs: dict[str, dict[str, Any]]
+    seeds: list[int]
+    output_dir: Path
+    source: str = ""
+    keep_checkpoints: bool = True  # False: delete checkpoint-*/ once result.json is written (final/ stays)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base": self.base, "eval": self.eval, "configs": self.configs, "seeds": self.seeds,
+                "output_dir": str(self.output_dir), "source": self.source, "keep_checkpoints": self.keep_checkpoints}
+
+
+def load_grid(path: str | Path, output_dir: str | None = None) -> Grid:
+    """Read and validate a grid YAML; unknown keys anywhere are errors (typos must not pass silently)."""
+    raw = load_yaml(path)
+    unknown = sorted(set(raw) - {"base", "eval", "configs", "seeds", "output_dir", "keep_checkpoints"})
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s): {', '.join(unknown)}")
+    out = output_dir or raw.get("output_dir")
+    if not out:
+        raise ValueError(f"{path}: 'output_dir' is required (or pass --output_dir)")
+    grid = Grid(base=coerce_numbers(f"{path}: base", dict(raw.get("base") or {}), StepJEPAConfig),
+                eval=dict(raw.get("eval") or {}),
+                configs={str(k): coerce_numbers(f"{path}: configs.{k}", dict(v or {}), StepJEPAConfig)
+                         for k, v in (raw.get("configs") or {}).items()},
+                seeds=[int(s) for s in (raw.get("seeds") or [0])], output_dir=Path(out), source=str(path),
+                keep_checkpoints=bool(raw.get("keep_checkpoints", True)))
+    validate_grid(grid)
+    return grid
+
+
+def validate_grid(grid: Grid) -> None:
+    """Check keys and values up front, so that a typo fails before hours of training, not after."""
+    names = {f.name for f in dataclasses.fields(StepJEPAConfig)}
+    where = grid.source or "grid"
+    bad = sorted(set(grid.base) - names)
+    if bad:
+        raise ValueError(f"{where}: base: unknown StepJEPAConfig field(s): {', '.join(bad)}")
+    reserved = sorted(set(grid.base) & RESERVED_KEYS)
+    if reserved:
+        raise ValueError(f"{where}: base: {', '.join(reserved)} are set by compare per run (use seeds:/output_dir:)")
+    if not grid.configs:
+        raise ValueError(f"{where}: 'configs' is empty")
+    for name, over in grid.configs.items():
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"{where}: bad config name {name!r} (it becomes a directory name)")
+        wrong = sorted(set(over) - JEPA_KEYS)
+        if wrong:
+            raise ValueError(
+                f"{where}: configs.{name}: only JEPA options may vary between configs "
+                f"({', '.join(sorted(JEPA_KEYS))}); move {', '.join(wrong)} to base: or use another grid")
+    if len(set(grid.seeds)) != len(grid.seeds):
+        raise ValueError(f"{where}: duplicate seeds {grid.seeds}")
+    _validate_eval(grid, where)
+    for name in grid.configs:  # builds and validates every StepJEPAConfig
+        for s in grid.seeds:
+            train_config(grid, name, s)
+    check_same_except_jepa(grid)
+
+
+def _validate_eval(grid: Grid, where: str) -> None:
+    ev = grid.eval
+    bad = sorted(set(ev) - EVAL_KEYS)
+    if bad:
+        raise ValueError(f"{where}: eval: unknown key(s): {', '.join(bad)} (known: {', '.join(sorted(EVAL_KEYS))})")
+    if bool(ev.get("test_file")) == bool(ev.get("generate")):
+        raise ValueError(f"{where}: eval: give exactly one of test_file or generate")
+    if not isinstance(ev.get("cuda_graphs", False), bool):
+        raise ValueError(f"{where}: eval.cuda_graphs must be true or false")
+    if ev.get("dtype", "auto") not in EVAL_DTYPES:
+        raise ValueError(f"{where}: eval.dtype must be one of {', '.join(EVAL_DTYPES)}")
+    # The same ranges as `step-jepa eval`: found now, not after the grid's first training run.
+    small = [k for k in ("generate", "max_new_tokens", "batch_size", "max_batch_tokens", "limit")
+             if ev.get(k) is not None and not (isinstance(ev[k], int) and ev[k] >= 1)]
+    if small:
+        raise ValueError(f"{where}: eval: {', '.join(small)} must be whole numbers >= 1")
+    if ev.get("generate") and not grid.base.get("train_file"):
+        eval_seed = int(ev.get("seed", DEFAULT_EVAL_SEED))
+        if eval_seed in grid.seeds:
+            raise ValueError(
+                f"{where}: eval.seed {eval_seed} is also a training seed and training uses the generator "
+                f"(no base.train_file): the test problems would be training problems. Pick another eval.seed.")
+
+
+def train_config(grid: Grid, name: str, seed: int) -> StepJEPAConfig:
+    """The StepJEPAConfig of one run: base, then the config's JEPA overrides, then seed and directory."""
+    values = {**grid.base, **grid.configs[name], "seed": seed,
+              "output_dir": str(run_dir(grid.output_dir, name, seed)), "overwrite_output_dir": True}
+    return StepJEPAConfig(**values)  # validated while it is built
+
+
+def shared_settings(cfg: StepJEPAConfig) -> dict[str, Any]:
+    """The part of a StepJEPAConfig that must be identical across the configs of one seed."""
+    return {k: v for k, v in config_dict(cfg).items() if k not in JEPA_KEYS | {"output_dir"}}
+
+
+def check_same_except_jepa(grid: Grid) -> None:
+    """Assert the comparison is fair: per seed, all configs share every non-JEPA training setting."""
+    for s in grid.seeds:
+        ref_name = next(iter(grid.configs))
+        ref = shared_settings(train_config(grid, ref_name, s))
+        for name in grid.configs:
+            other = shared_settings(train_config(grid, name, s))
+            diff = sorted(k for k in ref if ref[k] != other[k])
+            if diff:
+                raise AssertionError(f"configs {ref_name} and {name} differ outside the JEPA options: {diff}")
+
+
+
+
+def eval_records(grid: Grid) -> list[dict]:
+    """The evaluation set: a file (prepared or raw GSM8K) or generated problems, optionally limited."""
+    ev = grid.eval
+    if ev.get("test_file"):
+        from step_jepa.data.load import load_records
+
+        records, _ = load_records(ev["test_file"], purpose="test")
+    else:
+        from step_jepa.data.synthetic import generate_problems
+
+        records = generate_problems(int(ev["generate"]), seed=int(ev.get("seed", DEFAULT_EVAL_SEED)))
+    if ev.get("limit") is not None:
+        records = records[: int(ev["limit"])]
+    if not records:
+        raise ValueError("the evaluation set is empty")
+    return list(records)
+
+
+def _eval_settings(grid: Grid) -> dict[str, Any]:
+    """Evaluation settings as recorded in result.json (the system prompt defaults to training's)."""
+    ev = dict(grid.eval)
+    ev.setdefault("system_prompt", grid.base.get("system_prompt"))
+    if ev.get("generate"):
+        ev.setdefault("seed", DEFAULT_EVAL_SEED)
+    return ev
+
+
+def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]) -> dict[str, Any]:
+    """Load the trained model (full or LoRA adapter dir) and evaluate it with the grid's settings."""
+    import torch
+
+    from step_jepa.evaluation.evaluate import evaluate
+    from step_jepa.models.loading import load_for_inference
+
+    ev = _eval_settings(grid)
+    dtype_name = EVAL_DTYPES[ev.get("dtype", "auto")]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tok = load_for_inference(str(final_dir), dtype=getattr(torch, dtype_name) if dtype_name else None,
+                                    device=device)
+    try:
+        return evaluate(model, tok, records, out_dir=out_dir, max_new_tokens=int(ev.get("max_new_tokens", 512)),
+                        batch_size=ev.get("batch_size"), max_batch_tokens=ev.get("max_batch_tokens"),
+                        system_prompt=ev.get("system_prompt"), lenient=bool(ev.get("lenient", False)),
+                        progress=False, model_name=str(final_dir), cuda_graphs=bool(ev.get("cuda_graphs", False)))
+    finally:
+        del model
+        _free_memory()
+
+
+def _free_memory() -> None:
+    """Release the previous run's model before the next one is loaded (one process runs many)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def run_state(rdir: Path) -> str:
+    """'done' (result.json), 'trained' (final model, no result), 'partial' (anything else) or 'new'."""
+    if (rdir / RESULT).exists():
+        return "done"
+    if (rdir / "train_summary.json").exists() and (rdir / "final").is_dir():
+        return "trained"
+    if rdir.exists() and any(rdir.iterdir()):
+        return "partial"
+    return "new"
+
+
+def _check_recorded(result: dict, cfg: StepJEPAConfig, ev: dict, rdir: Path) -> None:
+    """A skipped result must come from the same settings as the grid now asks for."""
+    rec_train, rec_eval = result.get("train_config", {}), result.get("eval", {})
+    now_train = config_dict(cfg)
+    diff = sorted(k for k in set(rec_train) | set(now_train) if rec_train.get(k) != now_train.get(k))
+    ediff = sorted(k for k in set(rec_eval) | set(ev) if rec_eval.get(k) != ev.get(k))
+    if diff or ediff:
+        raise ValueError(
+            f"{rdir / RESULT} was produced with other settings (train: {diff or 'same'}, eval: {ediff or 'same'}). "
+            f"Delete {rdir} to redo it, or use another output_dir.")
+
+
+def _check_trained(cfg: StepJEPAConfig, rdir: Path) -> None:
+    """A finished training without result is reused only if it was trained with today's settings."""
+    saved = rdir / "step_jepa_config.yaml"
+    if not saved.exists():
+        return
+    import yaml
+
+    rec = yaml.safe_load(saved.read_text()) or {}
+    now = config_dict(cfg)
+    diff = sorted(k for k in set(rec) | set(now) if rec.get(k) != now.get(k))
+    if diff:
+        raise ValueError(f"{rdir} was trained with other settings ({diff}); delete it to redo the run")
+
+
+def run_one(grid: Grid, name: str, seed: int, records: list[dict]) -> dict[str, Any]:
+    """Train (unless already trained) and evaluate one config × seed; write result.json last."""
+    from step_jepa.training.trainer import run_train
+
+    cfg = train_config(grid, name, seed)
+    rdir = run_dir(grid.output_dir, name, seed)
+    ev = _eval_settings(grid)
+    state = run_state(rdir)
+    if state == "done":
+        result = json.loads((rdir / RESULT).read_text())
+        _check_recorded(result, cfg, ev, rdir)
+        log(f"{name} seed {seed}: skipped, already finished ({rdir / RESULT})")
+        return result
+    if state == "trained":
+        _check_trained(cfg, rdir)
+        log(f"{name} seed {seed}: training already finished, evaluating only")
+        train_summary = json.loads((rdir / "train_summary.json").read_text())
+        train_seconds = float(train_summary.get("wall_seconds", train_summary.get("train_seconds", 0.0)))
+    else:
+        if state == "partial":
+            log(f"{name} seed {seed}: {rdir} holds a half-finished run; redoing it from scratch")
+            shutil.rmtree(rdir)
+        log(f"{name} seed {seed}: training -> {rdir}")
+        t0 = time.perf_counter()
+        train_summary = run_train(cfg)
+        train_seconds = time.perf_counter() - t0
+        train_summary["wall_seconds"] = round(train_seconds, 2)
+        (rdir / "train_summary.json").write_text(json.dumps(train_summary, indent=1))
+        _free_memory()
+    log(f"{name} seed {seed}: evaluating {len(records)} examples")
+    t0 = time.perf_counter()
+    summary = evaluate_run(grid, rdir / "final", rdir / "eval", records)
+    eval_seconds = time.perf_counter() - t0
+    result = {
+        "config": name, "seed": seed, "accuracy": summary["accuracy"], "correct": summary["correct"],
+        "n": summary["n"], "no_answer_rate": summary.get("no_answer_rate"),
+        "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
+        "overrides": grid.configs[name], "shared_fingerprint": fingerprint(shared_settings(cfg)),
+        "train_config": config_dict(cfg), "eval": ev, "train_summary": train_summary,
+        "eval_summary": {k: v for k, v in summary.items() if k != "versions"},
+    }
+    _write_atomic(rdir / RESULT, json.dumps(result, indent=1, default=str))
+    if not grid.keep_checkpoints:
+        # Checkpoints only serve to resume training, which is over; a grid of full fine-tunes
+        # would otherwise keep weights + optimizer state of every run on disk.
+        for ckpt in rdir.glob("checkpoint-*"):
+            shutil.rmtree(ckpt, ignore_errors=True)
+    log(f"{name} seed {seed}: accuracy {result['accuracy']:.4f} ({result['correct']}/{result['n']}), "
+        f"train {train_seconds:.1f} s, eval {eval_seconds:.1f} s")
+    return result
+
+
+def run_grid(grid: Grid, only: list[str] | None = None, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    """Run the selected config × seed cells in grid order; returns their results (new or skipped)."""
+    names = select_cells(list(grid.configs), only, "config")
+    chosen = select_cells(grid.seeds, seeds, "seed")
+    grid.output_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(grid.output_dir / GRID_COPY, json.dumps(grid.to_dict(), indent=1, default=str))
+    records = eval_records(grid)
+    results = []
+    for name in names:
+        for s in chosen:
+            results.append(run_one(grid, name, s, records))
+    return results
+
+
+def select_cells(available: list, wanted: list | None, what: str) -> list:
+    if not wanted:
+        return list(available)
+    missing = [w for w in wanted if w not in available]
+    if missing:
+        raise ValueError(f"unknown {what}(s) {missing}; the grid has {available}")
+    return [a for a in available if a in wanted]
+
+
+
+

@@ -1,0 +1,43 @@
+"""`step-jepa compare`: train and evaluate a grid of configs × seeds, then tabulate it."""
+
+from __future__ import annotations
+
+import argparse
+
+from step_jepa.analysis.compare import load_grid, run_grid, run_state, select_cells
+from step_jepa.analysis.report import build_report, log, run_dir
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Train and evaluate every config × seed of a grid YAML (resumable), then write "
+        "compare_table.md, compare_results.json and compare.png. See docs/analysis.md.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="grid YAML (base, eval, configs, seeds, output_dir)")
+    src.add_argument("--report", metavar="DIR", help="only rebuild table and plot from DIR/*/seed*/result.json")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="with --report: the config the others are paired against (default: the grid's first, "
+                        "or without a grid the first name in sorted order)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configs (e.g. one per GPU job)")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="run only these seeds")
+    p.add_argument("--output_dir", help="override the grid's output_dir")
+    p.add_argument("--dry_run", action="store_true", help="print what would run (and what is skipped) and stop")
+
+
+def run(args: argparse.Namespace) -> int:
+    from step_jepa.analysis.deps import require_matplotlib
+
+    if not args.dry_run:  # every other path ends in compare.png: fail now, not after training
+        require_matplotlib("compare")
+    if args.report:
+        build_report(args.report, [args.baseline] if args.baseline else None)
+        return 0
+    grid = load_grid(args.config, args.output_dir)
+    if args.dry_run:
+        for name in select_cells(list(grid.configs), args.only, "config"):
+            for s in select_cells(grid.seeds, args.seeds, "seed"):
+                rdir = run_dir(grid.output_dir, name, s)
+                log(f"{name} seed {s}: {run_state(rdir)} -> {rdir}")
+        return 0
+    run_grid(grid, args.only, args.seeds)
+    build_report(grid.output_dir, list(grid.configs))
+    return 0

@@ -1,0 +1,281 @@
+"""The training-time module: γ·L_LM + λ·L_JEPA from the layouts of `layout.py`.
+
+It wraps the Hugging Face causal LM so that DDP/accelerate see one module whose forward
+does everything: the decoder is called once (single-pass) or twice (two-pass reference), logits
+are computed only at labelled positions, and the views are gathered from the final hidden states.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from step_jepa.method.layout import meta_of
+from step_jepa.method.lm_loss import chunked_lm_loss_sum
+from step_jepa.method.losses import (
+    gather_views,
+    jepa_loss,
+    stp_loss,
+    variance_covariance,
+)
+from step_jepa.method.masks import PAD, build_model_mask
+
+
+@dataclass
+class JEPAOptions:
+    lbd: float = 0.1
+    gamma: float = 1.0
+    loss: str = "cosine"
+    temperature: float = 0.1
+    layer: int = -1  # decoder layer whose output gives the views (-1 = last)
+    final_norm: bool = True  # apply the model's final norm to the views
+    head: str = "none"  # none | mlp: a predictor head on view 1 only
+    target: str = "grad"  # grad | stopgrad | ema: where view 2 comes from
+    ema_decay: float = 0.996
+    vicreg_weight: float = 0.0
+    lbd_schedule: str = "constant"
+    lbd_warmup_steps: int = 0
+    stp_lbd: float = 0.0  # weight of Semantic Tube Prediction (the collator must draw triplets: stp=...)
+
+    def lbd_at(self, step: int, total_steps: int) -> float:
+        """λ at an optimizer step: linear warm-up, then constant or decaying to 0 at the end."""
+        import math
+
+        if self.lbd_warmup_steps and step < self.lbd_warmup_steps:
+            return self.lbd * step / self.lbd_warmup_steps
+        if self.lbd_schedule == "constant" or total_steps <= self.lbd_warmup_steps:
+            return self.lbd
+        frac = min(1.0, (step - self.lbd_warmup_steps) / max(1, total_steps - self.lbd_warmup_steps))
+        if self.lbd_schedule == "linear":
+            return self.lbd * (1.0 - frac)
+        return self.lbd * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+class PredictorHead(nn.Module):
+    """A small MLP on view 1 only (BYOL/JEPA-style predictor); trained, saved, unused at generation.
+
+    Starts as the identity (zero-initialised last layer + residual), so switching it on does not
+    perturb the first steps of training.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+def step_jepa_loss(out: dict, options: "JEPAOptions", step: int = 0, max_steps: int = 0,
+                   num_items_in_batch=None, accumulation_steps: int = 1, world_size: int = 1) -> torch.Tensor:
+    """γ·L_LM + λ·L_JEPA + λ_STP·L_STP of one micro-batch, from `StepJEPAModel.terms`.
+
+    λ is ``options.lbd_at(step, max_steps)`` (the schedule). Without `num_items_in_batch`: the
+    per-token LM mean of this micro-batch plus the JEPA/STP means (the Trainer then divides by
+    the accumulation steps itself). With it (the labelled tokens of the whole optimizer step,
+    summed over ranks, as the Trainer counts them from ``labels``): ``lm_sum / num_items · world``,
+    so that DDP's gradient *average* over ranks gives the per-token mean of the whole step, plus
+    the JEPA/STP means divided by the accumulation steps (a mean per micro-batch, averaged over
+    micro-batches). StepJEPATrainer.compute_loss and StepJEPAModel.forward's ``loss`` both come
+    from here. A term whose weight is configured > 0 stays in the graph even while its scheduled
+    weight is 0, so DDP sees the same parameters used on every step.
+    """
+    if num_items_in_batch is None:
+        lm = out["lm_sum"] / max(out["n_tokens"], 1)
+        ga = 1
+    else:
+        n = num_items_in_batch.clamp(min=1) if torch.is_tensor(num_items_in_batch) else max(num_items_in_batch, 1)
+        lm = out["lm_sum"] / n * world_size
+        ga = accumulation_steps
+    loss = options.gamma * lm
+    if options.lbd > 0:
+        loss = loss + options.lbd_at(step, max_steps) * out["jepa"] / ga
+    if options.stp_lbd > 0:
+        loss = loss + options.stp_lbd * out["stp"] / ga
+    return loss
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class StepJEPAModel(nn.Module):
+    """Wraps a causal LM (optionally PEFT) and returns the loss terms for a collated batch."""
+
+    def __init__(self, lm: nn.Module, options: JEPAOptions):
+        super().__init__()
+        self.lm = lm
+        self.options = options
+        hidden = lm.get_input_embeddings().weight.shape[1]
+        self.head = PredictorHead(hidden) if options.head == "mlp" else None
+        # Where training stands, for `loss` (λ schedule, accumulation); kept current by
+        # StepJEPACallback in a plain Trainer and by StepJEPATrainer (which computes its own loss).
+        self.global_step = 0
+        self.max_steps = 0
+        self.accumulation_steps = 1
+        # Kept out of the module tree (a list) so the optimizer, DDP and checkpoints ignore it.
+        self._ema: list[nn.Module] = []
+        if options.target == "ema":
+            ema = copy.deepcopy(lm).eval()
+            ema.requires_grad_(False)
+            self._ema.append(ema)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema ← d·ema + (1−d)·online, after each optimizer step."""
+        if not self._ema:
+            return
+        d = self.options.ema_decay
+        for pe, p in zip(self._ema[0].parameters(), self.lm.parameters()):
+            if pe.device != p.device:
+                self._ema[0].to(p.device)
+            pe.lerp_(p.detach().to(pe.dtype), 1.0 - d)
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
+        if hasattr(self.lm, "enable_input_require_grads"):
+            self.lm.enable_input_require_grads()  # LoRA + checkpointing needs grads flowing into inputs
+
+    def add_model_tags(self, tags) -> None:
+        """Passed to the LM (TRL's SFTTrainer tags the model it trains)."""
+        if hasattr(self.lm, "add_model_tags"):
+            self.lm.add_model_tags(tags)
+
+    def get_input_embeddings(self):
+        return self.lm.get_input_embeddings()
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.lm.gradient_checkpointing_disable()
+
+    def attn_impl(self) -> str:
+        return getattr(self.lm.config, "_attn_implementation", None) or "sdpa"
+
+    def _mask(self, part: dict[str, torch.Tensor]):
+        if part["plain_causal"]:
+            return (part["role"] != PAD).long()
+        dtype = self.lm.get_input_embeddings().weight.dtype
+        return build_model_mask(meta_of(part), self.lm.config, self.attn_impl(), dtype, part["position_ids"])
+
+    def hidden_states(self, part: dict[str, torch.Tensor], lm: nn.Module | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final hidden states [B, T, H] for the LM head, hidden states for the views).
+
+        The views come from `--jepa_layer` (captured by a forward hook, so no list of every
+        layer's states is requested), with or without the final norm.
+        """
+        decoder = (lm or self.lm).get_decoder()
+        o = self.options
+        captured: list[torch.Tensor] = []
+        hook = None
+        if o.layer != -1 or not o.final_norm:
+            layer = decoder.layers[o.layer]
+            hook = layer.register_forward_hook(lambda m, i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+        try:
+            out = decoder(input_ids=part["input_ids"], attention_mask=self._mask(part),
+                          position_ids=part["position_ids"], use_cache=False)
+        finally:
+            if hook is not None:
+                hook.remove()
+        final = out.last_hidden_state
+        if not captured:
+            return final, final
+        views = decoder.norm(captured[-1]) if o.final_norm else captured[-1]
+        return final, views
+
+    def lm_sum(self, hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed next-token loss over labelled positions only (no [B, T, V] logits)."""
+        h = hidden.flatten(0, 1).index_select(0, part["lm_index"])
+        return chunked_lm_loss_sum(h, self.lm.get_output_embeddings(), part["lm_labels"])
+
+    @staticmethod
+    def views(hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = part["view_rows"]
+        return hidden[rows, part["view1_cols"]], hidden[rows, part["view2_cols"]]
+
+    def target_views(self, batch: dict, v2: torch.Tensor) -> torch.Tensor:
+        """View 2 as the objective sees it: with gradients (the seed), detached, or from the EMA model."""
+        o = self.options
+        if o.target == "stopgrad":
+            return v2.detach()
+        if o.target == "ema":
+            part = batch["copies"]
+            with torch.no_grad():
+                ema = self._ema[0]
+                if next(ema.parameters()).device != v2.device:
+                    ema.to(v2.device)
+                _, h = self.hidden_states(part, lm=ema)
+            return h[part["view_rows"], part["view2_cols"]]
+        return v2
+
+    @staticmethod
+    def stp(hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean STP loss over the batch's triplets (0 without any): hidden states gathered at the
+        collator's flat indices, so no position is looked up on the host."""
+        idx = part["stp_index"]
+        if idx.numel() == 0:
+            return hidden.new_zeros((), dtype=torch.float32)
+        h = hidden.flatten(0, 1).index_select(0, idx.flatten()).view(idx.shape[0], 3, -1)
+        return stp_loss(h[:, 0], h[:, 1], h[:, 2])
+
+    def forward(self, labels: torch.Tensor | None = None, num_items_in_batch=None, **batch) -> dict[str, torch.Tensor]:
+        """Returns loss, lm_sum (summed token losses), n_tokens, jepa (mean over pairs), the views
+        and, when the collator drew STP triplets, stp (their mean loss, on the ordinary pass).
+
+        ``loss`` is γ·L_LM + λ·L_JEPA + λ_STP·L_STP (`step_jepa_loss`), what a plain
+        ``transformers.Trainer`` optimizes: with `num_items_in_batch` (the Trainer passes it when
+        the batch has ``labels``, as StepJEPACollator's does) L_LM is per token over the whole
+        optimizer step, and the result is divided by the world size, which the Trainer multiplies
+        back in (``average_tokens_across_devices``). `labels` ([B, T], the collator's
+        ``lm_targets`` shifted right, Hugging Face's convention) are only counted by the Trainer;
+        the loss uses the precomputed ``lm_index``/``lm_labels``.
+        """
+        out = self.terms(batch)
+        world = _world_size() if num_items_in_batch is not None else 1
+        out["loss"] = step_jepa_loss(out, self.options, self.global_step, self.max_steps, num_items_in_batch,
+                                     self.accumulation_steps, world) / world
+        return out
+
+    def terms(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The loss terms of a collated batch (forward without the combined loss)."""
+        final, vh = self.hidden_states(batch)
+        out = {"lm_sum": self.lm_sum(final, batch), "n_tokens": batch["lm_index"].numel()}
+        if "stp_index" in batch:
+            out["stp"] = self.stp(vh, batch)
+        source, part = (vh, batch)
+        if "pass2" in batch:  # two-pass reference: views come from a second forward pass
+            part = batch["pass2"]
+            source = self.hidden_states(part)[1]
+        has_pairs = part["view_rows"].numel() > 0
+        # In-batch negatives are gathered from every rank; a rank without pairs must still take
+        # part in the collective, or the others wait for it forever.
+        gather = self.options.loss == "infonce" and _world_size() > 1
+        if has_pairs or gather:
+            v1, v2 = self.views(source, part)
+            if self.head is not None:
+                v1 = self.head(v1)
+            if has_pairs:
+                v2 = self.target_views(batch, v2)
+            if gather:
+                v1, v2 = gather_views(v1), gather_views(v2)
+        if has_pairs or (gather and len(v1) > 0):
+            out["jepa"] = jepa_loss(v1, v2, self.options.loss, self.options.temperature)
+            if self.options.vicreg_weight > 0:
+                reg = variance_covariance(v1.float()) + variance_covariance(v2.float())
+                out["jepa"] = out["jepa"] + self.options.vicreg_weight * reg
+            out["view1"], out["view2"] = v1.detach(), v2.detach()
+        else:
+            # Touch the head so DDP sees its parameters used even on a step without pairs.
+            zero = final.new_zeros((), dtype=torch.float32)
+            out["jepa"] = zero + (sum(p.sum() for p in self.head.parameters()) * 0 if self.head is not None else 0)
+        return out

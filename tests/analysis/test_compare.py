@@ -1,0 +1,261 @@
+"""Tests for step_jepa.analysis.compare: grid validation, and a resumable end-to-end grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from step_jepa.analysis import compare as cmp
+from step_jepa.analysis.report import PLOT, RESULTS, TABLE
+from step_jepa.cli.main import main as cli_main
+from step_jepa.training.data import build_collator
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random tiny Llama + byte-level BPE chat tokenizer saved like a hub model."""
+    from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny_model")
+    tok = build_tiny_tokenizer("chatml")
+    build_tiny_model(len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def grid_dict(model: str, out: Path, **extra) -> dict:
+    grid = {
+        "base": {"model": model, "generate_examples": 16, "max_steps": 2, "per_device_train_batch_size": 4,
+                 "report_to": "none", "logging_steps": 1, "save_steps": 1000},
+        "eval": {"generate": 16, "max_new_tokens": 8},
+        "configs": {"sft": {"lbd": 0}, "jepa_l0.1_k1": {"lbd": 0.1, "predictors": 1, "pairs": "first"}},
+        "seeds": [0, 1],
+        "output_dir": str(out),
+    }
+    grid.update(extra)
+    return grid
+
+
+def write_grid(path: Path, grid: dict) -> Path:
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+# --------------------------------------------------------------------------- validation (fast)
+
+
+def test_grid_builds_fair_train_configs(tmp_path) -> None:
+    grid = cmp.load_grid(write_grid(tmp_path / "g.yaml", grid_dict("m", tmp_path / "out")))
+    a = cmp.train_config(grid, "sft", 1)
+    b = cmp.train_config(grid, "jepa_l0.1_k1", 1)
+    assert (a.seed, b.seed) == (1, 1)
+    assert a.output_dir == str(tmp_path / "out" / "sft" / "seed1")
+    assert a.lbd == 0 and b.lbd == 0.1
+    assert cmp.shared_settings(a) == cmp.shared_settings(b)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda g: g["configs"]["sft"].update(learning_rate=1e-3), "only JEPA options"),
+    (lambda g: g["base"].update(seed=3), "set by compare"),
+    (lambda g: g["base"].update(no_such_flag=1), "unknown StepJEPAConfig"),
+    (lambda g: g["eval"].update(test_file="x.jsonl"), "exactly one of"),
+    (lambda g: g["eval"].update(seed=1), "training problems"),
+    (lambda g: g.update(extra_key=1), "unknown top-level"),
+    (lambda g: g["eval"].update(max_new_token=8), "unknown key"),
+    (lambda g: g.update(seeds=[0, 0]), "duplicate seeds"),
+    (lambda g: g["configs"].update({"a/b": {}}), "bad config name"),
+    (lambda g: g["eval"].update(max_new_tokens=0), "max_new_tokens must be whole numbers >= 1"),
+    (lambda g: g["eval"].update(limit=-3), "limit must be"),
+    (lambda g: g["base"].update(warmup_ratio=2.0), "--warmup_ratio must be in"),
+])
+def test_grid_validation_errors(tmp_path, change, message) -> None:
+    grid = grid_dict("m", tmp_path / "out")
+    change(grid)
+    with pytest.raises(ValueError, match=message):
+        cmp.load_grid(write_grid(tmp_path / "g.yaml", grid))
+
+
+def test_grid_yaml_exponent_without_a_dot_is_a_number(tmp_path) -> None:
+    """`learning_rate: 1e-4` in a grid's base or a config (a string to PyYAML) trains at 1e-4."""
+    path = tmp_path / "g.yaml"
+    text = yaml.safe_dump(grid_dict("m", tmp_path / "out")).replace("max_steps: 2", "max_steps: 2\n  learning_rate: 1e-4")
+    path.write_text(text.replace("lbd: 0.1", "lbd: 1e-1"))
+    grid = cmp.load_grid(path)
+    assert grid.base["learning_rate"] == 1e-4 and grid.configs["jepa_l0.1_k1"]["lbd"] == 0.1
+    assert cmp.train_config(grid, "jepa_l0.1_k1", 0).learning_rate == 1e-4
+
+
+def test_grid_config_may_set_packing_budget_against_the_sft_baseline(tmp_path) -> None:
+    """A JEPA config with the SFT run's batches (`packing_budget: examples`) shares the grid's SFT
+    baseline: the option is accepted per config and is not a shared setting that must match."""
+    grid = grid_dict("m", tmp_path / "out")
+    grid["base"].update(packing=True)
+    grid["configs"]["jepa_matched"] = {"lbd": 0.1, "predictors": 1, "packing_budget": "examples"}
+    g = cmp.load_grid(write_grid(tmp_path / "g.yaml", grid))
+    assert cmp.train_config(g, "jepa_matched", 0).packing_budget == "examples"
+    assert cmp.train_config(g, "sft", 0).packing_budget == "all"
+    assert "packing_budget" in cmp.JEPA_KEYS
+
+
+# --------------------------------------------------------------------------- end to end (slow)
+
+
+@pytest.mark.slow
+def test_compare_grid_end_to_end_and_resume(tiny_model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "grid"
+    cfg = write_grid(tmp_path / "grid.yaml", grid_dict(str(tiny_model_dir), out, keep_checkpoints=False))
+    assert cli_main(["compare", "--config", str(cfg)]) == 0
+    printed = capsys.readouterr().out
+    results = sorted(out.glob("*/seed*/result.json"))
+    assert len(results) == 4
+    for path in results:
+        r = json.loads(path.read_text())
+        assert r["n"] == 16 and 0.0 <= r["accuracy"] <= 1.0
+        assert r["train_seconds"] > 0 and r["eval_seconds"] > 0
+        assert r["train_summary"]["global_step"] == 2
+        assert not list(path.parent.glob("checkpoint-*"))  # keep_checkpoints: false
+        assert (path.parent / "final").is_dir()
+    fps = {json.loads(p.read_text())["seed"]: set() for p in results}
+    for p in results:
+        r = json.loads(p.read_text())
+        fps[r["seed"]].add(r["shared_fingerprint"])
+    assert all(len(v) == 1 for v in fps.values())  # same non-JEPA settings per seed
+    table = (out / TABLE).read_text()
+    assert "| sft |" in table and "| jepa_l0.1_k1 |" in table and "(n=2)" in table
+    assert "| sft |" in printed
+    assert (out / PLOT).stat().st_size > 1000
+    assert len(json.loads((out / RESULTS).read_text())["configs"]) == 2
+
+    # Rerun: every finished run is skipped, nothing is rewritten.
+    mtimes = {p: p.stat().st_mtime_ns for p in results}
+    assert cli_main(["compare", "--config", str(cfg)]) == 0
+    assert capsys.readouterr().out.count("skipped, already finished") == 4
+    assert {p: p.stat().st_mtime_ns for p in results} == mtimes
+
+    # A run whose evaluation did not finish is only evaluated; a half-finished one is redone.
+    (out / "sft" / "seed1" / "result.json").unlink()
+    jepa0 = out / "jepa_l0.1_k1" / "seed0"
+    (jepa0 / "result.json").unlink()
+    (jepa0 / "train_summary.json").unlink()
+    assert cli_main(["compare", "--config", str(cfg), "--only", "sft", "jepa_l0.1_k1", "--seeds", "1", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "sft seed 1: training already finished, evaluating only" in printed
+    assert "jepa_l0.1_k1 seed 0: " in printed and "half-finished run; redoing it" in printed
+    assert printed.count("skipped, already finished") == 2
+    assert len(list(out.glob("*/seed*/result.json"))) == 4
+
+    # --only/--seeds run just one cell; --report rebuilds the table alone.
+    assert cli_main(["compare", "--config", str(cfg), "--only", "sft", "--seeds", "0"]) == 0
+    assert capsys.readouterr().out.count("skipped, already finished") == 1
+    (out / TABLE).unlink()
+    assert cli_main(["compare", "--report", str(out)]) == 0
+    assert (out / TABLE).exists()
+
+    # Editing the grid's shared settings makes the finished results stale: refuse to mix them.
+    changed = grid_dict(str(tiny_model_dir), out, keep_checkpoints=False)
+    changed["base"]["learning_rate"] = 1e-3
+    assert cli_main(["compare", "--config", str(write_grid(tmp_path / "g2.yaml", changed))]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_same_seed_gives_same_data_order_with_and_without_jepa(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    """What compare promises: configs of one seed see the same examples in the same order."""
+    import step_jepa.training.trainer as trainer
+
+    grid = cmp.load_grid(write_grid(tmp_path / "g.yaml", grid_dict(str(tiny_model_dir), tmp_path / "o")))
+    grid.configs["jepa_random"] = {"lbd": 0.5, "pairs": "random", "predictors": 2}
+    original = build_collator
+    orders: dict[str, list[list[str]]] = {}
+
+    for name in ("sft", "jepa_random"):  # random pairs + K=2: the most RNG the JEPA side can draw
+        seen: list[list[str]] = []
+
+        def recording(*a, _seen=seen, **kw):
+            inner = original(*a, **kw)
+
+            def collate(examples):
+                _seen.append([e.id for e in examples])
+                return inner(examples)
+            return collate
+
+        monkeypatch.setattr(trainer, "build_collator", recording)
+        cfg = cmp.train_config(grid, name, 3)
+        cfg.max_steps = 5
+        trainer.run_train(cfg)
+        orders[name] = seen
+    assert len(orders["sft"]) >= 5
+    assert orders["sft"] == orders["jepa_random"]
+
+
+@pytest.mark.parametrize("name", ["compare_gsm8k.yaml", "compare_tiny.yaml"])
+def test_example_grids_are_valid(name) -> None:
+    grid = cmp.load_grid(Path(__file__).resolve().parents[2] / "examples" / name)
+    assert list(grid.configs)[0] == "sft" and len(grid.seeds) >= 2
+
+
+@pytest.mark.parametrize("name", ["gsm8k_dev_sweep.yaml", "gsm8k_test.yaml", "gsm8k_h100.yaml"])
+def test_gpu_experiment_grids_are_valid(name) -> None:
+    """The grids scripts/gpu_queue.py runs: SFT first (the paired baseline), JEPA options only vary."""
+    grid = cmp.load_grid(Path(__file__).resolve().parents[2] / "examples" / name)
+    assert list(grid.configs)[0] == "sft" and grid.configs["sft"] == {"lbd": 0}
+
+
+def test_compare_without_matplotlib_fails_before_training(tmp_path, monkeypatch, capsys) -> None:
+    """A missing matplotlib is reported in the first second, not after every run has trained."""
+    import sys
+
+    def must_not_run(*a, **kw):
+        raise AssertionError("compare started training without matplotlib")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    monkeypatch.setattr(cmp, "run_grid", must_not_run)
+    cfg = write_grid(tmp_path / "grid.yaml", grid_dict("unused-model", tmp_path / "out"))
+    assert cli_main(["compare", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "needs matplotlib" in err and "pip install matplotlib" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_consistency_warning_names_the_differing_setting():
+    """A grid that varies a non-JEPA setting (here the learning rate) is flagged by name; the
+    configs' own JEPA overrides are not named."""
+    from step_jepa.analysis.report import consistency_warnings
+
+    def run(config, overrides, lr):
+        cfg = {"learning_rate": lr, "seed": 1, "output_dir": f"/x/{config}", **overrides}
+        return {"config": config, "seed": 1, "overrides": overrides, "train_config": cfg,
+                "shared_fingerprint": str(lr), "eval": {}}
+
+    warns = consistency_warnings([run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5, "predictors": 4}, 2e-5)])
+    assert warns == ["seed 1: runs differ in non-JEPA training settings (learning_rate); they are not comparable"]
+    assert consistency_warnings([run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5}, 8e-5)]) == []
+    # A run from a newer version records an extra option; "unset" spelled False or "" is the same.
+    old, new = run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5}, 8e-5)
+    old["train_config"]["debug"], new["train_config"]["debug"] = False, ""
+    new["train_config"]["torch_compile_scope"], new["shared_fingerprint"] = "layers", "other"
+    assert consistency_warnings([old, new]) == [
+        "seed 1: runs come from different step-jepa versions; every setting all of them record is equal "
+        "(recorded by only some: torch_compile_scope)"]
+    new["train_config"]["learning_rate"] = 2e-5
+    assert "differ in non-JEPA training settings (learning_rate)" in consistency_warnings([old, new])[0]
+
+
+def test_grid_eval_cuda_graphs_must_be_a_boolean(tmp_path):
+    """`eval.cuda_graphs` is a known grid key; a non-boolean value is refused when the grid is read."""
+    from step_jepa.analysis.compare import load_grid
+
+    grid = {"output_dir": str(tmp_path / "o"), "base": {"max_steps": 1}, "configs": {"sft": {"lbd": 0}},
+            "seeds": [0], "eval": {"generate": 4, "cuda_graphs": "yes"}}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    with pytest.raises(ValueError, match="cuda_graphs must be true or false"):
+        load_grid(path)
+    grid["eval"]["cuda_graphs"] = True
+    path.write_text(yaml.safe_dump(grid))
+    assert load_grid(path).eval["cuda_graphs"] is True

@@ -1,0 +1,204 @@
+"""The compare report (step_jepa.analysis.report): mean ± std, paired Δ, McNemar section, plot, collapse diagnostics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from step_jepa.analysis import report as rep
+from step_jepa.cli.main import main as cli_main
+
+# --------------------------------------------------------------------------- report (fast)
+
+
+def _fake_result(out: Path, name: str, seed: int, acc: float, lbd: float) -> None:
+    rdir = out / name / f"seed{seed}"
+    rdir.mkdir(parents=True)
+    (rdir / rep.RESULT).write_text(json.dumps({
+        "config": name, "seed": seed, "accuracy": acc, "correct": int(acc * 100), "n": 100,
+        "train_seconds": 10.0 + seed, "eval_seconds": 2.0, "overrides": {"lbd": lbd},
+        "shared_fingerprint": f"fp{seed}", "eval": {"generate": 100}}))
+
+
+def test_report_mean_std_and_paired_delta(tmp_path, capsys) -> None:
+    accs = {"sft": [0.40, 0.50, 0.45], "jepa": [0.45, 0.52, 0.50]}
+    for name, xs in accs.items():
+        for s, a in enumerate(xs):
+            _fake_result(tmp_path, name, s, a, 0.0 if name == "sft" else 0.1)
+    rows = rep.build_report(tmp_path, order=["sft", "jepa"])
+    assert [r["config"] for r in rows] == ["sft", "jepa"]
+    assert rows[0]["mean"] == pytest.approx(0.45)
+    assert rows[0]["std"] == pytest.approx(0.05)  # sample std (ddof=1)
+    assert rows[1]["delta_vs_baseline"] == pytest.approx((0.05 + 0.02 + 0.05) / 3)
+    assert rows[0]["delta_vs_baseline"] is None
+    table = (tmp_path / rep.TABLE).read_text()
+    assert "| sft | lbd=0.0 | 45.00 ± 5.00 | 3 |" in table
+    assert "+4.00 ±" in table and "(n=3)" in table
+    assert "45.00 ± 5.00" in capsys.readouterr().out
+    data = json.loads((tmp_path / rep.RESULTS).read_text())
+    assert len(data["runs"]) == 6 and data["warnings"] == []
+    assert (tmp_path / rep.PLOT).stat().st_size > 1000
+
+
+def test_report_bar_chart_series(tmp_path) -> None:
+    rows = [{"config": c, "n": 2, "mean": m, "std": 0.01, "accuracy": [m - 0.01, m + 0.01]}
+            for c, m in (("a", 0.3), ("b", 0.4), ("c", 0.5))]
+    fig = rep.plot_compare(rows, tmp_path / "bars.png")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 3  # one bar per config
+    assert len(ax.collections) == 3 + 1  # one seed-dot scatter per config + the error bar lines
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    assert (tmp_path / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+
+@pytest.mark.parametrize("n_configs", [1, 2, 5])
+def test_compare_plot_title_is_not_clipped(tmp_path, n_configs) -> None:
+    """The figure's width follows the number of bars; the title must fit even the narrowest one."""
+    rows = [{"config": f"config_{i}", "n": 2, "mean": 0.4, "std": 0.01, "accuracy": [0.39, 0.41]}
+            for i in range(n_configs)]
+    fig = rep.plot_compare(rows, tmp_path / "bars.png")
+    fig.canvas.draw()
+    box, page = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer()), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1
+
+
+def test_report_warns_on_mixed_settings(tmp_path) -> None:
+    _fake_result(tmp_path, "a", 0, 0.5, 0.0)
+    _fake_result(tmp_path, "b", 0, 0.5, 0.1)
+    r = json.loads((tmp_path / "b" / "seed0" / rep.RESULT).read_text())
+    r["shared_fingerprint"] = "other"
+    (tmp_path / "b" / "seed0" / rep.RESULT).write_text(json.dumps(r))
+    rep.build_report(tmp_path)
+    assert "not comparable" in (tmp_path / rep.TABLE).read_text()
+
+
+def test_report_without_results_is_an_error(tmp_path) -> None:
+    assert cli_main(["compare", "--report", str(tmp_path)]) == 2
+
+
+def _fake_predictions(out: Path, name: str, seed: int, correct: list[bool], ids: list | None = None) -> None:
+    """eval/predictions.jsonl of a run, rows shaped like evaluate._score writes them."""
+    path = out / name / f"seed{seed}" / "eval" / rep.PREDICTIONS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = ids or [f"gen-1000-{i}" for i in range(len(correct))]
+    path.write_text("".join(json.dumps({"id": i, "question": "q", "output": "o", "extracted": "1", "gold": "1",
+                                        "correct": ok, "tokens": 3, "error": None}) + "\n"
+                            for i, ok in zip(ids, correct)))
+
+
+def test_report_paired_section_and_missing_predictions(tmp_path) -> None:
+    base = [[True, True, False, False, True], [True, False, False, True, True]]
+    jepa = [[True, False, True, True, True], [True, True, True, True, False]]
+    for s in (0, 1):
+        for name, table, lbd in (("sft", base, 0.0), ("jepa", jepa, 0.1), ("nopred", None, 0.2)):
+            _fake_result(tmp_path, name, s, 0.5, lbd)
+            if table is not None:
+                # jepa writes its problems in another order: pairing must go by id.
+                ids = [f"gen-1000-{i}" for i in range(5)]
+                order = list(range(5))[::-1] if name == "jepa" else list(range(5))
+                _fake_predictions(tmp_path, name, s, [table[s][i] for i in order], [ids[i] for i in order])
+    rows = rep.build_report(tmp_path, order=["sft", "jepa", "nopred"])
+    assert rows[0]["paired"] is None and rows[2]["paired"] == {"status": "n/a (no predictions)"}
+    data = json.loads((tmp_path / rep.RESULTS).read_text())
+    p = data["configs"][1]["paired"]
+    assert data["paired_baseline"] == "sft"
+    # seed 0: b = {1}, c = {2, 3}; seed 1: b = {4}, c = {1, 2}  ->  b = 2, c = 4, Δ = (20 + 20) / 2
+    assert (p["b"], p["c"], p["n_seeds"], p["n_problems"]) == (2, 4, 2, 5)
+    assert p["delta_points"] == pytest.approx(20.0) and p["mcnemar"]["method"] == "exact binomial"
+    assert p["mcnemar_p"] == pytest.approx(2 * (1 + 6 + 15) / 64)
+    table = (tmp_path / rep.TABLE).read_text()
+    assert "## Paired vs sft (per problem)" in table
+    assert "| jepa | +20.00 [" in table and "| 2 / 4 | 2 × 5 |" in table
+    assert "| nopred | n/a (no predictions) |" in table
+
+
+def test_report_paired_with_missing_seed_and_bad_ids(tmp_path) -> None:
+    for s in (0, 1):
+        _fake_result(tmp_path, "sft", s, 0.5, 0.0)
+        _fake_result(tmp_path, "jepa", s, 0.5, 0.1)
+        _fake_predictions(tmp_path, "sft", s, [True, False])
+    _fake_predictions(tmp_path, "jepa", 0, [False, True])  # seed 1 of jepa has no predictions.jsonl
+    rows = rep.build_report(tmp_path, order=["sft", "jepa"])
+    p = rows[1]["paired"]
+    assert p["status"] == "ok" and p["n_seeds"] == 1 and p["runs_without_predictions"] == [1]
+    assert "seeds without predictions.jsonl: [1]" in (tmp_path / rep.TABLE).read_text()
+    _fake_predictions(tmp_path, "jepa", 1, [True, True], ids=["x", "x"])
+    with pytest.raises(ValueError, match="duplicate problem id"):
+        rep.load_correct(tmp_path / "jepa" / "seed1" / "eval" / rep.PREDICTIONS)
+    rows = rep.build_report(tmp_path, order=["sft", "jepa"])  # reported as n/a, the report still builds
+    assert rows[1]["paired"]["status"].startswith("n/a (bad predictions.jsonl, jepa: ValueError")
+
+
+def test_report_reads_gzipped_predictions_and_metrics(tmp_path) -> None:
+    """Committed result dirs keep predictions.jsonl and metrics.jsonl gzipped: the report reads
+    them as they are, with the same numbers as from the plain files."""
+    import gzip
+
+    tables = []
+    for zipped in (False, True):
+        out = tmp_path / ("gz" if zipped else "plain")
+        for name, correct, lbd in (("sft", [True, False, False], 0.0), ("jepa", [True, True, False], 0.1)):
+            _fake_result(out, name, 0, 0.5, lbd)
+            _fake_predictions(out, name, 0, correct)
+            _write_metrics(out, name, 0, [{"step": 1, "lm_loss": 1.5, "jepa_loss": 0.2 + lbd}])
+            if zipped:
+                for f in (out / name / "seed0" / "eval" / rep.PREDICTIONS, out / name / "seed0" / "metrics.jsonl"):
+                    with gzip.open(f.with_name(f.name + ".gz"), "wt") as g:
+                        g.write(f.read_text())
+                    f.unlink()
+        rows = rep.build_report(out, order=["sft", "jepa"])
+        assert rows[1]["paired"]["status"] == "ok" and (rows[1]["paired"]["b"], rows[1]["paired"]["c"]) == (0, 1)
+        tables.append((out / rep.TABLE).read_text())
+    assert "## Collapse diagnostics" in tables[1] and tables[0] == tables[1]
+
+
+def _write_metrics(out: Path, name: str, seed: int, rows: list[dict]) -> None:
+    (out / name / f"seed{seed}" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_report_collapse_diagnostics_by_hand(tmp_path) -> None:
+    for s in (0, 1):
+        _fake_result(tmp_path, "sft", s, 0.4, 0.0)
+        _fake_result(tmp_path, "jepa", s, 0.4, 0.1)
+        _write_metrics(tmp_path, "sft", s, [{"step": 1, "lm_loss": 2.0}, {"step": 2, "lm_loss": 1.0}])
+    # Seed 0: the last 3 logged steps with the key are averaged (step 1 is left out); the final
+    # summary line without diagnostics is ignored. Seed 1 has retrieval at chance.
+    _write_metrics(tmp_path, "jepa", 0, [
+        {"step": 1, "lm_loss": 9.0, "jepa_loss": 9.0, "jepa_retrieval_acc": 0.0, "jepa_pairs": 4},
+        *({"step": k, "lm_loss": 1.0, "jepa_loss": 0.1 * k, "view1_pairwise_cos": 0.9, "view2_pairwise_cos": 0.8,
+           "jepa_retrieval_acc": 0.5, "jepa_pairs": 4} for k in (2, 3, 4)),
+        {"step": 4, "train_loss": 1.0}])
+    with (tmp_path / "jepa" / "seed0" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "lm_loss": 10')  # a killed run's half-written line is skipped
+    _write_metrics(tmp_path, "jepa", 1, [
+        {"step": 4, "lm_loss": 3.0, "jepa_loss": 0.0, "view1_pairwise_cos": 1.0, "view2_pairwise_cos": 1.0,
+         "jepa_retrieval_acc": 0.25, "jepa_pairs": 4}])
+    rep.build_report(tmp_path, order=["sft", "jepa"])
+    table = (tmp_path / rep.TABLE).read_text()
+    assert "## Collapse diagnostics" in table
+    assert "| sft | 1.5 | — | — | — | — | — |" in table  # each seed: (2.0 + 1.0) / 2
+    # jepa: lm (1.0 + 3.0) / 2, jepa ((0.2+0.3+0.4)/3 + 0) / 2, cos (0.9+1)/2, (0.8+1)/2, retrieval (0.5+0.25)/2
+    assert "| jepa | 2 | 0.15 | 0.95 | 0.9 | 0.375 | 0.25 |" in table
+
+
+def test_report_shows_the_stp_loss_of_stp_runs(tmp_path) -> None:
+    _fake_result(tmp_path, "sft", 0, 0.4, 0.0)
+    _fake_result(tmp_path, "stp", 0, 0.4, 0.0)
+    _write_metrics(tmp_path, "sft", 0, [{"step": 1, "lm_loss": 2.0}])
+    _write_metrics(tmp_path, "stp", 0, [{"step": 1, "lm_loss": 2.0, "stp_loss": 1.5},
+                                        {"step": 2, "lm_loss": 1.0, "stp_loss": 1.25}])
+    rep.build_report(tmp_path, order=["sft", "stp"])
+    table = (tmp_path / rep.TABLE).read_text()
+    assert "| chance | stp_loss |" in table
+    assert "| sft | 2 | — | — | — | — | — | — |" in table
+    assert "| stp | 1.5 | — | — | — | — | — | 1.375 |" in table
+
+
+def test_report_without_jepa_runs_has_no_collapse_section(tmp_path) -> None:
+    _fake_result(tmp_path, "sft", 0, 0.4, 0.0)
+    _write_metrics(tmp_path, "sft", 0, [{"step": 1, "lm_loss": 2.0}])
+    rep.build_report(tmp_path)
+    assert "Collapse" not in (tmp_path / rep.TABLE).read_text()
