@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from step_jepa.data.segment import SegmentError, segment
 from step_jepa.method.layout import StepJEPACollator, meta_of
 from step_jepa.method.masks import flex_block_mask
-from step_jepa.method.model import JEPAOptions, StepJEPAModel
+from step_jepa.method.model import StepJEPAModel
+from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens
 
 ROWS: list[tuple[str, str, float, str]] = []  # (check, detail, value, PASS/FAIL)
@@ -87,7 +88,7 @@ def build_models(name: str, smollm2_path: str | None):
 
 
 def loss_and_grads(lm, batch, lbd: float = 0.5):
-    m = StepJEPAModel(lm, JEPAOptions(lbd=lbd, loss="cosine"))
+    m = StepJEPAModel(lm, JEPAOptions(lbd=lbd, jepa_loss="cosine"))
     lm.zero_grad(set_to_none=True)
     out = m(**batch)
     loss = out["lm_sum"] / out["n_tokens"] + lbd * out["jepa"]

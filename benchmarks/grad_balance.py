@@ -78,14 +78,13 @@ def setup(cfg):
         segment_all,
     )
     from step_jepa.training.model import build_model, resolve_attn_implementation
-    from step_jepa.training.trainer import jepa_options
 
     torch.manual_seed(cfg.seed)
     lm, tok, pred_ids, _ = build_model(cfg)
     records, _ = load_training_records(cfg)
     examples, _ = segment_all(records, tok, cfg.max_length)
     collator = build_collator(cfg, tok, pred_ids, resolve_attn_implementation(cfg))
-    return StepJEPAModel(lm, jepa_options(cfg)), make_dataset(examples, cfg), collator
+    return StepJEPAModel(lm, cfg), make_dataset(examples, cfg), collator
 
 
 def measure(cfg, batches: int, device: str = "cpu", log=print) -> list[dict]:

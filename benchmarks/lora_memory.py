@@ -22,7 +22,6 @@ from step_jepa.method.model import StepJEPAModel
 from step_jepa.training.config import StepJEPAConfig
 from step_jepa.training.data import build_collator, load_training_records, segment_all
 from step_jepa.training.model import build_model
-from step_jepa.training.trainer import jepa_options
 
 MB = 2 ** 20
 VARIANTS = {"full fine-tuning": {}, "LoRA r16, dropout 0.05": {"lora": True, "lora_dropout": 0.05},
@@ -63,7 +62,7 @@ def measure(model_dir: Path, examples: int, **overrides) -> dict[str, float]:
     lm, tok, pred_ids, _ = build_model(cfg)
     ex, _ = segment_all(load_training_records(cfg)[0], tok, cfg.max_length)
     batch = build_collator(cfg, tok, pred_ids, "sdpa")(ex)
-    model = StepJEPAModel(lm, jepa_options(cfg)).train()
+    model = StepJEPAModel(lm, cfg).train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"tokens": int(batch["role"].ne(0).sum()),
             "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / MB,

@@ -61,7 +61,7 @@ def main(model: str, output_dir: str, max_steps: int = 20, train_file: str | Non
     ds = ds.map(tokenize_for_step_jepa, batched=True, remove_columns=ds.column_names,
                 fn_kwargs={"tokenizer": tok, "max_length": 1024})
 
-    step_model = StepJEPAModel(lm, JEPAOptions(lbd=lbd, loss="cosine"))
+    step_model = StepJEPAModel(lm, JEPAOptions(lbd=lbd, jepa_loss="cosine"))
     args = TrainingArguments(
         output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=batch_size,
         learning_rate=learning_rate, logging_steps=1, save_strategy="no", report_to=[],

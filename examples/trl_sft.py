@@ -56,7 +56,7 @@ def main(model: str, output_dir: str, max_steps: int = 20, train_file: str | Non
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())  # SFTConfig defaults to bf16
     trainer = StepJEPASFTTrainer(
-        model=StepJEPAModel(lm, JEPAOptions(lbd=lbd, loss="cosine")), args=args, train_dataset=ds,
+        model=StepJEPAModel(lm, JEPAOptions(lbd=lbd, jepa_loss="cosine")), args=args, train_dataset=ds,
         processing_class=tok,
         data_collator=StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred_ids, pairs="first"),
         callbacks=[StepJEPACallback()])

@@ -502,9 +502,9 @@ def speed_bench(until: float) -> None:
     out = RUNS / "speed" / "bench_compiled"
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "step_jepa.cli.main", "bench", "--model", SMOL, "--data", "gsm8k",
-           str(DATA / "gsm8k_train.jsonl"), "--device", "cuda", "--dtype", "bf16", "--attn", "flex_attention",
-           "--batch_size", "32", "--steps", "10", "--warmup", "3",
-           "--variants", "sft_packed,sp_first_packed,sft,sp_first", "--compile", "--compile_scope", "layers",
+           str(DATA / "gsm8k_train.jsonl"), "--device", "cuda", "--dtype", "bf16", "--attn_implementation", "flex_attention",
+           "--per_device_train_batch_size", "32", "--steps", "10", "--warmup", "3",
+           "--variants", "sft_packed,sp_first_packed,sft,sp_first", "--torch_compile", "--torch_compile_scope", "layers",
            "--rounds", "2", "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md")]
     _run_logged(cmd, out / "bench.log", left, "bench", {**os.environ, "TORCH_LOGS": "recompiles"})
     print(f"[speed {time.strftime('%H:%M:%S')}] bench:\n" + (out / "bench.log").read_text()[-2500:], flush=True)

@@ -7,7 +7,8 @@ from test_exactness import _records
 import step_jepa
 from step_jepa.data.segment import SegmentError, segment
 from step_jepa.method.layout import StepJEPACollator
-from step_jepa.method.model import JEPAOptions, StepJEPAModel, step_jepa_loss
+from step_jepa.method.model import StepJEPAModel, step_jepa_loss
+from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens
 from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 from step_jepa.training.integration import tokenize_for_step_jepa

@@ -23,7 +23,7 @@ _API = {
     "SegmentError": "step_jepa.data.segment",
     "StepJEPACollator": "step_jepa.method.layout",
     "segmented_from_row": "step_jepa.method.layout",
-    "JEPAOptions": "step_jepa.method.model",
+    "JEPAOptions": "step_jepa.method.options",
     "StepJEPAModel": "step_jepa.method.model",
     "step_jepa_loss": "step_jepa.method.model",
     "resolve_model_path": "step_jepa.models.sources",

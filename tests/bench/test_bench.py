@@ -12,7 +12,7 @@ from step_jepa.cli.main import main
 
 @pytest.fixture(scope="module")
 def result():
-    cfg = BenchConfig(model="tiny", batch_size=4, n_batches=2, steps=2, warmup=1, device="cpu", threads=1,
+    cfg = BenchConfig(model="tiny", per_device_train_batch_size=4, n_batches=2, steps=2, warmup=1, device="cpu", threads=1,
                       variants=["hf_sft", "sft", "two_pass", "sp_first", "sft_packed", "sp_all_packed"])
     return run_bench(cfg, log=lambda s: None)
 
@@ -60,7 +60,7 @@ def test_same_examples_in_every_variant(result):
 
 def test_table_and_json_cli(tmp_path, capsys):
     out, md = tmp_path / "b.json", tmp_path / "b.md"
-    rc = main(["bench", "--model", "tiny", "--device", "cpu", "--batch_size", "2", "--n_batches", "1", "--steps", "1",
+    rc = main(["bench", "--model", "tiny", "--device", "cpu", "--per_device_train_batch_size", "2", "--n_batches", "1", "--steps", "1",
                "--warmup", "1", "--variants", "sft,sp_first", "--threads", "1",
                "--json", str(out), "--markdown", str(md)])
     assert rc == 0
@@ -77,7 +77,7 @@ def test_hf_labels_are_the_unshifted_targets(tok_chatml):
     from step_jepa.bench.run import load_examples
     from step_jepa.bench.timing import BenchConfig
 
-    exs, _ = load_examples(BenchConfig(batch_size=3, n_batches=1), tok_chatml)
+    exs, _ = load_examples(BenchConfig(per_device_train_batch_size=3, n_batches=1), tok_chatml)
     for packed in (False, True):
         (b,) = build_batches("sft_packed" if packed else "sft", [exs], tok_chatml.pad_token_id, [], "sdpa", 0, 0)
         h = hf_inputs(b, packed)
@@ -93,7 +93,7 @@ def test_unknown_variant_is_an_error():
 
 
 def test_profile_dir_writes_an_op_table_per_variant(tmp_path):
-    cfg = BenchConfig(model="tiny", device="cpu", batch_size=4, n_batches=1, steps=1, warmup=1, mem_steps=0,
+    cfg = BenchConfig(model="tiny", device="cpu", per_device_train_batch_size=4, n_batches=1, steps=1, warmup=1, mem_steps=0,
                       variants=["sft", "sp_first"], profile_dir=str(tmp_path), profile_steps=1)
     run_bench(cfg, log=lambda s: None)
     for variant in cfg.variants:
@@ -109,8 +109,8 @@ def test_profile_needs_steps():
 
 @pytest.mark.slow
 def test_compile_option_runs_and_is_reported():
-    cfg = BenchConfig(model="tiny", device="cpu", batch_size=4, n_batches=1, steps=1, warmup=1, mem_steps=0,
-                      variants=["sp_first"], compile=True)
+    cfg = BenchConfig(model="tiny", device="cpu", per_device_train_batch_size=4, n_batches=1, steps=1, warmup=1, mem_steps=0,
+                      variants=["sp_first"], torch_compile=True)
     result = run_bench(cfg, log=lambda s: None)
     assert "torch.compile'd decoder" in result["env"]["attn"]
     assert result["rows"][0]["ms_median"] > 0 and result["rows"][0]["compiled_graphs"] >= 1
@@ -118,7 +118,7 @@ def test_compile_option_runs_and_is_reported():
 
 def test_rounds_give_a_per_round_ratio_against_sft():
     """×SFT by round pairs each round's medians; with two rounds it is the mean of the two ratios."""
-    cfg = BenchConfig(model="tiny", batch_size=4, n_batches=2, steps=2, warmup=1, device="cpu", threads=1,
+    cfg = BenchConfig(model="tiny", per_device_train_batch_size=4, n_batches=2, steps=2, warmup=1, device="cpu", threads=1,
                       rounds=2, variants=["sft", "sp_first"])
     rows = {r["variant"]: r for r in run_bench(cfg, log=lambda s: None)["rows"]}
     sft, sp = rows["sft"], rows["sp_first"]

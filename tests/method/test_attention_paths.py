@@ -24,7 +24,8 @@ from step_jepa.method.masks import (
     flex_mask_mod,
     within_window,
 )
-from step_jepa.method.model import JEPAOptions, StepJEPAModel
+from step_jepa.method.model import StepJEPAModel
+from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens
 from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
@@ -67,7 +68,7 @@ def test_flex_mask_mod_equals_dense_mask(setup, pairs, packing, pad_multiple):
 
 def _ours(model, batch):
     model.zero_grad()
-    out = StepJEPAModel(model, JEPAOptions(lbd=LBD, loss="cosine"))(**batch)
+    out = StepJEPAModel(model, JEPAOptions(lbd=LBD, jepa_loss="cosine"))(**batch)
     loss = out["lm_sum"] / out["n_tokens"] + LBD * out["jepa"]
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}

@@ -6,7 +6,8 @@ from conftest import record
 
 from step_jepa.data.segment import segment
 from step_jepa.method.layout import StepJEPACollator
-from step_jepa.method.model import JEPAOptions, StepJEPAModel
+from step_jepa.method.model import StepJEPAModel
+from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens
 from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
@@ -22,7 +23,7 @@ def _records():
 
 
 def _loss_and_grads(model, batch, lbd=0.5):
-    m = StepJEPAModel(model, JEPAOptions(lbd=lbd, loss="cosine"))
+    m = StepJEPAModel(model, JEPAOptions(lbd=lbd, jepa_loss="cosine"))
     model.zero_grad()
     out = m(**batch)
     loss = out["lm_sum"] / out["n_tokens"] + lbd * out["jepa"]

@@ -7,7 +7,8 @@ from conftest import record
 from step_jepa.data.segment import segment
 from step_jepa.method.layout import StepJEPACollator
 from step_jepa.method.losses import jepa_loss, variance_covariance
-from step_jepa.method.model import JEPAOptions, PredictorHead, StepJEPAModel
+from step_jepa.method.model import PredictorHead, StepJEPAModel
+from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens
 from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
@@ -33,7 +34,7 @@ def _run(setup, target_copies=False, **opts):
 
 
 def test_layer_option_reads_that_layer(setup):
-    m, batch, out = _run(setup, layer=0, final_norm=False)
+    m, batch, out = _run(setup, jepa_layer=0, jepa_final_norm=False)
     tok, pred, exs = setup
     captured = []
     h = m.lm.model.layers[0].register_forward_hook(lambda mod, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
@@ -49,14 +50,14 @@ def test_predictor_head_starts_as_identity_and_gets_gradients(setup):
     head = PredictorHead(8)
     x = torch.randn(3, 8)
     torch.testing.assert_close(head(x), x)
-    m, _, out = _run(setup, head="mlp")
+    m, _, out = _run(setup, jepa_predictor_head="mlp")
     (out["jepa"]).backward()
     assert m.head.net[-1].weight.grad.abs().sum() > 0
 
 
 def test_stopgrad_blocks_view2_gradient(setup):
     """With stop-gradient, the JEPA gradient reaches the model only through view 1."""
-    m, batch, out = _run(setup, target="stopgrad")
+    m, batch, out = _run(setup, jepa_target="stopgrad")
     m.zero_grad()
     out["jepa"].backward()
     g_stop = m.lm.model.embed_tokens.weight.grad.clone()
@@ -70,9 +71,9 @@ def test_stopgrad_blocks_view2_gradient(setup):
 
 
 def test_ema_target_uses_the_ema_model(setup):
-    m, batch, out = _run(setup, target="ema", target_copies=True)
+    m, batch, out = _run(setup, jepa_target="ema", target_copies=True)
     # At start the EMA model equals the online one: same loss as stop-gradient.
-    _, _, ref = _run(setup, target="stopgrad")
+    _, _, ref = _run(setup, jepa_target="stopgrad")
     torch.testing.assert_close(out["jepa"], ref["jepa"], rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         for p in m.lm.parameters():

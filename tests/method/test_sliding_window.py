@@ -9,7 +9,8 @@ from conftest import record
 from step_jepa.data.segment import segment
 from step_jepa.method.layout import StepJEPACollator, meta_of, original_item, place
 from step_jepa.method.masks import build_model_mask, sliding_window_of
-from step_jepa.method.model import JEPAOptions, StepJEPAModel
+from step_jepa.method.model import StepJEPAModel
+from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens
 from step_jepa.models.tiny import build_tiny_tokenizer
 
@@ -77,7 +78,7 @@ def test_single_pass_equals_two_pass_with_sliding_window(packing):
     for mode in ("two_pass", "single_pass"):
         col = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, mode=mode, pairs="all",
                                packing=packing, max_tokens=512)
-        m = StepJEPAModel(model, JEPAOptions(lbd=0.5, loss="cosine"))
+        m = StepJEPAModel(model, JEPAOptions(lbd=0.5, jepa_loss="cosine"))
         model.zero_grad()
         out = m(**col(exs))
         loss = out["lm_sum"] / out["n_tokens"] + 0.5 * out["jepa"]

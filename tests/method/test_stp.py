@@ -15,7 +15,8 @@ from conftest import record
 from step_jepa.data.segment import IGNORE_INDEX, segment
 from step_jepa.method.layout import StepJEPACollator, stp_triplet
 from step_jepa.method.losses import stp_loss
-from step_jepa.method.model import JEPAOptions, StepJEPAModel
+from step_jepa.method.model import StepJEPAModel
+from step_jepa.method.options import JEPAOptions
 from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
 STEPS = [["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],

@@ -18,7 +18,8 @@ from conftest import record
 from step_jepa.data.segment import segment
 from step_jepa.method.layout import StepJEPACollator, meta_of, original_item, place
 from step_jepa.method.masks import build_model_mask
-from step_jepa.method.model import JEPAOptions, StepJEPAModel
+from step_jepa.method.model import StepJEPAModel
+from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens, load_tokenizer
 from step_jepa.models.sources import cached_model_dir, offline_model, resolve_model_path
 
@@ -44,7 +45,7 @@ def gemma():
 
 def _loss_and_grads(model, batch):
     model.zero_grad()
-    out = StepJEPAModel(model, JEPAOptions(lbd=0.5, loss="cosine"))(**batch)
+    out = StepJEPAModel(model, JEPAOptions(lbd=0.5, jepa_loss="cosine"))(**batch)
     loss = out["lm_sum"] / out["n_tokens"] + 0.5 * out["jepa"]
     loss.backward()
     params = dict(model.named_parameters())

@@ -138,14 +138,17 @@ def test_bench_uses_the_same_parser(tmp_path: Path):
     from step_jepa.cli.bench import config_from_args
 
     y = tmp_path / "b.yaml"
-    y.write_text("batch_size: 2\nvariants: [sft]\nsteps: 3\n")
+    y.write_text("per_device_train_batch_size: 2\nvariants: [sft]\nsteps: 3\nlearning_rate: 1e-4\n")
     parser = cli.build_parser(["bench"])
     cfg = config_from_args(parser.parse_args(["bench", "--config", str(y), "--variants", "sft,sp_first",
-                                              "--compile", "--data", "gsm8k", "x.jsonl"]))
-    assert cfg.batch_size == 2 and cfg.steps == 3 and cfg.variants == ["sft", "sp_first"] and cfg.compile is True
+                                              "--torch_compile", "--data", "gsm8k", "x.jsonl",
+                                              "--jepa_target", "ema"]))
+    assert cfg.per_device_train_batch_size == 2 and cfg.steps == 3 and cfg.variants == ["sft", "sp_first"]
+    assert cfg.torch_compile is True and cfg.jepa_target == "ema" and cfg.learning_rate == 1e-4
     assert cfg.data == ["gsm8k", "x.jsonl"] and cfg.warmup == 5  # default untouched
-    y.write_text("batch_sise: 2\n")
-    with pytest.raises(ValueError, match=r"unknown option\(s\): batch_sise \(did you mean batch_size\?\)"):
+    y.write_text("per_device_train_batch_sise: 2\n")
+    with pytest.raises(ValueError, match=r"unknown option\(s\): per_device_train_batch_sise \(did you mean "
+                                         r"per_device_train_batch_size\?\)"):
         config_from_args(parser.parse_args(["bench", "--config", str(y)]))
 
 

@@ -62,7 +62,8 @@ def _infonce_rank(rank: int, port: str, out_dir: str) -> None:
     from step_jepa.data.segment import segment
     from step_jepa.data.synthetic import generate_problems
     from step_jepa.method.layout import StepJEPACollator
-    from step_jepa.method.model import JEPAOptions, StepJEPAModel
+    from step_jepa.method.model import StepJEPAModel
+    from step_jepa.method.options import JEPAOptions
     from step_jepa.models.loading import add_predictor_tokens
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
@@ -73,7 +74,7 @@ def _infonce_rank(rank: int, port: str, out_dir: str) -> None:
     recs = (generate_problems(3, seed=0) if rank == 0
             else [make_record("one", "q?", ["The final answer is \\boxed{7}."], "7")] * 2)
     batch = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred)([segment(r, tok) for r in recs])
-    out = StepJEPAModel(lm, JEPAOptions(loss="infonce"))(**batch)
+    out = StepJEPAModel(lm, JEPAOptions(jepa_loss="infonce"))(**batch)
     (out["lm_sum"] / out["n_tokens"] + out["jepa"]).backward()
     dist.barrier()
     Path(out_dir, f"rank{rank}.txt").write_text(f"{out['jepa'].item():.6f} {len(out['view1'])}")

@@ -9,7 +9,8 @@ from conftest import record
 from step_jepa.data.segment import segment
 from step_jepa.method.layout import StepJEPACollator, meta_of
 from step_jepa.method.masks import dense_mask
-from step_jepa.method.model import JEPAOptions, StepJEPAModel
+from step_jepa.method.model import StepJEPAModel
+from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens, compile_decoder
 from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 

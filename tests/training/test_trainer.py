@@ -21,7 +21,7 @@ from step_jepa.training.data import (
     segment_all,
 )
 from step_jepa.training.model import build_model
-from step_jepa.training.trainer import StepJEPATrainer, jepa_options
+from step_jepa.training.trainer import StepJEPATrainer
 
 
 def _one_sgd_step(model_dir: Path, out: Path, bs: int, ga: int) -> dict[str, torch.Tensor]:
@@ -36,7 +36,7 @@ def _one_sgd_step(model_dir: Path, out: Path, bs: int, ga: int) -> dict[str, tor
     examples, _ = segment_all(records, tok, cfg.max_length)
     args = cfg
     args.optim = "sgd"
-    trainer = StepJEPATrainer(model=StepJEPAModel(lm, jepa_options(cfg)), args=args,
+    trainer = StepJEPATrainer(model=StepJEPAModel(lm, cfg), args=args,
                               train_dataset=ListDataset(examples), data_collator=build_collator(cfg, tok, pred_ids, "sdpa"),
                               processing_class=tok, step_config=cfg)
     before = {n: p.detach().clone() for n, p in lm.named_parameters()}
@@ -115,11 +115,11 @@ def test_ema_target_of_a_tied_model_saves_and_loads(tmp_path: Path):
     and loading restores both (the head stays tied to the input embeddings)."""
     from safetensors.torch import load_file, save_model
 
-    from step_jepa.method.model import JEPAOptions
+    from step_jepa.method.options import JEPAOptions
     from step_jepa.models.tiny import build_tiny_model
     from step_jepa.training.checkpoints import EMA_FILE
 
-    wrapper = StepJEPAModel(build_tiny_model(50, tie=True), JEPAOptions(target="ema"))
+    wrapper = StepJEPAModel(build_tiny_model(50, tie=True), JEPAOptions(jepa_target="ema"))
     ema = wrapper._ema[0]
     save_model(ema, str(tmp_path / EMA_FILE))  # what the trainer's checkpoint save does
     assert len(load_file(tmp_path / EMA_FILE)) == len(ema.state_dict()) - 1  # the lm_head alias is dropped
@@ -259,7 +259,7 @@ def _direct_eval_losses(final: Path, records: list[dict], cfg: StepJEPAConfig) -
     lm = AutoModelForCausalLM.from_pretrained(final).eval()
     tok = load_tokenizer(str(final))
     pred_ids = tok.convert_tokens_to_ids(["<|predictor_1|>"])
-    wrapper = StepJEPAModel(lm, jepa_options(cfg)).eval()
+    wrapper = StepJEPAModel(lm, cfg).eval()
     collate = build_collator(cfg, tok, pred_ids, "sdpa")
     ce, tokens, jepa = 0.0, 0, []
     with torch.no_grad():
@@ -340,7 +340,7 @@ def test_save_honours_a_given_state_dict(model_dir: Path, tmp_path: Path):
     cfg = StepJEPAConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=1, report_to="none",
                       generate_examples=4, jepa_predictor_head="mlp")
     lm, tok, pred_ids, _ = build_model(cfg)
-    wrapper = StepJEPAModel(lm, jepa_options(cfg))
+    wrapper = StepJEPAModel(lm, cfg)
     trainer = StepJEPATrainer(model=wrapper, args=cfg, train_dataset=ListDataset([]),
                               data_collator=build_collator(cfg, tok, pred_ids, "sdpa"), processing_class=tok,
                               step_config=cfg)

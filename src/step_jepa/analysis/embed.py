@@ -127,8 +127,8 @@ def _view_hidden(out):
     return out[1] if isinstance(out, tuple) else out
 
 
-# StepJEPAConfig field -> JEPAOptions attribute: where the views are read in the network.
-_VIEW_FIELDS = {"jepa_layer": "layer", "jepa_final_norm": "final_norm"}
+# The JEPAOptions fields (saved under the same names) that say where the views are read.
+_VIEW_FIELDS = ("jepa_layer", "jepa_final_norm")
 
 
 def view_options(model_name: str, layer: int | None = None):
@@ -136,19 +136,17 @@ def view_options(model_name: str, layer: int | None = None):
     so that embed sees what the JEPA loss saw. `layer` overrides the saved layer."""
     import yaml
 
-    from step_jepa.method.model import JEPAOptions
+    from step_jepa.method.options import JEPAOptions
     from step_jepa.models.sources import resolve_model_path
 
     opts = JEPAOptions()
     saved = Path(resolve_model_path(model_name)) / "step_jepa_config.yaml"
     cfg = (yaml.safe_load(saved.read_text()) or {}) if saved.exists() else {}
-    for key, attr in _VIEW_FIELDS.items():
-        if key in cfg and hasattr(opts, attr):
-            setattr(opts, attr, cfg[key])
+    for key in _VIEW_FIELDS:
+        if key in cfg:
+            setattr(opts, key, cfg[key])
     if layer is not None:
-        if not hasattr(opts, "layer"):
-            raise ValueError("this version of the objective reads views from the last layer only")
-        opts.layer = layer
+        opts.jepa_layer = layer
     return opts
 
 
@@ -204,7 +202,8 @@ def extract_views(model, tokenizer, pred_ids: list[int], records: Sequence[dict]
     import torch
 
     from step_jepa.method.layout import StepJEPACollator
-    from step_jepa.method.model import JEPAOptions, StepJEPAModel
+    from step_jepa.method.model import StepJEPAModel
+    from step_jepa.method.options import JEPAOptions
 
     if pairs not in ("first", "all"):
         raise ValueError("--pairs must be first or all (random would make the plot irreproducible)")
@@ -254,7 +253,7 @@ def run_embed(models: Sequence[str], *, data: str | None, n: int, out: str | Pat
     # Both models are read at the layer the first (JEPA) model was trained on: same place, fair comparison.
     options = view_options(models[0], layer)
     log(f"views from decoder layer {getattr(options, 'layer', -1)}"
-        f"{'' if getattr(options, 'final_norm', True) else ' (without the final norm)'}, K={predictors}")
+        f"{'' if options.jepa_final_norm else ' (without the final norm)'}, K={predictors}")
     sets, metrics = [], []
     for k, name in enumerate(models, 1):
         model, tok, pred_ids, trained = load_embed_model(name, predictors, device)
@@ -274,7 +273,7 @@ def run_embed(models: Sequence[str], *, data: str | None, n: int, out: str | Pat
         files["tsne"] = str(out / "tsne.png")
     plot_cosines(sets, metrics, files["cosine_hist"], seed)
     report = {"data": data or f"generator ({n} problems, seed {seed})", "pairs": pairs,
-              "view_layer": getattr(options, "layer", -1), "view_final_norm": getattr(options, "final_norm", True),
+              "view_layer": options.jepa_layer, "view_final_norm": options.jepa_final_norm,
               "files": files, "models": [
         {"label": vs.label, "model": vs.model, "npz": str(out / f"embeddings_model{k}.npz"),
          "predictors": vs.predictors, "predictors_trained": vs.predictors_trained,

@@ -8,7 +8,7 @@ Variants (each padded, or with the ``_packed`` suffix: the same examples packed 
   sp_first   single-pass JEPA, pairs=first
   sp_all     single-pass JEPA, pairs=all
 
-Every variant sees the same fixed list of batches (``n_batches`` batches of ``batch_size``
+Every variant sees the same fixed list of batches (``n_batches`` batches of ``per_device_train_batch_size``
 examples, cycled), starts from the same weights and gets a fresh AdamW. Batches are collated and
 moved to the device before timing; the timed loop is zero_grad(set_to_none) → forward → backward →
 step with no host synchronisation added by the benchmark (the model's own syncs, if any, count).
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any, Callable
 
 import torch
@@ -44,6 +44,7 @@ from step_jepa.bench.timing import (
 from step_jepa.data.segment import IGNORE_INDEX, Segmented, SegmentError, segment
 from step_jepa.method.layout import StepJEPACollator
 from step_jepa.method.masks import PAD
+from step_jepa.method.options import JEPAOptions
 
 BASE_VARIANTS = {
     "hf_sft": dict(kind="hf", mode="sft", pairs="first"),
@@ -52,10 +53,10 @@ BASE_VARIANTS = {
     "sp_first": dict(kind="ours", mode="single_pass", pairs="first"),
     "sp_all": dict(kind="ours", mode="single_pass", pairs="all"),
     # The anti-collapse options on top of single-pass pairs=first: what each one costs.
-    "sp_first_stopgrad": dict(kind="ours", mode="single_pass", pairs="first", opts={"target": "stopgrad"}),
-    "sp_first_ema": dict(kind="ours", mode="single_pass", pairs="first", opts={"target": "ema"}),
-    "sp_first_head": dict(kind="ours", mode="single_pass", pairs="first", opts={"head": "mlp"}),
-    "sp_first_infonce": dict(kind="ours", mode="single_pass", pairs="first", opts={"loss": "infonce"}),
+    "sp_first_stopgrad": dict(kind="ours", mode="single_pass", pairs="first", opts={"jepa_target": "stopgrad"}),
+    "sp_first_ema": dict(kind="ours", mode="single_pass", pairs="first", opts={"jepa_target": "ema"}),
+    "sp_first_head": dict(kind="ours", mode="single_pass", pairs="first", opts={"jepa_predictor_head": "mlp"}),
+    "sp_first_infonce": dict(kind="ours", mode="single_pass", pairs="first", opts={"jepa_loss": "infonce"}),
     "sp_first_vicreg": dict(kind="ours", mode="single_pass", pairs="first", opts={"vicreg_weight": 1.0}),
     # Semantic Tube Prediction on the ordinary pass: SFT's layout plus three gathered states per example.
     "stp": dict(kind="ours", mode="sft", pairs="first", stp="random"),
@@ -86,10 +87,10 @@ def resolve_device(cfg: BenchConfig) -> torch.device:
 
 
 def resolve_attn(cfg: BenchConfig, device: torch.device) -> str:
-    if cfg.attn != "auto":
-        if cfg.attn == "flex_attention" and device.type != "cuda":
-            raise ValueError("flex_attention has no backward on CPU: use --attn sdpa (or eager)")
-        return cfg.attn
+    if cfg.attn_implementation != "auto":
+        if cfg.attn_implementation == "flex_attention" and device.type != "cuda":
+            raise ValueError("flex_attention has no backward on CPU: use --attn_implementation sdpa (or eager)")
+        return cfg.attn_implementation
     return "flex_attention" if device.type == "cuda" else "sdpa"
 
 
@@ -143,8 +144,8 @@ def load_model(name: str, attn: str, device: torch.device, seed: int = 0):
 
 
 def load_examples(cfg: BenchConfig, tok) -> tuple[list[Segmented], str]:
-    """n_batches × batch_size segmented examples (records that do not segment are skipped)."""
-    need = cfg.batch_size * cfg.n_batches
+    """n_batches × per_device_train_batch_size segmented examples (records that do not segment are skipped)."""
+    need = cfg.per_device_train_batch_size * cfg.n_batches
     src = cfg.data or ["generator"]
     if src[0] == "generator":
         from step_jepa.data.synthetic import generate_problems
@@ -165,7 +166,7 @@ def load_examples(cfg: BenchConfig, tok) -> tuple[list[Segmented], str]:
         if len(out) == need:
             break
     if len(out) < need:
-        raise ValueError(f"{label}: only {len(out)} usable examples, need {need} (batch_size × n_batches)")
+        raise ValueError(f"{label}: only {len(out)} usable examples, need {need} (per_device_train_batch_size × n_batches)")
     return out, label
 
 
@@ -190,7 +191,7 @@ def hf_inputs(batch: dict, packed: bool) -> dict[str, torch.Tensor]:
 
 def build_batches(variant: str, groups: list[list[Segmented]], pad_id: int, pred_ids: list[int],
                   attn: str, pack_tokens: int, seed: int, flops: FlopCounter | None = None,
-                  flops_out: list[float] | None = None) -> list[dict]:
+                  flops_out: list[float] | None = None, options: JEPAOptions | None = None) -> list[dict]:
     """The variant's collated CPU batches for the fixed groups of examples; with `flops`, each
     batch's model FLOPs are appended to `flops_out` (counted on our layout, before an HF variant
     drops its metadata)."""
@@ -198,11 +199,13 @@ def build_batches(variant: str, groups: list[list[Segmented]], pad_id: int, pred
     packed = variant.endswith("_packed")
     spec = BASE_VARIANTS[base]
     pad_multiple = 128 if attn == "flex_attention" else 1
+    # The EMA target needs the step copies in the batch (the variant's options, or the spec's alone).
+    target = options.jepa_target if options is not None else spec.get("opts", {}).get("jepa_target")
     out = []
     for g in groups:
         kw = dict(pad_id=pad_id, pred_ids=pred_ids if spec["mode"] != "sft" else [], mode=spec["mode"],
                   pairs=spec["pairs"], pad_multiple=pad_multiple, seed=seed,
-                  target_copies=spec.get("opts", {}).get("target") == "ema", stp=spec.get("stp", "none"))
+                  target_copies=target == "ema", stp=spec.get("stp", "none"))
         if packed:
             if pack_tokens > 0:
                 cap = pack_tokens
@@ -222,24 +225,38 @@ def build_batches(variant: str, groups: list[list[Segmented]], pad_id: int, pred
     return out
 
 
+# The weight of the STP variants' term when --stp_lbd is left at train's default 0 (off): the STP
+# paper's GSM8K value, so that `bench` always costs the term it names.
+STP_LBD = 0.005
+
+
+def variant_options(cfg: BenchConfig, spec: dict) -> JEPAOptions:
+    """The JEPAOptions of one of our variants: the bench's JEPA options, with what the variant sets.
+
+    An SFT layout has no JEPA term (λ = 0), so neither a target model nor a head to pay for; only
+    the STP variants weigh the STP term; a variant's own `opts` (the anti-collapse ones) win.
+    """
+    values = {f.name: getattr(cfg, f.name) for f in fields(JEPAOptions)}
+    if spec["mode"] == "sft":
+        values.update(lbd=0.0, jepa_target="grad", jepa_predictor_head="none")
+    values["stp_lbd"] = (cfg.stp_lbd or STP_LBD) if "stp" in spec else 0.0
+    values.update(spec.get("opts", {}))
+    return JEPAOptions(**values)
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs every variant; returns {"env": ..., "config": ..., "rows": [Row as dict, ...]}."""
-    from step_jepa.method.model import JEPAOptions, StepJEPAModel
+    from step_jepa.method.model import StepJEPAModel
     from step_jepa.models.loading import add_predictor_tokens, compile_decoder
 
     unknown = [v for v in cfg.variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    if cfg.steps < 1 or cfg.warmup < 1 or cfg.rounds < 1:
-        raise ValueError("--steps, --warmup and --rounds must be >= 1 (warm-up allocates the optimizer state)")
-    if min(cfg.batch_size, cfg.n_batches, cfg.predictors, cfg.max_length) < 1:
-        raise ValueError("--batch_size, --n_batches, --predictors and --max_length must be >= 1")
-    if cfg.profile_dir and cfg.profile_steps < 1:
-        raise ValueError("--profile_steps must be >= 1 with --profile_dir")
+    cfg.validate()
     device = resolve_device(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -251,16 +268,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     pred_ids = add_predictor_tokens(lm, tok, cfg.predictors)
     lm.to(device)
     examples, data_label = load_examples(cfg, tok)
-    groups = [examples[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(cfg.n_batches)]
+    size = cfg.per_device_train_batch_size
+    groups = [examples[i * size:(i + 1) * size] for i in range(cfg.n_batches)]
     nonpad = [sum(len(ex.input_ids) for ex in g) for g in groups]
     init_state = {k: v.detach().to("cpu", copy=True) for k, v in lm.state_dict().items()}
-    if cfg.compile:  # compiled during each variant's warm-up steps, which are not timed
-        compile_decoder(lm, cfg.compile_scope)
+    if cfg.torch_compile:  # compiled during each variant's warm-up steps, which are not timed
+        compile_decoder(lm, cfg.torch_compile_scope)
     env = environment(device)
     env.update(model=model_desc, params_m=round(sum(p.numel() for p in lm.parameters()) / 1e6, 2),
-               attn=attn + (f", torch.compile'd decoder ({cfg.compile_scope})" if cfg.compile else ""),
+               attn=attn + (f", torch.compile'd decoder ({cfg.torch_compile_scope})" if cfg.torch_compile else ""),
                dtype=dtype + (" autocast, fp32 master weights" if dtype == "bf16" else ""), data=data_label,
-               examples_per_batch=cfg.batch_size, batches=cfg.n_batches,
+               examples_per_batch=cfg.per_device_train_batch_size, batches=cfg.n_batches,
                mean_example_tokens=round(sum(nonpad) / len(examples), 1),
                pairs_valid_frac=round(sum(bool(ex.valid_pairs()) for ex in examples) / len(examples), 3))
     counter = FlopCounter.of(lm)
@@ -273,7 +291,6 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     prepared = []
     for variant in cfg.variants:
         spec = BASE_VARIANTS[variant.removesuffix("_packed")]
-        lbd = cfg.lbd if spec["mode"] != "sft" else 0.0
         if spec["kind"] == "hf":
             def step_loss(b):
                 return lm(**b).loss
@@ -281,8 +298,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             # Each variant's wrapper carries its own weights of the terms; one with options also its
             # EMA copy or head (the head's few parameters stay out of the optimizer, so its AdamW
             # cost is not counted). The loss is the model's own (`step_jepa_loss`), as in training.
-            opts = JEPAOptions(lbd=lbd, stp_lbd=cfg.stp_lbd if "stp" in spec else 0.0, **spec.get("opts", {}))
-            jm = StepJEPAModel(lm, opts).to(device)
+            jm = StepJEPAModel(lm, variant_options(cfg, spec)).to(device)
 
             def step_loss(b, jm=jm):
                 jm.update_ema()  # the per-step EMA update is part of the cost (a no-op without EMA)
@@ -290,7 +306,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         t0 = time.perf_counter()
         step_flops: list[float] = []
         batches = build_batches(variant, groups, tok.pad_token_id, pred_ids, attn, cfg.pack_tokens, cfg.seed,
-                                counter, step_flops)
+                                counter, step_flops, options=variant_options(cfg, spec))
         prepared.append((variant, step_loss, batches, step_flops))
         # Progress lines, so that a run stopped by a time limit still shows where the time went.
         log(f"[bench] {variant}: {len(batches)} batches built in {time.perf_counter() - t0:.1f} s")

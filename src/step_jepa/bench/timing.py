@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import torch
 
+from step_jepa.method.options import JEPAOptions
+
 # The variants `step-jepa bench` runs without --variants (step_jepa.bench.run lists them all).
 DEFAULT_VARIANTS = ["hf_sft", "sft", "two_pass", "sp_first", "sp_all",
                     "hf_sft_packed", "sft_packed", "two_pass_packed", "sp_first_packed", "sp_all_packed"]
@@ -30,43 +32,66 @@ def _opt(default: Any, help: str, **kw: Any) -> Any:
 
 
 @dataclass
-class BenchConfig:
-    """The options of `step-jepa bench`: its flags, parsed like train's (`step_jepa.training.options`)."""
+class BenchConfig(JEPAOptions):
+    """The options of `step-jepa bench`: its flags, parsed like train's (`step_jepa.training.options`).
+
+    The JEPA options are `JEPAOptions`' (train's flags, defaults and help); the others carry
+    train's names where train has the option. Each variant sets its own layout: --jepa_mode,
+    --pairs, --jepa_ratio and --stp_positions are the variant's, --lbd and the other JEPA options
+    apply to the JEPA variants, --stp_lbd to the STP variants (with train's default 0 they use
+    the STP paper's GSM8K weight, `STP_LBD`, so that the term is costed).
+    """
 
     model: str = _opt("tiny", "tiny | smollm2 | llama1b-random | a model directory")
     data: list[str] = _opt(["generator"], "generator (default) | gsm8k [PATH] | PATH (any file load_records reads)",
                            metavar="SRC")
-    batch_size: int = _opt(32, "examples per optimizer step")
+    # Bench's own default: 32 examples per step (train's 8 times its accumulation steps); a bench
+    # step is one micro-batch, so this is train's per-device micro-batch size.
+    per_device_train_batch_size: int = _opt(32, "examples per optimizer step")
     n_batches: int = _opt(8, "fixed batches, cycled over the steps")
     steps: int = _opt(20, "timed optimizer steps per variant")
     warmup: int = _opt(5, "untimed steps first (compilation, optimizer state)")
     dtype: str = _opt("auto", "bf16 = autocast with fp32 master weights (auto: bf16 on cuda, fp32 on cpu)",
                       choices=("auto", "bf16", "fp32"))
     device: str = _opt("auto", "auto | cuda | cpu | cuda:N")
-    attn: str = _opt("auto", "attention implementation of every variant (auto: flex_attention on cuda, sdpa on cpu)",
-                     choices=("auto", "sdpa", "eager", "flex_attention"))
+    # Bench's auto differs from train's (flex only when λ > 0): every variant, SFT ones included,
+    # runs with the same attention so that their times compare.
+    attn_implementation: str = _opt("auto", "attention implementation of every variant (auto: flex_attention on "
+                                            "cuda, sdpa on cpu)",
+                                    choices=("auto", "sdpa", "eager", "flex_attention"))
     variants: list[str] = _opt(DEFAULT_VARIANTS, "variants to run, comma (or space) separated: hf_sft, sft, "
                                                  "two_pass, sp_first, sp_all, each also with _packed")
+    # Bench's own default: 512 (train's 1024) keeps the timed batches of GSM8K-sized examples small.
     max_length: int = _opt(512, "token limit per example")
-    predictors: int = _opt(1, "K predictor tokens")
-    lbd: float = _opt(0.1, "λ of the JEPA variants")
-    stp_lbd: float = _opt(0.005, "weight of the STP variants' term (the paper's GSM8K value)")
     pack_tokens: int = _opt(0, "row length of packed variants; 0 = auto (flex: the whole batch in one row; "
                                "sdpa/eager: rows as long as the variant's padded rows)")
-    lr: float = _opt(1e-5, "AdamW learning rate of the timed steps")
+    # Bench's own default: 1e-5 (train's 5e-5); the timed steps only need to move the weights.
+    learning_rate: float = _opt(1e-5, "AdamW learning rate of the timed steps")
     seed: int = _opt(0, "seed of the data, initialisation and pair choices")
     mem_steps: int = _opt(2, "CPU: untimed steps that probe the peak RSS after the timed ones (0 = skip)")
     threads: int = _opt(0, "torch CPU threads (0 = default); 1 avoids OpenMP stalls on a shared, oversubscribed host")
     rounds: int = _opt(1, "run the variant list this many times and keep each variant's fastest round (use 3+ "
                           "on a shared CPU; memory is the max over rounds); '×SFT by round' is the median of "
                           "the per-round ratios")
-    compile: bool = _opt(False, "torch.compile the decoder (dynamic shapes) for every variant; give --warmup >= 2")
-    compile_scope: str = _opt("layers", "with --compile: 'layers' compiles each decoder layer (one shared graph), "
-                                        "'decoder' the whole stack (as train's --torch_compile_scope)",
-                                choices=("layers", "decoder"))
+    torch_compile: bool = _opt(False, "torch.compile the decoder (dynamic shapes) for every variant; give "
+                                      "--warmup >= 2")
+    torch_compile_scope: str = _opt("layers", "with --torch_compile: 'layers' compiles each decoder layer (one "
+                                              "shared graph), 'decoder' the whole stack (as in train)",
+                                    choices=("layers", "decoder"))
     profile_dir: str | None = _opt(None, "after timing, profile a few more steps per variant; write "
                                          "DIR/profile_<variant>.txt", metavar="DIR")
     profile_steps: int = _opt(3, "steps profiled per variant")
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        """JEPAOptions' ranges, then bench's own."""
+        return [
+            *super()._checks(),
+            (self.steps >= 1 and self.warmup >= 1 and self.rounds >= 1,
+             "--steps, --warmup and --rounds must be >= 1 (warm-up allocates the optimizer state)"),
+            (min(self.per_device_train_batch_size, self.n_batches, self.max_length) >= 1,
+             "--per_device_train_batch_size, --n_batches and --max_length must be >= 1"),
+            (not self.profile_dir or self.profile_steps >= 1, "--profile_steps must be >= 1 with --profile_dir"),
+        ]
 
     def __post_init__(self) -> None:
         """`--variants sft,sp_first` (the documented form) and `--variants sft sp_first` alike."""
@@ -185,7 +210,7 @@ def run_variant(variant: str, lm, step_loss: Callable[[dict], torch.Tensor], bat
     lm.zero_grad(set_to_none=True)
     cuda = device.type == "cuda"
     opt_kw = {"fused": True} if cuda else {"foreach": True}
-    opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=cfg.lr, **opt_kw)
+    opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=cfg.learning_rate, **opt_kw)
     dev_batches = [_to(b, device) for b in batches]
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext())
 

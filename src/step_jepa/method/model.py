@@ -8,7 +8,6 @@ are computed only at labelled positions, and the views are gathered from the fin
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -22,36 +21,7 @@ from step_jepa.method.losses import (
     variance_covariance,
 )
 from step_jepa.method.masks import PAD, build_model_mask
-
-
-@dataclass
-class JEPAOptions:
-    lbd: float = 0.1
-    gamma: float = 1.0
-    loss: str = "cosine"
-    temperature: float = 0.1
-    layer: int = -1  # decoder layer whose output gives the views (-1 = last)
-    final_norm: bool = True  # apply the model's final norm to the views
-    head: str = "none"  # none | mlp: a predictor head on view 1 only
-    target: str = "grad"  # grad | stopgrad | ema: where view 2 comes from
-    ema_decay: float = 0.996
-    vicreg_weight: float = 0.0
-    lbd_schedule: str = "constant"
-    lbd_warmup_steps: int = 0
-    stp_lbd: float = 0.0  # weight of Semantic Tube Prediction (the collator must draw triplets: stp=...)
-
-    def lbd_at(self, step: int, total_steps: int) -> float:
-        """λ at an optimizer step: linear warm-up, then constant or decaying to 0 at the end."""
-        import math
-
-        if self.lbd_warmup_steps and step < self.lbd_warmup_steps:
-            return self.lbd * step / self.lbd_warmup_steps
-        if self.lbd_schedule == "constant" or total_steps <= self.lbd_warmup_steps:
-            return self.lbd
-        frac = min(1.0, (step - self.lbd_warmup_steps) / max(1, total_steps - self.lbd_warmup_steps))
-        if self.lbd_schedule == "linear":
-            return self.lbd * (1.0 - frac)
-        return self.lbd * 0.5 * (1.0 + math.cos(math.pi * frac))
+from step_jepa.method.options import JEPAOptions
 
 
 class PredictorHead(nn.Module):
@@ -71,7 +41,7 @@ class PredictorHead(nn.Module):
         return x + self.net(x)
 
 
-def step_jepa_loss(out: dict, options: "JEPAOptions", step: int = 0, max_steps: int = 0,
+def step_jepa_loss(out: dict, options: JEPAOptions, step: int = 0, max_steps: int = 0,
                    num_items_in_batch=None, accumulation_steps: int = 1, world_size: int = 1) -> torch.Tensor:
     """γ·L_LM + λ·L_JEPA + λ_STP·L_STP of one micro-batch, from `StepJEPAModel.terms`.
 
@@ -107,14 +77,18 @@ def _world_size() -> int:
 
 
 class StepJEPAModel(nn.Module):
-    """Wraps a causal LM (optionally PEFT) and returns the loss terms for a collated batch."""
+    """Wraps a causal LM (optionally PEFT) and returns the loss terms for a collated batch.
+
+    `options` is a `JEPAOptions` or anything that inherits it (a `StepJEPAConfig` as it is);
+    the model reads the JEPA fields under their flag names (`options.jepa_loss`, ...).
+    """
 
     def __init__(self, lm: nn.Module, options: JEPAOptions):
         super().__init__()
         self.lm = lm
         self.options = options
         hidden = lm.get_input_embeddings().weight.shape[1]
-        self.head = PredictorHead(hidden) if options.head == "mlp" else None
+        self.head = PredictorHead(hidden) if options.jepa_predictor_head == "mlp" else None
         # Where training stands, for `loss` (λ schedule, accumulation); kept current by
         # StepJEPACallback in a plain Trainer and by StepJEPATrainer (which computes its own loss).
         self.global_step = 0
@@ -122,7 +96,7 @@ class StepJEPAModel(nn.Module):
         self.accumulation_steps = 1
         # Kept out of the module tree (a list) so the optimizer, DDP and checkpoints ignore it.
         self._ema: list[nn.Module] = []
-        if options.target == "ema":
+        if options.jepa_target == "ema":
             ema = copy.deepcopy(lm).eval()
             ema.requires_grad_(False)
             self._ema.append(ema)
@@ -178,8 +152,8 @@ class StepJEPAModel(nn.Module):
         o = self.options
         captured: list[torch.Tensor] = []
         hook = None
-        if o.layer != -1 or not o.final_norm:
-            layer = decoder.layers[o.layer]
+        if o.jepa_layer != -1 or not o.jepa_final_norm:
+            layer = decoder.layers[o.jepa_layer]
             hook = layer.register_forward_hook(lambda m, i, out: captured.append(out[0] if isinstance(out, tuple) else out))
         try:
             out = decoder(input_ids=part["input_ids"], attention_mask=self._mask(part),
@@ -190,7 +164,7 @@ class StepJEPAModel(nn.Module):
         final = out.last_hidden_state
         if not captured:
             return final, final
-        views = decoder.norm(captured[-1]) if o.final_norm else captured[-1]
+        views = decoder.norm(captured[-1]) if o.jepa_final_norm else captured[-1]
         return final, views
 
     def lm_sum(self, hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -206,9 +180,9 @@ class StepJEPAModel(nn.Module):
     def target_views(self, batch: dict, v2: torch.Tensor) -> torch.Tensor:
         """View 2 as the objective sees it: with gradients (the seed), detached, or from the EMA model."""
         o = self.options
-        if o.target == "stopgrad":
+        if o.jepa_target == "stopgrad":
             return v2.detach()
-        if o.target == "ema":
+        if o.jepa_target == "ema":
             part = batch["copies"]
             with torch.no_grad():
                 ema = self._ema[0]
@@ -259,7 +233,7 @@ class StepJEPAModel(nn.Module):
         has_pairs = part["view_rows"].numel() > 0
         # In-batch negatives are gathered from every rank; a rank without pairs must still take
         # part in the collective, or the others wait for it forever.
-        gather = self.options.loss == "infonce" and _world_size() > 1
+        gather = self.options.jepa_loss == "infonce" and _world_size() > 1
         if has_pairs or gather:
             v1, v2 = self.views(source, part)
             if self.head is not None:
@@ -269,7 +243,7 @@ class StepJEPAModel(nn.Module):
             if gather:
                 v1, v2 = gather_views(v1), gather_views(v2)
         if has_pairs or (gather and len(v1) > 0):
-            out["jepa"] = jepa_loss(v1, v2, self.options.loss, self.options.temperature)
+            out["jepa"] = jepa_loss(v1, v2, self.options.jepa_loss, self.options.jepa_temperature)
             if self.options.vicreg_weight > 0:
                 reg = variance_covariance(v1.float()) + variance_covariance(v2.float())
                 out["jepa"] = out["jepa"] + self.options.vicreg_weight * reg

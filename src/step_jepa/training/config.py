@@ -13,13 +13,14 @@ import argparse
 import copy
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 from transformers import TrainingArguments
 
+from step_jepa.method.options import JEPAOptions, option
 from step_jepa.models.sources import DEFAULT_MODEL
 
 # The parser and YAML helpers are shared with `step-jepa bench` (options); imported here too,
@@ -33,16 +34,16 @@ from step_jepa.training.options import (
 )
 
 
-def _f(default: Any, help: str, **kw) -> Any:
-    return field(default=default, metadata={"help": help, **kw})
+_f = option
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "y", "on"), ("0", "false", "no", "n", "off")
 
 
 @dataclass
-class StepJEPAConfig(TrainingArguments):
-    """The options of `step-jepa train`: ours, then TrainingArguments' (some with our defaults).
+class StepJEPAConfig(JEPAOptions, TrainingArguments):
+    """The options of `step-jepa train`: the method's (`JEPAOptions`, declared there), the run's,
+    then TrainingArguments' (some with our defaults).
 
     `__post_init__` fills in what depends on our fields (batch size 1 under packing, warm-up
     from --warmup_ratio, eval strategy from --eval_file, ...), validates our ranges first (one
@@ -60,34 +61,6 @@ class StepJEPAConfig(TrainingArguments):
     max_length: int = _f(1024, "token limit per example; the answer is cut from the end, cut pairs are invalid")
     skip_invalid: bool = _f(False, "skip (and count) bad training lines instead of stopping at the first")
     system_prompt: str | None = _f(None, "override the system prompt of every record")
-    # Step-JEPA
-    lbd: float = _f(0.1, "λ, weight of the JEPA loss (0 = plain SFT, no extra tokens)")
-    gamma: float = _f(1.0, "γ, weight of the LM loss")
-    jepa_loss: str = _f("cosine", "cosine | l2 | mse | infonce | vicreg",
-                        choices=("cosine", "l2", "mse", "infonce", "vicreg"))
-    jepa_temperature: float = _f(0.1, "InfoNCE temperature")
-    vicreg_weight: float = _f(0.0, "add a VICReg variance/covariance term on both views with this weight")
-    jepa_layer: int = _f(-1, "decoder layer whose output gives the views (-1 = last)")
-    jepa_final_norm: bool = _f(True, "apply the model's final norm to the views")
-    jepa_predictor_head: str = _f("none", "none | mlp: predictor head on view 1 (saved, unused at generation)",
-                                  choices=("none", "mlp"))
-    jepa_target: str = _f("grad", "view 2 with gradients (grad), stop-gradient, or from an EMA model",
-                          choices=("grad", "stopgrad", "ema"))
-    ema_decay: float = _f(0.996, "decay of the EMA target model (--jepa_target ema)")
-    lbd_schedule: str = _f("constant", "λ after warm-up: constant | linear | cosine decay to 0",
-                           choices=("constant", "linear", "cosine"))
-    lbd_warmup_steps: int = _f(0, "linear warm-up of λ from 0 over this many steps")
-    stp_lbd: float = _f(0.0, "weight of Semantic Tube Prediction, 1 − cos(h_t − h_r, h_r − h_s) on the ordinary "
-                             "pass (0 = off); needs no step pairs, so it also works with --lbd 0")
-    stp_positions: str = _f("random", "STP triplets s < r < t: random answer tokens (the STP paper) | steps: the "
-                                      "ends of the prompt or step i-1, step i and step i+1", choices=("random", "steps"))
-    predictors: int = _f(1, "K, number of predictor tokens after step i")
-    sft_predictor_tokens: bool = _f(False, "with λ=0, still add the K (unused) predictor tokens, so an SFT "
-                                           "baseline has the same vocabulary as the JEPA runs it is compared with")
-    pairs: str = _f("first", "which step pairs: first (S1→S2) | random | all", choices=("first", "random", "all"))
-    jepa_ratio: float = _f(1.0, "probability that a micro-batch computes the JEPA term (drawn per micro-batch and rank)")
-    jepa_mode: str = _f("single_pass", "single_pass (exact, ~SFT cost) | two_pass (reference)",
-                        choices=("single_pass", "two_pass"))
     packing: bool = _f(False, "padding-free packing of several examples per row, batches by token budget")
     max_tokens_per_batch: int = _f(8192, "token budget of one packed batch (with --packing)")
     packing_budget: str = _f("all", "what the budget counts (with --packing): all (every token of the row, "
@@ -185,7 +158,7 @@ class StepJEPAConfig(TrainingArguments):
         """
         ours, self.torch_compile = self.torch_compile, False
         try:
-            super().__post_init__()
+            TrainingArguments.__post_init__(self)
         finally:
             self.torch_compile = ours
 
@@ -238,10 +211,9 @@ class StepJEPAConfig(TrainingArguments):
 
         Runs before any model or data is loaded and before anything is written, so a typo costs
         one line and a rerun, not a model load and an output dir that then refuses the rerun.
+        The JEPA ranges are `JEPAOptions`' checks; `_checks` adds the run's.
         """
-        problems = [msg for ok, msg in self._checks() if not ok]
-        if problems:
-            raise ValueError("; ".join(problems))
+        super().validate()
         if (self.jepa_loss == "infonce" and self.lbd > 0 and not self.packing and self.pairs != "all"
                 and self.per_device_train_batch_size < 2):
             # One pair per micro-batch has no negatives: InfoNCE is identically 0 and trains nothing.
@@ -249,17 +221,11 @@ class StepJEPAConfig(TrainingArguments):
                              "--per_device_train_batch_size >= 2, --packing or --pairs all")
 
     def _checks(self) -> list[tuple[bool, str]]:
-        """(value is fine, message) per range. Written as "ok" conditions so that NaN fails them."""
+        """JEPAOptions' ranges, then the run's: (value is fine, message), "ok" conditions so NaN fails."""
         return [
-            (self.lbd >= 0 and self.gamma >= 0 and self.stp_lbd >= 0, "--lbd, --gamma and --stp_lbd must be >= 0"),
-            (self.predictors >= 1, "--predictors must be >= 1"),
-            (0.0 <= self.jepa_ratio <= 1.0, "--jepa_ratio must be in [0, 1]"),
+            *super()._checks(),
             (self.max_length >= 8, "--max_length must be >= 8"),
             (self.train_file is not None or self.generate_examples >= 1, "--generate_examples must be >= 1"),
-            (self.jepa_temperature > 0, "--jepa_temperature must be > 0"),
-            (self.vicreg_weight >= 0, "--vicreg_weight must be >= 0"),
-            (0.0 <= self.ema_decay <= 1.0, "--ema_decay must be in [0, 1]"),
-            (self.lbd_warmup_steps >= 0, "--lbd_warmup_steps must be >= 0"),
             (self.eval_strategy in (None, "no") or bool(self.eval_file),
              f"--eval_strategy {self.eval_strategy} needs --eval_file"),
             (self.eval_steps is None or self.eval_steps >= 1, "--eval_steps must be >= 1"),
@@ -285,8 +251,9 @@ class StepJEPAConfig(TrainingArguments):
 
 
 def own_fields(cls: type = StepJEPAConfig) -> list[str]:
-    """Fields declared by our class: the Step-JEPA ones first, then the TrainingArguments fields
-    whose default or help we change (dataclasses keep a re-declared field at its base position)."""
+    """Fields declared by our classes (the bases before TrainingArguments: JEPAOptions' first, then
+    the run's), then the TrainingArguments fields whose default or help we change (dataclasses keep
+    a re-declared field at its base position)."""
     names: set[str] = set()
     for klass in cls.__mro__:
         if klass is TrainingArguments:

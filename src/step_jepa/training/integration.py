@@ -74,7 +74,7 @@ class StepJEPACallback(TrainerCallback):
     Before each optimizer step it sets the model's ``global_step``/``max_steps`` (the λ schedule
     of `JEPAOptions.lbd_at`) and ``accumulation_steps`` (the JEPA mean per micro-batch is divided
     by it when the Trainer normalises L_LM over the whole accumulated step); after each step it
-    moves the EMA target (``JEPAOptions(target="ema")``). Pass the model, or let the Trainer hand
+    moves the EMA target (``JEPAOptions(jepa_target="ema")``). Pass the model, or let the Trainer hand
     it over (``model`` in the callback's kwargs).
     """
 

@@ -13,7 +13,6 @@ the namespace, so a YAML value could not be told apart from a default it must ov
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import difflib
 from dataclasses import fields
@@ -26,27 +25,27 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per init field of `cls` (HfArgumentParser's rules; field metadata such as `help`,
-    `choices`, `nargs` goes to `add_argument`), plus --config.
+def dataclass_parser(cls: type) -> HfArgumentParser:
+    """`HfArgumentParser(cls)` with our rules applied to its actions, plus --config.
 
-    Defaults are suppressed so that only flags typed by the user override the YAML overlay; the
-    help line says the default instead.
+    HfArgumentParser makes one flag per init field of `cls` (field metadata such as `help`,
+    `choices`, `nargs` goes to `add_argument`); its default is then suppressed, so that only flags
+    typed by the user override the YAML overlay (the help line says the default instead), and a
+    `bool | None` flag may be given bare. Use it as a parent (`parents=[dataclass_parser(cls)]`)
+    or through `add_dataclass_arguments`.
     """
-    parser.add_argument("--config", help="YAML file of options (overridden by command-line flags)")
-    hints = get_type_hints(cls)
-    for f in fields(cls):
-        if not f.init:
-            continue
-        before = len(parser._actions)
-        # A copy: HfArgumentParser rewrites `field.type` (Optional stripped) and the class's own
-        # fields should keep their annotations.
-        g = copy.copy(f)
-        g.type = hints[f.name]  # resolved, as HfArgumentParser does before reading a field
-        HfArgumentParser._parse_dataclass_field(parser, g)
-        for action in parser._actions[before:]:
-            _suppress_default(action, field_default(cls, f.name))
-            _bare_bool(action)
+    hf = HfArgumentParser(cls, add_help=False)
+    for action in hf._actions:
+        _suppress_default(action, field_default(cls, action.dest))
+        _bare_bool(action)
+    hf.add_argument("--config", help="YAML file of options (overridden by command-line flags)")
+    return hf
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """`dataclass_parser(cls)`'s flags added to `parser` (e.g. a subcommand's), as argparse's
+    `parents=[...]` would add them."""
+    parser._add_container_actions(dataclass_parser(cls))
 
 
 def _bare_bool(action: argparse.Action) -> None:

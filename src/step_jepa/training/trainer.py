@@ -24,7 +24,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from step_jepa.data.segment import Segmented
 from step_jepa.method.losses import view_diagnostics
-from step_jepa.method.model import JEPAOptions, StepJEPAModel, step_jepa_loss
+from step_jepa.method.model import StepJEPAModel, step_jepa_loss
+from step_jepa.method.options import JEPAOptions
 
 # Run directories/checkpoints and training data live in their own modules; their names are
 # imported here too, so `from step_jepa.training.trainer import ...` keeps working.
@@ -100,6 +101,7 @@ class StepJEPATrainer(Trainer):
 
     @property
     def jepa_options(self) -> JEPAOptions:
+        """The wrapped model's options (the StepJEPAConfig it was built with, in `run_train`)."""
         return self.accelerator.unwrap_model(self.model).options
 
     def _record(self, inputs: dict, out: dict) -> None:
@@ -382,14 +384,6 @@ class MetricsFileCallback(TrainerCallback):
                 f.write(json.dumps(rec) + "\n")
 
 
-def jepa_options(cfg: StepJEPAConfig) -> JEPAOptions:
-    return JEPAOptions(
-        lbd=cfg.lbd, gamma=cfg.gamma, loss=cfg.jepa_loss, temperature=cfg.jepa_temperature, layer=cfg.jepa_layer,
-        final_norm=cfg.jepa_final_norm, head=cfg.jepa_predictor_head, target=cfg.jepa_target,
-        ema_decay=cfg.ema_decay, vicreg_weight=cfg.vicreg_weight, lbd_schedule=cfg.lbd_schedule,
-        lbd_warmup_steps=cfg.lbd_warmup_steps, stp_lbd=cfg.stp_lbd)
-
-
 def run_train(cfg: StepJEPAConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
     """The whole `step-jepa train`: data, model, trainer, final save. Returns a summary.
 
@@ -441,7 +435,7 @@ def build_trainer(cfg: StepJEPAConfig, args: TrainingArguments, lm, tok, pred_id
     attn = resolve_attn_implementation(cfg)
     dataset = make_dataset(examples, cfg)
     collator = build_collator(cfg, tok, pred_ids, attn)
-    model = StepJEPAModel(lm, jepa_options(cfg))
+    model = StepJEPAModel(lm, cfg)  # the config is a JEPAOptions
     if model._ema:
         callbacks = [StepJEPACallback(model), *(callbacks or [])]  # moves the EMA target after each step
     if cfg.debug_batch:
