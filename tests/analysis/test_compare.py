@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from step_jepa.analysis import compare as cmp
-from step_jepa.analysis.report import PLOT, RESULTS, TABLE
+from step_jepa.analysis.report import CELL_LOG, PLOT, RESULTS, TABLE
 from step_jepa.cli.main import main as cli_main
 from step_jepa.training.data import build_collator
 
@@ -164,6 +164,66 @@ def test_compare_grid_end_to_end_and_resume(tiny_model_dir, tmp_path, capsys) ->
 
 
 @pytest.mark.slow
+def test_compare_jobs_runs_cells_at_once_reports_a_failed_cell_and_resumes(tiny_model_dir, tmp_path, capsys) -> None:
+    """`--jobs 2`: a 2 × 2 grid in child processes, a log per cell, a failed cell reported with its log
+    while the others finish (exit 1); the rerun skips the finished cells and runs the failed one."""
+    import shutil
+
+    out = tmp_path / "grid"
+    cfg = write_grid(tmp_path / "grid.yaml", grid_dict(str(tiny_model_dir), out, keep_checkpoints=False))
+    trap = out / "sft" / "seed1"  # a finished training of other settings: its process refuses it
+    (trap / "final").mkdir(parents=True)
+    (trap / "train_summary.json").write_text("{}")
+    (trap / "step_jepa_config.yaml").write_text("learning_rate: 1.0\n")
+    assert cli_main(["compare", "--config", str(cfg), "--jobs", "2"]) == 1
+    printed = capsys.readouterr().out
+    assert len(list(out.glob("*/seed*/result.json"))) == 3
+    assert all((d / CELL_LOG).stat().st_size > 0 for d in out.glob("*/seed*"))
+    assert "sft seed 1: FAILED (exit 2)" in printed and str(trap / CELL_LOG) in printed
+    assert "trained with other settings" in printed  # the child's error, quoted from its log
+    assert "progress: 3/4 done, 0 running, 0 left, 1 failed" in printed
+    assert (out / TABLE).exists()  # the table of the finished cells
+
+    shutil.rmtree(trap / "final")
+    for name in ("train_summary.json", "step_jepa_config.yaml"):
+        (trap / name).unlink()
+    assert cli_main(["compare", "--config", str(cfg), "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipped, already finished") == 3 and "1 cell(s) to run" in printed
+    assert len(list(out.glob("*/seed*/result.json"))) == 4
+    assert (trap / CELL_LOG).read_text().count("=== ") == 2  # appended to, not replaced
+    assert "| sft |" in (out / TABLE).read_text()
+
+
+def test_parallel_cells_pin_gpus_and_report_failures(tmp_path) -> None:
+    """With two GPUs each cell's process gets the least busy one; a process that exits without a
+    result is a failed cell, named with its log, and the others still run."""
+    import sys
+
+    grid = cmp.load_grid(write_grid(tmp_path / "g.yaml", grid_dict("m", tmp_path / "out")))
+    show = "import os; print('device', os.environ['CUDA_VISIBLE_DEVICES'])"
+    outcome = cmp.run_cells_parallel(grid, 2, lambda name, seed: [sys.executable, "-c", show],
+                                     gpus=["0", "1"], poll_seconds=0.05)
+    assert len(outcome.failed) == 4 and not outcome.finished
+    logs = [path for _, _, _, path in outcome.failed]
+    assert all(p.name == CELL_LOG and p.exists() for p in logs)
+    devices = [p.read_text().split("device ")[-1].strip() for p in logs]
+    assert set(devices) == {"0", "1"}
+    assert cmp.run_state(logs[0].parent) == "new"  # a log alone is not a half-finished run
+
+
+def test_jobs_argument() -> None:
+    from step_jepa.cli.main import build_parser
+
+    def parse(*a):
+        return build_parser(["compare", *a]).parse_args(["compare", "--config", "g.yaml", *a])
+
+    assert parse().jobs == 1 and parse("--jobs", "3").jobs == 3 and parse("--jobs", "gpus").jobs == "gpus"
+    with pytest.raises(SystemExit):
+        parse("--jobs", "0")
+
+
+@pytest.mark.slow
 def test_same_seed_gives_same_data_order_with_and_without_jepa(tiny_model_dir, tmp_path, monkeypatch) -> None:
     """What compare promises: configs of one seed see the same examples in the same order."""
     import step_jepa.training.trainer as trainer
@@ -199,11 +259,25 @@ def test_example_grids_are_valid(name) -> None:
     assert list(grid.configs)[0] == "sft" and len(grid.seeds) >= 2
 
 
-@pytest.mark.parametrize("name", ["gsm8k_dev_sweep.yaml", "gsm8k_test.yaml", "gsm8k_h100.yaml"])
-def test_gpu_experiment_grids_are_valid(name) -> None:
-    """The grids scripts/gpu_queue.py runs: SFT first (the paired baseline), JEPA options only vary."""
-    grid = cmp.load_grid(Path(__file__).resolve().parents[2] / "examples" / name)
-    assert list(grid.configs)[0] == "sft" and grid.configs["sft"] == {"lbd": 0}
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_experiment_grids_load_and_name_their_command(path) -> None:
+    """Every experiments/ grid is valid, and its comment header gives the command that runs it."""
+    grid = cmp.load_grid(path)
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert f"step-jepa compare --config experiments/{path.name}" in header
+    assert "/root/" not in path.read_text()  # project-relative paths only
+    for script in ("experiments/gsm8k_data.sh", "experiments/chain_data.sh"):
+        if script in header:
+            assert (EXPERIMENTS.parent / script).exists()
+    if "sft" in grid.configs:  # the paired baseline comes first
+        assert list(grid.configs)[0] == "sft" and grid.configs["sft"] == {"lbd": 0}
+
+
+def test_there_are_experiment_grids() -> None:
+    assert len(list(EXPERIMENTS.glob("*.yaml"))) >= 10
 
 
 def test_compare_without_matplotlib_fails_before_training(tmp_path, monkeypatch, capsys) -> None:

