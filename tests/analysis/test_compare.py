@@ -201,7 +201,7 @@ def test_example_grids_are_valid(name) -> None:
 
 @pytest.mark.parametrize("name", ["gsm8k_dev_sweep.yaml", "gsm8k_test.yaml", "gsm8k_h100.yaml"])
 def test_gpu_experiment_grids_are_valid(name) -> None:
-    """The grids scripts/gpu_queue.py runs: SFT first (the paired baseline), JEPA options only vary."""
+    """The GPU experiment grids in examples/: SFT first (the paired baseline), JEPA options only vary."""
     grid = cmp.load_grid(Path(__file__).resolve().parents[2] / "examples" / name)
     assert list(grid.configs)[0] == "sft" and grid.configs["sft"] == {"lbd": 0}
 

@@ -1,7 +1,7 @@
 """The static-shape decode loop (step_jepa.evaluation.cuda_graphs) gives model.generate's tokens.
 
 CUDA graphs cannot be recorded on the CPU, so these tests run the very step function a graph
-records, eagerly; `scripts/gpu.py speed` checks the recorded version against the eager loop on a GPU.
+records, eagerly; `benchmarks/eval_speed.py` checks the recorded version against the eager loop on a GPU.
 """
 
 from __future__ import annotations
