@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Accuracy against training-set size, from the `step-jepa compare` reports of one size per directory.
 
-    python3 scripts/size_curve.py results/h200-2026-12-02-s4/chain/s3d2 --out curve.png
+    python3 scripts/size_curve.py results/2026-12-03-h200/chain/s3d2 --out curve.png
 
 Reads ROOT/n<N>/compare_results.json (written by `step-jepa compare --report ROOT/n<N> --baseline sft`),
 prints one markdown table (size × config: mean ± std over seeds, paired Δ vs the baseline with its

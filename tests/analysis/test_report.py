@@ -155,6 +155,34 @@ def test_report_reads_gzipped_predictions_and_metrics(tmp_path) -> None:
     assert "## Collapse diagnostics" in tables[1] and tables[0] == tables[1]
 
 
+def test_report_reads_correct_jsonl_when_predictions_are_gone(tmp_path) -> None:
+    """Committed result dirs keep only eval/correct.jsonl.gz (id + correct per problem), not the
+    model outputs: the paired statistics from it equal those from the full predictions.jsonl, and
+    a predictions.jsonl, where present, is read first."""
+    import gzip
+
+    tables = []
+    for kind in ("predictions", "correct", "both"):
+        out = tmp_path / kind
+        for name, correct, lbd in (("sft", [True, False, False, True], 0.0), ("jepa", [True, True, False, False], 0.1)):
+            _fake_result(out, name, 0, 0.5, lbd)
+            _fake_predictions(out, name, 0, correct)
+            pred = out / name / "seed0" / "eval" / rep.PREDICTIONS
+            if kind != "predictions":
+                rows = [json.loads(line) for line in pred.read_text().splitlines()]
+                with gzip.open(pred.with_name(rep.CORRECT + ".gz"), "wt") as g:
+                    # "both": a correct file that disagrees, to show predictions.jsonl wins
+                    g.write("".join(json.dumps({"id": r["id"], "correct": r["correct"] != (kind == "both")}) + "\n"
+                                    for r in rows))
+            if kind == "correct":
+                pred.unlink()
+        rows = rep.build_report(out, order=["sft", "jepa"])
+        p = rows[1]["paired"]
+        assert p["status"] == "ok" and (p["b"], p["c"], p["n_problems"]) == (1, 1, 4)
+        tables.append((out / rep.TABLE).read_text())
+    assert tables[0] == tables[1] == tables[2]
+
+
 def _write_metrics(out: Path, name: str, seed: int, rows: list[dict]) -> None:
     (out / name / f"seed{seed}" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 

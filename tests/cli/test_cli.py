@@ -57,7 +57,7 @@ def test_prepare_runs_without_torch(tmp_path):
 
 @pytest.mark.parametrize("preset", [None, "max_split_size_mb:128"])
 def test_cli_sets_expandable_segments_unless_configured(tmp_path, preset):
-    """Every command runs with expandable segments (fragmentation OOMs, docs/gpu.md); a user's own
+    """Every command runs with expandable segments (fragmentation OOMs, docs/performance.md); a user's own
     allocator config is kept as it is."""
     env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
     if preset:

@@ -37,7 +37,9 @@ GRID_COPY = "compare_grid.json"
 PREDICTIONS = "predictions.jsonl"  # written by evaluate.evaluate into <run>/eval/
 
 
-CELL_LOG = "compare.log"  # <run>/compare.log: stdout and stderr of the run's process under `compare --jobs`
+# Per-problem correctness alone ({"id", "correct"} per line), read when a run has no predictions.jsonl:
+# committed result directories keep this (gzipped) instead of the full model outputs.
+CORRECT = "correct.jsonl"
 
 
 def log(msg: str) -> None:
@@ -75,8 +77,8 @@ def read_text_or_gz(path: Path) -> str | None:
 
 
 def load_correct(path: str | Path) -> dict[str, bool]:
-    """{problem id → correct} of one predictions.jsonl. A missing id falls back to the line number
-    (every run of a grid evaluates the same records in the same order); a duplicate id is an error,
+    """{problem id → correct} of one predictions.jsonl or correct.jsonl (either may be gzipped). A
+    missing id falls back to the line number (every run of a grid evaluates the same records in the same order); a duplicate id is an error,
     because aligning by id would silently pair the wrong problems."""
     out: dict[str, bool] = {}
     text = read_text_or_gz(Path(path))
@@ -95,15 +97,19 @@ def load_correct(path: str | Path) -> dict[str, bool]:
 
 def load_run_predictions(output_dir: str | Path, results: list[dict[str, Any]]
                          ) -> tuple[dict[str, dict[int, dict[str, bool]]], dict[str, str]]:
-    """config → seed → {id → correct} for every finished run that has <run>/eval/predictions.jsonl,
-    and config → error for configs with an unreadable one (reported as n/a, not a failed report)."""
+    """config → seed → {id → correct} for every finished run that has <run>/eval/predictions.jsonl
+    (else <run>/eval/correct.jsonl; either may be gzipped), and config → error for configs with an
+    unreadable one (reported as n/a, not a failed report)."""
     out: dict[str, dict[int, dict[str, bool]]] = {}
     errors: dict[str, str] = {}
     for r in results:
-        path = run_dir(Path(output_dir), r["config"], int(r["seed"])) / "eval" / PREDICTIONS
+        eval_dir = run_dir(Path(output_dir), r["config"], int(r["seed"])) / "eval"
         try:
-            correct = load_correct(path)
-        except FileNotFoundError:  # neither predictions.jsonl nor its .gz: an older run
+            try:
+                correct = load_correct(eval_dir / PREDICTIONS)
+            except FileNotFoundError:
+                correct = load_correct(eval_dir / CORRECT)
+        except FileNotFoundError:  # no per-problem file at all: an older run
             continue
         except (ValueError, KeyError) as e:  # KeyError: a row without "correct"
             errors[r["config"]] = f"{type(e).__name__}: {e}"

@@ -1,7 +1,7 @@
 """Model FLOPs of a training step and a measured matmul peak: the two numbers behind `bench`'s MFU.
 
 MFU = FLOPs the step's layout needs / step time / the rate of one large matrix product measured on
-the same device and dtype (not a datasheet number: lent cards and shared CPUs differ from theirs).
+the same device and dtype (not a datasheet number: cards and shared CPUs differ from theirs).
 The FLOPs are counted from the layout, not profiled, so they are the same for any kernel choice:
 
 - 6 × (weights of the decoder's linear layers) × non-pad tokens of every pass (forward 2, backward 4);
