@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from step_jepa.analysis.compare import load_grid, run_grid, run_state, select_cells
-from step_jepa.analysis.report import build_report, log, run_dir
+from step_jepa.analysis.report import ProtocolMismatch, build_report, log, run_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", metavar="NAME",
                    help="with --report: the config the others are paired against (default: the grid's first, "
                         "or without a grid the first name in sorted order)")
+    p.add_argument("--allow_protocol_mismatch", action="store_true",
+                   help="report runs scored under different evaluation protocols (or without a recorded one) "
+                        "anyway, with a warning; by default the report refuses and names the differing fields")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configs (e.g. one per GPU job)")
     p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="run only these seeds")
     p.add_argument("--output_dir", help="override the grid's output_dir")
@@ -28,8 +31,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.dry_run:  # every other path ends in compare.png: fail now, not after training
         require_matplotlib("compare")
+    allow = getattr(args, "allow_protocol_mismatch", False)
     if args.report:
-        build_report(args.report, [args.baseline] if args.baseline else None)
+        try:
+            build_report(args.report, [args.baseline] if args.baseline else None, allow_protocol_mismatch=allow)
+        except ProtocolMismatch as e:
+            log(f"error: {e}")
+            return 2
         return 0
     grid = load_grid(args.config, args.output_dir)
     if args.dry_run:
@@ -39,5 +47,9 @@ def run(args: argparse.Namespace) -> int:
                 log(f"{name} seed {s}: {run_state(rdir)} -> {rdir}")
         return 0
     run_grid(grid, args.only, args.seeds)
-    build_report(grid.output_dir, list(grid.configs))
+    try:
+        build_report(grid.output_dir, list(grid.configs), allow_protocol_mismatch=allow)
+    except ProtocolMismatch as e:
+        log(f"error: {e}")
+        return 2
     return 0
