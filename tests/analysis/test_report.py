@@ -230,3 +230,62 @@ def test_report_without_jepa_runs_has_no_collapse_section(tmp_path) -> None:
     _write_metrics(tmp_path, "sft", 0, [{"step": 1, "lm_loss": 2.0}])
     rep.build_report(tmp_path)
     assert "Collapse" not in (tmp_path / rep.TABLE).read_text()
+
+
+# ---------------------------------------------------------------------------- evaluation protocols
+
+def _proto(**over) -> dict:
+    p = {"name": "step-jepa", "dtype": "float32", "max_new_tokens": 512, "max_batch_tokens": 1000,
+         "batch_size": None, "cuda_graphs": {"asked": "auto", "used": True}, "extraction": "step-jepa-strict",
+         "prompt": {"system_prompt": "record", "chat_template": "tokenizer:abc", "fewshot": 0},
+         "versions": {"torch": "2.11", "transformers": "5.17", "step_jepa": "0.1"}}
+    p.update(over)
+    return p
+
+
+def _stamp(out: Path, name: str, seed: int, protocol: dict | None) -> None:
+    path = out / name / f"seed{seed}" / rep.RESULT
+    result = json.loads(path.read_text())
+    result["eval_summary"] = {"accuracy": result["accuracy"]} | ({"protocol": protocol} if protocol else {})
+    path.write_text(json.dumps(result))
+
+
+def test_report_refuses_mismatched_protocols_and_names_the_field(tmp_path, capsys) -> None:
+    _fake_result(tmp_path, "sft", 0, 0.4, 0.0)
+    _fake_result(tmp_path, "jepa", 0, 0.5, 0.1)
+    _stamp(tmp_path, "sft", 0, _proto())
+    _stamp(tmp_path, "jepa", 0, _proto(dtype="bfloat16", max_new_tokens=256))
+    with pytest.raises(rep.ProtocolMismatch, match=r"dtype, max_new_tokens"):
+        rep.build_report(tmp_path, order=["sft", "jepa"])
+    assert not (tmp_path / rep.TABLE).exists()
+    assert cli_main(["compare", "--report", str(tmp_path)]) == 2
+    assert "--allow_protocol_mismatch" in capsys.readouterr().out
+    rep.build_report(tmp_path, order=["sft", "jepa"], allow_protocol_mismatch=True)
+    assert "different evaluation protocols" in (tmp_path / rep.TABLE).read_text()
+
+
+def test_report_protocol_batch_fields_count_outside_fp32_only_and_versions_warn(tmp_path) -> None:
+    _fake_result(tmp_path, "sft", 0, 0.4, 0.0)
+    _fake_result(tmp_path, "jepa", 0, 0.5, 0.1)
+    # fp32: batch budget and graphs do not change a token, versions only warn.
+    _stamp(tmp_path, "sft", 0, _proto())
+    _stamp(tmp_path, "jepa", 0, _proto(max_batch_tokens=5, cuda_graphs={"asked": False, "used": False},
+                                       versions={"torch": "2.12", "transformers": "5.17", "step_jepa": "0.1"}))
+    rep.build_report(tmp_path, order=["sft", "jepa"])
+    table = (tmp_path / rep.TABLE).read_text()
+    assert "versions.torch" in table
+    # bf16: the budget changes outputs, so it must match.
+    _stamp(tmp_path, "sft", 0, _proto(dtype="bfloat16"))
+    _stamp(tmp_path, "jepa", 0, _proto(dtype="bfloat16", max_batch_tokens=5))
+    with pytest.raises(rep.ProtocolMismatch, match="max_batch_tokens"):
+        rep.build_report(tmp_path, order=["sft", "jepa"])
+
+
+def test_report_unknown_protocol_needs_the_flag(tmp_path) -> None:
+    for name in ("sft", "jepa"):
+        _fake_result(tmp_path, name, 0, 0.4, 0.0 if name == "sft" else 0.1)
+    rep.build_report(tmp_path, order=["sft", "jepa"])  # two old runs: nothing is known to differ
+    _stamp(tmp_path, "jepa", 0, _proto())
+    with pytest.raises(rep.ProtocolMismatch, match="unknown"):
+        rep.build_report(tmp_path, order=["sft", "jepa"])
+    rep.build_report(tmp_path, order=["sft", "jepa"], allow_protocol_mismatch=True)

@@ -247,7 +247,7 @@ def test_every_option_has_help(cmd):
 
 
 @pytest.mark.parametrize("cmd, line", [
-    ("eval", "generation limit per problem, in tokens (default: 512)"),
+    ("eval", "generation limit per problem, in tokens (default: 512;"),
     ("inspect", "(0-based line of --train_file) (default: 0)"),  # a default of 0 is shown too
     ("bench", "examples per optimizer step (default: 32)"),
 ])

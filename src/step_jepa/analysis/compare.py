@@ -6,7 +6,8 @@ paired statistics :mod:`step_jepa.analysis.stats`.
 A grid file (YAML) has five keys::
 
     base:        StepJEPAConfig fields shared by every run (model, data, steps, lr, batch size, ...)
-    eval:        test_file | generate (+ seed), max_new_tokens, batch_size, limit, lenient, dtype, system_prompt
+    eval:        test_file | generate (+ seed), max_new_tokens, batch_size, limit, lenient, dtype (default fp32),
+                 system_prompt, cuda_graphs (default: on for CUDA)
     configs:     name -> overrides of the JEPA options only (lbd, predictors, pairs, jepa_loss, ...)
     seeds:       [0, 1, 2]
     output_dir:  where <name>/seed<s>/ run directories and the table/plot go
@@ -55,7 +56,7 @@ from step_jepa.analysis.report import (
     log,
     run_dir,
 )
-from step_jepa.evaluation.evaluate import EVAL_DTYPES
+from step_jepa.evaluation.evaluate import DEFAULT_EVAL_DTYPE, EVAL_DTYPES
 from step_jepa.training.config import StepJEPAConfig, config_dict
 from step_jepa.training.options import coerce_numbers, load_yaml
 
@@ -156,7 +157,7 @@ def _validate_eval(grid: Grid, where: str) -> None:
         raise ValueError(f"{where}: eval: give exactly one of test_file or generate")
     if not isinstance(ev.get("cuda_graphs", False), bool):
         raise ValueError(f"{where}: eval.cuda_graphs must be true or false")
-    if ev.get("dtype", "auto") not in EVAL_DTYPES:
+    if ev.get("dtype", DEFAULT_EVAL_DTYPE) not in EVAL_DTYPES:
         raise ValueError(f"{where}: eval.dtype must be one of {', '.join(EVAL_DTYPES)}")
     # The same ranges as `step-jepa eval`: found now, not after the grid's first training run.
     small = [k for k in ("generate", "max_new_tokens", "batch_size", "max_batch_tokens", "limit")
@@ -232,7 +233,7 @@ def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]
     from step_jepa.models.loading import load_for_inference
 
     ev = _eval_settings(grid)
-    dtype_name = EVAL_DTYPES[ev.get("dtype", "auto")]
+    dtype_name = EVAL_DTYPES[ev.get("dtype", DEFAULT_EVAL_DTYPE)]  # fp32 unless the grid says (bf16: budget-dependent)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = load_for_inference(str(final_dir), dtype=getattr(torch, dtype_name) if dtype_name else None,
                                     device=device)
@@ -240,7 +241,7 @@ def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]
         return evaluate(model, tok, records, out_dir=out_dir, max_new_tokens=int(ev.get("max_new_tokens", 512)),
                         batch_size=ev.get("batch_size"), max_batch_tokens=ev.get("max_batch_tokens"),
                         system_prompt=ev.get("system_prompt"), lenient=bool(ev.get("lenient", False)),
-                        progress=False, model_name=str(final_dir), cuda_graphs=bool(ev.get("cuda_graphs", False)))
+                        progress=False, model_name=str(final_dir), cuda_graphs=ev.get("cuda_graphs"))  # None: on for CUDA
     finally:
         del model
         _free_memory()

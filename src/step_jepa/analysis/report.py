@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from step_jepa.analysis.stats import EXACT_BELOW, alignment_note, paired_stats
+from step_jepa.evaluation.evaluate import protocol_differences
 
 RESULT = "result.json"
 
@@ -406,17 +407,68 @@ def plot_compare(rows: list[dict[str, Any]], path: str | Path):
     return fig
 
 
-def build_report(output_dir: str | Path, order: list[str] | None = None) -> list[dict[str, Any]]:
+class ProtocolMismatch(ValueError):
+    """Runs scored under different evaluation protocols (summary.json ``protocol``) in one report."""
+
+
+def run_protocol(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The evaluation protocol a result.json was scored under; None for runs from before it was recorded."""
+    return (result.get("eval_summary") or {}).get("protocol")
+
+
+def protocol_check(results: list[dict[str, Any]], allow_mismatch: bool = False) -> list[str]:
+    """Refuse to compare runs scored under different protocols; return the warnings to print.
+
+    Every run is checked against the first (in config, seed order): a field that changes the score
+    (dtype, max_new_tokens, extraction, prompt, ...; the batch budget only outside fp32) raises
+    :class:`ProtocolMismatch` naming it, as does a run without a recorded protocol next to one with
+    (an "unknown protocol"). ``allow_mismatch`` turns both into warnings. Differing versions (torch,
+    transformers, step-jepa) only warn.
+    """
+    if not results:
+        return []
+    ordered = sorted(results, key=lambda r: (str(r["config"]), int(r["seed"])))
+    ref = ordered[0]
+    ref_name = f"{ref['config']}/seed{ref['seed']}"
+    problems, warnings = [], []
+    version_fields: set[str] = set()
+    for r in ordered[1:]:
+        diff, versions = protocol_differences(run_protocol(ref), run_protocol(r))
+        version_fields.update(versions)
+        if diff:
+            problems.append(f"{r['config']}/seed{r['seed']} vs {ref_name}: {', '.join(diff)}")
+    if version_fields:
+        warnings.append(f"runs were evaluated with different versions ({', '.join(sorted(version_fields))}); "
+                        "the protocol is otherwise the same")
+    if problems:
+        unknown = any("unknown" in p for p in problems)
+        msg = ("runs were scored under different evaluation protocols, so their accuracies are not comparable: "
+               + "; ".join(problems)
+               + (". Runs without a recorded protocol were evaluated before step-jepa recorded it (bf16 by "
+                  "default then, whose outputs depend on the batch budget): re-evaluate them" if unknown else "")
+               + ". Pass --allow_protocol_mismatch to report them anyway.")
+        if not allow_mismatch:
+            raise ProtocolMismatch(msg)
+        warnings.append(msg.replace(" Pass --allow_protocol_mismatch to report them anyway.",
+                                    " Reported anyway (--allow_protocol_mismatch)."))
+    return warnings
+
+
+def build_report(output_dir: str | Path, order: list[str] | None = None,
+                 allow_protocol_mismatch: bool = False) -> list[dict[str, Any]]:
     """Rebuild compare_table.md, compare_results.json and compare.png from the result.json files,
-    plus per-problem paired stats of every config against the first from eval/predictions.jsonl."""
+    plus per-problem paired stats of every config against the first from eval/predictions.jsonl.
+    Runs scored under different evaluation protocols raise :class:`ProtocolMismatch` (see
+    :func:`protocol_check`) unless ``allow_protocol_mismatch``."""
     out = Path(output_dir)
     results = collect_results(out)
     if not results:
         raise FileNotFoundError(f"no */seed*/{RESULT} under {out}")
+    protocol_warnings = protocol_check(results, allow_protocol_mismatch)
     if order is None and (out / GRID_COPY).exists():
         order = list(json.loads((out / GRID_COPY).read_text()).get("configs", {}))
     rows = aggregate(results, order)
-    warnings = consistency_warnings(results)
+    warnings = consistency_warnings(results) + protocol_warnings
     paired = paired_vs_baseline(out, rows, results)
     for row in rows:  # None for the baseline itself
         row["paired"] = paired.get(row["config"])

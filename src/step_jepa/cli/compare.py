@@ -13,7 +13,7 @@ from step_jepa.analysis.compare import (
     select_cells,
     visible_gpus,
 )
-from step_jepa.analysis.report import RESULT, build_report, log, run_dir
+from step_jepa.analysis.report import RESULT, ProtocolMismatch, build_report, log, run_dir
 
 
 def _jobs(value: str) -> int | str:
@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", metavar="NAME",
                    help="with --report: the config the others are paired against (default: the grid's first, "
                         "or without a grid the first name in sorted order)")
+    p.add_argument("--allow_protocol_mismatch", action="store_true",
+                   help="report runs scored under different evaluation protocols (or without a recorded one) "
+                        "anyway, with a warning; by default the report refuses and names the differing fields")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configs")
     p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="run only these seeds")
     p.add_argument("--output_dir", help="override the grid's output_dir")
@@ -62,8 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.dry_run and not args.no_report:  # every other path ends in compare.png: fail now, not after training
         require_matplotlib("compare")
+    allow = getattr(args, "allow_protocol_mismatch", False)
     if args.report:
-        build_report(args.report, [args.baseline] if args.baseline else None)
+        try:
+            build_report(args.report, [args.baseline] if args.baseline else None, allow_protocol_mismatch=allow)
+        except ProtocolMismatch as e:
+            log(f"error: {e}")
+            return 2
         return 0
     grid = load_grid(args.config, args.output_dir)
     if args.dry_run:
@@ -84,5 +92,9 @@ def run(args: argparse.Namespace) -> int:
         failed = run_cells_parallel(grid, jobs, cell_command(args, str(grid.output_dir)), args.only,
                                     args.seeds).failed
     if not args.no_report and any(grid.output_dir.glob(f"*/seed*/{RESULT}")):
-        build_report(grid.output_dir, list(grid.configs))
+        try:
+            build_report(grid.output_dir, list(grid.configs), allow_protocol_mismatch=allow)
+        except ProtocolMismatch as e:
+            log(f"error: {e}")
+            return 2
     return 1 if failed else 0

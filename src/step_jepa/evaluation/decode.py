@@ -404,10 +404,29 @@ def _decode_with_fallback(model: Any, seqs: list[list[int]], decode: Callable[[l
                 + _decode_with_fallback(model, seqs[half:], decode))
 
 
+def resolve_budget(model: Any, max_batch_tokens: int | None, batch_size: int | None) -> tuple[int | None, int | None]:
+    """The (max_batch_tokens, batch_size) :func:`generate` actually uses: on CUDA the token budget
+    defaults to half the free memory (:func:`default_batch_tokens`), on CPU the rows to 16.
+    Recorded in summary.json: in bf16 the budget changes the outputs."""
+    device = next(model.parameters()).device
+    if max_batch_tokens is None:
+        max_batch_tokens = default_batch_tokens(model)
+    if batch_size is None and device.type != "cuda":
+        batch_size = 16
+    return max_batch_tokens, batch_size
+
+
+def resolve_cuda_graphs(model: Any, cuda_graphs: bool | None) -> bool:
+    """``None`` (auto): CUDA graphs on a CUDA device, the plain loop elsewhere."""
+    if cuda_graphs is None:
+        return next(model.parameters()).device.type == "cuda"
+    return bool(cuda_graphs)
+
+
 def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], *, max_new_tokens: int = 512,
              batch_size: int | None = None, max_batch_tokens: int | None = None, progress: bool = True,
              stop_ids: Sequence[int] | None = None, check_every: int = 8,
-             cuda_graphs: bool = False, graph_window: int = 128, stats: list[dict] | None = None
+             cuda_graphs: bool | None = False, graph_window: int = 128, stats: list[dict] | None = None
              ) -> list[GenResult]:
     """Greedy completions of chat prompts (system + user messages), in the order given.
 
@@ -416,22 +435,35 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], *, max_n
     one batch.  On CPU ``batch_size`` defaults to 16.  A batch that raises is retried in halves; an
     example that fails alone gets ``GenResult(error=...)``.  ``cuda_graphs`` replays each decode step
     as a recorded CUDA graph (:mod:`step_jepa.evaluation.cuda_graphs`; SDPA models without sliding windows; on
-    the CPU the same static-shape loop runs without recording), over attention windows rounded up
-    to ``graph_window`` slots. ``stats``: a list that receives one dict per decoded batch.
+    the CPU the same static-shape loop runs without recording; ``None``: on for a CUDA device only), over
+    attention windows rounded up to ``graph_window`` slots. ``stats``: a list that receives one dict per
+    decoded batch.
     """
+    if not prompts:
+        return []
+    return generate_ids(model, tokenizer, encode_prompts(tokenizer, prompts), max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress,
+                        stop_ids=stop_ids, check_every=check_every, cuda_graphs=cuda_graphs,
+                        graph_window=graph_window, stats=stats)
+
+
+def generate_ids(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]], *, max_new_tokens: int = 512,
+                 batch_size: int | None = None, max_batch_tokens: int | None = None, progress: bool = True,
+                 stop_ids: Sequence[int] | None = None, check_every: int = 8,
+                 cuda_graphs: bool | None = False, graph_window: int = 128, stats: list[dict] | None = None
+                 ) -> list[GenResult]:
+    """:func:`generate` from already tokenized prompts (e.g. lm-eval's plain-text few-shot prompts)."""
     import torch
     from tqdm.auto import tqdm
 
-    if not prompts:
+    if not seqs:
         return []
-    seqs = encode_prompts(tokenizer, prompts)
+    seqs = [list(s) for s in seqs]
     stops = list(stop_ids) if stop_ids is not None else stop_token_ids(model, tokenizer)
     pad_id = _pad_id(tokenizer, stops)
     device = next(model.parameters()).device
-    if max_batch_tokens is None:
-        max_batch_tokens = default_batch_tokens(model)
-    if batch_size is None and device.type != "cuda":
-        batch_size = 16
+    max_batch_tokens, batch_size = resolve_budget(model, max_batch_tokens, batch_size)
+    cuda_graphs = resolve_cuda_graphs(model, cuda_graphs)
     batches = plan_batches([len(s) for s in seqs], max_new_tokens, max_batch_tokens, batch_size)
 
     def decode(batch: list[list[int]]) -> list[list[int]]:

@@ -8,6 +8,13 @@ The pipeline, each layer usable alone:
 * this module: :func:`evaluate` scores records, writes ``predictions.jsonl`` and ``summary.json``.
   Every example is in the denominator: no answer and generation errors count as wrong.
 
+Every summary.json carries a ``protocol``: what decides the score besides the model (dtype, batch
+budget, CUDA graphs, max_new_tokens, extraction rule, prompt format, versions).
+:func:`protocol_differences` says which of those differ between two runs; ``compare --report``
+refuses to pair runs that differ (see docs/evaluate.md). The default is fp32 compute: measured on an
+H100 (SmolLM2-135M SFT, GSM8K test), bf16 greedy outputs changed for ~1/3 of the problems when only
+the batch budget changed, fp32 outputs did not.
+
 :func:`add_cli` registers ``step-jepa eval``.
 """
 
@@ -20,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from step_jepa.data.answers import answers_match, extract_answer
-from step_jepa.evaluation.decode import GenResult, generate
+from step_jepa.evaluation.decode import GenResult, generate, resolve_budget, resolve_cuda_graphs
 
 # --------------------------------------------------------------------------------------------------------
 # Evaluation
@@ -67,24 +74,27 @@ def _versions() -> dict[str, str]:
 def evaluate(model: Any, tokenizer: Any, records: Sequence[dict], *, out_dir: str | Path,
              max_new_tokens: int = 512, batch_size: int | None = None, max_batch_tokens: int | None = None,
              system_prompt: str | None = None, lenient: bool = False, progress: bool = True,
-             model_name: str | None = None, cuda_graphs: bool = False, graph_window: int = 128) -> dict:
+             model_name: str | None = None, cuda_graphs: bool | None = None, graph_window: int = 128) -> dict:
     """Generate for every record, score against ``record["answer"]``, write predictions and summary.
 
     Denominator policy: accuracy = correct / len(records).  An output without an extractable answer
     and an example whose generation raised are both wrong, never skipped, so a model cannot look
-    better by failing more.
+    better by failing more.  ``cuda_graphs=None``: on for a CUDA device, off elsewhere.
     """
     import torch
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = build_prompts(records, system_prompt)
+    max_batch_tokens, batch_size = resolve_budget(model, max_batch_tokens, batch_size)
+    graphs = resolve_cuda_graphs(model, cuda_graphs)
+    stats: list[dict] = []
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    max_batch_tokens=max_batch_tokens, progress=progress, cuda_graphs=cuda_graphs,
-                    graph_window=graph_window)
+                    max_batch_tokens=max_batch_tokens, progress=progress, cuda_graphs=graphs,
+                    graph_window=graph_window, stats=stats)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -94,11 +104,90 @@ def evaluate(model: Any, tokenizer: Any, records: Sequence[dict], *, out_dir: st
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = _summarize(rows, seconds, model, max_new_tokens, lenient, model_name, batch_size, system_prompt)
-    summary["cuda_graphs"] = cuda_graphs
-    if cuda_graphs:
+    summary["max_batch_tokens"] = max_batch_tokens
+    summary["cuda_graphs"] = graphs
+    if graphs:
         summary["graph_window"] = graph_window
+    summary["protocol"] = protocol(
+        "step-jepa", model, tokenizer, max_new_tokens=max_new_tokens, max_batch_tokens=max_batch_tokens,
+        batch_size=batch_size, cuda_graphs=cuda_graphs, stats=stats,
+        extraction="step-jepa-lenient" if lenient else "step-jepa-strict",
+        prompt={"system_prompt": "record" if system_prompt is None else system_prompt,
+                "chat_template": chat_template_id(tokenizer), "fewshot": 0})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+# --------------------------------------------------------------------------------------------------------
+# Protocol: what decides a score besides the model
+# --------------------------------------------------------------------------------------------------------
+
+# Fields that describe how the outputs are produced only; in fp32 they do not change a token
+# (decoding is batch-invariant, and CUDA-graph and loop decoding agree: tests/evaluation), so two
+# fp32 runs differing only in them are comparable. In bf16/fp16 they change outputs.
+BATCH_FIELDS = ("max_batch_tokens", "batch_size", "cuda_graphs")
+
+
+def chat_template_id(tokenizer: Any) -> str:
+    """Which chat template renders the prompts: ``tokenizer:<sha256[:12]>`` of the template text, or
+    ``plain`` for step-jepa's fallback (tokenizers without one)."""
+    import hashlib
+
+    from step_jepa.data.segment import chat_template_of
+
+    own = getattr(tokenizer, "chat_template", None)
+    text = chat_template_of(tokenizer)
+    if not own or not isinstance(text, str):
+        return "plain"
+    return "tokenizer:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def protocol(name: str, model: Any, tokenizer: Any, *, max_new_tokens: int, max_batch_tokens: int | None,
+             batch_size: int | None, cuda_graphs: bool | None, stats: list[dict], extraction: str,
+             prompt: dict) -> dict:
+    """The protocol block of summary.json. ``cuda_graphs``: what was asked (None = auto) and whether a
+    graph was actually recorded (CUDA, an SDPA model without sliding windows)."""
+    used = any(s.get("loop") == "static" and s.get("captures", 0) > 0 for s in stats)
+    return {
+        "name": name,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "max_new_tokens": max_new_tokens,
+        "max_batch_tokens": max_batch_tokens,
+        "batch_size": batch_size,
+        "cuda_graphs": {"asked": "auto" if cuda_graphs is None else bool(cuda_graphs), "used": used},
+        "extraction": extraction,
+        "prompt": prompt,
+        "versions": _versions(),
+    }
+
+
+def protocol_differences(a: dict | None, b: dict | None) -> tuple[list[str], list[str]]:
+    """(fields that make two runs' scores incomparable, version fields that differ) of two protocols.
+
+    ``None`` (a result written before protocols were recorded) differs from any protocol as
+    ``["protocol (unknown)"]``; two unknowns are not known to differ. The batch fields count only when
+    either run decoded in a dtype other than float32 (see :data:`BATCH_FIELDS`); the budget's
+    ``cuda_graphs`` entry compares what was used, not what was asked.
+    """
+    if a is None and b is None:
+        return [], []
+    if a is None or b is None:
+        return ["protocol (unknown: written before step-jepa recorded it)"], []
+    skip = {"versions"}
+    if a.get("dtype") == "float32" and b.get("dtype") == "float32":
+        skip |= set(BATCH_FIELDS)
+    diff = []
+    for key in sorted((set(a) | set(b)) - skip):
+        va, vb = a.get(key), b.get(key)
+        if key == "cuda_graphs":
+            va, vb = (v.get("used") if isinstance(v, dict) else v for v in (va, vb))
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diff += [f"{key}.{k}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+        elif va != vb:
+            diff.append(key)
+    va, vb = a.get("versions") or {}, b.get("versions") or {}
+    versions = [f"versions.{k}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+    return diff, versions
 
 
 def _score(record: dict, gen: GenResult, lenient: bool) -> dict:
@@ -141,20 +230,9 @@ def _summarize(rows: list[dict], seconds: float, model: Any, max_new_tokens: int
 # Command line
 # --------------------------------------------------------------------------------------------------------
 
+# fp32 is the default of `eval` and `compare`: batch-invariant greedy outputs. bf16/fp16 are faster, and
+# their outputs depend on the batch budget. "auto" = bf16 on a CUDA GPU, the checkpoint dtype on CPU.
 EVAL_DTYPES = {"auto": None, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+DEFAULT_EVAL_DTYPE = "fp32"
