@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from step_jepa.data.records import DataError, Skip
 
@@ -120,13 +121,13 @@ class Report:
             return f"  {path}:{n}: {reason}" + (f": {_clip(detail, _SCREEN_DETAIL_CHARS)}" if detail else "")
 
         if self.skipped_lines:
-            shown = self.skipped_lines[:max_lines]
+            first = self.skipped_lines[:max_lines]
             out.append("first skipped lines:")
-            out += [line(*skip) for skip in shown]
+            out += [line(*skip) for skip in first]
             if self.total_skipped > max_lines:
                 out.append(f"  ... and {self.total_skipped - max_lines} more (see the report file for details)")
             # Every reason gets one example on screen, even when the first lines are all another one.
-            shown_reasons = {r for _, _, r, _ in shown}
+            shown_reasons = {r for _, _, r, _ in first}
             rest = [(r, self.skipped_examples[r][0]) for r, _ in self._by_count()
                     if r not in shown_reasons and self.skipped_examples.get(r)]
             if rest:

@@ -71,7 +71,7 @@ class PredictorHead(nn.Module):
         return x + self.net(x)
 
 
-def step_jepa_loss(out: dict, options: "JEPAOptions", step: int = 0, max_steps: int = 0,
+def step_jepa_loss(out: dict, options: JEPAOptions, step: int = 0, max_steps: int = 0,
                    num_items_in_batch=None, accumulation_steps: int = 1, world_size: int = 1) -> torch.Tensor:
     """γ·L_LM + λ·L_JEPA + λ_STP·L_STP of one micro-batch, from `StepJEPAModel.terms`.
 
