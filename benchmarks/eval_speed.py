@@ -33,8 +33,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from step_jepa.evaluation import evaluate as ev  # noqa: E402
-from step_jepa.evaluation.decode import GenResult, _pad_id, _to_result, _trim, attention_backends, encode_prompts, generate, plan_batches, stop_token_ids
+from step_jepa.evaluation import evaluate as ev
+from step_jepa.evaluation.decode import (
+    GenResult,
+    _pad_id,
+    _to_result,
+    _trim,
+    attention_backends,
+    encode_prompts,
+    generate,
+    plan_batches,
+    stop_token_ids,
+)
 
 SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                     num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,

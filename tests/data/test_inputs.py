@@ -61,7 +61,7 @@ def test_truncated_last_line_says_so():
 def test_skipping_counts_every_line(name, kept, expected):
     records, report = load_records(FIX / name, skip_invalid=True)
     assert len(records) == kept == report.written
-    assert {line: reason for _, line, reason in report.skipped_lines} == expected
+    assert {line: reason for _, line, reason, _ in report.skipped_lines} == expected
     assert report.lines_read == report.written + sum(report.skipped.values())
     for rec in records:
         assert_prepared(rec)
@@ -132,7 +132,9 @@ def test_mixed_directory(tmp_path):
     out = tmp_path / "mixed.jsonl"
     report = prepare(FIX / "mixed_dir", out)
     assert report.written == 8 and report.skipped == {"invalid json": 1}
-    assert report.skipped_lines == [(str(FIX / "mixed_dir/nested/d_prepared.jsonl"), 2, "invalid json")]
+    [(path, line, reason, detail)] = report.skipped_lines
+    assert (path, line, reason) == (str(FIX / "mixed_dir/nested/d_prepared.jsonl"), 2, "invalid json")
+    assert "at column" in detail  # where on the line the JSON breaks
     assert report.blank_lines == 1 and report.lines_read == 9
     ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
     # JSON-array elements are numbered by the line they start on; nested files keep their folder.
@@ -183,6 +185,29 @@ def test_report_format_and_invariant():
     assert r.consistent
     text = r.format()
     assert "2  invalid json" in text and "f.jsonl:3: invalid json" in text and "4:1" in text
+
+
+def test_report_keeps_details_per_reason():
+    r = Report()
+    for n in range(30):
+        r.add_skip("f.jsonl", n + 1, "invalid json", f"Expecting value at column {n}")
+    r.add_skip("g.jsonl", 7, "answer mismatch", "response says '41', ground truth is '42'")
+    r.add_skip("g.jsonl", 8, "duplicate id", "x" * 5000)
+    d = r.to_dict()
+    assert list(d["skipped_details"]) == ["invalid json", "answer mismatch", "duplicate id"]  # by count
+    assert len(d["skipped_details"]["invalid json"]) == inputs.MAX_DETAILS_PER_REASON
+    assert d["skipped_details"]["invalid json"][3] == {"path": "f.jsonl", "line": 4,
+                                                       "detail": "Expecting value at column 3"}
+    assert d["skipped_details"]["answer mismatch"] == [
+        {"path": "g.jsonl", "line": 7, "detail": "response says '41', ground truth is '42'"}]
+    assert len(d["skipped_details"]["duplicate id"][0]["detail"]) == inputs.MAX_DETAIL_CHARS  # capped
+    assert d["skipped_lines"][0] == {"path": "f.jsonl", "line": 1, "reason": "invalid json",
+                                     "detail": "Expecting value at column 0"}
+    text = r.format(max_lines=5)
+    assert "f.jsonl:1: invalid json: Expecting value at column 0" in text and "f.jsonl:6:" not in text
+    # the first 5 lines are all "invalid json": the other reasons still get one example each
+    assert "g.jsonl:7: answer mismatch: response says '41', ground truth is '42'" in text
+    assert "g.jsonl:8: duplicate id: xxx" in text and "x" * 200 not in text  # clipped on screen
 
 
 # ---------------------------------------------------------------------------- ignored directory files

@@ -26,8 +26,33 @@ def test_prepare_writes_records_and_report(tmp_path, capsys):
     assert saved["lines_read"] == 8 == saved["written"] + sum(saved["skipped"].values())
     assert saved["skipped"] == {"missing field": 2, "non-string field": 2, "empty field": 1,
                                 "not a json object": 1, "unknown format": 1}
-    assert "non-string field" in printed and f"{FIX / 'bad_fields.jsonl'}:4: non-string field" in printed
+    assert "non-string field" in printed and f"{FIX / 'bad_fields.jsonl'}:4: non-string field: " in printed
+    # every reason has its lines with file:line and what was wrong, in the file and on screen
+    assert set(saved["skipped_details"]) == set(saved["skipped"])
+    for reason, details in saved["skipped_details"].items():
+        assert len(details) == saved["skipped"][reason]
+        assert all(d["path"] == str(FIX / "bad_fields.jsonl") and d["line"] > 1 and d["detail"] for d in details)
+        d = details[0]
+        assert f"{d['path']}:{d['line']}: {reason}: {d['detail']}" in printed
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["bad_fields-1"]
+
+
+def test_prepare_report_says_what_was_wrong(tmp_path, capsys):
+    """The details --strict shows for its one line, for every skipped line of a normal run."""
+    src = tmp_path / "in.jsonl"
+    good = {"id": "a", "question": "Q?", "deepseek_response": "Step one.\n\nStep two.\n\nSo \\boxed{5}", "ground_truth": "5"}
+    src.write_text("\n".join([json.dumps(good), json.dumps(dict(good, ground_truth="6")), '{"question": "Q?",,}',
+                              json.dumps(good)]) + "\n")
+    out = tmp_path / "out.jsonl"
+    report = prepare(src, out)
+    printed = capsys.readouterr().out
+    saved = json.loads(Path(f"{out}.report.json").read_text())["skipped_details"]
+    assert saved["answer mismatch"] == [{"path": str(src), "line": 2, "detail": "response says '5', ground truth is '6'"}]
+    [invalid] = saved["invalid json"]
+    assert invalid["line"] == 3 and "at column 19" in invalid["detail"]  # the second comma
+    assert f"{src}:2: answer mismatch: response says '5', ground truth is '6'" in printed
+    assert f"{src}:3: invalid json: " in printed
+    assert report.skipped["duplicate id"] == 1 and "already used" in saved["duplicate id"][0]["detail"]
 
 
 def test_prepare_strict_stops_without_output(tmp_path):
@@ -110,7 +135,8 @@ def test_dataset_rows_are_converted(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     report = prepare(None, tmp_path / "o.jsonl", dataset="openai/gsm8k", split="test")
     assert calls == [("openai/gsm8k", "main", "test")]  # gsm8k needs its "main" config
-    assert report.written == 3 and report.skipped_lines == [("openai/gsm8k[test]", 4, "no final answer")]
+    assert report.written == 3
+    assert [s[:3] for s in report.skipped_lines] == [("openai/gsm8k[test]", 4, "no final answer")]
     ids = [json.loads(x)["id"] for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert ids == ["openai/gsm8k-test-0", "openai/gsm8k-test-1", "openai/gsm8k-test-2"]
 

@@ -11,8 +11,9 @@ view points the same way); the diagnostics separate the two.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -9,8 +9,8 @@ block pictures show exactly what a user needs to check: who may see whom.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from step_jepa.method.collapse import (
     ViewSet,
-    unit_rows,
     centered,
     cosine_pairs,
     negative_partners,
+    unit_rows,
 )
 
 VIEW_COLORS = ("#1f77b4", "#ff7f0e")

@@ -346,7 +346,7 @@ def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
                                 f"of them record is equal (recorded by only some: {', '.join(extra)})")
         if len(d["eval"]) > 1:
             warnings.append(f"seed {s}: runs were evaluated with different settings")
-    counts = {}
+    counts: dict[str, int] = {}
     for r in results:
         counts[r["config"]] = counts.get(r["config"], 0) + 1
     if len(set(counts.values())) > 1:

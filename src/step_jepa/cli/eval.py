@@ -71,7 +71,8 @@ def _load_model(name: str, dtype: str, device: str | None):
     """Load through ``step_jepa.models.loading.load_for_inference`` (adapters, merged dirs, offline default)."""
     import torch
 
-    torch_dtype = getattr(torch, EVAL_DTYPES[dtype]) if EVAL_DTYPES[dtype] else None
+    dtype_name = EVAL_DTYPES[dtype]
+    torch_dtype = getattr(torch, dtype_name) if dtype_name else None
     from step_jepa.models.loading import load_for_inference
 
     return load_for_inference(name, dtype=torch_dtype, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -87,7 +88,7 @@ def _dataset_records(name: str, config: str | None, split: str) -> list[dict]:
         raise SystemExit("--dataset needs the `datasets` package: pip install 'step-jepa[datasets]'") from exc
     try:
         ds = load_dataset(name, config, split=split) if config else load_dataset(name, split=split)
-    except Exception as exc:  # noqa: BLE001 - network, auth and name errors all end the same way
+    except Exception as exc:  # network, auth and name errors all end the same way
         raise SystemExit(f"could not load dataset {name!r} ({config}, {split}): {exc}\n"
                          "Offline? Save the split as JSONL and pass --test_file.") from exc
     with tempfile.TemporaryDirectory() as tmp:

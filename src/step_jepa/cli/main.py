@@ -6,8 +6,8 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from step_jepa.cli.parsing import DefaultsFormatter, Parser
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 # Names users bring from other tools, that neither a prefix nor difflib would lead to.
 ALIASES: dict[str, tuple[str, ...]] = {

@@ -13,7 +13,8 @@ from step_jepa.data.records import DEFAULT_SYSTEM_PROMPT, DataError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add ``step-jepa prepare`` to an argparse subparsers object."""
     p.description = ("Convert raw data into prepared Step-JEPA JSONL. Bad lines are skipped and counted "
-        "per reason (see the printed report and <output>.report.json); --strict stops at the "
+        "per reason; the printed report shows the first ones with file:line and what was wrong, "
+        "<output>.report.json the first lines of every reason (skipped_details); --strict stops at the "
         "first one with a file:line error instead.")
     src = p.add_argument_group("sources (at least one)")
     src.add_argument("--input", metavar="PATH", help="a .jsonl/.json file or a directory of them")

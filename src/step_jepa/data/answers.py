@@ -29,8 +29,8 @@ def last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` with balanced braces (``\\boxed{\\frac{1}{2}}``)."""
     start = text.rfind("\\boxed{")
     while start != -1:
-        depth, i = 0, start + len("\\boxed")
-        for i in range(i, len(text)):
+        depth = 0
+        for i in range(start + len("\\boxed"), len(text)):
             if text[i] == "{":
                 depth += 1
             elif text[i] == "}":

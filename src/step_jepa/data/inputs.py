@@ -12,15 +12,27 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from step_jepa.data.records import DataError, Skip
 
 # Per-line details kept in a report; counts stay exact beyond it. A 10M-line file full of
 # errors must not turn the report itself into a memory problem.
 MAX_SKIPPED_DETAILS = 1000
+# The first skipped lines of every reason, with their details, so a reason that is rare (or
+# comes late in the input) still shows examples next to one that fills MAX_SKIPPED_DETAILS.
+MAX_DETAILS_PER_REASON = 20
+# A detail quotes values from the input (the two answers of an "answer mismatch"); cap its length
+# in the report file, and further on screen.
+MAX_DETAIL_CHARS = 500
+_SCREEN_DETAIL_CHARS = 160
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -36,7 +48,10 @@ class Report:
     lines_read: int = 0
     written: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
-    skipped_lines: list[tuple[str, int, str]] = field(default_factory=list)
+    # (path, line, reason, detail) of the first MAX_SKIPPED_DETAILS skipped lines.
+    skipped_lines: list[tuple[str, int, str, str]] = field(default_factory=list)
+    # reason -> (path, line, detail) of its first MAX_DETAILS_PER_REASON skipped lines.
+    skipped_examples: dict[str, list[tuple[str, int, str]]] = field(default_factory=dict)
     step_histogram: dict[int, int] = field(default_factory=dict)
     blank_lines: int = 0
     files: list[str] = field(default_factory=list)
@@ -49,10 +64,15 @@ class Report:
         n = record["total_steps"]
         self.step_histogram[n] = self.step_histogram.get(n, 0) + 1
 
-    def add_skip(self, path: str, line: int, reason: str) -> None:
+    def add_skip(self, path: str, line: int, reason: str, detail: str = "") -> None:
+        """Count a skipped line; keep its ``detail`` (what exactly was wrong) among the first ones."""
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        detail = _clip(detail, MAX_DETAIL_CHARS)
         if len(self.skipped_lines) < MAX_SKIPPED_DETAILS:
-            self.skipped_lines.append((path, line, reason))
+            self.skipped_lines.append((path, line, reason, detail))
+        examples = self.skipped_examples.setdefault(reason, [])
+        if len(examples) < MAX_DETAILS_PER_REASON:
+            examples.append((path, line, detail))
 
     @property
     def total_skipped(self) -> int:
@@ -62,13 +82,21 @@ class Report:
     def consistent(self) -> bool:
         return self.lines_read == self.written + self.total_skipped
 
+    def _by_count(self) -> list[tuple[str, int]]:
+        return sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+
     def to_dict(self) -> dict:
         return {
             "lines_read": self.lines_read,
             "written": self.written,
-            "skipped": dict(sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "skipped": dict(self._by_count()),
             "total_skipped": self.total_skipped,
-            "skipped_lines": [{"path": p, "line": n, "reason": r} for p, n, r in self.skipped_lines],
+            # Per reason, its first MAX_DETAILS_PER_REASON lines with what was wrong on each.
+            "skipped_details": {
+                reason: [{"path": p, "line": n, "detail": d} for p, n, d in self.skipped_examples.get(reason, [])]
+                for reason, _ in self._by_count()
+            },
+            "skipped_lines": [{"path": p, "line": n, "reason": r, "detail": d} for p, n, r, d in self.skipped_lines],
             "skipped_lines_truncated": self.total_skipped > len(self.skipped_lines),
             "step_histogram": {str(k): v for k, v in sorted(self.step_histogram.items())},
             "blank_lines": self.blank_lines,
@@ -78,20 +106,33 @@ class Report:
         }
 
     def format(self, max_lines: int = 10) -> str:
-        """Human-readable summary: totals, counts per skip reason, the first skipped lines."""
+        """Human-readable summary: totals, counts per skip reason, the first ``max_lines`` skipped
+        lines with their details, and the first line of every reason not among them."""
         out = [
             f"lines read: {self.lines_read} (from {len(self.files)} source(s); "
             f"{self.blank_lines} blank line(s) ignored)",
             f"written:    {self.written}" + (f" -> {self.output}" if self.output else ""),
             f"skipped:    {self.total_skipped}",
         ]
-        for reason, count in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])):
+        for reason, count in self._by_count():
             out.append(f"  {count:>8}  {reason}")
+
+        def line(path: str, n: int, reason: str, detail: str) -> str:
+            return f"  {path}:{n}: {reason}" + (f": {_clip(detail, _SCREEN_DETAIL_CHARS)}" if detail else "")
+
         if self.skipped_lines:
+            first = self.skipped_lines[:max_lines]
             out.append("first skipped lines:")
-            out += [f"  {p}:{n}: {r}" for p, n, r in self.skipped_lines[:max_lines]]
+            out += [line(*skip) for skip in first]
             if self.total_skipped > max_lines:
-                out.append(f"  ... and {self.total_skipped - max_lines} more")
+                out.append(f"  ... and {self.total_skipped - max_lines} more (see the report file for details)")
+            # Every reason gets one example on screen, even when the first lines are all another one.
+            shown_reasons = {r for _, _, r, _ in first}
+            rest = [(r, self.skipped_examples[r][0]) for r, _ in self._by_count()
+                    if r not in shown_reasons and self.skipped_examples.get(r)]
+            if rest:
+                out.append("first line of each other reason:")
+                out += [line(p, n, r, d) for r, (p, n, d) in rest]
         if self.ignored_files:
             shown = ", ".join(self.ignored_files[:max_lines])
             more = f", ... and {len(self.ignored_files) - max_lines} more" if len(self.ignored_files) > max_lines else ""
@@ -188,16 +229,23 @@ def _read_json_document(label: str, data: bytes) -> Iterator[_Item] | None:
     return _array_items(label, text)
 
 
+_JSON_WS = re.compile(r"[ \t\r\n]*")
+
+
+def _skip_ws(text: str, idx: int) -> int:
+    m = _JSON_WS.match(text, idx)  # always matches (possibly empty); the check is for the type checker
+    return m.end() if m else idx
+
+
 def _array_items(label: str, text: str) -> Iterator[_Item]:
     decoder = json.JSONDecoder()
-    ws = re.compile(r"[ \t\r\n]*")
-    idx = ws.match(text, text.index("[") + 1).end()
+    idx = _skip_ws(text, text.index("[") + 1)
     while text[idx] != "]":
         obj, end = decoder.raw_decode(text, idx)
         yield label, text.count("\n", 0, idx) + 1, obj
-        idx = ws.match(text, end).end()
+        idx = _skip_ws(text, end)
         if text[idx] == ",":
-            idx = ws.match(text, idx + 1).end()
+            idx = _skip_ws(text, idx + 1)
 
 
 def _read_file(path: Path, label: str, report: Report) -> Iterator[_Item]:
@@ -250,7 +298,7 @@ class _Collector:
         except Skip as skip:
             if self.strict:
                 raise DataError(f"{label}:{line}: {skip}") from None
-            self.report.add_skip(label, line, skip.reason)
+            self.report.add_skip(label, line, skip.reason, skip.detail)
             return None
         self.seen.add(record["id"])
         self.report.add_written(record)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from step_jepa.data.formats import FORMATS, convert_line
 from step_jepa.data.inputs import (
@@ -36,11 +37,11 @@ def _hub_items(dataset: str, split: str, report: Report) -> Iterator[tuple[_Item
             "pip install 'step-jepa[datasets]' (or pip install datasets), "
             "or download the data and pass it with --input"
         ) from None
-    name, _, config = dataset.partition(":")
-    config = config or _DEFAULT_HUB_CONFIGS.get(name)
+    name, _, given_config = dataset.partition(":")
+    config = given_config or _DEFAULT_HUB_CONFIGS.get(name)
     try:
         rows = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # network, auth, unknown name: all end the same way for the user
+    except Exception as e:  # noqa: BLE001 - network, auth, unknown name: all end the same way for the user
         raise DataError(
             f"could not load dataset {dataset!r} (split {split!r}) from the Hugging Face Hub: "
             f"{type(e).__name__}: {e}. Check the name and your network, "

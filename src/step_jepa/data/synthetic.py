@@ -12,8 +12,8 @@ a larger ``n`` extends a smaller one instead of reshuffling it.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from step_jepa.data.records import DEFAULT_SYSTEM_PROMPT, final_answer_step, make_record
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 # --------------------------------------------------------------------------------------------------------
 # Prompt encoding and batching

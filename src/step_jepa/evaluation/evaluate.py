@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from step_jepa.data.answers import answers_match, extract_answer
 from step_jepa.evaluation.decode import GenResult, generate, resolve_budget, resolve_cuda_graphs

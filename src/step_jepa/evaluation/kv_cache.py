@@ -20,7 +20,8 @@ tokens as ``model.generate`` (tested on CPU in fp32 against it).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

@@ -3,7 +3,7 @@ chunks, so that [B, T, V] logits are never built (and the LM head padded to an a
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

@@ -217,7 +217,7 @@ def check_cached_copy(d: Path) -> None:
     _check_cached_copy(str(d), tok_file.stat().st_mtime_ns if tok_file.exists() else 0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _check_cached_copy(d: str, tokenizer_mtime_ns: int) -> None:
     from transformers import AutoTokenizer
 

@@ -7,7 +7,7 @@ fast tokenizer's.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
