@@ -219,6 +219,7 @@ def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]
 
     from step_jepa.evaluation.evaluate import evaluate
     from step_jepa.models.loading import load_for_inference
+    from step_jepa.training.model_card import update_model_card_eval
 
     ev = _eval_settings(grid)
     dtype_name = EVAL_DTYPES[ev.get("dtype", "auto")]
@@ -226,10 +227,12 @@ def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]
     model, tok = load_for_inference(str(final_dir), dtype=getattr(torch, dtype_name) if dtype_name else None,
                                     device=device)
     try:
-        return evaluate(model, tok, records, out_dir=out_dir, max_new_tokens=int(ev.get("max_new_tokens", 512)),
-                        batch_size=ev.get("batch_size"), max_batch_tokens=ev.get("max_batch_tokens"),
-                        system_prompt=ev.get("system_prompt"), lenient=bool(ev.get("lenient", False)),
-                        progress=False, model_name=str(final_dir), cuda_graphs=bool(ev.get("cuda_graphs", False)))
+        summary = evaluate(model, tok, records, out_dir=out_dir, max_new_tokens=int(ev.get("max_new_tokens", 512)),
+                           batch_size=ev.get("batch_size"), max_batch_tokens=ev.get("max_batch_tokens"),
+                           system_prompt=ev.get("system_prompt"), lenient=bool(ev.get("lenient", False)),
+                           progress=False, model_name=str(final_dir), cuda_graphs=bool(ev.get("cuda_graphs", False)))
+        update_model_card_eval(final_dir, summary, data=Path(ev["test_file"]).stem if ev.get("test_file") else f"generated{ev.get('generate')}-s{ev.get('seed')}")
+        return summary
     finally:
         del model
         _free_memory()
