@@ -32,12 +32,7 @@ def load_records(train_file: str | None, n: int) -> list[dict]:
 def main(model: str, output_dir: str, max_steps: int = 20, train_file: str | None = None, n: int = 64,
          lbd: float = 0.1, predictors: int = 1, learning_rate: float = 5e-5, batch_size: int = 4):
     from datasets import Dataset
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        Trainer,
-        TrainingArguments,
-    )
+    from transformers import Trainer, TrainingArguments
 
     from step_jepa import (
         JEPAOptions,
@@ -45,15 +40,15 @@ def main(model: str, output_dir: str, max_steps: int = 20, train_file: str | Non
         StepJEPACollator,
         StepJEPAModel,
         add_predictor_tokens,
+        load_model,
         tokenize_for_step_jepa,
     )
 
-    tok = AutoTokenizer.from_pretrained(model)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    # Resolved as `step-jepa train --model` resolves it: a local dir, the hub, or offline the
+    # converted copy of the default model (an unreachable hub fails in seconds, saying what to do).
     # sdpa takes our dense boolean mask; on CUDA "flex_attention" avoids the B×T×T mask
     # (then pass pad_multiple=128 to the collator).
-    lm = AutoModelForCausalLM.from_pretrained(model, attn_implementation="sdpa")
+    lm, tok = load_model(model, attn_implementation="sdpa")
     pred_ids = add_predictor_tokens(lm, tok, predictors)
 
     records = [{"id": str(r.get("id", i)), "messages": r["messages"]} for i, r in enumerate(load_records(train_file, n))]

@@ -23,7 +23,6 @@ def main(model: str, output_dir: str, max_steps: int = 20, train_file: str | Non
          lbd: float = 0.1, predictors: int = 1, learning_rate: float = 5e-5, batch_size: int = 4):
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     from step_jepa import (
@@ -32,6 +31,7 @@ def main(model: str, output_dir: str, max_steps: int = 20, train_file: str | Non
         StepJEPACollator,
         StepJEPAModel,
         add_predictor_tokens,
+        load_model,
         tokenize_for_step_jepa,
     )
     from step_jepa.training.integration import StepJEPALossMixin
@@ -39,10 +39,9 @@ def main(model: str, output_dir: str, max_steps: int = 20, train_file: str | Non
     class StepJEPASFTTrainer(StepJEPALossMixin, SFTTrainer):
         pass
 
-    tok = AutoTokenizer.from_pretrained(model)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(model, attn_implementation="sdpa")
+    # Resolved as `step-jepa train --model` resolves it: a local dir, the hub, or offline the
+    # converted copy of the default model (an unreachable hub fails in seconds, saying what to do).
+    lm, tok = load_model(model, attn_implementation="sdpa")
     pred_ids = add_predictor_tokens(lm, tok, predictors)
 
     records = [{"id": str(r.get("id", i)), "messages": r["messages"]} for i, r in enumerate(load_records(train_file, n))]

@@ -29,6 +29,7 @@ _API = {
     "resolve_model_path": "step_jepa.models.sources",
     "add_predictor_tokens": "step_jepa.models.loading",
     "load_for_inference": "step_jepa.models.loading",
+    "load_model": "step_jepa.models.loading",
     "StepJEPAConfig": "step_jepa.training.config",
     "StepJEPACallback": "step_jepa.training.integration",
     "tokenize_for_step_jepa": "step_jepa.training.integration",

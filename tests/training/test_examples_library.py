@@ -43,9 +43,29 @@ def _run(module: str, tiny_dir: Path, out: Path):
     return trainer
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """The examples resolve models as the CLI does (`load_model`): with the hub off they must not reach for it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 def test_hf_trainer_example(tiny_dir, tmp_path):
     _run("hf_trainer", tiny_dir, tmp_path / "hf")
 
 
 def test_trl_sft_example(tiny_dir, tmp_path):
     _run("trl_sft", tiny_dir, tmp_path / "trl")
+
+
+def test_examples_fail_fast_and_say_what_to_do(tmp_path):
+    """A model found nowhere: ModelNotFound naming HF_HUB_OFFLINE and the fix, not a hub OSError."""
+    from step_jepa.models.sources import ModelNotFound
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import hf_trainer
+
+        with pytest.raises(ModelNotFound, match="Tried"):
+            hf_trainer.main("nobody/no-such-model", str(tmp_path / "x"), max_steps=1, n=2)
+    finally:
+        sys.path.remove(str(EXAMPLES))

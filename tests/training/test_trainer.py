@@ -177,9 +177,10 @@ class _KeepModel:
 @pytest.mark.slow
 @pytest.mark.parametrize("tie", [False, True])
 def test_lora_final_loads_the_documented_way_with_the_same_logits(tmp_path: Path, tie: bool):
-    """final/ of a --lora run holds only the adapter, the K predictor rows (not the whole resized
-    embedding) and a portable base name; loaded with `load_for_inference` or with PEFT onto a
-    resized base, it gives the logits of the model that was trained, predictor column included."""
+    """final/ of a --lora run holds the adapter, the predictor rows (untied: K rows of the embedding
+    and the head; tied: the resized input embedding, see `finalize_adapter`) and a portable base
+    name; loaded with `load_for_inference` or with plain PEFT onto a resized base — which then
+    survives `tie_weights()` — it gives the logits of the trained model, predictor column included."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -206,6 +207,9 @@ def test_lora_final_loads_the_documented_way_with_the_same_logits(tmp_path: Path
         base = AutoModelForCausalLM.from_pretrained(base_dir)
         base.resize_token_embeddings(len(ftok))
         adapter = PeftModel.from_pretrained(base, final).eval()
+        adapter.tie_weights()  # raised AttributeError for a tied model with trainable tokens (peft 0.21)
+        if tie:
+            assert adapter.get_output_embeddings().weight is adapter.get_input_embeddings().weight
         for got in (merged(input_ids=ids).logits, adapter(input_ids=ids).logits):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     # The predictor rows were trained (not still at their initial values), so the check above covers them.
@@ -219,13 +223,21 @@ def test_lora_final_loads_the_documented_way_with_the_same_logits(tmp_path: Path
 
     with safe_open(str(final / "adapter_model.safetensors"), "pt") as f:
         shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
-    assert not [k for k, s in shapes.items() if s[0] >= len(tok)]  # no full embedding / head matrix
-    assert sum(1 for k in shapes if "trainable_tokens_delta" in k) == (1 if tie else 2)
-    trainable = sum(p.numel() * p.element_size() for p in trained.parameters() if p.requires_grad)
-    assert (final / "adapter_model.safetensors").stat().st_size < trainable + 16_384  # + the JSON header
+    full = [k for k, s in shapes.items() if s[0] >= len(tok)]
+    if tie:  # the resized input embedding alone, no trainable tokens (they break tie_weights on load)
+        assert full == ["base_model.model.model.embed_tokens.weight"] and shapes[full[0]][0] == len(ftok)
+        assert not [k for k in shapes if "trainable_tokens" in k]
+    else:  # K rows of the embedding and of the head, no full matrix
+        assert not full and sum(1 for k in shapes if "trainable_tokens_delta" in k) == 2
+        trainable = sum(p.numel() * p.element_size() for p in trained.parameters() if p.requires_grad)
+        assert (final / "adapter_model.safetensors").stat().st_size < trainable + 16_384  # + the JSON header
     import json
 
-    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base_dir.resolve())
+    acfg = json.loads((final / "adapter_config.json").read_text())
+    assert acfg["base_model_name_or_path"] == str(base_dir.resolve())
+    assert (acfg["trainable_token_indices"] is None) == tie
+    base_record = json.loads((final / "step_jepa_base.json").read_text())
+    assert base_record["kind"] == "local" and base_record["path"] == str(base_dir.resolve())
 
 
 def test_lora_adapter_records_the_model_name_the_user_gave(model_dir: Path, tmp_path: Path):

@@ -231,6 +231,7 @@ def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]
 
     from step_jepa.evaluation.evaluate import evaluate
     from step_jepa.models.loading import load_for_inference
+    from step_jepa.training.model_card import update_model_card_eval
 
     ev = _eval_settings(grid)
     dtype_name = EVAL_DTYPES[ev.get("dtype", DEFAULT_EVAL_DTYPE)]  # fp32 unless the grid says (bf16: budget-dependent)
@@ -238,10 +239,12 @@ def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]
     model, tok = load_for_inference(str(final_dir), dtype=getattr(torch, dtype_name) if dtype_name else None,
                                     device=device)
     try:
-        return evaluate(model, tok, records, out_dir=out_dir, max_new_tokens=int(ev.get("max_new_tokens", 512)),
-                        batch_size=ev.get("batch_size"), max_batch_tokens=ev.get("max_batch_tokens"),
-                        system_prompt=ev.get("system_prompt"), lenient=bool(ev.get("lenient", False)),
-                        progress=False, model_name=str(final_dir), cuda_graphs=ev.get("cuda_graphs"))  # None: on for CUDA
+        summary = evaluate(model, tok, records, out_dir=out_dir, max_new_tokens=int(ev.get("max_new_tokens", 512)),
+                           batch_size=ev.get("batch_size"), max_batch_tokens=ev.get("max_batch_tokens"),
+                           system_prompt=ev.get("system_prompt"), lenient=bool(ev.get("lenient", False)),
+                           progress=False, model_name=str(final_dir), cuda_graphs=ev.get("cuda_graphs"))  # None: on for CUDA
+        update_model_card_eval(final_dir, summary, data=Path(ev["test_file"]).stem if ev.get("test_file") else f"generated{ev.get('generate')}-s{ev.get('seed')}")
+        return summary
     finally:
         del model
         _free_memory()
@@ -470,7 +473,7 @@ def run_cells_parallel(grid: Grid, jobs: int, cell_command: Callable[[str, int],
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
         cmd = cell_command(name, s)
-        out = open(rdir / CELL_LOG, "a", encoding="utf-8")  # noqa: SIM115 - held open for the child, closed when it ends
+        out = open(rdir / CELL_LOG, "a", encoding="utf-8")
         out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}"
                   f"{f' (CUDA_VISIBLE_DEVICES={device})' if device is not None else ''}\n")
         out.flush()
@@ -500,7 +503,7 @@ def run_cells_parallel(grid: Grid, jobs: int, cell_command: Callable[[str, int],
                     log(f"{name} seed {s}: FAILED (exit {rc}): {_last_line(path)}; log {path}")
                 progress()
     except BaseException:  # Ctrl-C or an error here: do not leave children training on their own
-        for proc, out, _ in running.values():
+        for proc, _out, _ in running.values():
             proc.terminate()
         for proc, out, _ in running.values():
             try:

@@ -208,6 +208,10 @@ def run(args: argparse.Namespace) -> int:
                        system_prompt=args.system_prompt, lenient=args.lenient,
                        progress=not args.no_progress, model_name=args.model,
                        cuda_graphs=_graphs(args.cuda_graphs), graph_window=args.graph_window)
+    from step_jepa.training.model_card import update_model_card_eval
+
+    if update_model_card_eval(args.model, summary, data=source):  # a step-jepa final/: its card gets the scores
+        print(f"[step-jepa] model card updated: {Path(args.model) / 'README.md'}")
     print(f"accuracy {summary['accuracy']:.4f} ({summary['correct']}/{summary['n']}), "
           f"no answer {summary['no_answer']}, errors {summary['errors']}, "
           f"{summary['generation_seconds']:.1f} s, {summary['generated_tokens_per_s']} tok/s -> {out_dir}")

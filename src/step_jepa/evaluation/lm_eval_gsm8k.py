@@ -36,8 +36,9 @@ import json
 import random
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 TASKS = {"lm-eval-gsm8k": False, "lm-eval-gsm8k-chat": True}  # protocol name -> apply_chat_template
 

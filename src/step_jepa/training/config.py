@@ -33,7 +33,6 @@ from step_jepa.training.options import (
     resolve_dataclass,
 )
 
-
 _f = option
 
 

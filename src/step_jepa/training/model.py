@@ -82,3 +82,48 @@ def apply_lora(lm, cfg: StepJEPAConfig, new_rows: list[int]):
 def _module_leaf(root: torch.nn.Module, module: torch.nn.Module) -> str:
     """The last component of `module`'s name in `root` (what PEFT matches target keys against)."""
     return next(name for name, m in root.named_modules() if m is module).rsplit(".", 1)[-1]
+
+
+def finalize_adapter(final_dir: str | Path, lm, cfg: StepJEPAConfig, model_path: str) -> None:
+    """Make a saved LoRA ``final/`` loadable by standard clients and record its base.
+
+    Tied embeddings: PEFT's trainable tokens wrap the input embedding (and the tied head) on
+    load, so ``model.embed_tokens.weight`` is no longer a parameter and transformers 5's
+    ``tie_weights()`` (called by ``resize_token_embeddings``, ``device_map`` dispatch, ...) raises
+    AttributeError (peft 0.21; untied models have nothing to tie). For a tied model the adapter
+    therefore stores the resized input embedding itself (trained predictor rows included), the
+    way PEFT saves a targeted embedding, and no trainable tokens: PEFT loads it into the base's
+    own embedding, which the head stays tied to. It costs the embedding's size on disk (SmolLM2:
+    49k × 576 fp32, 113 MB) against K rows; an untied model keeps the K-row form.
+
+    The base: ``base_model_name_or_path`` is what the user passed (hub id or absolute local
+    path), ``revision`` the hub commit when the weights came from a hub snapshot, and
+    `BASE_RECORD` beside it says which weights were trained on (a dequantized GGUF copy: its
+    path, source file and sha256), which `load_for_inference` checks. (PEFT warns "upgrade
+    PEFT" on any key of adapter_config.json it does not know, so the record is a file of its own.)
+    """
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from step_jepa.models.loading import BASE_RECORD
+    from step_jepa.models.sources import weights_source
+
+    final_dir = Path(final_dir)
+    cfg_file = final_dir / "adapter_config.json"
+    acfg = json.loads(cfg_file.read_text())
+    source = weights_source(cfg.model, model_path)
+    if source.get("kind") == "hub" and source.get("revision"):
+        acfg["revision"] = source["revision"]
+    tied = lm.config.get_text_config().tie_word_embeddings
+    if tied and acfg.get("trainable_token_indices"):
+        weights_file = final_dir / "adapter_model.safetensors"
+        state = {k: v for k, v in load_file(weights_file).items() if "trainable_tokens_" not in k}
+        base = lm.get_base_model()
+        emb = base.get_input_embeddings()  # the TrainableTokensWrapper: .weight is the merged matrix
+        name = next(n for n, m in base.named_modules() if m is emb)
+        state[f"base_model.model.{name}.weight"] = emb.weight.detach().to("cpu").contiguous().clone()
+        save_file(state, weights_file, metadata={"format": "pt"})
+        acfg["trainable_token_indices"] = None
+    cfg_file.write_text(json.dumps(acfg, indent=2, sort_keys=True))
+    (final_dir / BASE_RECORD).write_text(json.dumps(source, indent=1))

@@ -26,6 +26,7 @@ from step_jepa.data.segment import Segmented
 from step_jepa.method.losses import view_diagnostics
 from step_jepa.method.model import StepJEPAModel, step_jepa_loss
 from step_jepa.method.options import JEPAOptions
+from step_jepa.models.sources import weights_source
 
 # Run directories/checkpoints and training data live in their own modules; their names are
 # imported here too, so `from step_jepa.training.trainer import ...` keeps working.
@@ -52,7 +53,8 @@ from step_jepa.training.data import (
 from step_jepa.training.integration import StepJEPACallback
 
 # Model construction lives in modeling; imported here too for `from step_jepa.training.trainer import build_model`.
-from step_jepa.training.model import build_model, resolve_attn_implementation
+from step_jepa.training.model import build_model, finalize_adapter, resolve_attn_implementation
+from step_jepa.training.model_card import push_final, write_model_card
 
 
 class NonFiniteLossError(RuntimeError, ValueError):
@@ -261,6 +263,14 @@ class StepJEPATrainer(Trainer):
             self._t0 = time.perf_counter()
         super().log(logs, *args, **kwargs)
 
+    # ---- --push_to_hub: run_train pushes final/ with its model card once training is done; the
+    # Trainer's own pushes (a repo created before training, every checkpoint uploaded) are off.
+    def init_hf_repo(self, *args, **kwargs) -> None:
+        self.hub_model_id = None
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        pass
+
     # ---- saving the inner HF model (loadable with from_pretrained / PeftModel.from_pretrained)
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir or self.args.output_dir
@@ -412,7 +422,9 @@ def run_train(cfg: StepJEPAConfig, callbacks: list[TrainerCallback] | None = Non
     result = trainer.train(resume_from_checkpoint=resume_ckpt)
     seconds = time.perf_counter() - t0
     final_dir = Path(cfg.output_dir) / "final"
-    trainer.save_model(str(final_dir))
+    trainer.save_model(str(final_dir), _internal_call=True)  # pushed below, with its model card
+    if cfg.lora and trainer.is_world_process_zero():
+        finalize_adapter(final_dir, trainer.accelerator.unwrap_model(trainer.model).lm, cfg, model_path)
     if cfg.lora and cfg.merge and trainer.is_world_process_zero():
         merged = trainer.accelerator.unwrap_model(trainer.model).lm.merge_and_unload()
         merged.save_pretrained(Path(cfg.output_dir) / "merged")
@@ -424,7 +436,10 @@ def run_train(cfg: StepJEPAConfig, callbacks: list[TrainerCallback] | None = Non
         write_rank_fingerprint(trainer, Path(cfg.output_dir))
     if trainer.is_world_process_zero():
         (Path(cfg.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        write_model_card(final_dir, cfg, summary, data_report, weights_source(cfg.model, model_path))
         print(f"[step-jepa] done: {json.dumps(summary)[:400]}", flush=True)
+        if cfg.push_to_hub:
+            print(f"[step-jepa] pushed {final_dir} to {push_final(final_dir, cfg)}", flush=True)
     return summary
 
 
