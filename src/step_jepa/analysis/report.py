@@ -41,6 +41,7 @@ PREDICTIONS = "predictions.jsonl"  # written by evaluate.evaluate into <run>/eva
 # Per-problem correctness alone ({"id", "correct"} per line), read when a run has no predictions.jsonl:
 # committed result directories keep this (gzipped) instead of the full model outputs.
 CORRECT = "correct.jsonl"
+CELL_LOG = "compare.log"  # <run>/compare.log: stdout and stderr of the run's process under `compare --jobs`
 
 
 def log(msg: str) -> None:

@@ -478,7 +478,7 @@ def generate_ids(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]], *, m
         with torch.inference_mode(), attention_backends(device), \
                 tqdm(total=len(seqs), desc="generate", unit="ex", disable=not progress) as bar:
             for idx in batches:
-                for i, toks in zip(idx, _decode_with_fallback(model, [seqs[i] for i in idx], decode)):
+                for i, toks in zip(idx, _decode_with_fallback(model, [list(seqs[i]) for i in idx], decode)):
                     results[i] = _to_result(tokenizer, toks, set(stops))
                 bar.update(len(idx))
     finally:

@@ -173,14 +173,14 @@ def regex_filter(resp: str, pattern: str, group_select: int = 0, fallback: str =
     """lm_eval's ``RegexFilter`` on one response."""
     if not isinstance(resp, str):
         resp = ""
-    match = re.findall(pattern, resp)
-    if not match:
+    found = re.findall(pattern, resp)
+    if not found:
         return fallback
-    match = match[group_select]
-    if isinstance(match, tuple):
-        match = [m for m in match if m]
-        match = match[0] if match else fallback
-    return match.strip()
+    match = found[group_select]
+    if isinstance(match, tuple):  # several groups: the first non-empty one, as lm_eval's filter takes
+        groups = [m for m in match if m]
+        match = groups[0] if groups else fallback
+    return str(match).strip()
 
 
 def strict_match(resp: str) -> str:
