@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 GSM8K_DIR = SHARED / "data" / "gsm8k"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: without it they are skipped, not failed."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA (the gpu marker)")
+        for item in gpu:
+            item.add_marker(skip)
 
 
 def record(steps: list[str], question: str = "How many apples?", rid: str = "r0") -> dict:
@@ -39,9 +53,10 @@ def tok_llama3():
     return build_tiny_tokenizer("llama3")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
-    """A saved tiny Llama + chatml tokenizer: a model directory the CLI and the Trainer can load."""
+    """A saved tiny Llama + chatml tokenizer: a model directory the CLI and the Trainer can load
+    (read only: built once per test run)."""
     from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
     d = tmp_path_factory.mktemp("tiny")
@@ -58,14 +73,14 @@ def gsm8k_dir() -> Path:
     return GSM8K_DIR
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tok():
     from step_jepa.models.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def problems():
     from step_jepa.data.synthetic import generate_problems
 
@@ -101,6 +116,23 @@ def skip_reason(obj, **kw) -> str:
         convert_line(obj, **kw)
     assert exc.value.reason in SKIP_REASONS
     return exc.value.reason
+
+
+def main_in_process(*args: str) -> subprocess.CompletedProcess:
+    """`step-jepa ARGS` in this process (a fresh interpreter costs seconds of torch imports): the
+    real entry point, its exit code (argparse's SystemExit included), stdout and stderr."""
+    import contextlib
+    import io
+
+    from step_jepa.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return subprocess.CompletedProcess(["step-jepa", *args], rc, out.getvalue(), err.getvalue())
 
 
 def run_cli(argv: list[str]) -> int:

@@ -16,16 +16,10 @@ from step_jepa.training.data import build_collator
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A random tiny Llama + byte-level BPE chat tokenizer saved like a hub model."""
-    from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny_model")
-    tok = build_tiny_tokenizer("chatml")
-    build_tiny_model(len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+@pytest.fixture
+def tiny_model_dir(model_dir: Path) -> Path:
+    """A random tiny Llama + byte-level BPE chat tokenizer saved like a hub model (the session's)."""
+    return model_dir
 
 
 def grid_dict(model: str, out: Path, **extra) -> dict:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import main_in_process
 
 from step_jepa.cli import main as cli
 from step_jepa.cli.parsing import suggest
@@ -22,8 +23,15 @@ def python(code: str, env: dict[str, str] | None = None, cwd: Path | None = None
                           cwd=cwd, timeout=300)
 
 
-def step_jepa(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return python(f"import sys; from step_jepa.cli.main import main; sys.exit(main({list(args)!r}))", env)
+def step_jepa(*args: str) -> subprocess.CompletedProcess:
+    return main_in_process(*args)
+
+
+@pytest.fixture(autouse=True)
+def _own_allocator_setting(monkeypatch):
+    """main() sets PYTORCH_CUDA_ALLOC_CONF; in-process calls must not leave it to other tests."""
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "placeholder")
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, cmd: str, text: str) -> None:
@@ -36,13 +44,18 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, cmd: str, text: str
 # ---------------------------------------------------------------------------- lazy imports
 
 
-@pytest.mark.parametrize("argv", [["prepare", "--help"], ["--help"], ["plot", "--help"]])
-def test_help_does_not_import_torch(argv):
+def test_help_does_not_import_torch():
+    """One fresh interpreter (the point: nothing imported torch before) checks each --help in turn."""
+    argvs = [["prepare", "--help"], ["--help"], ["plot", "--help"]]
     proc = python("import sys\nfrom step_jepa.cli.main import build_parser\n"
-                  f"try:\n    build_parser({argv!r}).parse_args({argv!r})\nexcept SystemExit:\n    pass\n"
-                  "print('torch' in sys.modules, 'transformers' in sys.modules)")
+                  f"for argv in {argvs!r}:\n"
+                  "    try:\n        build_parser(argv).parse_args(argv)\n    except SystemExit:\n        pass\n"
+                  "    print('RESULT', argv, 'torch' in sys.modules, 'transformers' in sys.modules)")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "False False"
+    results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert len(results) == len(argvs)
+    for argv, line in zip(argvs, results):
+        assert line.endswith("False False"), (argv, line)
 
 
 def test_prepare_runs_without_torch(tmp_path):
@@ -56,19 +69,14 @@ def test_prepare_runs_without_torch(tmp_path):
 
 
 @pytest.mark.parametrize("preset", [None, "max_split_size_mb:128"])
-def test_cli_sets_expandable_segments_unless_configured(tmp_path, preset):
+def test_cli_sets_expandable_segments_unless_configured(tmp_path, preset, monkeypatch):
     """Every command runs with expandable segments (fragmentation OOMs, docs/performance.md); a user's own
     allocator config is kept as it is."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
     if preset:
-        env["PYTORCH_CUDA_ALLOC_CONF"] = preset
-    code = ("import os\nfrom step_jepa.cli.main import main\n"
-            f"rc = main(['prepare', '--generate', '2', '--output', {str(tmp_path / 'g.jsonl')!r}])\n"
-            "print(rc, os.environ['PYTORCH_CUDA_ALLOC_CONF'])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**env, "PYTHONPATH": str(SRC)})
+        monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", preset)
+    proc = step_jepa("prepare", "--generate", "2", "--output", str(tmp_path / "g.jsonl"))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == f"0 {preset or 'expandable_segments:True'}"
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == (preset or "expandable_segments:True")
 
 
 def test_top_level_help_lists_every_subcommand_with_its_own_help(capsys, monkeypatch):

@@ -1,4 +1,7 @@
-"""End to end through the real command line: train on CPU, then check checkpoint, metrics, weights."""
+"""End to end through the real command line: train on CPU, then check checkpoint, metrics, weights.
+
+One test launches `python -m step_jepa.cli.main` for real; the others call the same entry point in
+this process (`main_in_process`), which spares each a fresh interpreter importing torch."""
 
 from __future__ import annotations
 
@@ -10,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import main_in_process
 from safetensors.torch import load_file
-
-from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
 
 def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -24,13 +26,17 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subproce
     return proc
 
 
+def run_main(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`run_cli` in this process: the same entry point, exit code and output, no new interpreter."""
+    proc = main_in_process(*args)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"step-jepa {args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
 @pytest.fixture
-def tiny_model_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "tiny-model"
-    tok = build_tiny_tokenizer("chatml")
-    build_tiny_model(len(tok), seed=0).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+def tiny_model_dir(model_dir: Path) -> Path:
+    return model_dir  # the session's saved tiny model (read only)
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -66,7 +72,7 @@ def test_train_cli_end_to_end(tmp_path: Path, tiny_model_dir: Path):
 @pytest.mark.slow
 def test_sft_runs_without_jepa_tokens(tmp_path: Path, tiny_model_dir: Path):
     out = tmp_path / "sft"
-    run_cli("train", "--model", str(tiny_model_dir), "--output_dir", str(out), "--lbd", "0", "--max_steps", "3",
+    run_main("train", "--model", str(tiny_model_dir), "--output_dir", str(out), "--lbd", "0", "--max_steps", "3",
             "--generate_examples", "12", "--per_device_train_batch_size", "4", "--logging_steps", "1",
             "--report_to", "none")
     rows = [r for r in _metrics(out) if "lm_loss" in r]
@@ -82,14 +88,14 @@ def test_lora_two_pass_packing_and_yaml_overlay(tmp_path: Path, tiny_model_dir: 
     cfg.write_text("lbd: 1.0\njepa_loss: infonce\npairs: all\nmax_steps: 3\nlogging_steps: 1\nreport_to: none\n"
                    "per_device_train_batch_size: 2\n")
     out = tmp_path / "lora"
-    run_cli("train", "--config", str(cfg), "--model", str(tiny_model_dir), "--output_dir", str(out), "--lora",
+    run_main("train", "--config", str(cfg), "--model", str(tiny_model_dir), "--output_dir", str(out), "--lora",
             "--merge", "--jepa_mode", "two_pass", "--generate_examples", "16", "--max_steps", "4")
     saved = (out / "step_jepa_config.yaml").read_text()
     assert "max_steps: 4" in saved and "jepa_loss: infonce" in saved  # flag beats YAML, YAML beats default
     assert (out / "final" / "adapter_model.safetensors").exists()
     assert (out / "merged" / "model.safetensors").exists()
     out2 = tmp_path / "packed"
-    run_cli("train", "--model", str(tiny_model_dir), "--output_dir", str(out2), "--packing",
+    run_main("train", "--model", str(tiny_model_dir), "--output_dir", str(out2), "--packing",
             "--max_tokens_per_batch", "1024", "--max_steps", "3", "--generate_examples", "16",
             "--pairs", "all", "--report_to", "none", "--logging_steps", "1")
     rows = [r for r in _metrics(out2) if "jepa_pairs" in r]
@@ -97,13 +103,13 @@ def test_lora_two_pass_packing_and_yaml_overlay(tmp_path: Path, tiny_model_dir: 
 
 
 def test_inspect_shows_views(tmp_path: Path, tiny_model_dir: Path):
-    proc = run_cli("inspect", "--model", str(tiny_model_dir), "--index", "1", "--predictors", "2", "--no_color")
+    proc = run_main("inspect", "--model", str(tiny_model_dir), "--index", "1", "--predictors", "2", "--no_color")
     assert "valid pairs" in proc.stdout and "pass-2 attention" in proc.stdout
     assert "view 1 = last predictor token" in proc.stdout
 
 
 def test_bad_option_is_a_clear_error(tmp_path: Path, tiny_model_dir: Path):
-    proc = run_cli("train", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "x"),
+    proc = run_main("train", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "x"),
                    "--predictors", "0", check=False)
     assert proc.returncode == 2 and "--predictors must be >= 1" in proc.stderr
 
@@ -111,7 +117,7 @@ def test_bad_option_is_a_clear_error(tmp_path: Path, tiny_model_dir: Path):
 @pytest.mark.slow
 def test_anti_collapse_options_train_and_save(tmp_path: Path, tiny_model_dir: Path):
     out = tmp_path / "opts"
-    run_cli("train", "--model", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "4",
+    run_main("train", "--model", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "4",
             "--generate_examples", "16", "--per_device_train_batch_size", "4", "--logging_steps", "1",
             "--report_to", "none", "--jepa_target", "ema", "--jepa_predictor_head", "mlp", "--jepa_loss", "vicreg",
             "--jepa_layer", "0", "--lbd_warmup_steps", "2", "--lbd", "0.5")

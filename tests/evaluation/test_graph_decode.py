@@ -43,6 +43,27 @@ def test_static_loop_matches_hf_generate(tok, problems, arch: str) -> None:
         assert _static(model, seqs, 24, [], pad, window_step=5)[0] == ref_full
 
 
+@pytest.mark.gpu
+def test_recorded_cuda_graphs_give_the_eager_tokens(tok, problems) -> None:
+    """On the GPU the loop is recorded (captures > 0) and its replays give the unrecorded loop's
+    tokens; `generate(cuda_graphs=True)` gives the default loop's texts."""
+    from step_jepa.models.tiny import build_tiny_model
+
+    model = build_tiny_model(len(tok), seed=1, attn_implementation="sdpa").cuda().eval()
+    seqs = _prompt_ids(tok, problems)
+    pad = tok.pad_token_id
+    with torch.no_grad():
+        ref_full, _ = _static(model, seqs, 24, [], pad, capture=False)
+        stops = [_staggered_stop(ref_full)]
+        ref, none = _static(model, seqs, 24, stops, pad, check_every=3, window_step=7, capture=False)
+        got, captures = _static(model, seqs, 24, stops, pad, check_every=3, window_step=7)
+    assert none == 0 and captures > 0 and got == ref
+    prompts = [[{"role": "user", "content": p["messages"][1]["content"]}] for p in problems[:5]]
+    graphs = gen.generate(model, tok, prompts, max_new_tokens=10, progress=False, cuda_graphs=True)
+    plain = gen.generate(model, tok, prompts, max_new_tokens=10, progress=False)
+    assert [g.text for g in graphs] == [p.text for p in plain]
+
+
 def test_generate_with_cuda_graphs_flag_matches(tok, problems, monkeypatch) -> None:
     """The public switch takes the static loop (on the CPU: unrecorded) and keeps the tokens."""
     from step_jepa.models.tiny import build_tiny_model

@@ -125,3 +125,23 @@ def test_flex_attention_forward_on_cpu_equals_sdpa(setup):
             out = StepJEPAModel(lm, JEPAOptions(lbd=1.0))(**batch)
         res.append(torch.stack([out["lm_sum"] / out["n_tokens"], out["jepa"]]))
     torch.testing.assert_close(res[1], res[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_flex_attention_on_cuda_equals_sdpa_forward_and_backward(setup):
+    """On the GPU the flex path (compiled FlexAttention kernels, forward and backward) gives the
+    SDPA loss and gradients."""
+    tok, _, _, _ = setup
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in _batch(setup, "all", True, pad_multiple=128).items()}
+    res = []
+    for impl in ("sdpa", "flex_attention"):
+        lm = build_tiny_model(len(tok), seed=4, attn_implementation=impl).cuda()
+        out = StepJEPAModel(lm, JEPAOptions(lbd=1.0))(**batch)
+        loss = out["lm_sum"] / out["n_tokens"] + out["jepa"]
+        loss.backward()
+        res.append((loss.detach(), {n: p.grad for n, p in lm.named_parameters() if p.grad is not None}))
+    (l_sdpa, g_sdpa), (l_flex, g_flex) = res
+    torch.testing.assert_close(l_flex, l_sdpa, rtol=1e-5, atol=1e-6)
+    assert g_flex.keys() == g_sdpa.keys() and g_sdpa
+    for n in g_sdpa:
+        torch.testing.assert_close(g_flex[n], g_sdpa[n], rtol=1e-4, atol=1e-5, msg=n)

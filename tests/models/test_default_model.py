@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cli_e2e import run_cli
+from test_cli_e2e import run_main
 
 from step_jepa.models.sources import DEFAULT_MODEL, _gguf_path, resolve_model_path
 
@@ -23,7 +23,7 @@ def test_default_model_resolves_offline_and_trains_two_steps(tmp_path: Path, mon
     path = Path(resolve_model_path(DEFAULT_MODEL))
     assert (path / "config.json").exists() and "Q4_1" in (path / "step_jepa_source.json").read_text()
     out = tmp_path / "real"
-    run_cli("train", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
+    run_main("train", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
             "--generate_examples", "8", "--logging_steps", "1", "--report_to", "none", "--save_steps", "100")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in rows if "lm_loss" in r]

@@ -39,10 +39,15 @@ def _losses(lm, batches: list[dict]) -> list[torch.Tensor]:
     return out
 
 
+# Each case is a torch.compile of its own (~15 s on 2 CPU cores), so each scope, each mode and
+# packing appear once: the per-layer SFT exception, per-layer compiling of packed single-pass
+# batches, and the whole decoder on padded single-pass batches.
+CASES = [("layers", "sft", False), ("layers", "single_pass", True), ("decoder", "single_pass", False)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("scope", ["layers", "decoder"])
-@pytest.mark.parametrize("mode,packing", [("single_pass", False), ("single_pass", True), ("sft", False)])
-def test_compiled_training_compiles_the_decoder_once(mode: str, packing: bool, scope: str):
+@pytest.mark.parametrize("scope,mode,packing", CASES)
+def test_compiled_training_compiles_the_decoder_once(mode: str, packing: bool, scope: str, device: str = "cpu"):
     """One graph for the run. Per-layer compiling of a plain-causal (SFT, padded) batch is the
     exception: an unpadded batch hands the layers no mask (SDPA's is_causal shortcut) and a padded
     one a tensor, so the layer graph exists twice — a one-layer compile, seconds, once per run."""
@@ -50,17 +55,25 @@ def test_compiled_training_compiles_the_decoder_once(mode: str, packing: bool, s
 
     tok = build_tiny_tokenizer("chatml")
     pred = add_predictor_tokens(build_tiny_model(len(tok)), tok, 4) if mode != "sft" else []
-    batches = _batches(tok, pred, mode, packing)
-    eager = _losses(build_tiny_model(len(tok), seed=5), batches)
+    batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
+               for b in _batches(tok, pred, mode, packing)]
+    eager = _losses(build_tiny_model(len(tok), seed=5).to(device), batches)
     torch._dynamo.reset()
     du.counters.clear()
-    lm = build_tiny_model(len(tok), seed=5)
+    lm = build_tiny_model(len(tok), seed=5).to(device)
     compile_decoder(lm, scope)
     compiled = _losses(lm, batches)
     graphs = 2 if (scope, mode) == ("layers", "sft") else 1
     assert du.counters["stats"]["unique_graphs"] == graphs, dict(du.counters["stats"])
     for c, e in zip(compiled, eager):
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scope,mode,packing", [("decoder", "single_pass", False), ("layers", "sft", False)])
+def test_compiled_training_compiles_the_decoder_once_on_cuda(mode: str, packing: bool, scope: str):
+    """The same reuse on the GPU, where a recompile of a real decoder costs minutes."""
+    test_compiled_training_compiles_the_decoder_once(mode, packing, scope, device="cuda")
 
 
 def test_collator_pads_a_short_batch_and_keeps_one_mask_kind(tok_chatml):
