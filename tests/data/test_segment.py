@@ -5,7 +5,7 @@ from conftest import record
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from step_jepa.data.segment import IGNORE_INDEX, SegmentError, segment, step_char_spans
+from step_jepa.data.segment import IGNORE_INDEX, Segmented, SegmentError, segment, step_char_spans
 from step_jepa.models.tiny import CHATML_TEMPLATE
 
 STEPS = ["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."]
@@ -106,3 +106,42 @@ def test_no_chat_template_uses_plain_fallback():
     ex = segment(record(STEPS), tok)
     assert [s.strip() for s in _decoded_steps(tok, ex)] == STEPS
     assert tok.decode([ex.input_ids[i] for i, y in enumerate(ex.labels) if y != IGNORE_INDEX]).endswith("<|endoftext|>")
+
+
+# p0 p1 | a0 a1 (step 1) | s (separator) | b0 b1 (step 2) | r (end of turn)
+_LITERAL = Segmented(id="x", input_ids=list(range(10, 18)), labels=[-100, -100] + list(range(12, 18)),
+                     step_spans=[(2, 4), (5, 7)], prompt_len=2)
+
+
+def test_separator_boundary_on_a_literal_example():
+    assert _LITERAL.with_boundary("content") is _LITERAL
+    sep = _LITERAL.with_boundary("separator")
+    assert sep.step_spans == [(2, 5), (5, 8)]  # step 1 takes s; the last step takes r (end of turn)
+    assert sep.valid_pairs() == [0] and sep.input_ids == _LITERAL.input_ids and sep.labels == _LITERAL.labels
+    # Separator merged into a content token: nothing lies between the steps, the span is unchanged.
+    merged = Segmented(id="m", input_ids=[1, 2, 3, 4, 5], labels=[-100, 2, 3, 4, 5],
+                       step_spans=[(1, 3), (3, 5)], prompt_len=1)
+    assert merged.with_boundary("separator").step_spans == [(1, 3), None]  # no end-of-turn token after step 2
+    assert merged.with_boundary("separator").valid_pairs() == []
+
+
+def test_separator_boundary_without_a_closing_token_or_after_truncation():
+    cut = Segmented(id="t", input_ids=list(range(10, 17)), labels=[-100, -100] + list(range(12, 17)),
+                    step_spans=[(2, 4), (5, 7)], prompt_len=2, truncated=True)
+    assert cut.with_boundary("separator").step_spans == [(2, 5), None]
+    lost = Segmented(id="l", input_ids=list(range(10, 18)), labels=[-100, -100] + list(range(12, 18)),
+                     step_spans=[(2, 4), None], prompt_len=2, truncated=True)
+    assert lost.with_boundary("separator").step_spans == [None, None]
+    with pytest.raises(ValueError, match="unknown view boundary"):
+        _LITERAL.with_boundary("newline")
+
+
+@pytest.mark.parametrize("fixture", ["tok_chatml", "tok_llama3"])
+def test_separator_spans_end_with_the_blank_line_and_the_end_of_turn(fixture, request):
+    tok = request.getfixturevalue(fixture)
+    ex = segment(record(STEPS), tok).with_boundary("separator")
+    text = [tok.decode(ex.input_ids[a:b]) for a, b in ex.step_spans]
+    assert [t.rstrip("\n") for t in text[:-1]] == STEPS[:-1] and all(t.endswith("\n\n") for t in text[:-1])
+    eot = tok.decode(ex.input_ids[ex.step_spans[-1][1] - 1])
+    assert text[-1] == STEPS[-1] + eot and eot in ("<|im_end|>", "<|eot_id|>")
+    assert ex.valid_pairs() == [0, 1]

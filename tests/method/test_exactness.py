@@ -82,3 +82,30 @@ def test_eager_backend_equals_sdpa():
         out = StepJEPAModel(model, JEPAOptions(lbd=1.0))(**batch)
         losses.append(torch.stack([out["lm_sum"] / out["n_tokens"], out["jepa"]]))
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pairs", ["first", "all"])
+@pytest.mark.parametrize("packing", [False, True])
+def test_separator_boundary_single_pass_equals_two_pass(pairs, packing):
+    """--view_boundary separator (predictors after the blank line, view 2 at the separator or the
+    end-of-turn token ending step i+1): the single-pass layout is still exact."""
+    tok = build_tiny_tokenizer("chatml")
+    model = build_tiny_model(len(tok), arch="llama", seed=1)
+    pred = add_predictor_tokens(model, tok, 2)
+    exs = [segment(r, tok) for r in _records()]
+    res = {}
+    for mode in ("two_pass", "single_pass"):
+        col = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, mode=mode, pairs=pairs,
+                               packing=packing, max_tokens=256, boundary="separator")
+        batch = col(exs)
+        assert batch["n_pairs"] > 0
+        res[mode] = _loss_and_grads(model, batch)
+    content = _loss_and_grads(model, StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, pairs=pairs,
+                                                      packing=packing, max_tokens=256)(exs))
+    (l2, j2, g2), (l1, j1, g1) = res["two_pass"], res["single_pass"]
+    assert not torch.allclose(j1, content[1])  # the boundary changes the views
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=0)
+    torch.testing.assert_close(j1, j2, rtol=1e-5, atol=0)
+    for name in g2:
+        err = (g1[name] - g2[name]).norm() / g2[name].norm().clamp(min=1e-30)
+        assert err < 1e-5, f"{name}: relative gradient error {err:.2e}"

@@ -140,3 +140,39 @@ def test_dense_mask_is_allowed_evaluated_everywhere():
     got = dense_mask(meta)[:, 0]
     assert (meta.role == 2).sum() == 15  # predictor rows: the part computed separately
     assert torch.equal(got, want)
+
+
+def test_separator_boundary_single_pass_layout():
+    """--view_boundary separator: the predictor follows step 1's separator s (position 5, sees
+    p0…s), the copy is b0 b1 r (step 2 up to the end-of-turn token) at positions 6-8, and view 2
+    is read at r."""
+    b = place([[single_pass_item(EX.with_boundary("separator"), [0], [99], 0)]], pad_id=0)
+    assert b["input_ids"][0].tolist() == [10, 11, 12, 13, 14, 15, 16, 17, 99, 15, 16, 17]
+    assert b["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 5, 6, 7, 8]
+    want = M("""
+        100000000000
+        110000000000
+        111000000000
+        111100000000
+        111110000000
+        111111000000
+        111111100000
+        111111110000
+        111110001000  P sees positions < 5: the prompt, step 1 and its separator
+        000000000100
+        000000000110
+        000000000111
+    """)
+    assert torch.equal(dense_mask(meta_of(b))[0, 0], want)
+    assert b["view1_cols"].tolist() == [8] and b["view2_cols"].tolist() == [11]
+    # The content boundary (today's default) on the same example: P after a1, copy b0 b1, view 2 at b1.
+    c = place([[single_pass_item(EX, [0], [99], 0)]], pad_id=0)
+    assert c["input_ids"][0].tolist() == [10, 11, 12, 13, 14, 15, 16, 17, 99, 15, 16]
+    assert c["position_ids"][0, 8:].tolist() == [4, 5, 6]
+    assert c["view1_cols"].tolist() == [8] and c["view2_cols"].tolist() == [10]
+
+
+def test_separator_boundary_pass2_layout():
+    (it,) = pass2_items(EX.with_boundary("separator"), [0], [99], 0)
+    assert it.ids == [10, 11, 12, 13, 14, 99, 15, 16, 17] and it.pos == list(range(9))
+    assert it.views == [(0, 5, 8)]

@@ -46,6 +46,7 @@ from step_jepa.data.segment import IGNORE_INDEX, Segmented, SegmentError, segmen
 from step_jepa.method.layout import StepJEPACollator
 from step_jepa.method.masks import PAD
 from step_jepa.method.options import JEPAOptions
+from step_jepa.training.model import check_jepa_layer
 
 BASE_VARIANTS = {
     "hf_sft": dict(kind="hf", mode="sft", pairs="first"),
@@ -56,6 +57,7 @@ BASE_VARIANTS = {
     # The anti-collapse options on top of single-pass pairs=first: what each one costs.
     "sp_first_stopgrad": dict(kind="ours", mode="single_pass", pairs="first", opts={"jepa_target": "stopgrad"}),
     "sp_first_ema": dict(kind="ours", mode="single_pass", pairs="first", opts={"jepa_target": "ema"}),
+    "sp_first_frozen": dict(kind="ours", mode="single_pass", pairs="first", opts={"jepa_target": "frozen"}),
     "sp_first_head": dict(kind="ours", mode="single_pass", pairs="first", opts={"jepa_predictor_head": "mlp"}),
     "sp_first_infonce": dict(kind="ours", mode="single_pass", pairs="first", opts={"jepa_loss": "infonce"}),
     "sp_first_vicreg": dict(kind="ours", mode="single_pass", pairs="first", opts={"vicreg_weight": 1.0}),
@@ -200,13 +202,13 @@ def build_batches(variant: str, groups: list[list[Segmented]], pad_id: int, pred
     packed = variant.endswith("_packed")
     spec = BASE_VARIANTS[base]
     pad_multiple = 128 if attn == "flex_attention" else 1
-    # The EMA target needs the step copies in the batch (the variant's options, or the spec's alone).
-    target = options.jepa_target if options is not None else spec.get("opts", {}).get("jepa_target")
+    # An EMA or frozen target needs the step copies in the batch (the variant's options, or the spec's alone).
+    opts = options if options is not None else JEPAOptions(**spec.get("opts", {}))
     out = []
     for g in groups:
         kw = dict(pad_id=pad_id, pred_ids=pred_ids if spec["mode"] != "sft" else [], mode=spec["mode"],
                   pairs=spec["pairs"], pad_multiple=pad_multiple, seed=seed,
-                  target_copies=target == "ema", stp=spec.get("stp", "none"))
+                  target_copies=opts.target_model(), boundary=opts.view_boundary, stp=spec.get("stp", "none"))
         if packed:
             if pack_tokens > 0:
                 cap = pack_tokens
@@ -239,7 +241,7 @@ def variant_options(cfg: BenchConfig, spec: dict) -> JEPAOptions:
     """
     values = {f.name: getattr(cfg, f.name) for f in fields(JEPAOptions)}
     if spec["mode"] == "sft":
-        values.update(lbd=0.0, jepa_target="grad", jepa_predictor_head="none")
+        values.update(lbd=0.0, jepa_target="grad", jepa_target_layer=None, jepa_predictor_head="none")
     values["stp_lbd"] = (cfg.stp_lbd or STP_LBD) if "stp" in spec else 0.0
     values.update(spec.get("opts", {}))
     return JEPAOptions(**values)
@@ -265,6 +267,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     dtype = resolve_dtype(cfg, device)
     torch.manual_seed(cfg.seed)
     lm, tok, model_desc = load_model(cfg.model, attn, device, cfg.seed)
+    n_layers = len(lm.get_decoder().layers)
+    check_jepa_layer(cfg.jepa_layer, n_layers, cfg.model)
+    check_jepa_layer(cfg.jepa_target_layer, n_layers, cfg.model, "--jepa_target_layer")
     # Predictor tokens are added for every variant, so all of them train the same embedding matrix.
     pred_ids = add_predictor_tokens(lm, tok, cfg.predictors)
     lm.to(device)

@@ -10,7 +10,7 @@ twice over: Llama-3-style templates put "\\n\\n" in their headers, and byte-leve
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 IGNORE_INDEX = -100
@@ -59,6 +59,37 @@ class Segmented:
             if a[1] > a[0] and b[1] > b[0] and a[1] <= b[0]:
                 out.append(i)
         return out
+
+
+    def with_boundary(self, boundary: str) -> Segmented:
+        """This example with its step spans ending where `boundary` (--view_boundary) says.
+
+        'content' (the default): spans as segmented, each ending at the step's last content
+        token. 'separator' (the seed's two-pass convention): each step also takes the tokens up
+        to the next step's first token, so it ends with its blank-line separator (where the
+        tokenizer merged the separator into a content token, that token ends it). The last step
+        has no separator: it takes the tokens up to and including the last labelled one, the
+        end-of-turn token, so the pair into it reads view 2 where the answer closes. It has no
+        such span (its pairs are invalid) when truncation cut the example or no labelled token
+        follows it (a template without an end-of-turn token); nor has a step whose next step was
+        cut, since where its separator ends is unknown.
+        """
+        if boundary == "content":
+            return self
+        if boundary != "separator":
+            raise ValueError(f"unknown view boundary {boundary!r} (content|separator)")
+        spans = self.step_spans
+        last_label = max((t for t, lab in enumerate(self.labels) if lab != IGNORE_INDEX), default=-1)
+        out: list[tuple[int, int] | None] = []
+        for i, span in enumerate(spans):
+            if span is None:
+                out.append(None)
+            elif i + 1 < len(spans):
+                nxt = spans[i + 1]
+                out.append(None if nxt is None else (span[0], max(span[1], nxt[0])))
+            else:
+                out.append(None if self.truncated or last_label < span[1] else (span[0], last_label + 1))
+        return replace(self, step_spans=out)
 
 
 def chat_template_of(tokenizer) -> str:

@@ -267,7 +267,8 @@ class StepJEPACollator:
     pad_multiple: int = 1
     seed: int = 0
     jepa_ratio: float = 1.0
-    target_copies: bool = False  # also emit the copies alone under 'copies' (EMA target encoder)
+    target_copies: bool = False  # also emit the copies alone under 'copies' (EMA or frozen target encoder)
+    boundary: str = "content"  # --view_boundary: where a step ends (`Segmented.with_boundary`)
     stp: str = "none"  # none | random | steps: Semantic Tube Prediction triplets on the original tokens
     min_rows: int = 1  # pad a shorter batch with empty rows (2 under torch.compile: see `place`)
 
@@ -276,6 +277,8 @@ class StepJEPACollator:
 
     def __call__(self, examples: list) -> dict[str, torch.Tensor]:
         exs = flatten_examples(examples)  # a packed dataset yields whole groups of examples
+        # Pairs, predictors and copies follow the step boundary; the original tokens are the same.
+        exs = [ex.with_boundary(self.boundary) for ex in exs]
         use_jepa = self.mode != "sft" and (self.jepa_ratio >= 1.0 or self._rng.random() < self.jepa_ratio)
         selected = [select_pairs(ex, self.pairs, self._rng) if use_jepa else [] for ex in exs]
         uid0 = [0]

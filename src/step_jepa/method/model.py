@@ -70,6 +70,20 @@ def step_jepa_loss(out: dict, options: JEPAOptions, step: int = 0, max_steps: in
     return loss
 
 
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module` that takes no gradient and stays in eval mode (a target encoder)."""
+    out = copy.deepcopy(module).eval()
+    out.requires_grad_(False)
+    return out
+
+
+def _capture(store: dict[int, torch.Tensor], i: int):
+    """A forward hook keeping layer i's output (the last call's, as gradient checkpointing reruns)."""
+    def hook(module: nn.Module, args, out) -> None:
+        store[i] = out[0] if isinstance(out, tuple) else out
+    return hook
+
+
 def _world_size() -> int:
     import torch.distributed as dist
 
@@ -94,12 +108,18 @@ class StepJEPAModel(nn.Module):
         self.global_step = 0
         self.max_steps = 0
         self.accumulation_steps = 1
-        # Kept out of the module tree (a list) so the optimizer, DDP and checkpoints ignore it.
+        # Target models are kept out of the module tree (a list) so the optimizer, DDP and
+        # checkpoints ignore them. The EMA model is the whole LM (checkpoints save it, resuming
+        # continues the average); the frozen copy is the starting model's decoder alone, up to
+        # the layer view 2 is read at, and is rebuilt from the starting weights on resume.
         self._ema: list[nn.Module] = []
+        self._frozen: list[nn.Module] = []
         if options.jepa_target == "ema":
-            ema = copy.deepcopy(lm).eval()
-            ema.requires_grad_(False)
-            self._ema.append(ema)
+            self._ema.append(_frozen_copy(lm))
+        if options.jepa_target == "frozen":
+            frozen = _frozen_copy(lm.get_decoder())
+            del frozen.layers[self._target_layer_index() + 1:]  # later layers cannot change view 2
+            self._frozen.append(frozen)
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -143,29 +163,51 @@ class StepJEPAModel(nn.Module):
 
     def hidden_states(self, part: dict[str, torch.Tensor], lm: nn.Module | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(final hidden states [B, T, H] for the LM head, hidden states for the views).
+        """(final hidden states [B, T, H] for the LM head, hidden states at --jepa_layer for the views)."""
+        final, (views,) = self.states_at(part, (self.options.jepa_layer,), (lm or self.lm).get_decoder())
+        return final, views
 
-        The views come from `--jepa_layer` (captured by a forward hook, so no list of every
-        layer's states is requested), with or without the final norm.
+    def states_at(self, part: dict[str, torch.Tensor], layers: tuple[int, ...], decoder: nn.Module | None = None
+                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(final hidden states, the views' hidden states at each of `layers`) of one decoder pass.
+
+        A layer's output is captured by a forward hook (no list of every layer's states is
+        requested), with the final norm under --jepa_final_norm; the last layer with the norm is
+        the final output itself. Indices count from the full model (a truncated frozen copy
+        keeps the low layers, so its indices agree).
         """
-        decoder = (lm or self.lm).get_decoder()
-        o = self.options
-        captured: list[torch.Tensor] = []
-        hook = None
-        if o.jepa_layer != -1 or not o.jepa_final_norm:
-            layer = decoder.layers[o.jepa_layer]
-            hook = layer.register_forward_hook(lambda m, i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+        decoder = decoder if decoder is not None else self.lm.get_decoder()
+        norm = self.options.jepa_final_norm
+        idx = [layer % self._n_layers for layer in layers]
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [decoder.layers[i].register_forward_hook(_capture(captured, i))
+                 for i in sorted(set(idx)) if i != self._n_layers - 1 or not norm]
         try:
             out = decoder(input_ids=part["input_ids"], attention_mask=self._mask(part),
                           position_ids=part["position_ids"], use_cache=False)
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
         final = out.last_hidden_state
-        if not captured:
-            return final, final
-        views = decoder.norm(captured[-1]) if o.jepa_final_norm else captured[-1]
-        return final, views
+        return final, [final if i not in captured else decoder.norm(captured[i]) if norm else captured[i]
+                       for i in idx]
+
+    @property
+    def _n_layers(self) -> int:
+        """Decoder layers of the online model (layer indices of both views count from it)."""
+        return len(self.lm.get_decoder().layers)
+
+    def _target_layer_index(self) -> int:
+        """The layer view 2 is read at: --jepa_target_layer, else --jepa_layer (0 … layers-1)."""
+        o = self.options
+        return (o.jepa_layer if o.jepa_target_layer is None else o.jepa_target_layer) % self._n_layers
+
+    def _online_layers(self) -> tuple[int, ...]:
+        """Layers the online pass reads: view 1's, and view 2's when that is another layer of it."""
+        o = self.options
+        if o.jepa_target_layer is None or o.target_model():
+            return (o.jepa_layer,)
+        return (o.jepa_layer, o.jepa_target_layer)
 
     def lm_sum(self, hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed next-token loss over labelled positions only (no [B, T, V] logits)."""
@@ -173,24 +215,36 @@ class StepJEPAModel(nn.Module):
         return chunked_lm_loss_sum(h, self.lm.get_output_embeddings(), part["lm_labels"])
 
     @staticmethod
-    def views(hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def views(hidden: torch.Tensor, part: dict[str, torch.Tensor], target: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """View 1 from `hidden`, view 2 from `target` (another layer's states) or `hidden`."""
         rows = part["view_rows"]
-        return hidden[rows, part["view1_cols"]], hidden[rows, part["view2_cols"]]
+        return hidden[rows, part["view1_cols"]], (hidden if target is None else target)[rows, part["view2_cols"]]
 
     def target_views(self, batch: dict, v2: torch.Tensor) -> torch.Tensor:
-        """View 2 as the objective sees it: with gradients (the seed), detached, or from the EMA model."""
+        """View 2 as the objective sees it: with gradients (the seed), detached, or from the EMA or
+        frozen model, which encodes only the isolated step copies (``batch["copies"]``).
+
+        Read at another layer (--jepa_target_layer), view 2 is always detached: a gradient there
+        would pull the lower layer towards the upper one, the shortcut this option is meant to avoid.
+        """
         o = self.options
-        if o.jepa_target == "stopgrad":
-            return v2.detach()
-        if o.jepa_target == "ema":
+        if o.target_model():
             part = batch["copies"]
             with torch.no_grad():
-                ema = self._ema[0]
-                if next(ema.parameters()).device != v2.device:
-                    ema.to(v2.device)
-                _, h = self.hidden_states(part, lm=ema)
+                decoder = self._target_decoder(v2.device)
+                _, (h,) = self.states_at(part, (self._target_layer_index(),), decoder)
             return h[part["view_rows"], part["view2_cols"]]
+        if o.jepa_target == "stopgrad" or o.jepa_target_layer is not None:
+            return v2.detach()
         return v2
+
+    def _target_decoder(self, device: torch.device) -> nn.Module:
+        """The EMA or frozen decoder, on `device` (moved there on first use, like the LM itself)."""
+        model = self._ema[0] if self._ema else self._frozen[0]
+        if next(model.parameters()).device != device:
+            model.to(device)
+        return model.get_decoder() if self._ema else model
 
     @staticmethod
     def stp(hidden: torch.Tensor, part: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -222,20 +276,21 @@ class StepJEPAModel(nn.Module):
 
     def terms(self, batch: dict) -> dict[str, torch.Tensor]:
         """The loss terms of a collated batch (forward without the combined loss)."""
-        final, vh = self.hidden_states(batch)
+        layers = self._online_layers()
+        final, states = self.states_at(batch, layers)
         out = {"lm_sum": self.lm_sum(final, batch), "n_tokens": batch["lm_index"].numel()}
         if "stp_index" in batch:
-            out["stp"] = self.stp(vh, batch)
-        source, part = (vh, batch)
+            out["stp"] = self.stp(states[0], batch)
+        part = batch
         if "pass2" in batch:  # two-pass reference: views come from a second forward pass
             part = batch["pass2"]
-            source = self.hidden_states(part)[1]
+            states = self.states_at(part, layers)[1]
         has_pairs = part["view_rows"].numel() > 0
         # In-batch negatives are gathered from every rank; a rank without pairs must still take
         # part in the collective, or the others wait for it forever.
         gather = self.options.jepa_loss == "infonce" and _world_size() > 1
         if has_pairs or gather:
-            v1, v2 = self.views(source, part)
+            v1, v2 = self.views(states[0], part, states[-1])
             if self.head is not None:
                 v1 = self.head(v1)
             if has_pairs:

@@ -36,8 +36,12 @@ class JEPAOptions:
     jepa_final_norm: bool = option(True, "apply the model's final norm to the views")
     jepa_predictor_head: str = option("none", "none | mlp: predictor head on view 1 (saved, unused at generation)",
                                       choices=("none", "mlp"))
-    jepa_target: str = option("grad", "view 2 with gradients (grad), stop-gradient, or from an EMA model",
-                              choices=("grad", "stopgrad", "ema"))
+    jepa_target: str = option("grad", "view 2 with gradients (grad), stop-gradient, from an EMA model, or from a "
+                                      "frozen copy of the starting model (a target that cannot move with view 1)",
+                              choices=("grad", "stopgrad", "ema", "frozen"))
+    jepa_target_layer: int | None = option(None, "decoder layer whose output gives view 2 (default: --jepa_layer); "
+                                                 "view 2 read there is always stop-gradient (or from the "
+                                                 "--jepa_target ema/frozen model)")
     ema_decay: float = option(0.996, "decay of the EMA target model (--jepa_target ema)")
     lbd_schedule: str = option("constant", "λ after warm-up: constant | linear | cosine decay to 0",
                                choices=("constant", "linear", "cosine"))
@@ -55,6 +59,10 @@ class JEPAOptions:
                         choices=("first", "random", "all"))
     jepa_ratio: float = option(1.0, "probability that a micro-batch computes the JEPA term (drawn per micro-batch "
                                     "and rank)")
+    view_boundary: str = option("content", "where a step ends: content (its last content token: predictors "
+                                           "after it, view 2 read at step i+1's last token) | separator (the "
+                                           "blank line after it; after the last step, the end-of-turn token)",
+                                choices=("content", "separator"))
     jepa_mode: str = option("single_pass", "single_pass (exact, ~SFT cost) | two_pass (reference)",
                             choices=("single_pass", "two_pass"))
 
@@ -68,6 +76,10 @@ class JEPAOptions:
         if self.lbd_schedule == "linear":
             return self.lbd * (1.0 - frac)
         return self.lbd * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    def target_model(self) -> bool:
+        """Whether view 2 comes from a second model (EMA or frozen), run on the step copies alone."""
+        return self.jepa_target in ("ema", "frozen")
 
     def validate(self) -> None:
         """Refuse out-of-range values, every problem in one ValueError line.

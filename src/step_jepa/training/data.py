@@ -92,6 +92,7 @@ def appended_tokens(ex: Segmented, cfg: StepJEPAConfig) -> int:
     so packed batches respect the token budget with the JEPA extras counted exactly."""
     if cfg.lbd == 0:
         return 0
+    ex = ex.with_boundary(cfg.view_boundary)
     valid = ex.valid_pairs()
     sizes = {i: cfg.predictors + ex.step_spans[i + 1][1] - ex.step_spans[i + 1][0] for i in valid}
     if cfg.pairs == "first":
@@ -149,7 +150,8 @@ def build_collator(cfg: StepJEPAConfig, tok, pred_ids: list[int], attn: str) -> 
         # the budget by its JEPA extras and must stay one row (no padding between rows).
         max_tokens=cfg.max_tokens_per_batch if cfg.packing_budget == "all" else 2 ** 31,
         pad_multiple=128 if attn == "flex_attention" else 1,
-        seed=cfg.seed, jepa_ratio=cfg.jepa_ratio, target_copies=cfg.jepa_target == "ema",
+        seed=cfg.seed, jepa_ratio=cfg.jepa_ratio, target_copies=cfg.target_model(),
+        boundary=cfg.view_boundary,
         stp=cfg.stp_positions if cfg.stp_lbd > 0 else "none",
         min_rows=2 if cfg.torch_compile else 1,  # a 1-row last batch would recompile the decoder
     ))

@@ -24,11 +24,12 @@ def resolve_attn_implementation(cfg: StepJEPAConfig) -> str:
     return "flex_attention" if torch.cuda.is_available() and cfg.lbd > 0 else "sdpa"
 
 
-def check_jepa_layer(layer: int, n_layers: int, model: str) -> None:
-    """Refuse a --jepa_layer the model does not have before training starts; otherwise the first
-    forward pass fails with a bare IndexError from inside the hook set-up."""
-    if not -n_layers <= layer < n_layers:
-        raise ValueError(f"--jepa_layer {layer}: {model} has {n_layers} decoder layers "
+def check_jepa_layer(layer: int | None, n_layers: int, model: str, flag: str = "--jepa_layer") -> None:
+    """Refuse a --jepa_layer (or --jepa_target_layer) the model does not have before training
+    starts; otherwise the first forward pass fails with a bare IndexError from inside the hook
+    set-up. None (--jepa_target_layer unset) is always fine."""
+    if layer is not None and not -n_layers <= layer < n_layers:
+        raise ValueError(f"{flag} {layer}: {model} has {n_layers} decoder layers "
                          f"(use 0 … {n_layers - 1}, or -1 … -{n_layers} from the top)")
 
 
@@ -41,6 +42,7 @@ def build_model(cfg: StepJEPAConfig):
     lm = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, attn_implementation=resolve_attn_implementation(cfg))
     check_jepa_layer(cfg.jepa_layer, len(lm.get_decoder().layers), path)
+    check_jepa_layer(cfg.jepa_target_layer, len(lm.get_decoder().layers), path, "--jepa_target_layer")
     old_rows = lm.get_input_embeddings().weight.shape[0]
     pred_ids = add_predictor_tokens(lm, tok, cfg.predictors) if cfg.lbd > 0 or cfg.sft_predictor_tokens else []
     if cfg.lora:
