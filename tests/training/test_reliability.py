@@ -390,7 +390,7 @@ def test_nonfinite_step_is_skipped_and_leaves_no_trace(tmp_path, capsys, tiny, m
         assert all(torch.isfinite(v).all() for v in poison.after[step][0].values())
     logged = metrics(tmp_path / "run")
     assert [logged[s]["skipped_steps"] for s in range(1, 6)] == [0, 0, 1, 0, 0]
-    assert "non-finite loss or gradient at step 3: optimizer step skipped (1/5 in a row)" in capsys.readouterr().out
+    assert "non-finite loss or gradient at step 3: optimizer step skipped (1/5 in a row)" in capsys.readouterr().err
 
 
 def test_too_many_nonfinite_steps_stop_with_one_clear_line(tmp_path, capsys, tiny, monkeypatch):
