@@ -306,7 +306,7 @@ def test_damaged_checkpoint_is_reported_and_skipped(tmp_path, capsys, two_checkp
     damage(out_dir / "checkpoint-4")
     capsys.readouterr()
     assert latest_checkpoint(out_dir) == str(out_dir / "checkpoint-2")
-    assert problem in capsys.readouterr().out
+    assert problem in capsys.readouterr().err
 
 
 def test_resume_past_a_damaged_checkpoint(tmp_path, capsys, two_checkpoints, tiny):
@@ -316,7 +316,7 @@ def test_resume_past_a_damaged_checkpoint(tmp_path, capsys, two_checkpoints, tin
     rc, out, err = train(capsys, "--model", str(tiny), "--output_dir", str(out_dir), "--resume", *BASE,
                          "--max_steps", "4", "--save_total_limit", "3")
     assert rc == 0, err
-    assert "checkpoint-4 is damaged" in out and "continuing from" in out and "checkpoint-2" in out
+    assert "checkpoint-4 is damaged" in err and "continuing from" in out and "checkpoint-2" in out
     assert json.loads((out_dir / "train_summary.json").read_text())["global_step"] == 4
     assert checkpoint_problems(out_dir / "checkpoint-4") == []  # redone and replaced
     # Steps 3-4 were redone from checkpoint-2 exactly as the original run did them.
@@ -390,7 +390,7 @@ def test_nonfinite_step_is_skipped_and_leaves_no_trace(tmp_path, capsys, tiny, m
         assert all(torch.isfinite(v).all() for v in poison.after[step][0].values())
     logged = metrics(tmp_path / "run")
     assert [logged[s]["skipped_steps"] for s in range(1, 6)] == [0, 0, 1, 0, 0]
-    assert "non-finite loss or gradient at step 3: optimizer step skipped (1/5 in a row)" in capsys.readouterr().out
+    assert "non-finite loss or gradient at step 3: optimizer step skipped (1/5 in a row)" in capsys.readouterr().err
 
 
 def test_too_many_nonfinite_steps_stop_with_one_clear_line(tmp_path, capsys, tiny, monkeypatch):
@@ -410,7 +410,7 @@ def test_too_many_nonfinite_steps_stop_with_one_clear_line(tmp_path, capsys, tin
     assert rc == 2
     line = one_error_line(err)
     assert "3 consecutive optimizer steps with a non-finite loss or gradient (last at step 4)" in line
-    assert "(3/3 in a row)" in out and not (tmp_path / "run" / "final").exists()
+    assert "(3/3 in a row)" in err and not (tmp_path / "run" / "final").exists()
 
 
 def _any_rank_worker(rank: int, init_file: str, results) -> None:

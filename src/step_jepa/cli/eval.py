@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from step_jepa.evaluation.evaluate import DEFAULT_EVAL_DTYPE, EVAL_DTYPES, evaluate
@@ -79,24 +78,15 @@ def _load_model(name: str, dtype: str, device: str | None):
 
 
 def _dataset_records(name: str, config: str | None, split: str) -> list[dict]:
-    """Rows of a Hugging Face dataset, converted like a raw GSM8K JSONL file by ``step_jepa.data.load``."""
-    import tempfile
+    """Rows of a Hugging Face dataset (or a `save_to_disk` directory), converted like a test file."""
+    from step_jepa.data.load import load_dataset_records
+    from step_jepa.data.records import DataError
 
     try:
-        from datasets import load_dataset
-    except ImportError as exc:
-        raise SystemExit("--dataset needs the `datasets` package: pip install 'step-jepa[datasets]'") from exc
-    try:
-        ds = load_dataset(name, config, split=split) if config else load_dataset(name, split=split)
-    except Exception as exc:  # network, auth and name errors all end the same way
-        raise SystemExit(f"could not load dataset {name!r} ({config}, {split}): {exc}\n"
-                         "Offline? Save the split as JSONL and pass --test_file.") from exc
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{split}.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for row in ds:
-                f.write(json.dumps({"question": row["question"], "answer": row["answer"]}) + "\n")
-        return _load_file(path)
+        records, _report = load_dataset_records(name, config, split, purpose="test")
+    except DataError as exc:  # no `datasets`, offline, unknown name: one message, no traceback
+        raise SystemExit(f"{exc}\nOffline? Save the split as JSONL and pass --test_file.") from None
+    return records
 
 
 def _load_file(path: str | Path) -> list[dict]:

@@ -303,3 +303,44 @@ class _Collector:
         self.seen.add(record["id"])
         self.report.add_written(record)
         return record
+
+
+# Hub datasets whose default config cannot be guessed by `datasets` itself.
+_DEFAULT_HUB_CONFIGS = {"gsm8k": "main", "openai/gsm8k": "main"}
+
+
+def _load_hub_rows(name: str, config: str | None, split: str):
+    """The rows of a hub dataset, or of a directory written by `Dataset(Dict).save_to_disk`.
+
+    Any failure (no `datasets`, network, auth, unknown name or split) is one DataError that says
+    what to do, raised before the caller writes anything.
+    """
+    try:
+        import datasets  # optional dependency: only users of --dataset need it
+    except ImportError:
+        raise DataError(
+            "--dataset needs the 'datasets' package, which is not installed: "
+            "pip install 'step-jepa[datasets]' (or pip install datasets), "
+            "or download the data and pass it as a file") from None
+    try:
+        if Path(name).is_dir():
+            rows = datasets.load_from_disk(name)
+            return rows[split] if isinstance(rows, datasets.DatasetDict) else rows
+        return datasets.load_dataset(name, config or _DEFAULT_HUB_CONFIGS.get(name), split=split)
+    except Exception as e:  # noqa: BLE001 - network, auth, unknown name: all end the same way for the user
+        raise DataError(
+            f"could not load dataset {name!r} (split {split!r}) from the Hugging Face Hub: "
+            f"{type(e).__name__}: {e}. Check the name and your network, "
+            "or download the data and pass it as a file") from None
+
+
+def hub_items(name: str, config: str | None, split: str, report: Report) -> Iterator[tuple[_Item, str]]:
+    """(item, default id) per row of a hub dataset (or a `save_to_disk` directory), read like the
+    lines of a file: ``prepare``, ``load_dataset_records`` (train, eval) all convert them the same
+    way and count them in the same :class:`Report`. ``config`` None: gsm8k's "main", else the
+    dataset's default."""
+    rows = _load_hub_rows(name, config, split)
+    label = f"{name}[{split}]"
+    report.files.append(label)
+    for i, row in enumerate(rows):
+        yield (label, i + 1, dict(row)), f"{name}-{split}-{i}"

@@ -9,16 +9,17 @@ The data layer, bottom up:
   prepared) to a record;
 * :mod:`step_jepa.data.inputs`: reading files line by line into a :class:`Report`;
 * :mod:`step_jepa.data.prepare`: ``step-jepa prepare`` and the dev split;
-* this module: :func:`load_records`, and the names above re-exported so that
+* this module: :func:`load_records` and :func:`load_dataset_records` (a hub dataset), and the names above re-exported so that
   ``from step_jepa.data.load import ...`` keeps working.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from step_jepa.data.formats import convert_line
-from step_jepa.data.inputs import Report, _Collector, _file_items, split_input_files
+from step_jepa.data.inputs import Report, _Collector, _Converter, _file_items, _Item, hub_items, split_input_files
 from step_jepa.data.records import DataError
 
 
@@ -48,18 +49,45 @@ def load_records(
     about a test file sends the user looking in the wrong place.
     """
     report = Report()
+    files, ignored = split_input_files(path)
+    report.ignored_files = [str(f) for f in ignored]
+    items = _file_items(Path(path), files, report, exclude=None)
+    return _collect(str(path), items, report, _converter(min_steps, system_prompt), skip_invalid, purpose)
 
+
+def load_dataset_records(
+    name: str,
+    config: str | None = None,
+    split: str = "train",
+    *,
+    skip_invalid: bool = False,
+    system_prompt: str | None = None,
+    min_steps: int = 1,
+    purpose: str = "training",
+) -> tuple[list[dict], Report]:
+    """:func:`load_records` for a Hugging Face dataset (hub name, or a ``save_to_disk``
+    directory): its rows are converted like the lines of a file, with the same strictness,
+    system prompt and :class:`Report` (``files`` names it ``NAME[SPLIT]``, errors ``NAME[SPLIT]:ROW``).
+    """
+    report = Report()
+    items = hub_items(name, config, split, report)
+    return _collect(f"{name}[{split}]", items, report, _converter(min_steps, system_prompt), skip_invalid, purpose)
+
+
+def _converter(min_steps: int, system_prompt: str | None) -> _Converter:
     def convert(obj: dict, default_id: str) -> dict:
         record = convert_line(obj, "auto", min_steps=min_steps, id=default_id)
         if system_prompt is not None:
             record["messages"][0]["content"] = system_prompt
         return record
 
+    return convert
+
+
+def _collect(where: str, items: Iterable[tuple[_Item, str]], report: Report, convert: _Converter,
+             skip_invalid: bool, purpose: str) -> tuple[list[dict], Report]:
     collector = _Collector(report, strict=not skip_invalid)
-    files, ignored = split_input_files(path)
-    report.ignored_files = [str(f) for f in ignored]
-    items = _file_items(Path(path), files, report, exclude=None)
     records = [r for item, rid in items if (r := collector.feed(item, rid, convert)) is not None]
     if not records:
-        raise DataError(f"{path}: no usable {purpose} records\n{report.format()}")
+        raise DataError(f"{where}: no usable {purpose} records\n{report.format()}")
     return records, report

@@ -19,38 +19,10 @@ from step_jepa.data.inputs import (
     _Converter,
     _file_items,
     _Item,
+    hub_items,
     split_input_files,
 )
 from step_jepa.data.records import DEFAULT_SYSTEM_PROMPT, DataError
-
-# Hub datasets whose default config cannot be guessed by `datasets` itself.
-_DEFAULT_HUB_CONFIGS = {"gsm8k": "main", "openai/gsm8k": "main"}
-
-
-def _hub_items(dataset: str, split: str, report: Report) -> Iterator[tuple[_Item, str]]:
-    """Rows of a Hugging Face Hub dataset. ``NAME:CONFIG`` selects a config."""
-    try:
-        import datasets  # optional dependency: only online users need it
-    except ImportError:
-        raise DataError(
-            "--dataset needs the 'datasets' package, which is not installed: "
-            "pip install 'step-jepa[datasets]' (or pip install datasets), "
-            "or download the data and pass it with --input"
-        ) from None
-    name, _, given_config = dataset.partition(":")
-    config = given_config or _DEFAULT_HUB_CONFIGS.get(name)
-    try:
-        rows = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # noqa: BLE001 - network, auth, unknown name: all end the same way for the user
-        raise DataError(
-            f"could not load dataset {dataset!r} (split {split!r}) from the Hugging Face Hub: "
-            f"{type(e).__name__}: {e}. Check the name and your network, "
-            "or download the data and pass it with --input"
-        ) from None
-    label = f"{name}[{split}]"
-    report.files.append(label)
-    for i, row in enumerate(rows):
-        yield (label, i + 1, dict(row)), f"{name}-{split}-{i}"
 
 
 def _generated_items(n: int, seed: int, system_prompt: str, report: Report,
@@ -109,7 +81,8 @@ def prepare(
         report.ignored_files = [str(f) for f in ignored]
         sources.append((_file_items(Path(inputs), files, report, exclude=out.resolve()), convert))
     if dataset is not None:
-        sources.append((_hub_items(dataset, split, report), convert))
+        name, _, config = dataset.partition(":")  # NAME:CONFIG selects a config
+        sources.append((hub_items(name, config or None, split, report), convert))
     if generate:
         sources.append((_generated_items(generate, seed, system_prompt, report, generate_task), convert_generated))
     _write_records(out, report, sources, strict=not skip_invalid)

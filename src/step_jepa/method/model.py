@@ -136,6 +136,14 @@ class StepJEPAModel(nn.Module):
     def config(self):
         return self.lm.config
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
+        """What the Trainer calls for --activation_checkpointing (a wrapper defining only the
+        deprecated gradient_checkpointing_enable gets a FutureWarning from it on every run)."""
+        self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                **kwargs)
+        if hasattr(self.lm, "enable_input_require_grads"):
+            self.lm.enable_input_require_grads()  # LoRA + checkpointing needs grads flowing into inputs
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
         self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
         if hasattr(self.lm, "enable_input_require_grads"):

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import torch
 
+from step_jepa.data.logs import get_logger
+
+logger = get_logger(__name__)
+
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 # Gemma 3's chat format, for a GGUF that carries no template (the 270M base model's does not).
@@ -260,7 +264,7 @@ def _convert_gguf(m: OfflineModel, gguf: Path, out: Path, tok=None, tokenizer_di
     with the GGUF's tokenizer or `tok` (checked already, loaded from `tokenizer_dir`)."""
     import transformers
 
-    print(f"[step-jepa] converting {gguf.name} ({m.quant}, dequantized) into {out} (once)", flush=True)
+    logger.info(f"converting {gguf.name} ({m.quant}, dequantized) into {out} (once)")
     if tok is None:  # first: a wrongly rebuilt tokenizer fails before the slow part
         tok = gguf_tokenizer(m, gguf)
     template_added = m.chat_template is not None and tok.chat_template == m.chat_template
@@ -298,7 +302,7 @@ def convert_offline_model(name: str, tokenizer_dir: str | Path | None = None, fo
         if tokenizer_dir is not None or cached_model_dir(m) is None:
             raise FileExistsError(f"{out} exists already; pass --force to convert it anew")
         check_cached_copy(out)
-        print(f"[step-jepa] {name}: already converted (--force converts it anew)", flush=True)
+        logger.info(f"{name}: already converted (--force converts it anew)")
         return out
     # A bad tokenizer directory fails now: before the GGUF is assembled and before a copy is deleted.
     tok = None if tokenizer_dir is None else directory_tokenizer(m, tokenizer_dir)
@@ -411,7 +415,7 @@ def resolve_model_path(name: str) -> str:
             cached = cache_dir() / "models" / known.cached_name
             cached.parent.mkdir(parents=True, exist_ok=True)
             path = str(_convert_gguf(known, gguf, cached))
-            print(f"[step-jepa] {name}: {path}", flush=True)
+            logger.info(f"{name}: {path}")
             return path
         tried.append(f"GGUF from PyPI: not installed ({known.install_hint})")
     copies = cached_copies()

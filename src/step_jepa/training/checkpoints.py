@@ -19,7 +19,10 @@ import torch
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
+from step_jepa.data.logs import get_logger
 from step_jepa.training.config import StepJEPAConfig
+
+logger = get_logger(__name__)
 
 # A checkpoint is written under this name and renamed to checkpoint-N only once complete, so a
 # kill mid-save never leaves a directory that looks like a checkpoint. The leading dot keeps it
@@ -102,8 +105,8 @@ def check_output_dir(cfg: StepJEPAConfig) -> str | None:
         return None
     ckpt = latest_checkpoint(out)
     if _is_main_process():
-        print(f"[step-jepa] --resume: continuing from {ckpt}" if ckpt else
-              f"[step-jepa] --resume: no complete checkpoint in {out}; starting a fresh run", flush=True)
+        logger.info(f"--resume: continuing from {ckpt}" if ckpt else
+                    f"--resume: no complete checkpoint in {out}; starting a fresh run")
     return ckpt
 
 def named_checkpoint(cfg: StepJEPAConfig) -> str:
@@ -120,7 +123,7 @@ def named_checkpoint(cfg: StepJEPAConfig) -> str:
     if ckpt.resolve().parent != Path(cfg.output_dir).resolve():
         _refuse_non_empty(cfg)
     if _is_main_process():
-        print(f"[step-jepa] --resume_from_checkpoint: continuing from {ckpt}", flush=True)
+        logger.info(f"--resume_from_checkpoint: continuing from {ckpt}")
     return str(ckpt)
 
 def _refuse_non_empty(cfg: StepJEPAConfig) -> None:
@@ -217,5 +220,5 @@ def latest_checkpoint(out: Path) -> str | None:
         problems = checkpoint_problems(Path(ckpt))
         if not problems:
             return ckpt
-        print(f"[step-jepa] warning: {ckpt} is damaged ({'; '.join(problems)}); skipping it", flush=True)
+        logger.warning(f"{ckpt} is damaged ({'; '.join(problems)}); skipping it")
     return None

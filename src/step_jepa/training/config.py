@@ -13,6 +13,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -53,7 +54,12 @@ class StepJEPAConfig(JEPAOptions, TrainingArguments):
     # data and model
     model: str = _f(DEFAULT_MODEL, "model name or local directory (offline: default SmolLM2 GGUF, or gemma3-270m)")
     train_file: str | None = _f(None, "prepared JSONL (or raw GSM8K/chat JSONL); default: built-in generator")
-    generate_examples: int = _f(256, "problems from the built-in generator when no --train_file is given")
+    dataset_name: str | None = _f(None, "training data from the Hugging Face Hub (TRL's name), e.g. openai/gsm8k, or a "
+                                        "directory written by datasets' save_to_disk; converted like --train_file")
+    dataset_config: str | None = _f(None, "config of --dataset_name (default: main for gsm8k, else the dataset's own)")
+    dataset_train_split: str = _f("train", "split of --dataset_name to train on")
+    generate_examples: int = _f(256, "problems from the built-in generator when neither --train_file nor "
+                                     "--dataset_name is given")
     eval_file: str | None = _f(None, "held-out JSONL (same formats as --train_file): eval_loss, eval_lm_loss and "
                                      "eval_jepa_loss are logged every --eval_steps")
     output_dir: str = _f("runs/step-jepa", "where checkpoints, metrics.jsonl and the final model go")
@@ -142,6 +148,7 @@ class StepJEPAConfig(JEPAOptions, TrainingArguments):
         holds what the user asked for, not what this machine resolved it to (CPU, eval steps).
         """
         self._map_debug()
+        self._map_gradient_checkpointing()
         # A deep copy: TrainingArguments fills dicts such as fsdp_config in place.
         self._given = copy.deepcopy({f.name: getattr(self, f.name) for f in fields(self) if f.init})
         self.validate()
@@ -167,6 +174,30 @@ class StepJEPAConfig(JEPAOptions, TrainingArguments):
             flag = self.debug if isinstance(self.debug, bool) else self.debug.lower() in _TRUE
             self.debug_batch = self.debug_batch or flag
             self.debug = ""
+
+    def _map_gradient_checkpointing(self) -> None:
+        """Drop a `gradient_checkpointing: false` that means "off", the default.
+
+        Configs saved by earlier versions (step_jepa_config.yaml, compare's grids) hold it, and
+        Hugging Face reads any value of this deprecated alias of --activation_checkpointing as the
+        user asking for the old name: reloading such a config warned on every run. `true` (or
+        `false` beside --activation_checkpointing) is left to Hugging Face, whose FutureWarning
+        then tells the user who typed the old name to rename it.
+        """
+        if self.gradient_checkpointing is False and self.activation_checkpointing is None:
+            self.gradient_checkpointing = None
+
+    def process_log_level(self) -> int:
+        """The `logging` level of this process's step_jepa messages, as Hugging Face chooses one:
+        --log_level on the main process (info when passive, our default), --log_level_replica on
+        the others (warning when passive), so N ranks do not print every line N times."""
+        from transformers.training_args import trainer_log_levels  # {"debug": 10, ..., "passive": -1}
+
+        main = self.should_log
+        level = trainer_log_levels[self.log_level if main else self.log_level_replica]
+        if level == -1:  # passive
+            return logging.INFO if main else logging.WARNING
+        return level
 
     def _resolve(self) -> None:
         """Trainer-facing values that follow from ours.
@@ -224,7 +255,10 @@ class StepJEPAConfig(JEPAOptions, TrainingArguments):
         return [
             *super()._checks(),
             (self.max_length >= 8, "--max_length must be >= 8"),
-            (self.train_file is not None or self.generate_examples >= 1, "--generate_examples must be >= 1"),
+            (self.train_file is None or self.dataset_name is None,
+             "give --train_file or --dataset_name, not both (neither: the built-in generator)"),
+            (self.train_file is not None or self.dataset_name is not None or self.generate_examples >= 1,
+             "--generate_examples must be >= 1"),
             (self.eval_strategy in (None, "no") or bool(self.eval_file),
              f"--eval_strategy {self.eval_strategy} needs --eval_file"),
             (self.eval_steps is None or self.eval_steps >= 1, "--eval_steps must be >= 1"),

@@ -16,10 +16,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from step_jepa.data.logs import get_logger
 from step_jepa.data.segment import Segmented, SegmentError, segment
 from step_jepa.method.layout import StepJEPACollator, flatten_examples
 from step_jepa.training.checkpoints import _is_main_process
 from step_jepa.training.config import StepJEPAConfig
+
+logger = get_logger(__name__)
 
 
 class ListDataset(Dataset):
@@ -35,9 +38,11 @@ class ListDataset(Dataset):
 
 def load_training_records(cfg: StepJEPAConfig) -> tuple[list[dict], dict[str, Any]]:
     """Records from --train_file (strict by default: the first bad line is an error naming file:line),
-    or from the built-in generator when no file is given."""
+    --dataset_name (its rows converted and reported the same way), or the built-in generator."""
     from step_jepa.data.synthetic import generate_problems
 
+    if cfg.dataset_name is not None:
+        return load_hub_records(cfg)
     if cfg.train_file is None:
         recs = generate_problems(cfg.generate_examples, seed=cfg.seed)
         return _with_system_prompt(recs, cfg), {
@@ -51,6 +56,18 @@ def load_file_records(path: str, cfg: StepJEPAConfig) -> tuple[list[dict], dict[
 
     recs, rep = load_records(path, skip_invalid=cfg.skip_invalid)
     return _with_system_prompt(recs, cfg), {"source": path, **rep.to_dict()}
+
+
+def load_hub_records(cfg: StepJEPAConfig) -> tuple[list[dict], dict[str, Any]]:
+    """--dataset_name/--dataset_config/--dataset_train_split, through the loader `step-jepa prepare`
+    and `step-jepa eval --dataset` use; "source" names it NAME[SPLIT] in the data report."""
+    from step_jepa.data.load import load_dataset_records
+
+    assert cfg.dataset_name is not None
+    recs, rep = load_dataset_records(cfg.dataset_name, cfg.dataset_config, cfg.dataset_train_split,
+                                     skip_invalid=cfg.skip_invalid)
+    return _with_system_prompt(recs, cfg), {"source": f"{cfg.dataset_name}[{cfg.dataset_train_split}]",
+                                            **rep.to_dict()}
 
 
 def _with_system_prompt(recs: list[dict], cfg: StepJEPAConfig) -> list[dict]:
@@ -160,14 +177,14 @@ def build_collator(cfg: StepJEPAConfig, tok, pred_ids: list[int], attn: str) -> 
 def format_data_report(data: dict[str, Any], seg: dict[str, Any]) -> str:
     """Two readable lines: what happened to the input lines, and to the records at tokenization."""
     skipped = data.get("skipped") or {}
-    line = f"[step-jepa] data: {data.get('lines_read', 0)} lines read from {data.get('source')}"
+    line = f"data: {data.get('lines_read', 0)} lines read from {data.get('source')}"
     if "written" in data:
         line += f", {data['written']} used, {sum(skipped.values())} skipped"
-        line += "".join(f"\n[step-jepa]   {n:>6}  {reason}" for reason, n in skipped.items())
-    seg_line = (f"[step-jepa] segmentation: {seg['examples']} examples, {seg['truncated']} truncated, "
+        line += "".join(f"\n  {n:>6}  {reason}" for reason, n in skipped.items())
+    seg_line = (f"segmentation: {seg['examples']} examples, {seg['truncated']} truncated, "
                 f"{seg['without_valid_pair']} without a valid step pair, {seg['first_pair_invalid']} without a valid "
                 f"S1→S2 pair (what --pairs first uses), mean {seg['mean_tokens']} tokens")
-    seg_line += "".join(f"\n[step-jepa]   {n:>6}  skipped: {reason}" for reason, n in seg["skipped"].items())
+    seg_line += "".join(f"\n  {n:>6}  skipped: {reason}" for reason, n in seg["skipped"].items())
     return f"{line}\n{seg_line}"
 
 
@@ -197,11 +214,9 @@ def check_pair_coverage(cfg: StepJEPAConfig, seg: dict[str, Any]) -> None:
             "and this would be plain SFT. Steps are found at blank lines ('\\n\\n') in the answer: check the data "
             "(step-jepa inspect), raise --max_length if steps are cut, or train SFT on purpose with --lbd 0.")
     if frac < LOW_PAIR_FRACTION and _is_main_process():
-        import sys
-
-        print(f"[step-jepa] WARNING: only {100 * frac:.1f}% of the {seg['examples']} examples have {what}; the "
-              f"JEPA term (λ={cfg.lbd}) sees few pairs and this run is mostly plain SFT. Check the step "
-              "separators of the data (step-jepa inspect) or --max_length.", file=sys.stderr, flush=True)
+        logger.warning(f"only {100 * frac:.1f}% of the {seg['examples']} examples have {what}; the JEPA term "
+                       f"(λ={cfg.lbd}) sees few pairs and this run is mostly plain SFT. Check the step "
+                       "separators of the data (step-jepa inspect) or --max_length.")
 
 
 def make_dataset(examples: list[Segmented], cfg: StepJEPAConfig) -> ListDataset:
@@ -225,5 +240,5 @@ def load_eval_examples(cfg: StepJEPAConfig, tok) -> list[Segmented]:
         return []
     records, report = load_file_records(cfg.eval_file, cfg)
     examples, seg = segment_all(records, tok, cfg.max_length)
-    print(format_data_report(report, seg).replace("[step-jepa] ", "[step-jepa] eval ", 2), flush=True)
+    logger.info("eval " + format_data_report(report, seg).replace("\nsegmentation", "\neval segmentation", 1))
     return examples

@@ -4,6 +4,7 @@ decoder compiled."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -73,7 +74,11 @@ def apply_lora(lm, cfg: StepJEPAConfig, new_rows: list[int]):
     lcfg = LoraConfig(
         r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
         task_type="CAUSAL_LM", trainable_token_indices=tokens)
-    peft = get_peft_model(lm, lcfg)
+    with warnings.catch_warnings():
+        # PEFT (0.21) reads the model's `is_gradient_checkpointing`, a property transformers 5
+        # deprecated: the FutureWarning is PEFT's, not the user's, and would open every --lora run.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft = get_peft_model(lm, lcfg)
     # PEFT records the resolved path (a hub cache snapshot, machine-specific); keep what the user
     # typed, so the adapter loads elsewhere. A local directory is made absolute for the same reason.
     local = Path(cfg.model).expanduser()

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from step_jepa.data.logs import get_logger, set_level
 from step_jepa.data.segment import Segmented
 from step_jepa.method.losses import view_diagnostics
 from step_jepa.method.model import StepJEPAModel, step_jepa_loss
@@ -56,6 +57,13 @@ from step_jepa.training.integration import StepJEPACallback
 from step_jepa.training.model import build_model, finalize_adapter, resolve_attn_implementation
 from step_jepa.training.model_card import push_final, write_model_card
 
+logger = get_logger(__name__)
+
+
+# Beside each checkpoint's trainer_state.json: the sum of the training losses of its steps, so the
+# train_loss of a resumed run covers the whole run (Hugging Face's covers only the resumed steps).
+LOSS_FILE = "step_jepa_loss.json"
+
 
 class NonFiniteLossError(RuntimeError, ValueError):
     """Raised after --max_nonfinite_steps consecutive steps with a NaN/inf loss or gradient.
@@ -82,6 +90,8 @@ class StepJEPATrainer(Trainer):
         self._nonfinite_run = 0
         self._nonfinite_loss: torch.Tensor | None = None
         self._staging_root: str | None = None
+        # (Σ step losses, steps) of the run before the checkpoint this process resumed from.
+        self._prior_loss: tuple[float, int] = (0.0, 0)
 
     # ---- token counting across accumulation and ranks
     def get_batch_samples(self, *args, **kwargs):
@@ -165,8 +175,8 @@ class StepJEPATrainer(Trainer):
         self._nonfinite_run += 1
         self._acc["skipped_steps"] += 1
         limit = self.step_config.max_nonfinite_steps
-        print(f"[step-jepa] non-finite loss or gradient at step {self.state.global_step + 1}: optimizer step "
-              f"skipped ({self._nonfinite_run}/{limit} in a row)", flush=True)
+        logger.warning(f"non-finite loss or gradient at step {self.state.global_step + 1}: optimizer step "
+                       f"skipped ({self._nonfinite_run}/{limit} in a row)")
         if self._nonfinite_run >= limit:
             raise NonFiniteLossError(
                 f"{self._nonfinite_run} consecutive optimizer steps with a non-finite loss or gradient "
@@ -309,6 +319,34 @@ class StepJEPATrainer(Trainer):
             wrapper.head.load_state_dict(load_file(os.path.join(resume_from_checkpoint, HEAD_FILE)))
         if wrapper._ema:
             self._load_ema(wrapper, resume_from_checkpoint)
+        loss_file = Path(resume_from_checkpoint) / LOSS_FILE
+        if loss_file.exists():  # absent in checkpoints of earlier versions: see run_loss
+            saved = json.loads(loss_file.read_text())
+            self._prior_loss = (float(saved["loss_sum"]), int(saved["steps"]))
+
+    def run_loss(self, this_process_mean: float) -> tuple[float, int]:
+        """(mean training loss, steps it covers): the whole run's, across resumes.
+
+        Hugging Face's `TrainOutput.training_loss` averages the steps of this process only; the
+        checkpoint we resumed from carries the loss sum of the steps before it (LOSS_FILE). Without
+        that file (a checkpoint of an earlier version) only this process's steps are known.
+        """
+        start = getattr(self, "_initial_global_step", 0)
+        steps = self.state.global_step - start
+        prior_sum, prior_steps = self._prior_loss
+        if prior_steps != start:
+            return this_process_mean, steps
+        return (prior_sum + this_process_mean * steps) / max(self.state.global_step, 1), self.state.global_step
+
+    def _write_loss_sum(self, ckpt_dir: str) -> None:
+        """The loss sum of steps 1..global_step into a checkpoint, for `run_loss` after a resume."""
+        start = getattr(self, "_initial_global_step", None)
+        tr_loss = getattr(self, "_tr_loss", None)  # the Trainer's un-logged loss sum (transformers >= 5.x)
+        prior_sum, prior_steps = self._prior_loss
+        if start is None or tr_loss is None or prior_steps != start:
+            return  # the sum would not cover the whole run: write none rather than a wrong one
+        total = prior_sum + self._total_loss_scalar + float(tr_loss.item())
+        Path(ckpt_dir, LOSS_FILE).write_text(json.dumps({"loss_sum": total, "steps": self.state.global_step}))
 
     @staticmethod
     def _load_ema(wrapper: StepJEPAModel, ckpt: str) -> None:
@@ -317,8 +355,7 @@ class StepJEPATrainer(Trainer):
 
         path = os.path.join(ckpt, EMA_FILE)
         if not os.path.exists(path):  # written by a version that did not save the target
-            print(f"[step-jepa] warning: {ckpt} has no {EMA_FILE}; the EMA target restarts from the resumed "
-                  "weights", flush=True)
+            logger.warning(f"{ckpt} has no {EMA_FILE}; the EMA target restarts from the resumed weights")
             wrapper._ema[0].load_state_dict(wrapper.lm.state_dict())
             return
         ema = wrapper._ema[0]
@@ -350,6 +387,7 @@ class StepJEPATrainer(Trainer):
             self._staging_root = None
         self.accelerator.wait_for_everyone()  # every rank has written its RNG/optimizer shard
         if self.args.should_save:
+            self._write_loss_sum(os.path.join(staging, name))
             publish_checkpoint(Path(staging) / name, Path(run_dir) / name)
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
@@ -405,15 +443,16 @@ def run_train(cfg: StepJEPAConfig, callbacks: list[TrainerCallback] | None = Non
     """
     from transformers import set_seed
 
+    set_level(cfg.process_log_level())  # --log_level on the main process, --log_level_replica on the others
     resume_ckpt = check_output_dir(cfg)
     args = cfg  # a StepJEPAConfig is a TrainingArguments, resolved in its __post_init__
     set_seed(cfg.seed)
     if _is_main_process():
-        print("[step-jepa] resolved config:\n" + format_config(cfg), flush=True)
+        logger.info("resolved config:\n" + format_config(cfg))
     records, data_report = load_training_records(cfg)
     lm, tok, pred_ids, model_path = build_model(cfg)
     examples, seg_stats = segment_all(records, tok, cfg.max_length)
-    print(f"[step-jepa] model: {model_path}\n{format_data_report(data_report, seg_stats)}", flush=True)
+    logger.info(f"model: {model_path}\n{format_data_report(data_report, seg_stats)}")
     check_pair_coverage(cfg, seg_stats)
     eval_examples = load_eval_examples(cfg, tok)  # a bad --eval_file fails here, before anything is written
     trainer = build_trainer(cfg, args, lm, tok, pred_ids, examples, callbacks, eval_examples)
@@ -429,17 +468,18 @@ def run_train(cfg: StepJEPAConfig, callbacks: list[TrainerCallback] | None = Non
         merged = trainer.accelerator.unwrap_model(trainer.model).lm.merge_and_unload()
         merged.save_pretrained(Path(cfg.output_dir) / "merged")
         tok.save_pretrained(Path(cfg.output_dir) / "merged")
+    train_loss, loss_steps = trainer.run_loss(result.training_loss)
     summary = {"global_step": trainer.state.global_step, "train_seconds": round(seconds, 2),
-               "train_loss": result.training_loss, "final_dir": str(final_dir), "model": model_path,
+               "train_loss": train_loss, "train_loss_steps": loss_steps, "final_dir": str(final_dir), "model": model_path,
                "examples": len(examples), "segmentation": seg_stats, "resumed_from": resume_ckpt}
     if trainer.args.world_size > 1:
         write_rank_fingerprint(trainer, Path(cfg.output_dir))
     if trainer.is_world_process_zero():
         (Path(cfg.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=1))
         write_model_card(final_dir, cfg, summary, data_report, weights_source(cfg.model, model_path))
-        print(f"[step-jepa] done: {json.dumps(summary)[:400]}", flush=True)
+        logger.info(f"done: {json.dumps(summary)[:400]}")
         if cfg.push_to_hub:
-            print(f"[step-jepa] pushed {final_dir} to {push_final(final_dir, cfg)}", flush=True)
+            logger.info(f"pushed {final_dir} to {push_final(final_dir, cfg)}")
     return summary
 
 
@@ -498,4 +538,4 @@ def write_rank_fingerprint(trainer: Trainer, out: Path) -> None:
 def print_debug_batch(batch: dict[str, Any]) -> None:
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
-            print(f"[debug] {k}: {tuple(v.shape)} {v.dtype}")
+            logger.info(f"debug batch: {k}: {tuple(v.shape)} {v.dtype}")
