@@ -82,10 +82,10 @@ def _losses(rank: int, world: int, port: str, out_dir: str) -> None:
 def test_fully_shard_wrapper_matches_one_process(tmp_path: Path):
     """FSDP2 over two gloo ranks, each decoder layer its own unit, gives one process's losses.
 
-    Tolerance: both runs compute the same float32 math; only the order of the gradient sums
-    differs (an average over two identical halves), so the losses agree to ~1e-6 relative; 1e-4
-    relative is far above that and far below a real divergence (a step of lr 0.05 moves the loss
-    by ~1e-2)."""
+    Tolerance: both runs compute the same float32 math; only the order of the gradient sums may
+    differ (an average over two identical copies), so float32 rounding (~1e-7 relative) is the
+    only expected difference (on torch 2.13 CPU the losses came out bit-identical); 1e-4 relative
+    is far above that and far below a real divergence (each step moves the loss by ~0.35, 5%)."""
     import torch.multiprocessing as mp
 
     _losses(0, 1, "", str(tmp_path))
