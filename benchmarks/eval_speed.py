@@ -46,9 +46,18 @@ from step_jepa.evaluation.decode import (
     stop_token_ids,
 )
 
-SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                    num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
-                    tie_word_embeddings=True, rms_norm_eps=1e-5)
+SMOLLM2_135M = dict(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+    max_position_embeddings=8192,
+    rope_theta=100000.0,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-5,
+)
 
 
 def _records(args: argparse.Namespace) -> list[dict]:
@@ -88,8 +97,16 @@ def _sync() -> None:
 def run_ours(model, tok, prompts, args) -> tuple[list[GenResult], float]:
     _sync()
     t0 = time.perf_counter()
-    res = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                      max_batch_tokens=args.max_batch_tokens, progress=False, stop_ids=args.stops)
+    res = generate(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        progress=False,
+        stop_ids=args.stops,
+    )
     _sync()
     return res, time.perf_counter() - t0
 
@@ -107,14 +124,19 @@ def run_hf(model, tok, prompts, args) -> tuple[list[GenResult], float]:
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, i in enumerate(idx):
-            ids[r, width - len(seqs[i]):] = torch.tensor(seqs[i])
-            mask[r, width - len(seqs[i]):] = 1
+            ids[r, width - len(seqs[i]) :] = torch.tensor(seqs[i])
+            mask[r, width - len(seqs[i]) :] = 1
         # Same SDPA backends as ours: identical kernels, so identical tokens are possible, and HF is
         # spared cuDNN's per-shape plan building (which would make this baseline several times slower).
         with torch.inference_mode(), attention_backends(model.device):
-            out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                                 max_new_tokens=args.max_new_tokens, do_sample=False,
-                                 eos_token_id=list(stops) or None, pad_token_id=pad)
+            out = model.generate(
+                input_ids=ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                eos_token_id=list(stops) or None,
+                pad_token_id=pad,
+            )
         for i, toks in zip(idx, _trim(out[:, width:].tolist(), stops)):
             results[i] = _to_result(tok, toks, stops)
     _sync()
@@ -129,14 +151,30 @@ def run_variant(model, tok, prompts, spec: str, args) -> dict:
     stats: list[dict] = []
     _sync()
     t0 = time.perf_counter()
-    gens = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, progress=False,
-                       max_batch_tokens=None if budget == "auto" else int(budget), stop_ids=args.stops,
-                       cuda_graphs=kind == "graphs", graph_window=int(window[0]) if window else 128, stats=stats)
+    gens = generate(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        progress=False,
+        max_batch_tokens=None if budget == "auto" else int(budget),
+        stop_ids=args.stops,
+        cuda_graphs=kind == "graphs",
+        graph_window=int(window[0]) if window else 128,
+        stats=stats,
+    )
     _sync()
     secs = time.perf_counter() - t0
-    return {"variant": spec, "seconds": round(secs, 3), "gens": gens, "batches": len(stats),
-            "steps": sum(s["steps"] for s in stats), "captures": sum(s.get("captures", 0) for s in stats),
-            "capture_s": round(sum(s.get("capture_s", 0.0) for s in stats), 3), "stats": stats}
+    return {
+        "variant": spec,
+        "seconds": round(secs, 3),
+        "gens": gens,
+        "batches": len(stats),
+        "steps": sum(s["steps"] for s in stats),
+        "captures": sum(s.get("captures", 0) for s in stats),
+        "capture_s": round(sum(s.get("capture_s", 0.0) for s in stats), 3),
+        "stats": stats,
+    }
 
 
 def run_variants(model, tok, records, prompts, args) -> int:
@@ -146,23 +184,39 @@ def run_variants(model, tok, records, prompts, args) -> int:
     # since the budget alone changes bf16 outputs (docs/evaluate.md).
     loops = {r["variant"].split(":")[1]: r["gens"] for r in rows if r["variant"].startswith("loop:")}
     same = lambda x, y: sum(a.text == b.text and a.n_tokens == b.n_tokens for a, b in zip(x, y))  # noqa: E731
-    print(f"{'variant':<22} {'wall s':>7} {'tok/s':>8} {'correct':>8} {'same as 1st':>11} {'same as loop':>12} "
-          f"{'batches':>7} {'steps':>6} {'graphs':>6} {'capture s':>9}")
+    print(
+        f"{'variant':<22} {'wall s':>7} {'tok/s':>8} {'correct':>8} {'same as 1st':>11} {'same as loop':>12} "
+        f"{'batches':>7} {'steps':>6} {'graphs':>6} {'capture s':>9}"
+    )
     for r in rows:
         gens = r.pop("gens")
         loop = loops.get(r["variant"].split(":")[1])
         n_tok = sum(g.n_tokens for g in gens)
-        r.update(tokens=n_tok, tokens_per_s=round(n_tok / r["seconds"]),
-                 correct=sum(ev._score(rec, g, False)["correct"] for rec, g in zip(records, gens)),
-                 identical=same(gens, ref), identical_to_loop=same(gens, loop) if loop is not None else None)
+        r.update(
+            tokens=n_tok,
+            tokens_per_s=round(n_tok / r["seconds"]),
+            correct=sum(ev._score(rec, g, False)["correct"] for rec, g in zip(records, gens)),
+            identical=same(gens, ref),
+            identical_to_loop=same(gens, loop) if loop is not None else None,
+        )
         vs_loop = "-" if r["identical_to_loop"] is None else str(r["identical_to_loop"])
-        print(f"{r['variant']:<22} {r['seconds']:>7.2f} {r['tokens_per_s']:>8d} {r['correct']:>8d} "
-              f"{r['identical']:>11d} {vs_loop:>12} {r['batches']:>7d} {r['steps']:>6d} {r['captures']:>6d} "
-              f"{r['capture_s']:>9.2f}")
+        print(
+            f"{r['variant']:<22} {r['seconds']:>7.2f} {r['tokens_per_s']:>8d} {r['correct']:>8d} "
+            f"{r['identical']:>11d} {vs_loop:>12} {r['batches']:>7d} {r['steps']:>6d} {r['captures']:>6d} "
+            f"{r['capture_s']:>9.2f}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"n": len(records), "max_new_tokens": args.max_new_tokens,
-                                               "device": torch.cuda.get_device_name() if torch.cuda.is_available()
-                                               else "cpu", "rows": rows}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "n": len(records),
+                    "max_new_tokens": args.max_new_tokens,
+                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 
@@ -205,13 +259,17 @@ def main(argv: list[str] | None = None) -> int:
         hf, t_hf = run_hf(model, tok, prompts, args)
         rows.append((f"HF generate batch {args.hf_batch_size}", t_hf, hf))
 
-    print(f"model {args.model}{' (random init)' if args.random_init else ''}, n={len(records)}, "
-          f"max_new_tokens={args.max_new_tokens}, dtype={next(model.parameters()).dtype}, device={args.device}")
+    print(
+        f"model {args.model}{' (random init)' if args.random_init else ''}, n={len(records)}, "
+        f"max_new_tokens={args.max_new_tokens}, dtype={next(model.parameters()).dtype}, device={args.device}"
+    )
     print(f"{'method':<24} {'wall s':>8} {'gen tokens':>11} {'tokens/s':>10} {'accuracy':>9} {'errors':>7}")
     for name, secs, gens in rows:
         n_tok = sum(g.n_tokens for g in gens)
-        print(f"{name:<24} {secs:>8.2f} {n_tok:>11d} {n_tok / secs:>10.0f} {_accuracy(records, gens):>9.4f} "
-              f"{sum(g.error is not None for g in gens):>7d}")
+        print(
+            f"{name:<24} {secs:>8.2f} {n_tok:>11d} {n_tok / secs:>10.0f} {_accuracy(records, gens):>9.4f} "
+            f"{sum(g.error is not None for g in gens):>7d}"
+        )
     if args.compare_hf:
         differ = sum(a.text != b.text or a.n_tokens != b.n_tokens for a, b in zip(ours, hf))
         print(f"differing outputs (ours vs HF): {differ} / {len(ours)}")

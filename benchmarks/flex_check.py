@@ -70,8 +70,9 @@ def build_models(name: str, smollm2_path: str | None):
         from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
         tok = build_tiny_tokenizer("chatml")
-        make = lambda impl: build_tiny_model(len(tok), layers=4, hidden=256, seed=0,  # noqa: E731
-                                             attn_implementation=impl)
+
+        def make(impl: str):
+            return build_tiny_model(len(tok), layers=4, hidden=256, seed=0, attn_implementation=impl)
     else:
         from step_jepa.models.loading import load_tokenizer
         from step_jepa.models.sources import resolve_model_path
@@ -79,7 +80,8 @@ def build_models(name: str, smollm2_path: str | None):
         path = resolve_model_path(smollm2_path or "HuggingFaceTB/SmolLM2-135M-Instruct")
         tok = load_tokenizer(path)
         make = lambda impl: AutoModelForCausalLM.from_pretrained(  # noqa: E731
-            path, dtype=torch.float32, attn_implementation=impl)
+            path, dtype=torch.float32, attn_implementation=impl
+        )
     a, b = make("sdpa"), make("flex_attention")
     pred = add_predictor_tokens(a, tok, 2)
     add_predictor_tokens(b, tok, 2)
@@ -115,8 +117,12 @@ def compare(tag: str, a, b, tol: float) -> None:
         if not e <= worst:  # also catches NaN
             worst, worst_name = (e if e == e else float("inf")), n
     report(f"{tag} loss", "relative error", rel_loss, rel_loss < tol)
-    report(f"{tag} grads", f"max rel err ({worst_name.split('.')[-2] if '.' in worst_name else worst_name})"[:40],
-           worst, worst < tol and not missing)
+    report(
+        f"{tag} grads",
+        f"max rel err ({worst_name.split('.')[-2] if '.' in worst_name else worst_name})"[:40],
+        worst,
+        worst < tol and not missing,
+    )
 
 
 def layouts(tok, pred, *modes: str):
@@ -124,8 +130,9 @@ def layouts(tok, pred, *modes: str):
     pairs=all, K=2; the examples are segmented once and laid out in every mode asked for."""
     exs = examples(tok, 12)
     for packing in (False, True):
-        kw = dict(pad_id=tok.pad_token_id, pred_ids=pred, pairs="all", packing=packing, max_tokens=2048,
-                  pad_multiple=128)
+        kw = dict(
+            pad_id=tok.pad_token_id, pred_ids=pred, pairs="all", packing=packing, max_tokens=2048, pad_multiple=128
+        )
         yield ("packed" if packing else "padded"), [_to(StepJEPACollator(mode=m, **kw)(exs)) for m in modes]
 
 
@@ -161,8 +168,12 @@ def check_model(name: str, args) -> None:
         return
     sdpa, flex, tok, pred = models
     for lay, (sp, tp) in layouts(tok, pred, "single_pass", "two_pass"):
-        res = {"sdpa_sp": loss_and_grads(sdpa, sp), "flex_sp": loss_and_grads(flex, sp),
-               "sdpa_tp": loss_and_grads(sdpa, tp), "flex_tp": loss_and_grads(flex, tp)}
+        res = {
+            "sdpa_sp": loss_and_grads(sdpa, sp),
+            "flex_sp": loss_and_grads(flex, sp),
+            "sdpa_tp": loss_and_grads(sdpa, tp),
+            "flex_tp": loss_and_grads(flex, tp),
+        }
         compare(f"{name}/{lay} flex_sp~sdpa_sp", res["flex_sp"], res["sdpa_sp"], args.tol)
         compare(f"{name}/{lay} flex_sp~flex_tp", res["flex_sp"], res["flex_tp"], args.tol)
         compare(f"{name}/{lay} sdpa_sp~sdpa_tp", res["sdpa_sp"], res["sdpa_tp"], args.tol)
@@ -179,8 +190,15 @@ def check_mask_memory(args) -> None:
     pred = tok.convert_tokens_to_ids(["<|predictor_1|>"])
     T, B = args.mask_T, args.mask_B
     exs = examples(tok, max(64, B * T // 150))
-    batch = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, mode="single_pass", pairs="all",
-                             packing=True, max_tokens=T, pad_multiple=T)(exs)
+    batch = StepJEPACollator(
+        pad_id=tok.pad_token_id,
+        pred_ids=pred,
+        mode="single_pass",
+        pairs="all",
+        packing=True,
+        max_tokens=T,
+        pad_multiple=T,
+    )(exs)
     meta = meta_of({k: v[:B].cuda() for k, v in batch.items() if k in ("seq", "role", "pair", "ctx", "position_ids")})
     B, T = meta.seq.shape
     flex_block_mask(meta)  # compile + warm
@@ -192,9 +210,11 @@ def check_mask_memory(args) -> None:
     torch.cuda.synchronize()
     used = torch.cuda.max_memory_allocated() - base
     dense = B * T * T
-    print(f"[flex_check] block mask B={B} T={T}: peak {used / 2**20:.2f} MiB allocated while building; a dense "
-          f"bool B×T×T mask is {dense / 2**20:.0f} MiB; sparsity {getattr(bm, 'sparsity', lambda: float('nan'))():.1f}%",
-          flush=True)
+    print(
+        f"[flex_check] block mask B={B} T={T}: peak {used / 2**20:.2f} MiB allocated while building; a dense "
+        f"bool B×T×T mask is {dense / 2**20:.0f} MiB; sparsity {getattr(bm, 'sparsity', lambda: float('nan'))():.1f}%",
+        flush=True,
+    )
     report(f"mask memory B={B} T={T}", f"peak/dense bytes ({used / 2**20:.1f} MiB)", used / dense, used < dense / 16)
 
 
@@ -226,8 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_float32_matmul_precision("highest")
     import transformers
 
-    print(f"[flex_check] torch {torch.__version__} | transformers {transformers.__version__} | "
-          f"{torch.cuda.get_device_name()} | fp32, TF32 off", flush=True)
+    print(
+        f"[flex_check] torch {torch.__version__} | transformers {transformers.__version__} | "
+        f"{torch.cuda.get_device_name()} | fp32, TF32 off",
+        flush=True,
+    )
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     checks = {c.strip() for c in args.checks.split(",") if c.strip()}
     jobs = [(f"{m} run", check_model, m) for m in models if "flex" in checks]

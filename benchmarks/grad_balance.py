@@ -48,18 +48,32 @@ def batch_row(wrapper, batch: dict, params: list[torch.nn.Parameter], lbd: float
     g_j = torch.autograd.grad(out["jepa"], params, allow_unused=True)
     n_lm, n_j, gamma = _norm(g_lm), _norm(g_j), wrapper.options.gamma
     total = torch.sqrt((gamma * n_lm) ** 2 + (lbd * n_j) ** 2 + 2 * gamma * lbd * _dot(g_lm, g_j))
-    return {**row, "pairs": int(out["view1"].shape[0]), "jepa_loss": float(out["jepa"].detach()),
-            "jepa_grad": float(n_j), "ratio": float(lbd * n_j / (gamma * n_lm)),
-            "cos": float(_dot(g_lm, g_j) / (n_lm * n_j)), "total_grad": float(total)}
+    return {
+        **row,
+        "pairs": int(out["view1"].shape[0]),
+        "jepa_loss": float(out["jepa"].detach()),
+        "jepa_grad": float(n_j),
+        "ratio": float(lbd * n_j / (gamma * n_lm)),
+        "cos": float(_dot(g_lm, g_j) / (n_lm * n_j)),
+        "total_grad": float(total),
+    }
 
 
 def format_rows(rows: list[dict], model: str, lbd: float, clip: float) -> str:
-    head = ("| batch | tokens | pairs | L_LM | ‖∇L_LM‖ | L_JEPA | ‖∇L_JEPA‖ | λ‖∇L_JEPA‖ ÷ ‖∇L_LM‖ | cos | "
-            f"‖∇ total‖ (clip {clip:g}) |")
+    head = (
+        "| batch | tokens | pairs | L_LM | ‖∇L_LM‖ | L_JEPA | ‖∇L_JEPA‖ | λ‖∇L_JEPA‖ ÷ ‖∇L_LM‖ | cos | "
+        f"‖∇ total‖ (clip {clip:g}) |"
+    )
     lines = [f"{model}, λ {lbd:g}", "", head, "|" + "---|" * (head.count("|") - 1)]
     for i, r in enumerate(rows):
-        j = (f"{r['jepa_loss']:.3f} | {r['jepa_grad']:.3g} | {r['ratio']:.2f} | {r['cos']:+.3f} | "
-             f"{r['total_grad']:.3g}") if r.get("pairs") else "– | – | – | – | –"
+        j = (
+            (
+                f"{r['jepa_loss']:.3f} | {r['jepa_grad']:.3g} | {r['ratio']:.2f} | {r['cos']:+.3f} | "
+                f"{r['total_grad']:.3g}"
+            )
+            if r.get("pairs")
+            else "– | – | – | – | –"
+        )
         lines.append(f"| {i} | {r['tokens']} | {r.get('pairs', 0)} | {r['lm_loss']:.3f} | {r['lm_grad']:.3g} | {j} |")
     with_pairs = [r for r in rows if r.get("pairs")]
     if with_pairs:

@@ -29,8 +29,17 @@ def load_records(train_file: str | None, n: int) -> list[dict]:
     return generate_problems(n, seed=0)
 
 
-def main(model: str, output_dir: str, max_steps: int = 20, train_file: str | None = None, n: int = 64,
-         lbd: float = 0.1, predictors: int = 1, learning_rate: float = 5e-5, batch_size: int = 4):
+def main(
+    model: str,
+    output_dir: str,
+    max_steps: int = 20,
+    train_file: str | None = None,
+    n: int = 64,
+    lbd: float = 0.1,
+    predictors: int = 1,
+    learning_rate: float = 5e-5,
+    batch_size: int = 4,
+):
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
@@ -51,20 +60,35 @@ def main(model: str, output_dir: str, max_steps: int = 20, train_file: str | Non
     lm, tok = load_model(model, attn_implementation="sdpa")
     pred_ids = add_predictor_tokens(lm, tok, predictors)
 
-    records = [{"id": str(r.get("id", i)), "messages": r["messages"]} for i, r in enumerate(load_records(train_file, n))]
+    records = [
+        {"id": str(r.get("id", i)), "messages": r["messages"]} for i, r in enumerate(load_records(train_file, n))
+    ]
     ds = Dataset.from_list(records)
-    ds = ds.map(tokenize_for_step_jepa, batched=True, remove_columns=ds.column_names,
-                fn_kwargs={"tokenizer": tok, "max_length": 1024})
+    ds = ds.map(
+        tokenize_for_step_jepa,
+        batched=True,
+        remove_columns=ds.column_names,
+        fn_kwargs={"tokenizer": tok, "max_length": 1024},
+    )
 
     step_model = StepJEPAModel(lm, JEPAOptions(lbd=lbd, jepa_loss="cosine"))
     args = TrainingArguments(
-        output_dir=output_dir, max_steps=max_steps, per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate, logging_steps=1, save_strategy="no", report_to=[],
-        remove_unused_columns=False)
+        output_dir=output_dir,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+    )
     trainer = Trainer(
-        model=step_model, args=args, train_dataset=ds,
+        model=step_model,
+        args=args,
+        train_dataset=ds,
         data_collator=StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred_ids, pairs="first"),
-        callbacks=[StepJEPACallback()])
+        callbacks=[StepJEPACallback()],
+    )
     trainer.train()
     lm.save_pretrained(f"{output_dir}/final")  # loads with AutoModelForCausalLM.from_pretrained
     tok.save_pretrained(f"{output_dir}/final")

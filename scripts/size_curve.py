@@ -29,8 +29,10 @@ def load(root: Path) -> dict[int, list[dict]]:
 
 
 def table(curve: dict[int, list[dict]]) -> str:
-    rows = ["| train problems | config | seeds | accuracy % (mean ± std) | Δ vs SFT, points [95 % CI] | McNemar p (b / c) |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| train problems | config | seeds | accuracy % (mean ± std) | Δ vs SFT, points [95 % CI] | McNemar p (b / c) |",
+        "|---|---|---|---|---|---|",
+    ]
     for n, configs in curve.items():
         for c in configs:
             p = c.get("paired") or {}
@@ -40,7 +42,9 @@ def table(curve: dict[int, list[dict]]) -> str:
                 mc = f"{p['mcnemar_p']:.2f} ({p['b']} / {c['paired']['c']})"
             else:
                 delta = mc = "—"
-            rows.append(f"| {n:,} | {c['config']} | {c['n']} | {100 * c['mean']:.2f} ± {100 * c['std']:.2f} | {delta} | {mc} |")
+            rows.append(
+                f"| {n:,} | {c['config']} | {c['n']} | {100 * c['mean']:.2f} ± {100 * c['std']:.2f} | {delta} | {mc} |"
+            )
     return "\n".join(rows) + "\n"
 
 
@@ -60,8 +64,7 @@ def plot(curve: dict[int, list[dict]], out: Path, title: str) -> None:
                 continue
             xs.append(n * (1 + 0.04 * (k - 1)))  # a small offset so the seeds' dots do not overlap
             ys.append(100 * c["mean"])
-            ax.scatter([xs[-1]] * len(c["accuracy"]), [100 * a for a in c["accuracy"]], s=12, alpha=0.5,
-                       color=f"C{k}")
+            ax.scatter([xs[-1]] * len(c["accuracy"]), [100 * a for a in c["accuracy"]], s=12, alpha=0.5, color=f"C{k}")
         ax.plot(xs, ys, marker="o", color=f"C{k}", label=name)
     ax.set_xscale("log")
     ax.set_xticks(list(curve), [f"{n:,}" for n in curve])

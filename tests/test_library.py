@@ -70,8 +70,9 @@ def test_forward_loss_normalised_over_accumulation(setup):
     want = sum(o["lm_sum"] for o in outs) / n + 0.5 * sum(o["jepa"] for o in outs) / 2
     torch.testing.assert_close(total, want)
     # The shared function is what StepJEPATrainer.compute_loss uses.
-    torch.testing.assert_close(step_jepa_loss(outs[0], m.options, num_items_in_batch=n, accumulation_steps=2),
-                               outs[0]["loss"])
+    torch.testing.assert_close(
+        step_jepa_loss(outs[0], m.options, num_items_in_batch=n, accumulation_steps=2), outs[0]["loss"]
+    )
 
 
 def test_tokenized_rows_collate_like_segmented(setup):
@@ -84,7 +85,7 @@ def test_tokenized_rows_collate_like_segmented(setup):
         col = _collator(tok, pred, packing=packing, max_tokens=256)
         a, b = col(exs), col(rows)
         for k in a:
-            assert (a[k].equal(b[k]) if torch.is_tensor(a[k]) else a[k] == b[k]), k
+            assert a[k].equal(b[k]) if torch.is_tensor(a[k]) else a[k] == b[k], k
 
 
 def test_tokenize_for_step_jepa_with_datasets_map(setup):
@@ -94,8 +95,7 @@ def test_tokenize_for_step_jepa_with_datasets_map(setup):
     with pytest.raises(SegmentError):
         tokenize_for_step_jepa(recs[-1], tok)
     ds = datasets.Dataset.from_list([{"id": r["id"], "messages": r["messages"]} for r in recs])
-    mapped = ds.map(tokenize_for_step_jepa, batched=True, fn_kwargs={"tokenizer": tok},
-                    remove_columns=ds.column_names)
+    mapped = ds.map(tokenize_for_step_jepa, batched=True, fn_kwargs={"tokenizer": tok}, remove_columns=ds.column_names)
     assert len(mapped) == len(recs) - 1  # the record without an answer is dropped
     col = _collator(tok, pred)
     a, b = col([segment(r, tok) for r in recs[:-1]]), col([mapped[i] for i in range(len(mapped))])

@@ -40,21 +40,44 @@ def test_the_model_reads_the_config_itself():
 
 def test_bench_flags_are_named_as_trains():
     train = {f.name for f in fields(StepJEPAConfig)}
-    shared = {"attn_implementation", "learning_rate", "torch_compile", "torch_compile_scope",
-              "per_device_train_batch_size", "max_length", "seed", "model"}
+    shared = {
+        "attn_implementation",
+        "learning_rate",
+        "torch_compile",
+        "torch_compile_scope",
+        "per_device_train_batch_size",
+        "max_length",
+        "seed",
+        "model",
+    }
     bench = {f.name for f in fields(BenchConfig)}
     assert shared <= bench and JEPA_FIELDS <= bench
     assert not bench & {"attn", "lr", "compile", "compile_scope", "batch_size"}
     # bench's own options (no train counterpart) are only these
-    assert bench - train == {"data", "n_batches", "steps", "warmup", "dtype", "device", "variants", "pack_tokens",
-                             "mem_steps", "threads", "rounds", "profile_dir", "profile_steps"}
+    assert bench - train == {
+        "data",
+        "n_batches",
+        "steps",
+        "warmup",
+        "dtype",
+        "device",
+        "variants",
+        "pack_tokens",
+        "mem_steps",
+        "threads",
+        "rounds",
+        "profile_dir",
+        "profile_steps",
+    }
 
 
 def test_jepa_ranges_are_checked_once_for_every_user():
     import pytest
 
-    for make in (lambda: JEPAOptions(predictors=0).validate(),
-                 lambda: BenchConfig(predictors=0).validate(),
-                 lambda: StepJEPAConfig(predictors=0, report_to="none", use_cpu=True)):
+    for make in (
+        lambda: JEPAOptions(predictors=0).validate(),
+        lambda: BenchConfig(predictors=0).validate(),
+        lambda: StepJEPAConfig(predictors=0, report_to="none", use_cpu=True),
+    ):
         with pytest.raises(ValueError, match="--predictors must be >= 1"):
             make()

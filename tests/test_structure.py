@@ -50,7 +50,12 @@ def _imports(path: Path, modules: set[str]) -> dict[str, list[str]]:
                 out.setdefault(sub if sub in modules else node.module, []).append(a.name)
         elif isinstance(node, ast.Import):
             out.update({a.name: [] for a in node.names if a.name in modules})
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value and node.value in modules:
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "." in node.value
+            and node.value in modules
+        ):
             out.setdefault(node.value, [])
     return out
 
@@ -71,8 +76,12 @@ def test_every_module_is_in_a_pipeline_subpackage():
 
 
 def test_subpackages_import_only_those_before_them():
-    upward = [f"{m} -> {d}" for m, deps in _graph().items() for d in deps
-              if _layer(m) is not None and _layer(d) is not None and _layer(d) > _layer(m)]
+    upward = [
+        f"{m} -> {d}"
+        for m, deps in _graph().items()
+        for d in deps
+        if _layer(m) is not None and _layer(d) is not None and _layer(d) > _layer(m)
+    ]
     assert not upward, "imports against the pipeline order:\n" + "\n".join(upward)
 
 
@@ -86,7 +95,7 @@ def test_no_import_cycle():
         path.append(m)
         for dep in sorted(graph.get(m, ())):
             if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]))
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(dep) :] + [dep]))
             if dep not in state:
                 visit(dep)
         path.pop()
@@ -99,8 +108,7 @@ def test_no_import_cycle():
 
 def test_cycle_check_sees_lazy_and_string_imports(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("def f():\n    from step_jepa.data.load import load_records\n"
-                 "TABLE = ('step_jepa.cli.train',)\n")
+    f.write_text("def f():\n    from step_jepa.data.load import load_records\nTABLE = ('step_jepa.cli.train',)\n")
     found = _imports(f, {"step_jepa.data.load", "step_jepa.cli.train"})
     assert found == {"step_jepa.data.load": ["load_records"], "step_jepa.cli.train": []}
 

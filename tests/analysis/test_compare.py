@@ -24,8 +24,15 @@ def tiny_model_dir(model_dir: Path) -> Path:
 
 def grid_dict(model: str, out: Path, **extra) -> dict:
     grid = {
-        "base": {"model": model, "generate_examples": 16, "max_steps": 2, "per_device_train_batch_size": 4,
-                 "report_to": "none", "logging_steps": 1, "save_steps": 1000},
+        "base": {
+            "model": model,
+            "generate_examples": 16,
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "report_to": "none",
+            "logging_steps": 1,
+            "save_steps": 1000,
+        },
         "eval": {"generate": 16, "max_new_tokens": 8},
         "configs": {"sft": {"lbd": 0}, "jepa_l0.1_k1": {"lbd": 0.1, "predictors": 1, "pairs": "first"}},
         "seeds": [0, 1],
@@ -53,20 +60,23 @@ def test_grid_builds_fair_train_configs(tmp_path) -> None:
     assert cmp.shared_settings(a) == cmp.shared_settings(b)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda g: g["configs"]["sft"].update(learning_rate=1e-3), "only JEPA options"),
-    (lambda g: g["base"].update(seed=3), "set by compare"),
-    (lambda g: g["base"].update(no_such_flag=1), "unknown StepJEPAConfig"),
-    (lambda g: g["eval"].update(test_file="x.jsonl"), "exactly one of"),
-    (lambda g: g["eval"].update(seed=1), "training problems"),
-    (lambda g: g.update(extra_key=1), "unknown top-level"),
-    (lambda g: g["eval"].update(max_new_token=8), "unknown key"),
-    (lambda g: g.update(seeds=[0, 0]), "duplicate seeds"),
-    (lambda g: g["configs"].update({"a/b": {}}), "bad config name"),
-    (lambda g: g["eval"].update(max_new_tokens=0), "max_new_tokens must be whole numbers >= 1"),
-    (lambda g: g["eval"].update(limit=-3), "limit must be"),
-    (lambda g: g["base"].update(warmup_ratio=2.0), "--warmup_ratio must be in"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda g: g["configs"]["sft"].update(learning_rate=1e-3), "only JEPA options"),
+        (lambda g: g["base"].update(seed=3), "set by compare"),
+        (lambda g: g["base"].update(no_such_flag=1), "unknown StepJEPAConfig"),
+        (lambda g: g["eval"].update(test_file="x.jsonl"), "exactly one of"),
+        (lambda g: g["eval"].update(seed=1), "training problems"),
+        (lambda g: g.update(extra_key=1), "unknown top-level"),
+        (lambda g: g["eval"].update(max_new_token=8), "unknown key"),
+        (lambda g: g.update(seeds=[0, 0]), "duplicate seeds"),
+        (lambda g: g["configs"].update({"a/b": {}}), "bad config name"),
+        (lambda g: g["eval"].update(max_new_tokens=0), "max_new_tokens must be whole numbers >= 1"),
+        (lambda g: g["eval"].update(limit=-3), "limit must be"),
+        (lambda g: g["base"].update(warmup_ratio=2.0), "--warmup_ratio must be in"),
+    ],
+)
 def test_grid_validation_errors(tmp_path, change, message) -> None:
     grid = grid_dict("m", tmp_path / "out")
     change(grid)
@@ -77,7 +87,9 @@ def test_grid_validation_errors(tmp_path, change, message) -> None:
 def test_grid_yaml_exponent_without_a_dot_is_a_number(tmp_path) -> None:
     """`learning_rate: 1e-4` in a grid's base or a config (a string to PyYAML) trains at 1e-4."""
     path = tmp_path / "g.yaml"
-    text = yaml.safe_dump(grid_dict("m", tmp_path / "out")).replace("max_steps: 2", "max_steps: 2\n  learning_rate: 1e-4")
+    text = yaml.safe_dump(grid_dict("m", tmp_path / "out")).replace(
+        "max_steps: 2", "max_steps: 2\n  learning_rate: 1e-4"
+    )
     path.write_text(text.replace("lbd: 0.1", "lbd: 1e-1"))
     grid = cmp.load_grid(path)
     assert grid.base["learning_rate"] == 1e-4 and grid.configs["jepa_l0.1_k1"]["lbd"] == 0.1
@@ -196,8 +208,9 @@ def test_parallel_cells_pin_gpus_and_report_failures(tmp_path) -> None:
 
     grid = cmp.load_grid(write_grid(tmp_path / "g.yaml", grid_dict("m", tmp_path / "out")))
     show = "import os; print('device', os.environ['CUDA_VISIBLE_DEVICES'])"
-    outcome = cmp.run_cells_parallel(grid, 2, lambda name, seed: [sys.executable, "-c", show],
-                                     gpus=["0", "1"], poll_seconds=0.05)
+    outcome = cmp.run_cells_parallel(
+        grid, 2, lambda name, seed: [sys.executable, "-c", show], gpus=["0", "1"], poll_seconds=0.05
+    )
     assert len(outcome.failed) == 4 and not outcome.finished
     logs = [path for _, _, _, path in outcome.failed]
     assert all(p.name == CELL_LOG and p.exists() for p in logs)
@@ -236,6 +249,7 @@ def test_same_seed_gives_same_data_order_with_and_without_jepa(tiny_model_dir, t
             def collate(examples):
                 _seen.append([e.id for e in examples])
                 return inner(examples)
+
             return collate
 
         monkeypatch.setattr(trainer, "build_collator", recording)
@@ -297,8 +311,14 @@ def test_consistency_warning_names_the_differing_setting():
 
     def run(config, overrides, lr):
         cfg = {"learning_rate": lr, "seed": 1, "output_dir": f"/x/{config}", **overrides}
-        return {"config": config, "seed": 1, "overrides": overrides, "train_config": cfg,
-                "shared_fingerprint": str(lr), "eval": {}}
+        return {
+            "config": config,
+            "seed": 1,
+            "overrides": overrides,
+            "train_config": cfg,
+            "shared_fingerprint": str(lr),
+            "eval": {},
+        }
 
     warns = consistency_warnings([run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5, "predictors": 4}, 2e-5)])
     assert warns == ["seed 1: runs differ in non-JEPA training settings (learning_rate); they are not comparable"]
@@ -309,7 +329,8 @@ def test_consistency_warning_names_the_differing_setting():
     new["train_config"]["torch_compile_scope"], new["shared_fingerprint"] = "layers", "other"
     assert consistency_warnings([old, new]) == [
         "seed 1: runs come from different step-jepa versions; every setting all of them record is equal "
-        "(recorded by only some: torch_compile_scope)"]
+        "(recorded by only some: torch_compile_scope)"
+    ]
     new["train_config"]["learning_rate"] = 2e-5
     assert "differ in non-JEPA training settings (learning_rate)" in consistency_warnings([old, new])[0]
 
@@ -318,8 +339,13 @@ def test_grid_eval_cuda_graphs_must_be_a_boolean(tmp_path):
     """`eval.cuda_graphs` is a known grid key; a non-boolean value is refused when the grid is read."""
     from step_jepa.analysis.compare import load_grid
 
-    grid = {"output_dir": str(tmp_path / "o"), "base": {"max_steps": 1}, "configs": {"sft": {"lbd": 0}},
-            "seeds": [0], "eval": {"generate": 4, "cuda_graphs": "yes"}}
+    grid = {
+        "output_dir": str(tmp_path / "o"),
+        "base": {"max_steps": 1},
+        "configs": {"sft": {"lbd": 0}},
+        "seeds": [0],
+        "eval": {"generate": 4, "cuda_graphs": "yes"},
+    }
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(grid))
     with pytest.raises(ValueError, match="cuda_graphs must be true or false"):
@@ -346,8 +372,13 @@ def test_tiny_showcase_data_and_token_budget() -> None:
     records = {k: [json.loads(x) for x in p.read_text().splitlines()] for k, p in files.items()}
     for cmd in re.findall(r"step-jepa prepare (.*)", path.read_text()):
         opts = dict(re.findall(r"--(\w+) (\S+)", cmd))
-        want = generate_problems(int(opts["generate"]), seed=int(opts["seed"]), task=opts["task"],
-                                 chain_steps=int(opts["chain_steps"]), chain_digits=int(opts["chain_digits"]))
+        want = generate_problems(
+            int(opts["generate"]),
+            seed=int(opts["seed"]),
+            task=opts["task"],
+            chain_steps=int(opts["chain_steps"]),
+            chain_digits=int(opts["chain_digits"]),
+        )
         assert records["train" if "train" in opts["output"] else "test"] == want, cmd
     assert len(records["train"]) == 64 and len(records["test"]) == 16
     questions = {k: {r["messages"][1]["content"] for r in recs} for k, recs in records.items()}
@@ -357,8 +388,9 @@ def test_tiny_showcase_data_and_token_budget() -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path(DEFAULT_MODEL))
-    longest = max(len(tok(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"])
-                  for r in records["test"])
+    longest = max(
+        len(tok(r["messages"][-1]["content"], add_special_tokens=False)["input_ids"]) for r in records["test"]
+    )
     assert longest == 58  # the figure the grid's header quotes
     # room for the end-of-turn token and a solution a fifth longer than the longest gold one
     assert grid.eval["max_new_tokens"] >= 1.2 * longest + 1

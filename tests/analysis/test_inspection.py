@@ -33,7 +33,7 @@ def matrix(text: str, title: str) -> list[tuple[str, str, str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(title))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         m = re.fullmatch(r"  [a-z] (.+?)\s{2,}([#.\\~ ]+?)\s+(\[\d+, \d+\))", line)
         if not m:
             break
@@ -86,7 +86,11 @@ def test_block_matrices_for_a_known_example(tok):
     pass2 = matrix(text, "pass-2 attention")
     e1 = ex.step_spans[0][1]
     assert [(name, cells) for name, cells, _ in pass2] == [
-        ("prompt", "\\ . . ."), ("S1", "# \\ . ."), ("pred", "# # \\ ."), ("S2 copy", ". . . \\")]
+        ("prompt", "\\ . . ."),
+        ("S1", "# \\ . ."),
+        ("pred", "# # \\ ."),
+        ("S2 copy", ". . . \\"),
+    ]
     assert pass2[2][2] == f"[{e1}, {e1 + 2})"
 
 

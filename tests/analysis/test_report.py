@@ -16,10 +16,22 @@ from step_jepa.cli.main import main as cli_main
 def _fake_result(out: Path, name: str, seed: int, acc: float, lbd: float) -> None:
     rdir = out / name / f"seed{seed}"
     rdir.mkdir(parents=True)
-    (rdir / rep.RESULT).write_text(json.dumps({
-        "config": name, "seed": seed, "accuracy": acc, "correct": int(acc * 100), "n": 100,
-        "train_seconds": 10.0 + seed, "eval_seconds": 2.0, "overrides": {"lbd": lbd},
-        "shared_fingerprint": f"fp{seed}", "eval": {"generate": 100}}))
+    (rdir / rep.RESULT).write_text(
+        json.dumps(
+            {
+                "config": name,
+                "seed": seed,
+                "accuracy": acc,
+                "correct": int(acc * 100),
+                "n": 100,
+                "train_seconds": 10.0 + seed,
+                "eval_seconds": 2.0,
+                "overrides": {"lbd": lbd},
+                "shared_fingerprint": f"fp{seed}",
+                "eval": {"generate": 100},
+            }
+        )
+    )
 
 
 def test_report_mean_std_and_paired_delta(tmp_path, capsys) -> None:
@@ -43,8 +55,10 @@ def test_report_mean_std_and_paired_delta(tmp_path, capsys) -> None:
 
 
 def test_report_bar_chart_series(tmp_path) -> None:
-    rows = [{"config": c, "n": 2, "mean": m, "std": 0.01, "accuracy": [m - 0.01, m + 0.01]}
-            for c, m in (("a", 0.3), ("b", 0.4), ("c", 0.5))]
+    rows = [
+        {"config": c, "n": 2, "mean": m, "std": 0.01, "accuracy": [m - 0.01, m + 0.01]}
+        for c, m in (("a", 0.3), ("b", 0.4), ("c", 0.5))
+    ]
     fig = rep.plot_compare(rows, tmp_path / "bars.png")
     ax = fig.axes[0]
     assert len(ax.patches) == 3  # one bar per config
@@ -53,12 +67,12 @@ def test_report_bar_chart_series(tmp_path) -> None:
     assert (tmp_path / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-
 @pytest.mark.parametrize("n_configs", [1, 2, 5])
 def test_compare_plot_title_is_not_clipped(tmp_path, n_configs) -> None:
     """The figure's width follows the number of bars; the title must fit even the narrowest one."""
-    rows = [{"config": f"config_{i}", "n": 2, "mean": 0.4, "std": 0.01, "accuracy": [0.39, 0.41]}
-            for i in range(n_configs)]
+    rows = [
+        {"config": f"config_{i}", "n": 2, "mean": 0.4, "std": 0.01, "accuracy": [0.39, 0.41]} for i in range(n_configs)
+    ]
     fig = rep.plot_compare(rows, tmp_path / "bars.png")
     fig.canvas.draw()
     box, page = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer()), fig.bbox
@@ -84,9 +98,24 @@ def _fake_predictions(out: Path, name: str, seed: int, correct: list[bool], ids:
     path = out / name / f"seed{seed}" / "eval" / rep.PREDICTIONS
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = ids or [f"gen-1000-{i}" for i in range(len(correct))]
-    path.write_text("".join(json.dumps({"id": i, "question": "q", "output": "o", "extracted": "1", "gold": "1",
-                                        "correct": ok, "tokens": 3, "error": None}) + "\n"
-                            for i, ok in zip(ids, correct)))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": i,
+                    "question": "q",
+                    "output": "o",
+                    "extracted": "1",
+                    "gold": "1",
+                    "correct": ok,
+                    "tokens": 3,
+                    "error": None,
+                }
+            )
+            + "\n"
+            for i, ok in zip(ids, correct)
+        )
+    )
 
 
 def test_report_paired_section_and_missing_predictions(tmp_path) -> None:
@@ -172,8 +201,12 @@ def test_report_reads_correct_jsonl_when_predictions_are_gone(tmp_path) -> None:
                 rows = [json.loads(line) for line in pred.read_text().splitlines()]
                 with gzip.open(pred.with_name(rep.CORRECT + ".gz"), "wt") as g:
                     # "both": a correct file that disagrees, to show predictions.jsonl wins
-                    g.write("".join(json.dumps({"id": r["id"], "correct": r["correct"] != (kind == "both")}) + "\n"
-                                    for r in rows))
+                    g.write(
+                        "".join(
+                            json.dumps({"id": r["id"], "correct": r["correct"] != (kind == "both")}) + "\n"
+                            for r in rows
+                        )
+                    )
             if kind == "correct":
                 pred.unlink()
         rows = rep.build_report(out, order=["sft", "jepa"])
@@ -194,16 +227,45 @@ def test_report_collapse_diagnostics_by_hand(tmp_path) -> None:
         _write_metrics(tmp_path, "sft", s, [{"step": 1, "lm_loss": 2.0}, {"step": 2, "lm_loss": 1.0}])
     # Seed 0: the last 3 logged steps with the key are averaged (step 1 is left out); the final
     # summary line without diagnostics is ignored. Seed 1 has retrieval at chance.
-    _write_metrics(tmp_path, "jepa", 0, [
-        {"step": 1, "lm_loss": 9.0, "jepa_loss": 9.0, "jepa_retrieval_acc": 0.0, "jepa_pairs": 4},
-        *({"step": k, "lm_loss": 1.0, "jepa_loss": 0.1 * k, "view1_pairwise_cos": 0.9, "view2_pairwise_cos": 0.8,
-           "jepa_retrieval_acc": 0.5, "jepa_pairs": 4} for k in (2, 3, 4)),
-        {"step": 4, "train_loss": 1.0}])
+    _write_metrics(
+        tmp_path,
+        "jepa",
+        0,
+        [
+            {"step": 1, "lm_loss": 9.0, "jepa_loss": 9.0, "jepa_retrieval_acc": 0.0, "jepa_pairs": 4},
+            *(
+                {
+                    "step": k,
+                    "lm_loss": 1.0,
+                    "jepa_loss": 0.1 * k,
+                    "view1_pairwise_cos": 0.9,
+                    "view2_pairwise_cos": 0.8,
+                    "jepa_retrieval_acc": 0.5,
+                    "jepa_pairs": 4,
+                }
+                for k in (2, 3, 4)
+            ),
+            {"step": 4, "train_loss": 1.0},
+        ],
+    )
     with (tmp_path / "jepa" / "seed0" / "metrics.jsonl").open("a") as f:
         f.write('{"step": 5, "lm_loss": 10')  # a killed run's half-written line is skipped
-    _write_metrics(tmp_path, "jepa", 1, [
-        {"step": 4, "lm_loss": 3.0, "jepa_loss": 0.0, "view1_pairwise_cos": 1.0, "view2_pairwise_cos": 1.0,
-         "jepa_retrieval_acc": 0.25, "jepa_pairs": 4}])
+    _write_metrics(
+        tmp_path,
+        "jepa",
+        1,
+        [
+            {
+                "step": 4,
+                "lm_loss": 3.0,
+                "jepa_loss": 0.0,
+                "view1_pairwise_cos": 1.0,
+                "view2_pairwise_cos": 1.0,
+                "jepa_retrieval_acc": 0.25,
+                "jepa_pairs": 4,
+            }
+        ],
+    )
     rep.build_report(tmp_path, order=["sft", "jepa"])
     table = (tmp_path / rep.TABLE).read_text()
     assert "## Collapse diagnostics" in table
@@ -216,8 +278,12 @@ def test_report_shows_the_stp_loss_of_stp_runs(tmp_path) -> None:
     _fake_result(tmp_path, "sft", 0, 0.4, 0.0)
     _fake_result(tmp_path, "stp", 0, 0.4, 0.0)
     _write_metrics(tmp_path, "sft", 0, [{"step": 1, "lm_loss": 2.0}])
-    _write_metrics(tmp_path, "stp", 0, [{"step": 1, "lm_loss": 2.0, "stp_loss": 1.5},
-                                        {"step": 2, "lm_loss": 1.0, "stp_loss": 1.25}])
+    _write_metrics(
+        tmp_path,
+        "stp",
+        0,
+        [{"step": 1, "lm_loss": 2.0, "stp_loss": 1.5}, {"step": 2, "lm_loss": 1.0, "stp_loss": 1.25}],
+    )
     rep.build_report(tmp_path, order=["sft", "stp"])
     table = (tmp_path / rep.TABLE).read_text()
     assert "| chance | stp_loss |" in table
@@ -234,11 +300,19 @@ def test_report_without_jepa_runs_has_no_collapse_section(tmp_path) -> None:
 
 # ---------------------------------------------------------------------------- evaluation protocols
 
+
 def _proto(**over) -> dict:
-    p = {"name": "step-jepa", "dtype": "float32", "max_new_tokens": 512, "max_batch_tokens": 1000,
-         "batch_size": None, "cuda_graphs": {"asked": "auto", "used": True}, "extraction": "step-jepa-strict",
-         "prompt": {"system_prompt": "record", "chat_template": "tokenizer:abc", "fewshot": 0},
-         "versions": {"torch": "2.11", "transformers": "5.17", "step_jepa": "0.1"}}
+    p = {
+        "name": "step-jepa",
+        "dtype": "float32",
+        "max_new_tokens": 512,
+        "max_batch_tokens": 1000,
+        "batch_size": None,
+        "cuda_graphs": {"asked": "auto", "used": True},
+        "extraction": "step-jepa-strict",
+        "prompt": {"system_prompt": "record", "chat_template": "tokenizer:abc", "fewshot": 0},
+        "versions": {"torch": "2.11", "transformers": "5.17", "step_jepa": "0.1"},
+    }
     p.update(over)
     return p
 
@@ -269,8 +343,16 @@ def test_report_protocol_batch_fields_count_outside_fp32_only_and_versions_warn(
     _fake_result(tmp_path, "jepa", 0, 0.5, 0.1)
     # fp32: batch budget and graphs do not change a token, versions only warn.
     _stamp(tmp_path, "sft", 0, _proto())
-    _stamp(tmp_path, "jepa", 0, _proto(max_batch_tokens=5, cuda_graphs={"asked": False, "used": False},
-                                       versions={"torch": "2.12", "transformers": "5.17", "step_jepa": "0.1"}))
+    _stamp(
+        tmp_path,
+        "jepa",
+        0,
+        _proto(
+            max_batch_tokens=5,
+            cuda_graphs={"asked": False, "used": False},
+            versions={"torch": "2.12", "transformers": "5.17", "step_jepa": "0.1"},
+        ),
+    )
     rep.build_report(tmp_path, order=["sft", "jepa"])
     table = (tmp_path / rep.TABLE).read_text()
     assert "versions.torch" in table

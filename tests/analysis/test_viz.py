@@ -31,9 +31,16 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def viewset(v1: np.ndarray, v2: np.ndarray, label: str = "m", trained: bool = True) -> ViewSet:
     n = len(v1)
-    return ViewSet(label=label, model=label, v1=v1.astype(np.float32), v2=v2.astype(np.float32),
-                       ids=np.array([f"r{i}" for i in range(n)]), example_index=np.arange(n),
-                       pair_index=np.zeros(n, dtype=np.int64), predictors_trained=trained)
+    return ViewSet(
+        label=label,
+        model=label,
+        v1=v1.astype(np.float32),
+        v2=v2.astype(np.float32),
+        ids=np.array([f"r{i}" for i in range(n)]),
+        example_index=np.arange(n),
+        pair_index=np.zeros(n, dtype=np.int64),
+        predictors_trained=trained,
+    )
 
 
 def is_png(path: Path) -> bool:
@@ -89,8 +96,10 @@ def test_projection_links_each_pair(tmp_path) -> None:
     from matplotlib.collections import LineCollection, PathCollection
 
     rng = np.random.default_rng(1)
-    sets = [viewset(rng.normal(size=(12, 8)), rng.normal(size=(12, 8)), "a"),
-            viewset(rng.normal(size=(9, 8)), rng.normal(size=(9, 8)), "b", trained=False)]
+    sets = [
+        viewset(rng.normal(size=(12, 8)), rng.normal(size=(12, 8)), "a"),
+        viewset(rng.normal(size=(9, 8)), rng.normal(size=(9, 8)), "b", trained=False),
+    ]
     fig = plot_projection(sets, tmp_path / "pca.png")
     assert is_png(tmp_path / "pca.png")
     assert len(fig.axes) == 2  # the two models side by side
@@ -122,7 +131,10 @@ def test_projection_axes_say_which_component_and_its_variance(tmp_path) -> None:
     fig.canvas.draw()
     ax = fig.axes[0]
     _, var = pca_2d(np.concatenate([vs.v1, vs.v2]))
-    assert ax.get_xlabel() == f"PC 1 ({100 * var[0]:.1f} % var.)" and ax.get_ylabel() == f"PC 2 ({100 * var[1]:.1f} % var.)"
+    assert (
+        ax.get_xlabel() == f"PC 1 ({100 * var[0]:.1f} % var.)"
+        and ax.get_ylabel() == f"PC 2 ({100 * var[1]:.1f} % var.)"
+    )
     assert var[0] > var[1] > 0
     assert all(inside_figure(fig, t) for t in (ax.title, ax.xaxis.label, ax.yaxis.label))
 
@@ -201,8 +213,11 @@ def test_plotting_commands_without_matplotlib_fail_at_start(tmp_path, monkeypatc
 
     monkeypatch.setattr(embed_command, "run_embed", must_not_run)
     monkeypatch.setattr(plot_command, "plot_runs", must_not_run)
-    args = ["plot", str(write_metrics(tmp_path / "a", jepa=False))] if command == "plot" else \
-        ["embed", "--model", "unused-model", "--out", str(tmp_path / "emb")]
+    args = (
+        ["plot", str(write_metrics(tmp_path / "a", jepa=False))]
+        if command == "plot"
+        else ["embed", "--model", "unused-model", "--out", str(tmp_path / "emb")]
+    )
     assert cli_main(args) == 2
     err = capsys.readouterr().err
     assert f"step-jepa {command}: error:" in err and "needs matplotlib" in err

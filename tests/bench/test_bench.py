@@ -12,8 +12,16 @@ from step_jepa.cli.main import main
 
 @pytest.fixture(scope="module")
 def result():
-    cfg = BenchConfig(model="tiny", per_device_train_batch_size=4, n_batches=2, steps=2, warmup=1, device="cpu", threads=1,
-                      variants=["hf_sft", "sft", "two_pass", "sp_first", "sft_packed", "sp_all_packed"])
+    cfg = BenchConfig(
+        model="tiny",
+        per_device_train_batch_size=4,
+        n_batches=2,
+        steps=2,
+        warmup=1,
+        device="cpu",
+        threads=1,
+        variants=["hf_sft", "sft", "two_pass", "sp_first", "sft_packed", "sp_all_packed"],
+    )
     return run_bench(cfg, log=lambda s: None)
 
 
@@ -42,11 +50,13 @@ def test_ratios_against_sft_of_same_layout(result):
     assert rows["sp_first"]["time_x_sft"] == pytest.approx(rows["sp_first"]["ms_median"] / rows["sft"]["ms_median"])
     assert rows["sp_first"]["time_x_hf"] == pytest.approx(rows["sp_first"]["ms_median"] / rows["hf_sft"]["ms_median"])
     assert rows["sp_all_packed"]["time_x_sft"] == pytest.approx(
-        rows["sp_all_packed"]["ms_median"] / rows["sft_packed"]["ms_median"])
+        rows["sp_all_packed"]["ms_median"] / rows["sft_packed"]["ms_median"]
+    )
     assert rows["sp_all_packed"]["time_x_hf"] is None  # no hf_sft_packed row
     if rows["sft"]["delta_peak_mib"]:
         assert rows["two_pass"]["delta_mem_x_sft"] == pytest.approx(
-            rows["two_pass"]["delta_peak_mib"] / rows["sft"]["delta_peak_mib"])
+            rows["two_pass"]["delta_peak_mib"] / rows["sft"]["delta_peak_mib"]
+        )
 
 
 def test_same_examples_in_every_variant(result):
@@ -60,9 +70,31 @@ def test_same_examples_in_every_variant(result):
 
 def test_table_and_json_cli(tmp_path, capsys):
     out, md = tmp_path / "b.json", tmp_path / "b.md"
-    rc = main(["bench", "--model", "tiny", "--device", "cpu", "--per_device_train_batch_size", "2", "--n_batches", "1", "--steps", "1",
-               "--warmup", "1", "--variants", "sft,sp_first", "--threads", "1",
-               "--json", str(out), "--markdown", str(md)])
+    rc = main(
+        [
+            "bench",
+            "--model",
+            "tiny",
+            "--device",
+            "cpu",
+            "--per_device_train_batch_size",
+            "2",
+            "--n_batches",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--variants",
+            "sft,sp_first",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "torch" in printed and "ms/step" in printed and "sp_first" in printed
@@ -93,8 +125,18 @@ def test_unknown_variant_is_an_error():
 
 
 def test_profile_dir_writes_an_op_table_per_variant(tmp_path):
-    cfg = BenchConfig(model="tiny", device="cpu", per_device_train_batch_size=4, n_batches=1, steps=1, warmup=1, mem_steps=0,
-                      variants=["sft", "sp_first"], profile_dir=str(tmp_path), profile_steps=1)
+    cfg = BenchConfig(
+        model="tiny",
+        device="cpu",
+        per_device_train_batch_size=4,
+        n_batches=1,
+        steps=1,
+        warmup=1,
+        mem_steps=0,
+        variants=["sft", "sp_first"],
+        profile_dir=str(tmp_path),
+        profile_steps=1,
+    )
     run_bench(cfg, log=lambda s: None)
     for variant in cfg.variants:
         text = (tmp_path / f"profile_{variant}.txt").read_text()
@@ -109,8 +151,17 @@ def test_profile_needs_steps():
 
 @pytest.mark.slow
 def test_compile_option_runs_and_is_reported():
-    cfg = BenchConfig(model="tiny", device="cpu", per_device_train_batch_size=4, n_batches=1, steps=1, warmup=1, mem_steps=0,
-                      variants=["sp_first"], torch_compile=True)
+    cfg = BenchConfig(
+        model="tiny",
+        device="cpu",
+        per_device_train_batch_size=4,
+        n_batches=1,
+        steps=1,
+        warmup=1,
+        mem_steps=0,
+        variants=["sp_first"],
+        torch_compile=True,
+    )
     result = run_bench(cfg, log=lambda s: None)
     assert "torch.compile'd decoder" in result["env"]["attn"]
     assert result["rows"][0]["ms_median"] > 0 and result["rows"][0]["compiled_graphs"] >= 1
@@ -118,8 +169,17 @@ def test_compile_option_runs_and_is_reported():
 
 def test_rounds_give_a_per_round_ratio_against_sft():
     """×SFT by round pairs each round's medians; with two rounds it is the mean of the two ratios."""
-    cfg = BenchConfig(model="tiny", per_device_train_batch_size=4, n_batches=2, steps=2, warmup=1, device="cpu", threads=1,
-                      rounds=2, variants=["sft", "sp_first"])
+    cfg = BenchConfig(
+        model="tiny",
+        per_device_train_batch_size=4,
+        n_batches=2,
+        steps=2,
+        warmup=1,
+        device="cpu",
+        threads=1,
+        rounds=2,
+        variants=["sft", "sp_first"],
+    )
     rows = {r["variant"]: r for r in run_bench(cfg, log=lambda s: None)["rows"]}
     sft, sp = rows["sft"], rows["sp_first"]
     assert len(sft["round_ms"]) == len(sp["round_ms"]) == 2

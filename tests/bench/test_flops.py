@@ -17,8 +17,10 @@ from step_jepa.method.layout import StepJEPACollator, meta_of
 from step_jepa.method.masks import PAD, dense_mask
 from step_jepa.models.tiny import build_tiny_model
 
-STEPS = [["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],
-         ["Ann has 10 pens.", "The final answer is \\boxed{10}."]]
+STEPS = [
+    ["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],
+    ["Ann has 10 pens.", "The final answer is \\boxed{10}."],
+]
 
 
 def _mask_count(part: dict) -> int:
@@ -27,13 +29,26 @@ def _mask_count(part: dict) -> int:
     return int(m[part["role"] != PAD].sum())
 
 
-@pytest.mark.parametrize("mode,pairs,packing", [("sft", "first", False), ("single_pass", "all", False),
-                                                ("single_pass", "all", True), ("two_pass", "first", False)])
+@pytest.mark.parametrize(
+    "mode,pairs,packing",
+    [
+        ("sft", "first", False),
+        ("single_pass", "all", False),
+        ("single_pass", "all", True),
+        ("two_pass", "first", False),
+    ],
+)
 def test_attended_pairs_equal_the_mask(tok_chatml, mode, pairs, packing):
     exs = [segment(record(s, rid=str(i)), tok_chatml) for i, s in enumerate(STEPS)]
     pred = [len(tok_chatml), len(tok_chatml) + 1]
-    batch = StepJEPACollator(pad_id=tok_chatml.pad_token_id, pred_ids=pred if mode != "sft" else [], mode=mode,
-                             pairs=pairs, packing=packing, max_tokens=4096)(exs)
+    batch = StepJEPACollator(
+        pad_id=tok_chatml.pad_token_id,
+        pred_ids=pred if mode != "sft" else [],
+        mode=mode,
+        pairs=pairs,
+        packing=packing,
+        max_tokens=4096,
+    )(exs)
     expected = _mask_count(batch) + (_mask_count(batch["pass2"]) if "pass2" in batch else 0)
     assert attended_pairs(batch) == expected
 

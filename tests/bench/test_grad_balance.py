@@ -29,9 +29,16 @@ def train_file(tmp_path_factory, problems) -> Path:
 def _cfg(model_dir: Path, train_file: Path, tmp_path: Path, **kw):
     from step_jepa.training.config import StepJEPAConfig
 
-    return StepJEPAConfig(model=str(model_dir), train_file=str(train_file), output_dir=str(tmp_path / "unused"),
-                          predictors=2, per_device_train_batch_size=2, attn_implementation="sdpa",
-                          report_to="none", **kw)
+    return StepJEPAConfig(
+        model=str(model_dir),
+        train_file=str(train_file),
+        output_dir=str(tmp_path / "unused"),
+        predictors=2,
+        per_device_train_batch_size=2,
+        attn_implementation="sdpa",
+        report_to="none",
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("packing,gamma", [(False, 1.0), (True, 1.0), (False, 0.5)])
@@ -58,9 +65,31 @@ def test_parts_add_up_to_the_trainer_loss_gradient(model_dir, train_file, tmp_pa
 def test_cli_prints_the_table_and_writes_json(model_dir, train_file, tmp_path, capsys):
     gb = _module()
     out = tmp_path / "gb.json"
-    assert gb.main(["--model", str(model_dir), "--train_file", str(train_file), "--lbd", "0.5",
-                    "--predictors", "2", "--per_device_train_batch_size", "2", "--attn_implementation", "sdpa",
-                    "--output_dir", str(tmp_path / "unused"), "--batches", "2", "--json", str(out)]) == 0
+    assert (
+        gb.main(
+            [
+                "--model",
+                str(model_dir),
+                "--train_file",
+                str(train_file),
+                "--lbd",
+                "0.5",
+                "--predictors",
+                "2",
+                "--per_device_train_batch_size",
+                "2",
+                "--attn_implementation",
+                "sdpa",
+                "--output_dir",
+                str(tmp_path / "unused"),
+                "--batches",
+                "2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "λ‖∇L_JEPA‖ ÷ ‖∇L_LM‖" in text and "median" in text
     rows = json.loads(out.read_text())["rows"]
@@ -71,5 +100,15 @@ def test_cli_prints_the_table_and_writes_json(model_dir, train_file, tmp_path, c
 def test_lbd_zero_is_refused(model_dir, train_file, tmp_path):
     gb = _module()
     with pytest.raises(SystemExit, match="--lbd must be > 0"):
-        gb.main(["--model", str(model_dir), "--train_file", str(train_file), "--lbd", "0",
-                 "--output_dir", str(tmp_path / "unused")])
+        gb.main(
+            [
+                "--model",
+                str(model_dir),
+                "--train_file",
+                str(train_file),
+                "--lbd",
+                "0",
+                "--output_dir",
+                str(tmp_path / "unused"),
+            ]
+        )

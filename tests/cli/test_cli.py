@@ -19,8 +19,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 def python(code: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300
+    )
 
 
 def step_jepa(*args: str) -> subprocess.CompletedProcess:
@@ -47,10 +48,12 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, cmd: str, text: str
 def test_help_does_not_import_torch():
     """One fresh interpreter (the point: nothing imported torch before) checks each --help in turn."""
     argvs = [["prepare", "--help"], ["--help"], ["plot", "--help"]]
-    proc = python("import sys\nfrom step_jepa.cli.main import build_parser\n"
-                  f"for argv in {argvs!r}:\n"
-                  "    try:\n        build_parser(argv).parse_args(argv)\n    except SystemExit:\n        pass\n"
-                  "    print('RESULT', argv, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    proc = python(
+        "import sys\nfrom step_jepa.cli.main import build_parser\n"
+        f"for argv in {argvs!r}:\n"
+        "    try:\n        build_parser(argv).parse_args(argv)\n    except SystemExit:\n        pass\n"
+        "    print('RESULT', argv, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     assert proc.returncode == 0, proc.stderr
     results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert len(results) == len(argvs)
@@ -60,9 +63,11 @@ def test_help_does_not_import_torch():
 
 def test_prepare_runs_without_torch(tmp_path):
     out = tmp_path / "gen.jsonl"
-    proc = python("import sys\nfrom step_jepa.cli.main import main\n"
-                  f"rc = main(['prepare', '--generate', '3', '--output', {str(out)!r}])\n"
-                  "print(rc, 'torch' in sys.modules)")
+    proc = python(
+        "import sys\nfrom step_jepa.cli.main import main\n"
+        f"rc = main(['prepare', '--generate', '3', '--output', {str(out)!r}])\n"
+        "print(rc, 'torch' in sys.modules)"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "0 False"
     assert len(out.read_text().splitlines()) == 3
@@ -166,11 +171,14 @@ def test_bugs_still_raise_and_traceback_flag_reraises_user_errors(monkeypatch):
 # ---------------------------------------------------------------------------- flags are never abbreviated
 
 
-@pytest.mark.parametrize("flag, value, meant", [
-    ("--lr", "1e-4", "--learning_rate"),  # would have been --lr_scheduler_type 1e-4
-    ("--warmup", "10", "--warmup_ratio"),
-    ("--res", None, "--resume"),
-])
+@pytest.mark.parametrize(
+    "flag, value, meant",
+    [
+        ("--lr", "1e-4", "--learning_rate"),  # would have been --lr_scheduler_type 1e-4
+        ("--warmup", "10", "--warmup_ratio"),
+        ("--res", None, "--resume"),
+    ],
+)
 def test_abbreviated_train_flag_is_refused_with_a_suggestion(tmp_path, flag, value, meant):
     out = tmp_path / "run"
     proc = step_jepa("train", "--output_dir", str(out), flag, *([value] if value else []))
@@ -216,14 +224,17 @@ def test_version_flag():
 # ---------------------------------------------------------------------------- values checked before any work
 
 
-@pytest.mark.parametrize("argv, text", [
-    (["eval", "--generate", "4", "--limit", "-3"], "--limit must be >= 1, got -3"),
-    (["eval", "--generate", "4", "--max_new_tokens", "0"], "--max_new_tokens must be >= 1, got 0"),
-    (["eval", "--generate", "4", "--batch_size", "0"], "--batch_size must be >= 1"),
-    (["eval", "--generate", "4", "--graph_window", "0"], "--graph_window must be >= 1, got 0"),
-    (["train", "--warmup_ratio", "1.5"], "--warmup_ratio must be in [0, 1), got 1.5"),
-    (["train", "--warmup_ratio", "-0.1"], "--warmup_ratio must be in [0, 1), got -0.1"),
-])
+@pytest.mark.parametrize(
+    "argv, text",
+    [
+        (["eval", "--generate", "4", "--limit", "-3"], "--limit must be >= 1, got -3"),
+        (["eval", "--generate", "4", "--max_new_tokens", "0"], "--max_new_tokens must be >= 1, got 0"),
+        (["eval", "--generate", "4", "--batch_size", "0"], "--batch_size must be >= 1"),
+        (["eval", "--generate", "4", "--graph_window", "0"], "--graph_window must be >= 1, got 0"),
+        (["train", "--warmup_ratio", "1.5"], "--warmup_ratio must be in [0, 1), got 1.5"),
+        (["train", "--warmup_ratio", "-0.1"], "--warmup_ratio must be in [0, 1), got -0.1"),
+    ],
+)
 def test_bad_value_is_one_line_before_the_model_loads(tmp_path, argv, text):
     # The model does not exist: reaching its load would be a different error ("could not load model").
     proc = step_jepa(*argv, "--model", str(tmp_path / "no-such-model"), "--output_dir", str(tmp_path / "out"))
@@ -254,11 +265,14 @@ def test_every_option_has_help(cmd):
     assert not missing, f"{cmd}: options without help: {missing}"
 
 
-@pytest.mark.parametrize("cmd, line", [
-    ("eval", "generation limit per problem, in tokens (default: 512;"),
-    ("inspect", "(0-based line of --train_file) (default: 0)"),  # a default of 0 is shown too
-    ("bench", "examples per optimizer step (default: 32)"),
-])
+@pytest.mark.parametrize(
+    "cmd, line",
+    [
+        ("eval", "generation limit per problem, in tokens (default: 512;"),
+        ("inspect", "(0-based line of --train_file) (default: 0)"),  # a default of 0 is shown too
+        ("bench", "examples per optimizer step (default: 32)"),
+    ],
+)
 def test_help_shows_defaults(cmd, line, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "300")  # no wrapping inside a help line
     with pytest.raises(SystemExit):

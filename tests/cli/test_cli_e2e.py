@@ -19,10 +19,18 @@ from safetensors.torch import load_file
 
 def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    proc = subprocess.run([sys.executable, "-m", "step_jepa.cli.main", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "step_jepa.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"step-jepa {args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"step-jepa {args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -30,7 +38,9 @@ def run_main(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """`run_cli` in this process: the same entry point, exit code and output, no new interpreter."""
     proc = main_in_process(*args)
     if check and proc.returncode != 0:
-        raise AssertionError(f"step-jepa {args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"step-jepa {args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -48,9 +58,29 @@ def test_train_cli_end_to_end(tmp_path: Path, tiny_model_dir: Path):
     data = tmp_path / "train.jsonl"
     run_cli("prepare", "--generate", "48", "--seed", "1", "--output", str(data))
     out = tmp_path / "run"
-    proc = run_cli("train", "--model", str(tiny_model_dir), "--train_file", str(data), "--output_dir", str(out),
-                   "--max_steps", "12", "--per_device_train_batch_size", "4", "--learning_rate", "3e-3",
-                   "--logging_steps", "2", "--save_steps", "6", "--predictors", "2", "--lbd", "0.5")
+    proc = run_cli(
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--train_file",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "12",
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "3e-3",
+        "--logging_steps",
+        "2",
+        "--save_steps",
+        "6",
+        "--predictors",
+        "2",
+        "--lbd",
+        "0.5",
+    )
     assert '"lbd": 0.5' in proc.stdout  # resolved config is printed ...
     assert (out / "step_jepa_config.yaml").exists()  # ... and saved
     for ckpt in ("checkpoint-6", "checkpoint-12"):
@@ -72,32 +102,84 @@ def test_train_cli_end_to_end(tmp_path: Path, tiny_model_dir: Path):
 @pytest.mark.slow
 def test_sft_runs_without_jepa_tokens(tmp_path: Path, tiny_model_dir: Path):
     out = tmp_path / "sft"
-    run_main("train", "--model", str(tiny_model_dir), "--output_dir", str(out), "--lbd", "0", "--max_steps", "3",
-            "--generate_examples", "12", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-            "--report_to", "none")
+    run_main(
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(out),
+        "--lbd",
+        "0",
+        "--max_steps",
+        "3",
+        "--generate_examples",
+        "12",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+    )
     rows = [r for r in _metrics(out) if "lm_loss" in r]
     assert rows and not any("jepa_loss" in r for r in rows)
     final = load_file(out / "final" / "model.safetensors")
-    assert final["model.embed_tokens.weight"].shape[0] == load_file(
-        tiny_model_dir / "model.safetensors")["model.embed_tokens.weight"].shape[0]
+    assert (
+        final["model.embed_tokens.weight"].shape[0]
+        == load_file(tiny_model_dir / "model.safetensors")["model.embed_tokens.weight"].shape[0]
+    )
 
 
 @pytest.mark.slow
 def test_lora_two_pass_packing_and_yaml_overlay(tmp_path: Path, tiny_model_dir: Path):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("lbd: 1.0\njepa_loss: infonce\npairs: all\nmax_steps: 3\nlogging_steps: 1\nreport_to: none\n"
-                   "per_device_train_batch_size: 2\n")
+    cfg.write_text(
+        "lbd: 1.0\njepa_loss: infonce\npairs: all\nmax_steps: 3\nlogging_steps: 1\nreport_to: none\n"
+        "per_device_train_batch_size: 2\n"
+    )
     out = tmp_path / "lora"
-    run_main("train", "--config", str(cfg), "--model", str(tiny_model_dir), "--output_dir", str(out), "--lora",
-            "--merge", "--jepa_mode", "two_pass", "--generate_examples", "16", "--max_steps", "4")
+    run_main(
+        "train",
+        "--config",
+        str(cfg),
+        "--model",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(out),
+        "--lora",
+        "--merge",
+        "--jepa_mode",
+        "two_pass",
+        "--generate_examples",
+        "16",
+        "--max_steps",
+        "4",
+    )
     saved = (out / "step_jepa_config.yaml").read_text()
     assert "max_steps: 4" in saved and "jepa_loss: infonce" in saved  # flag beats YAML, YAML beats default
     assert (out / "final" / "adapter_model.safetensors").exists()
     assert (out / "merged" / "model.safetensors").exists()
     out2 = tmp_path / "packed"
-    run_main("train", "--model", str(tiny_model_dir), "--output_dir", str(out2), "--packing",
-            "--max_tokens_per_batch", "1024", "--max_steps", "3", "--generate_examples", "16",
-            "--pairs", "all", "--report_to", "none", "--logging_steps", "1")
+    run_main(
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(out2),
+        "--packing",
+        "--max_tokens_per_batch",
+        "1024",
+        "--max_steps",
+        "3",
+        "--generate_examples",
+        "16",
+        "--pairs",
+        "all",
+        "--report_to",
+        "none",
+        "--logging_steps",
+        "1",
+    )
     rows = [r for r in _metrics(out2) if "jepa_pairs" in r]
     assert rows and rows[0]["jepa_pairs"] > 3  # several examples, every pair, in one packed batch
 
@@ -109,18 +191,44 @@ def test_inspect_shows_views(tmp_path: Path, tiny_model_dir: Path):
 
 
 def test_bad_option_is_a_clear_error(tmp_path: Path, tiny_model_dir: Path):
-    proc = run_main("train", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "x"),
-                   "--predictors", "0", check=False)
+    proc = run_main(
+        "train", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "x"), "--predictors", "0", check=False
+    )
     assert proc.returncode == 2 and "--predictors must be >= 1" in proc.stderr
 
 
 @pytest.mark.slow
 def test_anti_collapse_options_train_and_save(tmp_path: Path, tiny_model_dir: Path):
     out = tmp_path / "opts"
-    run_main("train", "--model", str(tiny_model_dir), "--output_dir", str(out), "--max_steps", "4",
-            "--generate_examples", "16", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-            "--report_to", "none", "--jepa_target", "ema", "--jepa_predictor_head", "mlp", "--jepa_loss", "vicreg",
-            "--jepa_layer", "0", "--lbd_warmup_steps", "2", "--lbd", "0.5")
+    run_main(
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "4",
+        "--generate_examples",
+        "16",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--jepa_target",
+        "ema",
+        "--jepa_predictor_head",
+        "mlp",
+        "--jepa_loss",
+        "vicreg",
+        "--jepa_layer",
+        "0",
+        "--lbd_warmup_steps",
+        "2",
+        "--lbd",
+        "0.5",
+    )
     assert (out / "final" / "jepa_head.safetensors").exists()
     rows = [r for r in _metrics(out) if "lbd" in r]
     assert rows[0]["lbd"] < 0.5 and rows[-1]["lbd"] == 0.5  # λ warms up

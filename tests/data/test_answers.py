@@ -74,19 +74,22 @@ def test_extract_returns_raw_text() -> None:
     assert extract_answer("no answer") is None
 
 
-@pytest.mark.parametrize("pred,gold,same", [
-    ("\\frac{3}{4}", "0.75", True),
-    ("3/4", "0.75", True),
-    ("$1,000.00", "1000", True),
-    ("12 dollars", "12", True),
-    ("-3", "3", False),
-    ("0.1", "1/10", True),
-    ("1/3", "0.333", False),
-    ("72", "72.0", True),
-    (None, "5", False),
-    ("abc", "5", False),
-    ("5", "", False),
-])
+@pytest.mark.parametrize(
+    "pred,gold,same",
+    [
+        ("\\frac{3}{4}", "0.75", True),
+        ("3/4", "0.75", True),
+        ("$1,000.00", "1000", True),
+        ("12 dollars", "12", True),
+        ("-3", "3", False),
+        ("0.1", "1/10", True),
+        ("1/3", "0.333", False),
+        ("72", "72.0", True),
+        (None, "5", False),
+        ("abc", "5", False),
+        ("5", "", False),
+    ],
+)
 def test_answers_match(pred, gold, same: bool) -> None:
     assert answers_match(pred, gold) is same
 

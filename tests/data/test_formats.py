@@ -92,8 +92,13 @@ def test_chat_system_prompt_and_answer():
 
 @pytest.mark.parametrize(
     "line, reason",
-    [(2, "no assistant turn"), (3, "no user turn"), (4, "malformed messages"),
-     (5, "multi-turn conversation"), (7, "fewer than min steps")],
+    [
+        (2, "no assistant turn"),
+        (3, "no user turn"),
+        (4, "malformed messages"),
+        (5, "multi-turn conversation"),
+        (7, "fewer than min steps"),
+    ],
 )
 def test_chat_bad_cases(line, reason):
     assert skip_reason(lines("chat_cases.jsonl")[line - 1]) == reason

@@ -48,11 +48,30 @@ def test_truncated_last_line_says_so():
         ("truncated.jsonl", 2, {3: "invalid json"}),
         ("non_utf8.jsonl", 2, {2: "not utf-8"}),
         ("duplicate_ids.jsonl", 3, {3: "duplicate id"}),
-        ("bad_fields.jsonl", 1, {2: "missing field", 3: "empty field", 4: "non-string field",
-                                 5: "non-string field", 6: "unknown format", 7: "not a json object",
-                                 8: "missing field"}),
-        ("chat_cases.jsonl", 2, {2: "no assistant turn", 3: "no user turn", 4: "malformed messages",
-                                 5: "multi-turn conversation", 7: "fewer than min steps"}),
+        (
+            "bad_fields.jsonl",
+            1,
+            {
+                2: "missing field",
+                3: "empty field",
+                4: "non-string field",
+                5: "non-string field",
+                6: "unknown format",
+                7: "not a json object",
+                8: "missing field",
+            },
+        ),
+        (
+            "chat_cases.jsonl",
+            2,
+            {
+                2: "no assistant turn",
+                3: "no user turn",
+                4: "malformed messages",
+                5: "multi-turn conversation",
+                7: "fewer than min steps",
+            },
+        ),
         ("steps_cases.jsonl", 4, {5: "no final answer", 6: "empty answer", 7: "no final answer"}),
         ("unicode_math.jsonl", 3, {}),
         ("crlf.jsonl", 3, {}),
@@ -127,7 +146,10 @@ def test_blank_lines_are_not_records(tmp_path):
 def test_mixed_directory(tmp_path):
     files = iter_input_files(FIX / "mixed_dir")
     assert [f.relative_to(FIX / "mixed_dir").as_posix() for f in files] == [
-        "a_gsm_format.jsonl", "c_chat.json", "nested/b_deepseek.jsonl", "nested/d_prepared.jsonl",
+        "a_gsm_format.jsonl",
+        "c_chat.json",
+        "nested/b_deepseek.jsonl",
+        "nested/d_prepared.jsonl",
     ]
     out = tmp_path / "mixed.jsonl"
     report = prepare(FIX / "mixed_dir", out)
@@ -196,13 +218,21 @@ def test_report_keeps_details_per_reason():
     d = r.to_dict()
     assert list(d["skipped_details"]) == ["invalid json", "answer mismatch", "duplicate id"]  # by count
     assert len(d["skipped_details"]["invalid json"]) == inputs.MAX_DETAILS_PER_REASON
-    assert d["skipped_details"]["invalid json"][3] == {"path": "f.jsonl", "line": 4,
-                                                       "detail": "Expecting value at column 3"}
+    assert d["skipped_details"]["invalid json"][3] == {
+        "path": "f.jsonl",
+        "line": 4,
+        "detail": "Expecting value at column 3",
+    }
     assert d["skipped_details"]["answer mismatch"] == [
-        {"path": "g.jsonl", "line": 7, "detail": "response says '41', ground truth is '42'"}]
+        {"path": "g.jsonl", "line": 7, "detail": "response says '41', ground truth is '42'"}
+    ]
     assert len(d["skipped_details"]["duplicate id"][0]["detail"]) == inputs.MAX_DETAIL_CHARS  # capped
-    assert d["skipped_lines"][0] == {"path": "f.jsonl", "line": 1, "reason": "invalid json",
-                                     "detail": "Expecting value at column 0"}
+    assert d["skipped_lines"][0] == {
+        "path": "f.jsonl",
+        "line": 1,
+        "reason": "invalid json",
+        "detail": "Expecting value at column 0",
+    }
     text = r.format(max_lines=5)
     assert "f.jsonl:1: invalid json: Expecting value at column 0" in text and "f.jsonl:6:" not in text
     # the first 5 lines are all "invalid json": the other reasons still get one example each
@@ -243,7 +273,9 @@ def test_single_file_input_ignores_nothing_and_hidden_files_are_not_listed(tmp_p
 
 def test_directory_without_inputs_names_what_it_found(tmp_path):
     (tmp_path / "readme.txt").write_text("x")
-    with pytest.raises(DataError, match=r"no \*\.jsonl or \*\.json files in this directory \(found only: readme\.txt\)"):
+    with pytest.raises(
+        DataError, match=r"no \*\.jsonl or \*\.json files in this directory \(found only: readme\.txt\)"
+    ):
         iter_input_files(tmp_path)
 
 

@@ -13,4 +13,3 @@ def test_load_records_system_prompt_override():
     assert [r["messages"][0]["content"] for r in default] == [DEFAULT_SYSTEM_PROMPT, "You are terse."]
     forced, _ = load_records(FIX / "chat.jsonl", system_prompt="S")
     assert [r["messages"][0]["content"] for r in forced] == ["S", "S"]
-

@@ -24,8 +24,13 @@ def test_prepare_writes_records_and_report(tmp_path, capsys):
     saved = json.loads(Path(f"{out}.report.json").read_text())
     assert saved == report.to_dict()
     assert saved["lines_read"] == 8 == saved["written"] + sum(saved["skipped"].values())
-    assert saved["skipped"] == {"missing field": 2, "non-string field": 2, "empty field": 1,
-                                "not a json object": 1, "unknown format": 1}
+    assert saved["skipped"] == {
+        "missing field": 2,
+        "non-string field": 2,
+        "empty field": 1,
+        "not a json object": 1,
+        "unknown format": 1,
+    }
     assert "non-string field" in printed and f"{FIX / 'bad_fields.jsonl'}:4: non-string field: " in printed
     # every reason has its lines with file:line and what was wrong, in the file and on screen
     assert set(saved["skipped_details"]) == set(saved["skipped"])
@@ -40,14 +45,25 @@ def test_prepare_writes_records_and_report(tmp_path, capsys):
 def test_prepare_report_says_what_was_wrong(tmp_path, capsys):
     """The details --strict shows for its one line, for every skipped line of a normal run."""
     src = tmp_path / "in.jsonl"
-    good = {"id": "a", "question": "Q?", "deepseek_response": "Step one.\n\nStep two.\n\nSo \\boxed{5}", "ground_truth": "5"}
-    src.write_text("\n".join([json.dumps(good), json.dumps(dict(good, ground_truth="6")), '{"question": "Q?",,}',
-                              json.dumps(good)]) + "\n")
+    good = {
+        "id": "a",
+        "question": "Q?",
+        "deepseek_response": "Step one.\n\nStep two.\n\nSo \\boxed{5}",
+        "ground_truth": "5",
+    }
+    src.write_text(
+        "\n".join(
+            [json.dumps(good), json.dumps(dict(good, ground_truth="6")), '{"question": "Q?",,}', json.dumps(good)]
+        )
+        + "\n"
+    )
     out = tmp_path / "out.jsonl"
     report = prepare(src, out)
     printed = capsys.readouterr().out
     saved = json.loads(Path(f"{out}.report.json").read_text())["skipped_details"]
-    assert saved["answer mismatch"] == [{"path": str(src), "line": 2, "detail": "response says '5', ground truth is '6'"}]
+    assert saved["answer mismatch"] == [
+        {"path": str(src), "line": 2, "detail": "response says '5', ground truth is '6'"}
+    ]
     [invalid] = saved["invalid json"]
     assert invalid["line"] == 3 and "at column 19" in invalid["detail"]  # the second comma
     assert f"{src}:2: answer mismatch: response says '5', ground truth is '6'" in printed
@@ -88,8 +104,20 @@ def test_prepare_generate_and_files_share_unique_ids(tmp_path):
 
 def test_cli_prepare_options(tmp_path, capsys):
     out = tmp_path / "o.jsonl"
-    rc = run_cli(["prepare", "--input", str(FIX / "gsm_format.jsonl"), "--output", str(out),
-                  "--keep_annotations", "--system_prompt", "SP", "--min_steps", "3"])
+    rc = run_cli(
+        [
+            "prepare",
+            "--input",
+            str(FIX / "gsm_format.jsonl"),
+            "--output",
+            str(out),
+            "--keep_annotations",
+            "--system_prompt",
+            "SP",
+            "--min_steps",
+            "3",
+        ]
+    )
     assert rc == 0
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(recs) == 2  # the two-step example is below --min_steps 3

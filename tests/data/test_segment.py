@@ -54,8 +54,12 @@ def _merging_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     corpus = ["\n\n".join(STEPS)] * 50 + ["apples.\n\nThe end.\n\nHe said"] * 50
-    tr = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
-                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tr = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(corpus, trainer=tr)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.chat_template = CHATML_TEMPLATE
@@ -109,8 +113,13 @@ def test_no_chat_template_uses_plain_fallback():
 
 
 # p0 p1 | a0 a1 (step 1) | s (separator) | b0 b1 (step 2) | r (end of turn)
-_LITERAL = Segmented(id="x", input_ids=list(range(10, 18)), labels=[-100, -100] + list(range(12, 18)),
-                     step_spans=[(2, 4), (5, 7)], prompt_len=2)
+_LITERAL = Segmented(
+    id="x",
+    input_ids=list(range(10, 18)),
+    labels=[-100, -100] + list(range(12, 18)),
+    step_spans=[(2, 4), (5, 7)],
+    prompt_len=2,
+)
 
 
 def test_separator_boundary_on_a_literal_example():
@@ -119,18 +128,31 @@ def test_separator_boundary_on_a_literal_example():
     assert sep.step_spans == [(2, 5), (5, 8)]  # step 1 takes s; the last step takes r (end of turn)
     assert sep.valid_pairs() == [0] and sep.input_ids == _LITERAL.input_ids and sep.labels == _LITERAL.labels
     # Separator merged into a content token: nothing lies between the steps, the span is unchanged.
-    merged = Segmented(id="m", input_ids=[1, 2, 3, 4, 5], labels=[-100, 2, 3, 4, 5],
-                       step_spans=[(1, 3), (3, 5)], prompt_len=1)
+    merged = Segmented(
+        id="m", input_ids=[1, 2, 3, 4, 5], labels=[-100, 2, 3, 4, 5], step_spans=[(1, 3), (3, 5)], prompt_len=1
+    )
     assert merged.with_boundary("separator").step_spans == [(1, 3), None]  # no end-of-turn token after step 2
     assert merged.with_boundary("separator").valid_pairs() == []
 
 
 def test_separator_boundary_without_a_closing_token_or_after_truncation():
-    cut = Segmented(id="t", input_ids=list(range(10, 17)), labels=[-100, -100] + list(range(12, 17)),
-                    step_spans=[(2, 4), (5, 7)], prompt_len=2, truncated=True)
+    cut = Segmented(
+        id="t",
+        input_ids=list(range(10, 17)),
+        labels=[-100, -100] + list(range(12, 17)),
+        step_spans=[(2, 4), (5, 7)],
+        prompt_len=2,
+        truncated=True,
+    )
     assert cut.with_boundary("separator").step_spans == [(2, 5), None]
-    lost = Segmented(id="l", input_ids=list(range(10, 18)), labels=[-100, -100] + list(range(12, 18)),
-                     step_spans=[(2, 4), None], prompt_len=2, truncated=True)
+    lost = Segmented(
+        id="l",
+        input_ids=list(range(10, 18)),
+        labels=[-100, -100] + list(range(12, 18)),
+        step_spans=[(2, 4), None],
+        prompt_len=2,
+        truncated=True,
+    )
     assert lost.with_boundary("separator").step_spans == [None, None]
     with pytest.raises(ValueError, match="unknown view boundary"):
         _LITERAL.with_boundary("newline")

@@ -28,13 +28,21 @@ from step_jepa.models.sources import (
 )
 
 GEMMA = offline_model("gemma3-270m")
-STEPS = ["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "Then he eats 2 — 7 − 2 = 5 (naïve count).",
-         "The final answer is \\boxed{5}."]
+STEPS = [
+    "Tom has 3 apples.",
+    "He buys 4 more, so 3 + 4 = 7.",
+    "Then he eats 2 — 7 − 2 = 5 (naïve count).",
+    "The final answer is \\boxed{5}.",
+]
 GEMMA_VOCAB = 262_144
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    importlib.util.find_spec("gguf") is None or importlib.util.find_spec(GEMMA.parts[0][0]) is None,
-    reason="needs `" + GEMMA.install_hint + "`")]  # slow: the tokenizer is rebuilt from the GGUF (~20 s)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("gguf") is None or importlib.util.find_spec(GEMMA.parts[0][0]) is None,
+        reason="needs `" + GEMMA.install_hint + "`",
+    ),
+]  # slow: the tokenizer is rebuilt from the GGUF (~20 s)
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,8 +60,10 @@ def tok():
 
 def test_template_folds_system_into_first_user_turn(tok):
     text = render(tok, record(STEPS)["messages"])
-    assert text.startswith("<bos><start_of_turn>user\nSolve step by step.\n\nHow many apples?<end_of_turn>\n"
-                           "<start_of_turn>model\nTom has 3 apples.")
+    assert text.startswith(
+        "<bos><start_of_turn>user\nSolve step by step.\n\nHow many apples?<end_of_turn>\n"
+        "<start_of_turn>model\nTom has 3 apples."
+    )
     assert text.endswith("\\boxed{5}.<end_of_turn>\n")
     assert "system" not in text
 
@@ -87,8 +97,10 @@ def _with_predictors(k: int = 2):
     """A copy of the tokenizer with k predictor tokens (and a stub model for the embedding resize);
     made once, as copying a 262k-token tokenizer takes seconds."""
     t = copy.deepcopy(_gemma_tokenizer())
-    stub = SimpleNamespace(get_input_embeddings=lambda: SimpleNamespace(weight=SimpleNamespace(shape=(len(t), 1))),
-                           resize_token_embeddings=lambda n, mean_resizing: None)
+    stub = SimpleNamespace(
+        get_input_embeddings=lambda: SimpleNamespace(weight=SimpleNamespace(shape=(len(t), 1))),
+        resize_token_embeddings=lambda n, mean_resizing: None,
+    )
     return t, add_predictor_tokens(stub, t, k)
 
 
@@ -110,8 +122,8 @@ def test_single_pass_views_sit_where_two_pass_puts_them():
         e_i = ex.step_spans[i][1]
         s2, e2 = ex.step_spans[i + 1]
         v1, v2 = int(batch["view1_cols"][n]), int(batch["view2_cols"][n])
-        assert ids[v1 - 1: v1 + 1] == pred and pos[v1 - 1: v1 + 1] == [e_i, e_i + 1]
+        assert ids[v1 - 1 : v1 + 1] == pred and pos[v1 - 1 : v1 + 1] == [e_i, e_i + 1]
         copy_start = v1 + 1
-        assert ids[copy_start: v2 + 1] == ex.input_ids[s2:e2]
-        assert pos[copy_start: v2 + 1] == list(range(e_i + 2, e_i + 2 + e2 - s2))
-        assert t.decode(ids[copy_start: v2 + 1]) == STEPS[i + 1]
+        assert ids[copy_start : v2 + 1] == ex.input_ids[s2:e2]
+        assert pos[copy_start : v2 + 1] == list(range(e_i + 2, e_i + 2 + e2 - s2))
+        assert t.decode(ids[copy_start : v2 + 1]) == STEPS[i + 1]

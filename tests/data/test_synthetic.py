@@ -100,7 +100,7 @@ def test_chain_problems_have_true_steps_of_the_asked_size(steps: int, digits: in
         assert len(body) == steps + 1 and rec["id"].startswith(f"chain{steps}x{digits}-3-")
         value = None
         for step in body[:-1]:
-            (expr, result), = ARITH_RE.findall(step)
+            ((expr, result),) = ARITH_RE.findall(step)
             assert evaluate(expr) == int(result)
             first = int(re.match(r"\d+", expr).group())
             assert value is None or first == value
@@ -133,8 +133,26 @@ def test_prepare_writes_chain_problems(tmp_path, capsys):
     from step_jepa.cli.main import main
 
     out = tmp_path / "chain.jsonl"
-    assert main(["prepare", "--generate", "12", "--task", "chain", "--chain_steps", "3", "--chain_digits", "2",
-                 "--seed", "4", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--generate",
+                "12",
+                "--task",
+                "chain",
+                "--chain_steps",
+                "3",
+                "--chain_digits",
+                "2",
+                "--seed",
+                "4",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(recs) == 12 and all(r["id"].startswith("chain3x2-4-") and r["total_steps"] == 4 for r in recs)
     report = json.loads((tmp_path / "chain.jsonl.report.json").read_text())

@@ -18,9 +18,22 @@ from step_jepa.evaluation import evaluate as ev
 # evaluate()
 # --------------------------------------------------------------------------------------------------------
 
-SUMMARY_KEYS = {"accuracy", "n", "correct", "no_answer", "no_answer_rate", "errors", "mean_output_tokens",
-                "generation_seconds", "generated_tokens_per_s", "max_new_tokens", "model", "device", "dtype",
-                "versions"}
+SUMMARY_KEYS = {
+    "accuracy",
+    "n",
+    "correct",
+    "no_answer",
+    "no_answer_rate",
+    "errors",
+    "mean_output_tokens",
+    "generation_seconds",
+    "generated_tokens_per_s",
+    "max_new_tokens",
+    "model",
+    "device",
+    "dtype",
+    "versions",
+}
 
 
 def _read_jsonl(path) -> list[dict]:
@@ -114,8 +127,26 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def test_cli_generated_problems(model_dir, tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    args = _parse(["eval", "--model", str(model_dir), "--generate", "5", "--seed", "1", "--max_new_tokens", "6",
-                   "--output_dir", str(out), "--dtype", "fp32", "--device", "cpu", "--no_progress"])
+    args = _parse(
+        [
+            "eval",
+            "--model",
+            str(model_dir),
+            "--generate",
+            "5",
+            "--seed",
+            "1",
+            "--max_new_tokens",
+            "6",
+            "--output_dir",
+            str(out),
+            "--dtype",
+            "fp32",
+            "--device",
+            "cpu",
+            "--no_progress",
+        ]
+    )
     assert args.func(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 5 and summary["max_new_tokens"] == 6 and summary["model"] == str(model_dir)
@@ -125,13 +156,36 @@ def test_cli_generated_problems(model_dir, tmp_path, capsys) -> None:
 
 def test_cli_raw_gsm8k_file_with_limit(model_dir, tmp_path) -> None:
     raw = tmp_path / "test.jsonl"
-    lines = [{"question": f"Tom has {i} apples and buys 2 more. How many now?",
-              "answer": f"He has {i} + 2 = <<{i}+2={i + 2}>>{i + 2} apples.\n#### {i + 2}"} for i in range(4)]
+    lines = [
+        {
+            "question": f"Tom has {i} apples and buys 2 more. How many now?",
+            "answer": f"He has {i} + 2 = <<{i}+2={i + 2}>>{i + 2} apples.\n#### {i + 2}",
+        }
+        for i in range(4)
+    ]
     raw.write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "out"
-    args = _parse(["eval", "--model", str(model_dir), "--test_file", str(raw), "--limit", "3",
-                   "--max_new_tokens", "4", "--output_dir", str(out), "--device", "cpu", "--no_progress",
-                   "--batch_size", "2", "--lenient"])
+    args = _parse(
+        [
+            "eval",
+            "--model",
+            str(model_dir),
+            "--test_file",
+            str(raw),
+            "--limit",
+            "3",
+            "--max_new_tokens",
+            "4",
+            "--output_dir",
+            str(out),
+            "--device",
+            "cpu",
+            "--no_progress",
+            "--batch_size",
+            "2",
+            "--lenient",
+        ]
+    )
     assert args.func(args) == 0
     rows = _read_jsonl(out / "predictions.jsonl")
     assert [r["gold"] for r in rows] == ["2", "3", "4"]
@@ -155,28 +209,42 @@ def test_cli_dataset_error_is_clear(model_dir, monkeypatch) -> None:
         args.func(args)
 
 
-@pytest.mark.parametrize("rel, expected", [
-    ("run/final", "run/eval-gsm"),  # a run's final model: results in the run dir
-    ("run/checkpoint-4", "run/eval-checkpoint-4-gsm"),  # parent holds step_jepa_config.yaml
-    ("other/final", "other/eval-gsm"),  # named final/: a run dir even without its config
-    ("plain-model", "eval/plain-model-gsm"),
-])
+@pytest.mark.parametrize(
+    "rel, expected",
+    [
+        ("run/final", "run/eval-gsm"),  # a run's final model: results in the run dir
+        ("run/checkpoint-4", "run/eval-checkpoint-4-gsm"),  # parent holds step_jepa_config.yaml
+        ("other/final", "other/eval-gsm"),  # named final/: a run dir even without its config
+        ("plain-model", "eval/plain-model-gsm"),
+    ],
+)
 def test_default_output_dir_is_outside_the_model(tmp_path, monkeypatch, rel, expected) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / rel).mkdir(parents=True)
     (tmp_path / "run").mkdir(exist_ok=True)
     (tmp_path / "run" / "step_jepa_config.yaml").write_text("lbd: 0.1\n")
     assert default_output_dir(rel, "gsm") == Path(expected)
-    assert default_output_dir("HuggingFaceTB/SmolLM2-135M-Instruct", "test") == Path(
-        "eval/SmolLM2-135M-Instruct-test")
+    assert default_output_dir("HuggingFaceTB/SmolLM2-135M-Instruct", "test") == Path("eval/SmolLM2-135M-Instruct-test")
 
 
 def test_cli_default_output_dir_of_a_run(model_dir, tmp_path, monkeypatch) -> None:
     run = tmp_path / "run"
     shutil.copytree(model_dir, run / "final")
     monkeypatch.chdir(tmp_path)
-    args = _parse(["eval", "--model", str(run / "final"), "--generate", "2", "--max_new_tokens", "2",
-                   "--device", "cpu", "--no_progress"])
+    args = _parse(
+        [
+            "eval",
+            "--model",
+            str(run / "final"),
+            "--generate",
+            "2",
+            "--max_new_tokens",
+            "2",
+            "--device",
+            "cpu",
+            "--no_progress",
+        ]
+    )
     assert args.func(args) == 0
     assert (run / "eval-generated2-s1000" / "summary.json").exists()
     assert sorted(p.name for p in (run / "final").iterdir()) == sorted(p.name for p in model_dir.iterdir())

@@ -44,11 +44,17 @@ def _hf_generate(model, seqs, max_new, stops, pad) -> list[list[int]]:
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.tensor(s)
+        mask[i, width - len(s) :] = 1
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                             eos_token_id=list(stops), pad_token_id=pad)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new,
+            do_sample=False,
+            eos_token_id=list(stops),
+            pad_token_id=pad,
+        )
     return gen._trim(out[:, width:].tolist(), set(stops))
 
 
@@ -96,7 +102,7 @@ def test_chunked_prefill_and_mask_paths_agree(tok, problems, monkeypatch) -> Non
     with torch.no_grad():
         whole = gen._decode_batch(model, seqs, 12, [], tok.pad_token_id)
         chunked = gen._decode_batch(model, seqs, 12, [], tok.pad_token_id, prefill_tokens=100)
-        monkeypatch.setattr(gen, "_decode_mask", lambda model: (lambda m: m))
+        monkeypatch.setattr(gen, "_decode_mask", lambda model: lambda m: m)
         mask_2d = gen._decode_batch(model, seqs, 12, [], tok.pad_token_id)
     assert chunked == whole == mask_2d
 

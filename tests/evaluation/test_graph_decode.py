@@ -85,18 +85,37 @@ def test_shrink_keeps_running_rows_and_a_power_of_two() -> None:
             self.keep = keep.tolist()
 
     done = torch.tensor([True, False, True, True, False, True, True, True])
-    st = gd._State(tok=torch.arange(8), pos=torch.arange(8), mask=torch.ones(8, 3), done=done.clone(),
-                   row_ids=torch.arange(8), cur=torch.tensor([0]), step=torch.tensor([0]))
+    st = gd._State(
+        tok=torch.arange(8),
+        pos=torch.arange(8),
+        mask=torch.ones(8, 3),
+        done=done.clone(),
+        row_ids=torch.arange(8),
+        cur=torch.tensor([0]),
+        step=torch.tensor([0]),
+    )
     cache = _Cache()
     assert gd._shrink(cache, st, n_done=6)
     assert cache.keep[:2] == [1, 4] and len(cache.keep) == 2  # 2 running rows: a batch of 2
-    st2 = gd._State(tok=torch.arange(8), pos=torch.arange(8), mask=torch.ones(8, 3),
-                    done=torch.tensor([True, False, False, False, False, True, False, False]),
-                    row_ids=torch.arange(8), cur=torch.tensor([0]), step=torch.tensor([0]))
+    st2 = gd._State(
+        tok=torch.arange(8),
+        pos=torch.arange(8),
+        mask=torch.ones(8, 3),
+        done=torch.tensor([True, False, False, False, False, True, False, False]),
+        row_ids=torch.arange(8),
+        cur=torch.tensor([0]),
+        step=torch.tensor([0]),
+    )
     assert not gd._shrink(cache, st2, n_done=2)  # 6 of 8 still running: keep the shape
-    st3 = gd._State(tok=torch.arange(8), pos=torch.arange(8), mask=torch.ones(8, 3),
-                    done=torch.tensor([True, False, True, True, False, True, False, True]),
-                    row_ids=torch.arange(8), cur=torch.tensor([0]), step=torch.tensor([0]))
+    st3 = gd._State(
+        tok=torch.arange(8),
+        pos=torch.arange(8),
+        mask=torch.ones(8, 3),
+        done=torch.tensor([True, False, True, True, False, True, False, True]),
+        row_ids=torch.arange(8),
+        cur=torch.tensor([0]),
+        step=torch.tensor([0]),
+    )
     assert gd._shrink(cache, st3, n_done=5)
     assert sorted(cache.keep[:3]) == [1, 4, 6] and len(cache.keep) == 4  # 3 running + 1 finished filler
     assert st3.done.tolist() == [False, False, False, True]

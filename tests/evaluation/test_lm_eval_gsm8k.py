@@ -10,13 +10,24 @@ import pytest
 
 from step_jepa.evaluation import lm_eval_gsm8k as lm
 
-DOCS = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}
-        for i in range(12)]
+DOCS = [
+    {"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}
+    for i in range(12)
+]
 
 GENERATIONS = [
-    " 3 + 4 = 7\n#### 7", " The answer is $1,200.", "#### -3.5", "no number here", " 12 apples and 5 pears",
-    " 2+2=4 so 4.\n#### 4.", " #### 1,000\nQuestion: next", "####5", " it costs $18. \\boxed{18}",
-    " 0.5 then 10,000,", "", " -7 or -8",
+    " 3 + 4 = 7\n#### 7",
+    " The answer is $1,200.",
+    "#### -3.5",
+    "no number here",
+    " 12 apples and 5 pears",
+    " 2+2=4 so 4.\n#### 4.",
+    " #### 1,000\nQuestion: next",
+    "####5",
+    " it costs $18. \\boxed{18}",
+    " 0.5 then 10,000,",
+    "",
+    " -7 or -8",
 ]
 
 
@@ -32,8 +43,9 @@ def test_prompt_format_and_fewshot_draws() -> None:
 
 def test_chat_variant_is_multiturn_with_the_system_instruction(tok_chatml) -> None:
     shots = lm.fewshot_examples(1, DOCS)[0]
-    ctx = lm.build_context(DOCS[0], shots, chat_template=lm.hf_chat_template(tok_chatml),
-                           system_instruction="Solve it.")
+    ctx = lm.build_context(
+        DOCS[0], shots, chat_template=lm.hf_chat_template(tok_chatml), system_instruction="Solve it."
+    )
     assert ctx.count("<|im_start|>user") == 6 and ctx.count("<|im_start|>assistant") == 6
     assert "Solve it." in ctx and ctx.rstrip().endswith("<|im_start|>assistant")
 
@@ -67,9 +79,27 @@ def test_cli_lm_eval_needs_a_fewshot_file(model_dir, tmp_path) -> None:
         main(["eval", "--model", str(model_dir), "--test_file", str(test), "--protocol", "lm-eval-gsm8k"])
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    assert main(["eval", "--model", str(model_dir), "--test_file", str(test), "--protocol", "lm-eval-gsm8k",
-                 "--fewshot_file", str(train), "--max_new_tokens", "4", "--output_dir", str(tmp_path / "o"),
-                 "--no_progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model_dir),
+                "--test_file",
+                str(test),
+                "--protocol",
+                "lm-eval-gsm8k",
+                "--fewshot_file",
+                str(train),
+                "--max_new_tokens",
+                "4",
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
 
 
 # ---------------------------------------------------------------------------- against the real lm_eval
@@ -84,15 +114,17 @@ def test_filters_and_metric_match_real_lm_eval() -> None:
 
     resps = [[g] for g in GENERATIONS]
     strict = list(TakeFirstFilter().apply(RegexFilter(regex_pattern=lm.STRICT_REGEX).apply(resps, DOCS), DOCS))
-    flex = list(TakeFirstFilter().apply(
-        RegexFilter(regex_pattern=lm.FLEXIBLE_REGEX, group_select=-1).apply(resps, DOCS), DOCS))
+    flex = list(
+        TakeFirstFilter().apply(RegexFilter(regex_pattern=lm.FLEXIBLE_REGEX, group_select=-1).apply(resps, DOCS), DOCS)
+    )
     assert strict == [lm.strict_match(g) for g in GENERATIONS]
     assert flex == [lm.flexible_extract(g) for g in GENERATIONS]
     refs = [d["answer"] for d in DOCS]
     for preds in (strict, flex, ["7", "1200", "-3.5", "[invalid]", "5", "4", "1000", "5", "18", "10000", "", "-8"]):
         for p, r in zip(preds, refs + refs):
-            theirs = exact_match_hf_evaluate([p], [r], regexes_to_ignore=list(lm.IGNORE_REGEXES),
-                                             ignore_case=True)["exact_match"]
+            theirs = exact_match_hf_evaluate([p], [r], regexes_to_ignore=list(lm.IGNORE_REGEXES), ignore_case=True)[
+                "exact_match"
+            ]
             assert bool(theirs) == lm.exact_match(p, r), (p, r)
     for g in GENERATIONS:  # the same stop-string cut
         from lm_eval.models.utils import postprocess_generated_text

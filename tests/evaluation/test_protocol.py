@@ -11,8 +11,17 @@ import torch
 from step_jepa.evaluation import decode as gen
 from step_jepa.evaluation import evaluate as ev
 
-PROTOCOL_KEYS = {"name", "dtype", "max_new_tokens", "max_batch_tokens", "batch_size", "cuda_graphs",
-                 "extraction", "prompt", "versions"}
+PROTOCOL_KEYS = {
+    "name",
+    "dtype",
+    "max_new_tokens",
+    "max_batch_tokens",
+    "batch_size",
+    "cuda_graphs",
+    "extraction",
+    "prompt",
+    "versions",
+}
 
 
 def _preds(path) -> list[dict]:
@@ -24,10 +33,17 @@ def test_same_predictions_at_two_batch_budgets_fp32(model_dir, problems, tmp_pat
     from step_jepa.models.loading import load_for_inference
 
     model, tok = load_for_inference(str(model_dir), dtype=torch.float32, device="cpu")
-    a = ev.evaluate(model, tok, problems, out_dir=tmp_path / "a", max_new_tokens=12, batch_size=1,
-                    progress=False)
-    b = ev.evaluate(model, tok, problems, out_dir=tmp_path / "b", max_new_tokens=12, max_batch_tokens=100_000,
-                    batch_size=64, progress=False)
+    a = ev.evaluate(model, tok, problems, out_dir=tmp_path / "a", max_new_tokens=12, batch_size=1, progress=False)
+    b = ev.evaluate(
+        model,
+        tok,
+        problems,
+        out_dir=tmp_path / "b",
+        max_new_tokens=12,
+        max_batch_tokens=100_000,
+        batch_size=64,
+        progress=False,
+    )
     assert a["protocol"]["dtype"] == "float32" and a["protocol"]["batch_size"] == 1
     assert b["protocol"]["batch_size"] == 64 and b["protocol"]["max_batch_tokens"] == 100_000
     pa, pb = _preds(tmp_path / "a" / "predictions.jsonl"), _preds(tmp_path / "b" / "predictions.jsonl")
@@ -39,8 +55,16 @@ def test_summary_records_the_protocol(tok, problems, tmp_path) -> None:
     from step_jepa.models.tiny import build_tiny_model
 
     model = build_tiny_model(len(tok)).eval()
-    summary = ev.evaluate(model, tok, problems[:3], out_dir=tmp_path, max_new_tokens=6, progress=False,
-                          lenient=True, system_prompt="Be brief.")
+    summary = ev.evaluate(
+        model,
+        tok,
+        problems[:3],
+        out_dir=tmp_path,
+        max_new_tokens=6,
+        progress=False,
+        lenient=True,
+        system_prompt="Be brief.",
+    )
     saved = json.loads((tmp_path / "summary.json").read_text())
     p = saved["protocol"]
     assert PROTOCOL_KEYS <= p.keys() and p == summary["protocol"]
@@ -54,10 +78,21 @@ def test_summary_records_the_protocol(tok, problems, tmp_path) -> None:
 
 
 def test_protocol_differences_names_fields() -> None:
-    base = {"name": "step-jepa", "dtype": "bfloat16", "max_batch_tokens": 10, "cuda_graphs": {"asked": True, "used": True},
-            "prompt": {"fewshot": 0}, "versions": {"torch": "1"}}
-    other = {**base, "max_batch_tokens": 20, "prompt": {"fewshot": 5}, "versions": {"torch": "2"},
-             "cuda_graphs": {"asked": "auto", "used": True}}
+    base = {
+        "name": "step-jepa",
+        "dtype": "bfloat16",
+        "max_batch_tokens": 10,
+        "cuda_graphs": {"asked": True, "used": True},
+        "prompt": {"fewshot": 0},
+        "versions": {"torch": "1"},
+    }
+    other = {
+        **base,
+        "max_batch_tokens": 20,
+        "prompt": {"fewshot": 5},
+        "versions": {"torch": "2"},
+        "cuda_graphs": {"asked": "auto", "used": True},
+    }
     assert ev.protocol_differences(base, other) == (["max_batch_tokens", "prompt.fewshot"], ["versions.torch"])
     assert ev.protocol_differences(None, None) == ([], [])
     assert "unknown" in ev.protocol_differences(None, base)[0][0]
@@ -67,8 +102,23 @@ def test_cli_defaults_are_fp32_and_auto_graphs(model_dir, tmp_path) -> None:
     from step_jepa.cli.main import main
 
     out = tmp_path / "out"
-    assert main(["eval", "--model", str(model_dir), "--generate", "3", "--max_new_tokens", "4",
-                 "--output_dir", str(out), "--no_progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model_dir),
+                "--generate",
+                "3",
+                "--max_new_tokens",
+                "4",
+                "--output_dir",
+                str(out),
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
     p = json.loads((out / "summary.json").read_text())["protocol"]
     assert p["dtype"] == "float32" and p["cuda_graphs"]["asked"] == "auto"
 

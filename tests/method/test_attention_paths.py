@@ -42,8 +42,15 @@ def setup():
 
 def _batch(setup, pairs, packing, pad_multiple=1):
     tok, _, pred, exs = setup
-    col = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, mode="single_pass", pairs=pairs,
-                           packing=packing, max_tokens=256, pad_multiple=pad_multiple)
+    col = StepJEPACollator(
+        pad_id=tok.pad_token_id,
+        pred_ids=pred,
+        mode="single_pass",
+        pairs=pairs,
+        packing=packing,
+        max_tokens=256,
+        pad_multiple=pad_multiple,
+    )
     return col(exs)
 
 
@@ -87,7 +94,7 @@ def _oracle(model, pred, exs, pairs):
         n_tokens += n
         spans = ex.step_spans
         valid = [i for i in range(len(spans) - 1) if spans[i] and spans[i + 1] and spans[i][1] <= spans[i + 1][0]]
-        for i in (([0] if 0 in valid else []) if pairs == "first" else valid):
+        for i in ([0] if 0 in valid else []) if pairs == "first" else valid:
             e_i = spans[i][1]
             s2, e2 = spans[i + 1]
             v1 = decoder(input_ids=torch.tensor([ex.input_ids[:e_i] + pred])).last_hidden_state[0, -1]

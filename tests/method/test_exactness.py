@@ -16,8 +16,12 @@ def _records():
     """Examples of different lengths (so rows are padded) with 1 to 4 steps."""
     out = []
     for i in range(6):
-        steps = [f"Tom has {i + 3} apples.", f"He buys {i} more, so {i + 3} + {i} = {2 * i + 3}.",
-                 "Then he eats one apple." * (i % 2 + 1), f"The final answer is \\boxed{{{2 * i + 2}}}."]
+        steps = [
+            f"Tom has {i + 3} apples.",
+            f"He buys {i} more, so {i + 3} + {i} = {2 * i + 3}.",
+            "Then he eats one apple." * (i % 2 + 1),
+            f"The final answer is \\boxed{{{2 * i + 2}}}.",
+        ]
         out.append(record(steps[: 1 + i % 4], question=f"Question {i}: " + "how many? " * i, rid=str(i)))
     return out
 
@@ -43,8 +47,9 @@ def test_single_pass_equals_two_pass(arch, K, pairs, packing):
     for lo, hi in [(0, 3), (3, 6)]:  # several batches
         res = {}
         for mode in ("two_pass", "single_pass"):
-            col = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, mode=mode, pairs=pairs,
-                                   packing=packing, max_tokens=256)
+            col = StepJEPACollator(
+                pad_id=tok.pad_token_id, pred_ids=pred, mode=mode, pairs=pairs, packing=packing, max_tokens=256
+            )
             res[mode] = _loss_and_grads(model, col(exs[lo:hi]))
         (l2, j2, g2), (l1, j1, g1) = res["two_pass"], res["single_pass"]
         assert j2.item() > 0, "batch must contain a valid pair"
@@ -95,13 +100,22 @@ def test_separator_boundary_single_pass_equals_two_pass(pairs, packing):
     exs = [segment(r, tok) for r in _records()]
     res = {}
     for mode in ("two_pass", "single_pass"):
-        col = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, mode=mode, pairs=pairs,
-                               packing=packing, max_tokens=256, boundary="separator")
+        col = StepJEPACollator(
+            pad_id=tok.pad_token_id,
+            pred_ids=pred,
+            mode=mode,
+            pairs=pairs,
+            packing=packing,
+            max_tokens=256,
+            boundary="separator",
+        )
         batch = col(exs)
         assert batch["n_pairs"] > 0
         res[mode] = _loss_and_grads(model, batch)
-    content = _loss_and_grads(model, StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, pairs=pairs,
-                                                      packing=packing, max_tokens=256)(exs))
+    content = _loss_and_grads(
+        model,
+        StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, pairs=pairs, packing=packing, max_tokens=256)(exs),
+    )
     (l2, j2, g2), (l1, j1, g1) = res["two_pass"], res["single_pass"]
     assert not torch.allclose(j1, content[1])  # the boundary changes the views
     torch.testing.assert_close(l1, l2, rtol=1e-5, atol=0)

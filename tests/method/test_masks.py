@@ -7,8 +7,13 @@ from step_jepa.method.layout import meta_of, pass2_items, place, single_pass_ite
 from step_jepa.method.masks import additive_mask, allowed, dense_mask, query_ranges
 
 # 8 tokens: p0 p1 | a0 a1 (step 1) | s (separator) | b0 b1 (step 2) | r (end of turn)
-EX = Segmented(id="x", input_ids=list(range(10, 18)), labels=[-100, -100] + list(range(12, 18)),
-               step_spans=[(2, 4), (5, 7)], prompt_len=2)
+EX = Segmented(
+    id="x",
+    input_ids=list(range(10, 18)),
+    labels=[-100, -100] + list(range(12, 18)),
+    step_spans=[(2, 4), (5, 7)],
+    prompt_len=2,
+)
 
 
 def M(rows: str) -> torch.Tensor:
@@ -55,8 +60,9 @@ def test_pass2_positions_run_straight_through():
 
 
 def test_single_pass_with_right_padding():
-    short = Segmented(id="y", input_ids=[10, 11, 12, 13], labels=[-100, 11, 12, 13],
-                      step_spans=[(1, 2), (3, 4)], prompt_len=1)
+    short = Segmented(
+        id="y", input_ids=[10, 11, 12, 13], labels=[-100, 11, 12, 13], step_spans=[(1, 2), (3, 4)], prompt_len=1
+    )
     got = mask_of([[single_pass_item(EX, [0], [99], 0)], [single_pass_item(short, [0], [99], 1)]])
     want0 = M("""
         10000000000
@@ -90,8 +96,9 @@ def test_single_pass_with_right_padding():
 
 
 def test_step2_as_last_step_and_positions():
-    last = Segmented(id="z", input_ids=[1, 2, 3, 4, 5], labels=[-100, 2, 3, 4, 5],
-                     step_spans=[(1, 3), (3, 5)], prompt_len=1)
+    last = Segmented(
+        id="z", input_ids=[1, 2, 3, 4, 5], labels=[-100, 2, 3, 4, 5], step_spans=[(1, 3), (3, 5)], prompt_len=1
+    )
     b = place([[single_pass_item(last, [0], [99], 0)]], pad_id=0)
     assert b["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 3, 4, 5]
     got = dense_mask(meta_of(b))[0, 0]
@@ -127,11 +134,18 @@ def test_additive_mask_matches_boolean():
 
 def test_dense_mask_is_allowed_evaluated_everywhere():
     """The dense mask splits the rule for speed; it must equal `allowed` at every (query, key)."""
-    other = Segmented(id="o", input_ids=[1, 2, 3, 4, 5, 6], labels=[-100, 2, 3, 4, 5, 6],
-                      step_spans=[(1, 2), (3, 4), (5, 6)], prompt_len=1)
-    rows = [[single_pass_item(other, [0, 1], [97, 98, 99], 0), single_pass_item(EX, [0], [97, 98, 99], 1)],
-            [single_pass_item(EX, [0], [97, 98, 99], 0)],
-            [single_pass_item(other, [1], [97, 98, 99], 0)]]
+    other = Segmented(
+        id="o",
+        input_ids=[1, 2, 3, 4, 5, 6],
+        labels=[-100, 2, 3, 4, 5, 6],
+        step_spans=[(1, 2), (3, 4), (5, 6)],
+        prompt_len=1,
+    )
+    rows = [
+        [single_pass_item(other, [0, 1], [97, 98, 99], 0), single_pass_item(EX, [0], [97, 98, 99], 1)],
+        [single_pass_item(EX, [0], [97, 98, 99], 0)],
+        [single_pass_item(other, [1], [97, 98, 99], 0)],
+    ]
     meta = meta_of(place(rows, pad_id=0, multiple_of=8))
     T = meta.seq.shape[1]
     lo1, hi1, lo2 = (t[:, :, None] for t in query_ranges(meta))

@@ -12,9 +12,11 @@ from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens
 from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
-STEPS = [["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],
-         ["Ann has 10 pens.", "She gives away 2, so 10 - 2 = 8.", "The final answer is \\boxed{8}."],
-         ["A box holds 6 eggs.", "Two boxes hold 2 * 6 = 12 eggs.", "The final answer is \\boxed{12}."]]
+STEPS = [
+    ["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],
+    ["Ann has 10 pens.", "She gives away 2, so 10 - 2 = 8.", "The final answer is \\boxed{8}."],
+    ["A box holds 6 eggs.", "Two boxes hold 2 * 6 = 12 eggs.", "The final answer is \\boxed{12}."],
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,9 @@ def test_layer_option_reads_that_layer(setup):
     m, batch, out = _run(setup, jepa_layer=0, jepa_final_norm=False)
     tok, pred, exs = setup
     captured = []
-    h = m.lm.model.layers[0].register_forward_hook(lambda mod, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+    h = m.lm.model.layers[0].register_forward_hook(
+        lambda mod, i, o: captured.append(o[0] if isinstance(o, tuple) else o)
+    )
     m.lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=m._mask(batch), position_ids=batch["position_ids"])
     h.remove()
     v1_ref = captured[0][batch["view_rows"], batch["view1_cols"]]
@@ -91,7 +95,9 @@ def test_lbd_schedule():
     assert o.lbd_at(0, 110) == 0.0 and o.lbd_at(5, 110) == 0.5
     assert o.lbd_at(10, 110) == 1.0 and o.lbd_at(60, 110) == pytest.approx(0.5) and o.lbd_at(110, 110) == 0.0
     c = JEPAOptions(lbd=2.0, lbd_schedule="cosine")
-    assert c.lbd_at(0, 100) == 2.0 and c.lbd_at(50, 100) == pytest.approx(1.0) and c.lbd_at(100, 100) == pytest.approx(0.0)
+    assert (
+        c.lbd_at(0, 100) == 2.0 and c.lbd_at(50, 100) == pytest.approx(1.0) and c.lbd_at(100, 100) == pytest.approx(0.0)
+    )
     assert JEPAOptions(lbd=0.3).lbd_at(77, 100) == 0.3
 
 

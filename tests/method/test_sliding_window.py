@@ -21,16 +21,27 @@ def _tiny_gemma3(vocab: int, impl: str = "sdpa", seed: int = 0):
     from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=WINDOW,
-                           layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-                           max_position_embeddings=512, attn_implementation=impl)
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=WINDOW,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=512,
+        attn_implementation=impl,
+    )
     return AutoModelForCausalLM.from_config(cfg).float().eval()
 
 
 def _records():
-    steps = [["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],
-             ["Ann has 2 pears.", "She eats one.", "Then one is left.", "The final answer is \\boxed{1}."]]
+    steps = [
+        ["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],
+        ["Ann has 2 pears.", "She eats one.", "Then one is left.", "The final answer is \\boxed{1}."],
+    ]
     return [record(s, rid=str(i)) for i, s in enumerate(steps)]
 
 
@@ -76,8 +87,9 @@ def test_single_pass_equals_two_pass_with_sliding_window(packing):
     exs = [segment(r, tok) for r in _records()]
     res = {}
     for mode in ("two_pass", "single_pass"):
-        col = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, mode=mode, pairs="all",
-                               packing=packing, max_tokens=512)
+        col = StepJEPACollator(
+            pad_id=tok.pad_token_id, pred_ids=pred, mode=mode, pairs="all", packing=packing, max_tokens=512
+        )
         m = StepJEPAModel(model, JEPAOptions(lbd=0.5, jepa_loss="cosine"))
         model.zero_grad()
         out = m(**col(exs))

@@ -19,9 +19,11 @@ from step_jepa.method.model import StepJEPAModel
 from step_jepa.method.options import JEPAOptions
 from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
-STEPS = [["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],
-         ["Ann has 10 pens.", "The final answer is \\boxed{10}."],
-         ["A box holds 6 eggs.", "Two boxes hold 2 * 6 = 12 eggs.", "Three hold 18.", "The answer is \\boxed{18}."]]
+STEPS = [
+    ["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],
+    ["Ann has 10 pens.", "The final answer is \\boxed{10}."],
+    ["A box holds 6 eggs.", "Two boxes hold 2 * 6 = 12 eggs.", "Three hold 18.", "The answer is \\boxed{18}."],
+]
 
 
 def test_straight_trajectory_costs_nothing_a_turn_costs_one_a_reversal_two():
@@ -65,8 +67,7 @@ def test_step_triplets_are_the_ends_of_prompt_and_steps(tok, exs):
     assert tok.decode(ex.input_ids[a0:e0]).strip() == STEPS[1][0]
     seen = {stp_triplet(exs[2], "steps", random.Random(k)) for k in range(30)}
     ends = [e - 1 for _, e in exs[2].step_spans]
-    assert seen == {(exs[2].prompt_len - 1, ends[0], ends[1]), (ends[0], ends[1], ends[2]),
-                    (ends[1], ends[2], ends[3])}
+    assert seen == {(exs[2].prompt_len - 1, ends[0], ends[1]), (ends[0], ends[1], ends[2]), (ends[1], ends[2], ends[3])}
 
 
 def test_no_triplet_without_a_step_pair(tok):
@@ -90,8 +91,15 @@ def test_model_term_equals_each_example_run_alone(tok, exs, packing, how, mode):
     torch.manual_seed(0)
     model = build_tiny_model(len(tok) + 1, seed=3)
     pred = [len(tok)]  # one extra row acts as the predictor token
-    col = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred if mode != "sft" else [], mode=mode,
-                           packing=packing, max_tokens=4096, seed=7, stp=how)
+    col = StepJEPACollator(
+        pad_id=tok.pad_token_id,
+        pred_ids=pred if mode != "sft" else [],
+        mode=mode,
+        packing=packing,
+        max_tokens=4096,
+        seed=7,
+        stp=how,
+    )
     batch = col(exs)
     assert batch["n_stp"] == len(exs) == batch["stp_index"].shape[0]
     out = StepJEPAModel(model, JEPAOptions(lbd=0.5))(**batch)
@@ -101,7 +109,7 @@ def test_model_term_equals_each_example_run_alone(tok, exs, packing, how, mode):
         row, col = divmod(trip[0], T)
         seq = batch["seq"][row]
         start = int((seq == seq[col]).nonzero()[0])  # where this triplet's item begins in its row
-        ex = next(e for e in exs if batch["input_ids"][row, start:start + len(e.input_ids)].tolist() == e.input_ids)
+        ex = next(e for e in exs if batch["input_ids"][row, start : start + len(e.input_ids)].tolist() == e.input_ids)
         local = [t - row * T - start for t in trip]
         h = _alone_hidden(model, ex)
         hs.append(h[local[0]]), hr.append(h[local[1]]), ht.append(h[local[2]])
@@ -128,9 +136,18 @@ def test_train_with_stp_on_sft_data_logs_the_term(tmp_path: Path):
     t = build_tiny_tokenizer("chatml")
     build_tiny_model(len(t), seed=0).save_pretrained(d)
     t.save_pretrained(d)
-    cfg = StepJEPAConfig(model=str(d), output_dir=str(tmp_path / "run"), max_steps=3, lbd=0.0, stp_lbd=0.5,
-                      generate_examples=16, per_device_train_batch_size=4, logging_steps=1, report_to="none",
-                      save_steps=1000)
+    cfg = StepJEPAConfig(
+        model=str(d),
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        lbd=0.0,
+        stp_lbd=0.5,
+        generate_examples=16,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        report_to="none",
+        save_steps=1000,
+    )
     run_train(cfg)
     logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     stp = [r["stp_loss"] for r in logs if "stp_loss" in r]

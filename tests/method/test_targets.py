@@ -11,9 +11,11 @@ from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens
 from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
-STEPS = [["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],
-         ["Ann has 10 pens.", "She gives away 2, so 10 - 2 = 8.", "The final answer is \\boxed{8}."],
-         ["A box holds 6 eggs.", "Two boxes hold 2 * 6 = 12 eggs.", "The final answer is \\boxed{12}."]]
+STEPS = [
+    ["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],
+    ["Ann has 10 pens.", "She gives away 2, so 10 - 2 = 8.", "The final answer is \\boxed{8}."],
+    ["A box holds 6 eggs.", "Two boxes hold 2 * 6 = 12 eggs.", "The final answer is \\boxed{12}."],
+]
 K = 2
 
 
@@ -59,8 +61,8 @@ def _jepa_grad_of_step2_only_tokens(m: StepJEPAModel, setup) -> torch.Tensor:
     batch = _batch(setup)
     m.zero_grad()
     m(**batch)["jepa"].backward()
-    seen = {t for ex in exs for t in ex.input_ids[:ex.step_spans[0][1]]} | set(pred)
-    later = {t for ex in exs for t in ex.input_ids[ex.step_spans[1][0]:]} - seen
+    seen = {t for ex in exs for t in ex.input_ids[: ex.step_spans[0][1]]} | set(pred)
+    later = {t for ex in exs for t in ex.input_ids[ex.step_spans[1][0] :]} - seen
     assert later
     return m.lm.model.embed_tokens.weight.grad[sorted(later)]
 
@@ -94,8 +96,9 @@ def test_frozen_view2_is_the_starting_model_on_the_isolated_step(setup):
     torch.testing.assert_close(out["view2"], _isolated_step2(setup), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("opts", [dict(jepa_target="frozen"), dict(jepa_target_layer=0),
-                                  dict(jepa_target="frozen", jepa_target_layer=0)])
+@pytest.mark.parametrize(
+    "opts", [dict(jepa_target="frozen"), dict(jepa_target_layer=0), dict(jepa_target="frozen", jepa_target_layer=0)]
+)
 def test_jepa_gradient_reaches_only_view1(setup, opts):
     g = _jepa_grad_of_step2_only_tokens(_model(setup, **opts), setup)
     assert torch.count_nonzero(g) == 0
@@ -135,8 +138,14 @@ def _loss_and_grads(m: StepJEPAModel, batch) -> tuple[torch.Tensor, dict[str, to
     return out["loss"].detach(), {n: p.grad.clone() for n, p in m.lm.named_parameters()}
 
 
-@pytest.mark.parametrize("opts", [dict(jepa_target="frozen"), dict(jepa_target_layer=0),
-                                  dict(jepa_target="frozen", jepa_target_layer=0, jepa_layer=0)])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(jepa_target="frozen"),
+        dict(jepa_target_layer=0),
+        dict(jepa_target="frozen", jepa_target_layer=0, jepa_layer=0),
+    ],
+)
 def test_single_pass_equals_two_pass(setup, opts):
     m = _model(setup, gamma=0.5, **opts)
     l1, g1 = _loss_and_grads(m, _batch(setup, "single_pass"))

@@ -26,8 +26,10 @@ def _word_and_char_tokenizers():
     word.pre_tokenizer = pre_tokenizers.Whitespace()
     chars = sorted(set(mm.TOKENIZER_PROBE))
     char = Tokenizer(models.BPE({c: i for i, c in enumerate(["<unk>", *chars])}, merges=[], unk_token="<unk>"))
-    return (PreTrainedTokenizerFast(tokenizer_object=word, unk_token="<unk>"),
-            PreTrainedTokenizerFast(tokenizer_object=char, unk_token="<unk>"))
+    return (
+        PreTrainedTokenizerFast(tokenizer_object=word, unk_token="<unk>"),
+        PreTrainedTokenizerFast(tokenizer_object=char, unk_token="<unk>"),
+    )
 
 
 @pytest.fixture

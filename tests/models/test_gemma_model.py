@@ -26,13 +26,21 @@ from step_jepa.models.sources import cached_model_dir, offline_model, resolve_mo
 GEMMA = offline_model("gemma3-270m")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("gguf") is None or importlib.util.find_spec(GEMMA.parts[0][0]) is None,
-                       reason="needs `" + GEMMA.install_hint + "`"),
-    pytest.mark.skipif(cached_model_dir(GEMMA) is None and os.environ.get("STEP_JEPA_TEST_GEMMA") != "1",
-                       reason="no converted gemma3-270m cached; STEP_JEPA_TEST_GEMMA=1 converts it (1 GiB)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("gguf") is None or importlib.util.find_spec(GEMMA.parts[0][0]) is None,
+        reason="needs `" + GEMMA.install_hint + "`",
+    ),
+    pytest.mark.skipif(
+        cached_model_dir(GEMMA) is None and os.environ.get("STEP_JEPA_TEST_GEMMA") != "1",
+        reason="no converted gemma3-270m cached; STEP_JEPA_TEST_GEMMA=1 converts it (1 GiB)",
+    ),
 ]
-CHECKED = ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
-           "model.layers.5.self_attn.k_proj.weight", "model.layers.17.mlp.down_proj.weight")
+CHECKED = (
+    "model.embed_tokens.weight",
+    "model.layers.0.self_attn.q_proj.weight",
+    "model.layers.5.self_attn.k_proj.weight",
+    "model.layers.17.mlp.down_proj.weight",
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +64,21 @@ def test_real_gemma_single_pass_equals_two_pass(gemma):
     model, tok = gemma
     assert "sliding_attention" in model.config.layer_types and model.config.sliding_window == 512
     pred = add_predictor_tokens(model, tok, 2)
-    recs = [record(["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."]),
-            record(["Ann has 2 pears.", "She eats one, so 1 is left.", "The final answer is \\boxed{1}."],
-                   question="How many pears?", rid="r1")]
+    recs = [
+        record(["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."]),
+        record(
+            ["Ann has 2 pears.", "She eats one, so 1 is left.", "The final answer is \\boxed{1}."],
+            question="How many pears?",
+            rid="r1",
+        ),
+    ]
     exs = [segment(r, tok) for r in recs]
-    res = {mode: _loss_and_grads(model, StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, mode=mode,
-                                                         pairs="all")(exs))
-           for mode in ("two_pass", "single_pass")}
+    res = {
+        mode: _loss_and_grads(
+            model, StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, mode=mode, pairs="all")(exs)
+        )
+        for mode in ("two_pass", "single_pass")
+    }
     (l2, _, g2), (l1, lm1, g1) = res["two_pass"], res["single_pass"]
     assert 0 < lm1.item() < 8  # trained weights (ln 262k ≈ 12.5 for random ones)
     torch.testing.assert_close(l1, l2, rtol=1e-4, atol=0)

@@ -31,7 +31,11 @@ def test_unreachable_hub_fails_in_seconds_saying_what_to_do(monkeypatch, tmp_pat
         resolve_model_path("nobody/no-such-model")
     assert time.perf_counter() - t0 < 10
     msg = str(e.value)
-    assert "http://127.0.0.1:9 unreachable" in msg and "HF_HUB_OFFLINE=1" in msg and str(tmp_path / "models" / "Some-Copy") in msg
+    assert (
+        "http://127.0.0.1:9 unreachable" in msg
+        and "HF_HUB_OFFLINE=1" in msg
+        and str(tmp_path / "models" / "Some-Copy") in msg
+    )
 
 
 def test_hub_probe_gives_up_after_its_timeout(monkeypatch):

@@ -39,19 +39,31 @@ def test_unknown_yaml_key_is_an_error(tmp_path: Path):
         _parse(["--config", str(y)])
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["--lbd", "-1"], "--lbd"), (["--jepa_ratio", "2"], "--jepa_ratio"), (["--predictors", "0"], "--predictors"),
-    (["--warmup_ratio", "1.5"], "--warmup_ratio"), (["--warmup_ratio", "-0.1"], "--warmup_ratio"),
-    (["--warmup_ratio", "1"], "--warmup_ratio"),  # HF would read 1.0 as one warm-up step
-    (["--learning_rate", "0"], "--learning_rate"), (["--learning_rate", "nan"], "--learning_rate"),
-    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size"),
-    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps"),
-    (["--logging_steps", "0"], "--logging_steps"), (["--save_steps", "-5"], "--save_steps"),
-    (["--num_train_epochs", "0"], "--num_train_epochs"), (["--max_tokens_per_batch", "0"], "--max_tokens_per_batch"),
-    (["--generate_examples", "0"], "--generate_examples"), (["--jepa_temperature", "0"], "--jepa_temperature"),
-    (["--ema_decay", "1.5"], "--ema_decay"), (["--max_nonfinite_steps", "0"], "--max_nonfinite_steps"),
-    (["--adam_beta2", "1"], "--adam_beta1/2"), (["--lora_rank", "0"], "--lora_rank"),
-])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["--lbd", "-1"], "--lbd"),
+        (["--jepa_ratio", "2"], "--jepa_ratio"),
+        (["--predictors", "0"], "--predictors"),
+        (["--warmup_ratio", "1.5"], "--warmup_ratio"),
+        (["--warmup_ratio", "-0.1"], "--warmup_ratio"),
+        (["--warmup_ratio", "1"], "--warmup_ratio"),  # HF would read 1.0 as one warm-up step
+        (["--learning_rate", "0"], "--learning_rate"),
+        (["--learning_rate", "nan"], "--learning_rate"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps"),
+        (["--logging_steps", "0"], "--logging_steps"),
+        (["--save_steps", "-5"], "--save_steps"),
+        (["--num_train_epochs", "0"], "--num_train_epochs"),
+        (["--max_tokens_per_batch", "0"], "--max_tokens_per_batch"),
+        (["--generate_examples", "0"], "--generate_examples"),
+        (["--jepa_temperature", "0"], "--jepa_temperature"),
+        (["--ema_decay", "1.5"], "--ema_decay"),
+        (["--max_nonfinite_steps", "0"], "--max_nonfinite_steps"),
+        (["--adam_beta2", "1"], "--adam_beta1/2"),
+        (["--lora_rank", "0"], "--lora_rank"),
+    ],
+)
 def test_validation(argv, msg):
     with pytest.raises(ValueError, match=msg):
         _parse(argv)
@@ -63,15 +75,24 @@ def test_validation_reports_every_problem_on_one_line():
     assert "\n" not in str(e.value) and "--learning_rate" in str(e.value) and "--save_steps" in str(e.value)
 
 
-@pytest.mark.parametrize("argv", [["--num_train_epochs", "0", "--max_steps", "5"], ["--warmup_ratio", "0"],
-                                  ["--max_grad_norm", "0"], ["--generate_examples", "0", "--train_file", "x.jsonl"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--num_train_epochs", "0", "--max_steps", "5"],
+        ["--warmup_ratio", "0"],
+        ["--max_grad_norm", "0"],
+        ["--generate_examples", "0", "--train_file", "x.jsonl"],
+    ],
+)
 def test_validation_accepts_edge_values(argv):
     _parse(argv)
 
 
 def test_docs_options_table_is_current():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "options.md").read_text()
-    assert options_markdown() in doc, "regenerate with: python -m step_jepa.training.config > table (see docs/options.md)"
+    assert options_markdown() in doc, (
+        "regenerate with: python -m step_jepa.training.config > table (see docs/options.md)"
+    )
 
 
 @pytest.mark.parametrize("text, line", [("lbd: 0.5\n  x: 3\n", 2), ('a: 1\nb: "open\n', 3), ("a: 1\n\tb: 2\n", 2)])

@@ -42,10 +42,32 @@ def test_trainer_options_reach_the_trainer(model_dir: Path, tmp_path: Path, monk
     heldout = tmp_path / "heldout.jsonl"
     heldout.write_text("".join(json.dumps(r) + "\n" for r in generate_problems(4, seed=5)))
     monkeypatch.setattr(trainer_mod, "StepJEPATrainer", _CaptureTrainer)
-    cfg = _train(["--model", str(model_dir), "--output_dir", str(tmp_path / "run"), "--generate_examples", "8",
-                  "--optim", "adafactor", "--fsdp", "full_shard auto_wrap", "--eval_file", str(heldout),
-                  "--eval_strategy", "epoch", "--activation_checkpointing", "--lr_scheduler_type", "linear",
-                  "--packing", "--report_to", "none", "--max_steps", "2"])
+    cfg = _train(
+        [
+            "--model",
+            str(model_dir),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--generate_examples",
+            "8",
+            "--optim",
+            "adafactor",
+            "--fsdp",
+            "full_shard auto_wrap",
+            "--eval_file",
+            str(heldout),
+            "--eval_strategy",
+            "epoch",
+            "--activation_checkpointing",
+            "--lr_scheduler_type",
+            "linear",
+            "--packing",
+            "--report_to",
+            "none",
+            "--max_steps",
+            "2",
+        ]
+    )
     with pytest.raises(_Stop):
         trainer_mod.run_train(cfg)
     args = _CaptureTrainer.args
@@ -72,8 +94,10 @@ def test_yaml_overlay_of_training_arguments_fields(tmp_path: Path):
     """TrainingArguments-only keys in YAML (nested ones too); a flag still wins over the file;
     the saved config keeps them and reloads to the same run."""
     y = tmp_path / "c.yaml"
-    y.write_text("optim: adafactor\nweight_decay: 0.1\nactivation_checkpointing: true\nsave_strategy: epoch\n"
-                 "fsdp: true\nfsdp_config: {reshard_after_forward: false}\nreport_to: [tensorboard, wandb]\n")
+    y.write_text(
+        "optim: adafactor\nweight_decay: 0.1\nactivation_checkpointing: true\nsave_strategy: epoch\n"
+        "fsdp: true\nfsdp_config: {reshard_after_forward: false}\nreport_to: [tensorboard, wandb]\n"
+    )
     cfg = _train(["--config", str(y), "--weight_decay", "0.2", "--output_dir", str(tmp_path / "run")])
     assert cfg.optim == "adafactor" and cfg.weight_decay == 0.2 and cfg.activation_checkpointing is True
     assert cfg.save_strategy == "epoch" and cfg.fsdp is True and cfg.fsdp_config["reshard_after_forward"] is False
@@ -140,15 +164,32 @@ def test_bench_uses_the_same_parser(tmp_path: Path):
     y = tmp_path / "b.yaml"
     y.write_text("per_device_train_batch_size: 2\nvariants: [sft]\nsteps: 3\nlearning_rate: 1e-4\n")
     parser = cli.build_parser(["bench"])
-    cfg = config_from_args(parser.parse_args(["bench", "--config", str(y), "--variants", "sft,sp_first",
-                                              "--torch_compile", "--data", "gsm8k", "x.jsonl",
-                                              "--jepa_target", "ema"]))
+    cfg = config_from_args(
+        parser.parse_args(
+            [
+                "bench",
+                "--config",
+                str(y),
+                "--variants",
+                "sft,sp_first",
+                "--torch_compile",
+                "--data",
+                "gsm8k",
+                "x.jsonl",
+                "--jepa_target",
+                "ema",
+            ]
+        )
+    )
     assert cfg.per_device_train_batch_size == 2 and cfg.steps == 3 and cfg.variants == ["sft", "sp_first"]
     assert cfg.torch_compile is True and cfg.jepa_target == "ema" and cfg.learning_rate == 1e-4
     assert cfg.data == ["gsm8k", "x.jsonl"] and cfg.warmup == 5  # default untouched
     y.write_text("per_device_train_batch_sise: 2\n")
-    with pytest.raises(ValueError, match=r"unknown option\(s\): per_device_train_batch_sise \(did you mean "
-                                         r"per_device_train_batch_size\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown option\(s\): per_device_train_batch_sise \(did you mean "
+        r"per_device_train_batch_size\?\)",
+    ):
         config_from_args(parser.parse_args(["bench", "--config", str(y)]))
 
 

@@ -22,11 +22,26 @@ def _free_port() -> str:
 
 
 LAUNCHERS = {
-    "torchrun": lambda: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                         "--master_port", _free_port()],
+    "torchrun": lambda: [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        _free_port(),
+    ],
     # --multi_gpu is accelerate's name for multi-process DDP; without GPUs the trainer picks gloo.
-    "accelerate": lambda: [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                           "--main_process_port", _free_port()],
+    "accelerate": lambda: [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        _free_port(),
+    ],
 }
 
 
@@ -38,11 +53,36 @@ def test_two_process_gloo_ddp(tmp_path: Path, launcher: str):
     build_tiny_model(len(tok)).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     out = tmp_path / "ddp"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    cmd = [*LAUNCHERS[launcher](), "-m", "step_jepa.cli.main", "train", "--model", str(model_dir), "--output_dir", str(out),
-           "--max_steps", "4", "--per_device_train_batch_size", "2", "--generate_examples", "16",
-           "--learning_rate", "1e-3", "--logging_steps", "1", "--report_to", "none", "--pairs", "all"]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"),
+    }
+    cmd = [
+        *LAUNCHERS[launcher](),
+        "-m",
+        "step_jepa.cli.main",
+        "train",
+        "--model",
+        str(model_dir),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "4",
+        "--per_device_train_batch_size",
+        "2",
+        "--generate_examples",
+        "16",
+        "--learning_rate",
+        "1e-3",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--pairs",
+        "all",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     prints = [(out / "rank_fingerprints" / f"rank{r}.txt").read_text() for r in (0, 1)]
@@ -71,8 +111,11 @@ def _infonce_rank(rank: int, port: str, out_dir: str) -> None:
     tok = build_tiny_tokenizer("chatml")
     lm = build_tiny_model(len(tok), seed=0)
     pred = add_predictor_tokens(lm, tok, 1)
-    recs = (generate_problems(3, seed=0) if rank == 0
-            else [make_record("one", "q?", ["The final answer is \\boxed{7}."], "7")] * 2)
+    recs = (
+        generate_problems(3, seed=0)
+        if rank == 0
+        else [make_record("one", "q?", ["The final answer is \\boxed{7}."], "7")] * 2
+    )
     batch = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred)([segment(r, tok) for r in recs])
     out = StepJEPAModel(lm, JEPAOptions(jepa_loss="infonce"))(**batch)
     (out["lm_sum"] / out["n_tokens"] + out["jepa"]).backward()

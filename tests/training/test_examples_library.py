@@ -37,8 +37,9 @@ def _run(module: str, tiny_dir: Path, out: Path):
     from safetensors.torch import load_file
 
     before, after = load_file(tiny_dir / "model.safetensors"), load_file(out / "final" / "model.safetensors")
-    changed = [k for k in before if k in after and before[k].shape == after[k].shape
-               and not torch.equal(before[k], after[k])]
+    changed = [
+        k for k in before if k in after and before[k].shape == after[k].shape and not torch.equal(before[k], after[k])
+    ]
     assert changed, "no weight changed"
     return trainer
 

@@ -53,7 +53,8 @@ def _losses(rank: int, world: int, port: str, out_dir: str) -> None:
     pred = add_predictor_tokens(lm, tok, 2)  # resizes the embedding before sharding, as training does
     model = StepJEPAModel(lm, JEPAOptions(lbd=1.0, predictors=2, pairs="all"))
     batch = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred)(
-        [segment(r, tok) for r in generate_problems(4, seed=0)])
+        [segment(r, tok) for r in generate_problems(4, seed=0)]
+    )
     layers = lm.model.layers
     if world > 1:
         for layer in layers:  # one decoder layer at a time, then the rest (embedding, norm, head)
@@ -68,11 +69,14 @@ def _losses(rank: int, world: int, port: str, out_dir: str) -> None:
         opt.step()
         opt.zero_grad()
         losses.append([loss.item(), out["jepa"].item()])
-    info = {"losses": losses,
-            "layer_param_types": sorted({type(p).__name__ for p in layers[0].parameters()}),
-            "layer_local_numel": sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
-                                     for p in layers[0].parameters()),
-            "layer_numel": sum(p.numel() for p in layers[0].parameters())}
+    info = {
+        "losses": losses,
+        "layer_param_types": sorted({type(p).__name__ for p in layers[0].parameters()}),
+        "layer_local_numel": sum(
+            p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in layers[0].parameters()
+        ),
+        "layer_numel": sum(p.numel() for p in layers[0].parameters()),
+    }
     Path(out_dir, f"w{world}r{rank}.json").write_text(json.dumps(info))
     if world > 1:
         dist.destroy_process_group()
@@ -116,12 +120,40 @@ def test_trainer_fsdp_on_cpu_is_refused(tmp_path: Path):
     fsdp_config = tmp_path / "fsdp.json"
     fsdp_config.write_text(json.dumps({"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}))
     out = tmp_path / "fsdp"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
-           "-m", "step_jepa.cli.main", "train", "--model", str(model_dir), "--output_dir", str(out),
-           "--max_steps", "2", "--per_device_train_batch_size", "2", "--generate_examples", "8",
-           "--report_to", "none", "--fsdp", "full_shard", "--fsdp_config", str(fsdp_config)]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        _free_port(),
+        "-m",
+        "step_jepa.cli.main",
+        "train",
+        "--model",
+        str(model_dir),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--generate_examples",
+        "8",
+        "--report_to",
+        "none",
+        "--fsdp",
+        "full_shard",
+        "--fsdp_config",
+        str(fsdp_config),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-3000:]

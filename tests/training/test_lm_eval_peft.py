@@ -24,8 +24,17 @@ def test_lora_final_scores_with_lm_eval_peft(tmp_path, gsm8k_dir, monkeypatch):
     tok = build_tiny_tokenizer("chatml")
     build_tiny_model(len(tok), seed=0, tie=True).save_pretrained(base)
     tok.save_pretrained(base)
-    run_train(StepJEPAConfig(model=str(base), lora=True, max_steps=2, generate_examples=8,
-                             per_device_train_batch_size=4, output_dir=str(tmp_path / "run"), report_to="none"))
+    run_train(
+        StepJEPAConfig(
+            model=str(base),
+            lora=True,
+            max_steps=2,
+            generate_examples=8,
+            per_device_train_batch_size=4,
+            output_dir=str(tmp_path / "run"),
+            report_to="none",
+        )
+    )
     final = tmp_path / "run" / "final"
 
     rows = [json.loads(line) for line in (gsm8k_dir / "test.jsonl").read_text().splitlines()[:2]]
@@ -38,10 +47,15 @@ def test_lora_final_scores_with_lm_eval_peft(tmp_path, gsm8k_dir, monkeypatch):
         'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
         "doc_to_target: \"{{answer.split('####')[-1].strip()}}\"\n"
         'generation_kwargs:\n  until: ["Question:"]\n  do_sample: false\n  max_gen_toks: 4\n'
-        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+    )
     out = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={base},peft={final},tokenizer={final},dtype=float32",
-        tasks=["tiny_gsm8k"], task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
-        device="cpu", batch_size=1)
+        model="hf",
+        model_args=f"pretrained={base},peft={final},tokenizer={final},dtype=float32",
+        tasks=["tiny_gsm8k"],
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+        device="cpu",
+        batch_size=1,
+    )
     result = out["results"]["tiny_gsm8k"]
     assert result["sample_len"] == 2 and 0.0 <= result["exact_match,none"] <= 1.0

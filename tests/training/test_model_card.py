@@ -26,9 +26,20 @@ def lora_run(tmp_path_factory):
     from step_jepa.training.trainer import run_train
 
     root = tmp_path_factory.mktemp("card")
-    cfg = StepJEPAConfig(model=str(_base(root / "base", seed=3)), output_dir=str(root / "run"), max_steps=2,
-                         per_device_train_batch_size=4, generate_examples=8, lbd=0.5, predictors=2, lora=True,
-                         stp_lbd=0.1, report_to="none", save_steps=1000, logging_steps=1000)
+    cfg = StepJEPAConfig(
+        model=str(_base(root / "base", seed=3)),
+        output_dir=str(root / "run"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        generate_examples=8,
+        lbd=0.5,
+        predictors=2,
+        lora=True,
+        stp_lbd=0.1,
+        report_to="none",
+        save_steps=1000,
+        logging_steps=1000,
+    )
     return run_train(cfg), root
 
 
@@ -46,19 +57,28 @@ def test_card_says_base_method_data_and_summary(lora_run):
     assert meta["library_name"] == "peft" and meta["tags"][0] == "step-jepa" and "stp" in meta["tags"]
     assert "base_model" not in meta  # a local directory is no hub id
     assert is_step_jepa_model_dir(summary["final_dir"])
-    for text in (str((root / "base").resolve()), "| λ (JEPA weight) | 0.5 |", "| K (predictor tokens) | 2 |",
-                 "| JEPA loss | cosine |", "| pairs | first |", "| STP weight (λ_STP) | 0.1 |",
-                 "training examples: 8", "examples with a step pair (`--pairs first`): 8 of 8",
-                 f"| global_step | {summary['global_step']} |", f"| train_loss | {summary['train_loss']} |",
-                 "No evaluation yet"):
+    for text in (
+        str((root / "base").resolve()),
+        "| λ (JEPA weight) | 0.5 |",
+        "| K (predictor tokens) | 2 |",
+        "| JEPA loss | cosine |",
+        "| pairs | first |",
+        "| STP weight (λ_STP) | 0.1 |",
+        "training examples: 8",
+        "examples with a step pair (`--pairs first`): 8 of 8",
+        f"| global_step | {summary['global_step']} |",
+        f"| train_loss | {summary['train_loss']} |",
+        "No evaluation yet",
+    ):
         assert text in card, text
 
 
 def test_card_metadata_for_a_hub_model():
     from step_jepa.training.model_card import card_metadata
 
-    cfg = StepJEPAConfig(model="smollm2-135m", output_dir="runs/x", train_file="data/gsm8k_train.jsonl",
-                         report_to="none")
+    cfg = StepJEPAConfig(
+        model="smollm2-135m", output_dir="runs/x", train_file="data/gsm8k_train.jsonl", report_to="none"
+    )
     meta = card_metadata(cfg)
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and meta["license"] == "apache-2.0"
     assert meta["datasets"] == ["openai/gsm8k"] and meta["library_name"] == "transformers"
@@ -80,8 +100,22 @@ def test_eval_command_updates_the_card(lora_run):
     from conftest import run_cli
 
     summary, root = lora_run
-    rc = run_cli(["eval", "--model", summary["final_dir"], "--generate", "2", "--max_new_tokens", "4",
-                  "--output_dir", str(root / "eval"), "--no_progress", "--device", "cpu"])
+    rc = run_cli(
+        [
+            "eval",
+            "--model",
+            summary["final_dir"],
+            "--generate",
+            "2",
+            "--max_new_tokens",
+            "4",
+            "--output_dir",
+            str(root / "eval"),
+            "--no_progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     assert "| generated2-s" in (Path(summary["final_dir"]) / "README.md").read_text()
 
@@ -94,9 +128,19 @@ def test_push_to_hub_reaches_the_hub_with_the_card_written(tmp_path, monkeypatch
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    cfg = StepJEPAConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=1,
-                         per_device_train_batch_size=4, generate_examples=4, lbd=0.5, report_to="none",
-                         save_steps=1000, logging_steps=1000, push_to_hub=True, hub_model_id="someone/step-jepa-test")
+    cfg = StepJEPAConfig(
+        model=str(model_dir),
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        generate_examples=4,
+        lbd=0.5,
+        report_to="none",
+        save_steps=1000,
+        logging_steps=1000,
+        push_to_hub=True,
+        hub_model_id="someone/step-jepa-test",
+    )
     with pytest.raises(OfflineModeIsEnabled):
         run_train(cfg)
     final = tmp_path / "run" / "final"

@@ -14,8 +14,10 @@ from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens, compile_decoder
 from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
 
-PAIRED = [["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],
-          ["Ann has 10 pens and gives 2 away.", "So 10 - 2 = 8 are left.", "The final answer is \\boxed{8}."]]
+PAIRED = [
+    ["Tom has 3 apples.", "He buys 4 more, so 3 + 4 = 7.", "The final answer is \\boxed{7}."],
+    ["Ann has 10 pens and gives 2 away.", "So 10 - 2 = 8 are left.", "The final answer is \\boxed{8}."],
+]
 NO_PAIR = [["One box holds 6 eggs, two hold 2 * 6 = 12. The final answer is \\boxed{12}."]]
 
 
@@ -55,8 +57,9 @@ def test_compiled_training_compiles_the_decoder_once(mode: str, packing: bool, s
 
     tok = build_tiny_tokenizer("chatml")
     pred = add_predictor_tokens(build_tiny_model(len(tok)), tok, 4) if mode != "sft" else []
-    batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
-               for b in _batches(tok, pred, mode, packing)]
+    batches = [
+        {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in _batches(tok, pred, mode, packing)
+    ]
     eager = _losses(build_tiny_model(len(tok), seed=5).to(device), batches)
     torch._dynamo.reset()
     du.counters.clear()

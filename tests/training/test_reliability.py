@@ -29,8 +29,22 @@ from step_jepa.training.checkpoints import (
 from step_jepa.training.data import build_collator, segment_all
 
 TRAIN_FIX = Path(__file__).resolve().parents[1] / "fixtures" / "train"
-BASE = ["--max_steps", "2", "--logging_steps", "1", "--save_steps", "2", "--per_device_train_batch_size", "2",
-        "--generate_examples", "8", "--learning_rate", "1e-3", "--report_to", "none"]
+BASE = [
+    "--max_steps",
+    "2",
+    "--logging_steps",
+    "1",
+    "--save_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "2",
+    "--generate_examples",
+    "8",
+    "--learning_rate",
+    "1e-3",
+    "--report_to",
+    "none",
+]
 
 
 def save_tiny(path: Path, template: str = "chatml", pad_token: bool = True, tie: bool = False) -> Path:
@@ -69,7 +83,7 @@ def one_error_line(err: str) -> str:
     """The CLI's error: one line, last on stderr, no traceback (progress bars may precede it)."""
     head = "step-jepa train: error: "
     assert "Traceback" not in err and err.count(head) == 1, err
-    msg = err[err.index(head):].strip()
+    msg = err[err.index(head) :].strip()
     assert "\n" not in msg and "\r" not in msg, err
     return msg
 
@@ -78,14 +92,32 @@ def one_error_line(err: str) -> str:
 
 CORPUS = TRAIN_FIX / "corpus.jsonl"
 CORPUS_LINES = CORPUS.read_bytes().split(b"\n")
-CORPUS_SKIPS = {"invalid json": 2, "not utf-8": 1, "missing field": 1, "empty field": 1, "non-string field": 1,
-                "no assistant turn": 1, "duplicate id": 1, "fewer than min steps": 1}
+CORPUS_SKIPS = {
+    "invalid json": 2,
+    "not utf-8": 1,
+    "missing field": 1,
+    "empty field": 1,
+    "non-string field": 1,
+    "no assistant turn": 1,
+    "duplicate id": 1,
+    "fewer than min steps": 1,
+}
 
 
-@pytest.mark.parametrize("line, reason", [
-    (6, "invalid json"), (7, "not utf-8"), (8, "missing field"), (9, "empty field"), (10, "non-string field"),
-    (11, "no assistant turn"), (12, "duplicate id"), (13, "fewer than min steps"), (14, "looks truncated"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (6, "invalid json"),
+        (7, "not utf-8"),
+        (8, "missing field"),
+        (9, "empty field"),
+        (10, "non-string field"),
+        (11, "no assistant turn"),
+        (12, "duplicate id"),
+        (13, "fewer than min steps"),
+        (14, "looks truncated"),
+    ],
+)
 def test_bad_line_stops_with_file_and_line(tmp_path, capsys, tiny, line, reason):
     # The valid lines 1-5, then one bad line: the error must name exactly that file:line.
     bad = tmp_path / "bad.jsonl"
@@ -100,8 +132,9 @@ def test_bad_line_stops_with_file_and_line(tmp_path, capsys, tiny, line, reason)
 
 def test_skip_invalid_counts_every_reason(tmp_path, capsys, tiny):
     out_dir = tmp_path / "run"
-    rc, out, _ = train(capsys, "--model", str(tiny), "--train_file", str(CORPUS), "--output_dir", str(out_dir),
-                       "--skip_invalid", *BASE)
+    rc, out, _ = train(
+        capsys, "--model", str(tiny), "--train_file", str(CORPUS), "--output_dir", str(out_dir), "--skip_invalid", *BASE
+    )
     assert rc == 0
     report = json.loads((out_dir / "data_report.json").read_text())
     data, seg = report["data"], report["segmentation"]
@@ -120,8 +153,9 @@ def test_empty_file_is_a_clear_error(tmp_path, capsys, tiny, skip_invalid):
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
     flags = ["--skip_invalid"] if skip_invalid else []
-    rc, _, err = train(capsys, "--model", str(tiny), "--train_file", str(empty), "--output_dir",
-                       str(tmp_path / "run"), *flags, *BASE)
+    rc, _, err = train(
+        capsys, "--model", str(tiny), "--train_file", str(empty), "--output_dir", str(tmp_path / "run"), *flags, *BASE
+    )
     assert rc == 2 and "Traceback" not in err
     assert f"{empty}: no usable training records" in err
 
@@ -129,8 +163,17 @@ def test_empty_file_is_a_clear_error(tmp_path, capsys, tiny, skip_invalid):
 def test_only_bad_lines_with_skip_invalid_is_an_error(tmp_path, capsys, tiny):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b"\n".join(CORPUS_LINES[5:11]) + b"\n")
-    rc, _, err = train(capsys, "--model", str(tiny), "--train_file", str(bad), "--output_dir",
-                       str(tmp_path / "run"), "--skip_invalid", *BASE)
+    rc, _, err = train(
+        capsys,
+        "--model",
+        str(tiny),
+        "--train_file",
+        str(bad),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--skip_invalid",
+        *BASE,
+    )
     assert rc == 2 and "no usable training records" in err and "invalid json" in err
 
 
@@ -138,8 +181,18 @@ def write_chat(path: Path, answers: list[str]) -> Path:
     """Chat records with the given assistant answers (steps are the blank-line-separated parts)."""
     with path.open("w") as f:
         for i, a in enumerate(answers):
-            f.write(json.dumps({"id": f"r{i}", "messages": [
-                {"role": "user", "content": f"What is {i} + 1?"}, {"role": "assistant", "content": a}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"r{i}",
+                        "messages": [
+                            {"role": "user", "content": f"What is {i} + 1?"},
+                            {"role": "assistant", "content": a},
+                        ],
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -151,40 +204,65 @@ def test_jepa_on_data_without_step_pairs_stops_before_writing(tmp_path, capsys, 
     """λ > 0 on answers without a blank line between steps would silently be plain SFT."""
     data = write_chat(tmp_path / "flat.jsonl", [ONE_STEP.format(i=i, j=i + 1) for i in range(6)])
     out_dir = tmp_path / "run"
-    rc, _, err = train(capsys, "--model", str(tiny), "--train_file", str(data), "--output_dir", str(out_dir),
-                       "--lbd", "0.5", *BASE)
+    rc, _, err = train(
+        capsys, "--model", str(tiny), "--train_file", str(data), "--output_dir", str(out_dir), "--lbd", "0.5", *BASE
+    )
     assert rc == 2
     msg = one_error_line(err)
     assert "none of the 6 examples has an intact S1→S2 step pair" in msg and "--lbd 0" in msg
     assert not out_dir.exists()
     # The same data as deliberate SFT trains without complaint.
-    rc, _, err = train(capsys, "--model", str(tiny), "--train_file", str(data), "--output_dir", str(out_dir),
-                       "--lbd", "0", *BASE)
+    rc, _, err = train(
+        capsys, "--model", str(tiny), "--train_file", str(data), "--output_dir", str(out_dir), "--lbd", "0", *BASE
+    )
     assert rc == 0 and "[step-jepa] WARNING" not in err, err
 
 
 def test_jepa_on_data_with_few_step_pairs_warns_loudly(tmp_path, capsys, tiny):
     answers = [TWO_STEPS.format(i=0, j=1)] + [ONE_STEP.format(i=i, j=i + 1) for i in range(1, 12)]  # 1 in 12
     data = write_chat(tmp_path / "few.jsonl", answers)
-    rc, _, err = train(capsys, "--model", str(tiny), "--train_file", str(data), "--output_dir",
-                       str(tmp_path / "run"), "--lbd", "0.5", *BASE)
+    rc, _, err = train(
+        capsys,
+        "--model",
+        str(tiny),
+        "--train_file",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--lbd",
+        "0.5",
+        *BASE,
+    )
     assert rc == 0, err
     assert "WARNING: only 8.3% of the 12 examples have an intact S1→S2 step pair" in err
     # 10 % and more is normal data (some one-step answers): no warning.
-    rc, _, err = train(capsys, "--model", str(tiny), "--train_file", str(write_chat(tmp_path / "ok.jsonl", answers[:10])),
-                       "--output_dir", str(tmp_path / "run2"), "--lbd", "0.5", *BASE)
+    rc, _, err = train(
+        capsys,
+        "--model",
+        str(tiny),
+        "--train_file",
+        str(write_chat(tmp_path / "ok.jsonl", answers[:10])),
+        "--output_dir",
+        str(tmp_path / "run2"),
+        "--lbd",
+        "0.5",
+        *BASE,
+    )
     assert rc == 0 and "[step-jepa] WARNING" not in err, err
 
 
 # ------------------------------------------------------------------------- 2. tokenizers and models
 
 
-@pytest.mark.parametrize("template, pad_token, tie", [
-    ("none", True, False),     # no chat template: plain "Role: text<eos>" fallback
-    ("chatml", False, False),  # no pad token: pads with EOS
-    ("llama3", True, False),   # "\n\n" inside the template's headers
-    ("chatml", True, True),    # tied input/output embeddings
-])
+@pytest.mark.parametrize(
+    "template, pad_token, tie",
+    [
+        ("none", True, False),  # no chat template: plain "Role: text<eos>" fallback
+        ("chatml", False, False),  # no pad token: pads with EOS
+        ("llama3", True, False),  # "\n\n" inside the template's headers
+        ("chatml", True, True),  # tied input/output embeddings
+    ],
+)
 def test_tokenizer_and_model_variants_train_save_reload(tmp_path, capsys, template, pad_token, tie):
     from transformers import AutoModelForCausalLM
 
@@ -225,8 +303,18 @@ def test_tokenizer_and_model_variants_train_save_reload(tmp_path, capsys, templa
 
 def test_overlong_examples_are_truncated_or_skipped_and_counted(tmp_path, capsys, tiny):
     out_dir = tmp_path / "run"
-    rc, out, err = train(capsys, "--model", str(tiny), "--train_file", str(TRAIN_FIX / "long.jsonl"),
-                         "--output_dir", str(out_dir), "--max_length", "100", *BASE)
+    rc, out, err = train(
+        capsys,
+        "--model",
+        str(tiny),
+        "--train_file",
+        str(TRAIN_FIX / "long.jsonl"),
+        "--output_dir",
+        str(out_dir),
+        "--max_length",
+        "100",
+        *BASE,
+    )
     assert rc == 0, err
     seg = json.loads((out_dir / "data_report.json").read_text())["segmentation"]
     assert seg["examples"] == 2 and seg["truncated"] == 1
@@ -243,7 +331,7 @@ def test_truncation_keeps_the_prompt_and_cuts_the_answer_end(tok_chatml):
     rec = load_records(TRAIN_FIX / "long.jsonl")[0][0]
     full, cut = segment(rec, tok_chatml), segment(rec, tok_chatml, max_length=100)
     assert cut.truncated and cut.input_ids == full.input_ids[:100] and cut.labels == full.labels[:100]
-    assert cut.prompt_len == full.prompt_len and all(x == -100 for x in cut.labels[:cut.prompt_len])
+    assert cut.prompt_len == full.prompt_len and all(x == -100 for x in cut.labels[: cut.prompt_len])
     assert cut.step_spans[0] == full.step_spans[0] and cut.step_spans[1:] == [None] * 3
 
 
@@ -273,8 +361,21 @@ def test_checkpoints_are_staged_then_renamed_and_rotated(tmp_path, capsys, tiny,
     stale = out_dir / ".tmp-checkpoint-1"  # what a kill during a save leaves behind
     stale.mkdir(parents=True)
     (stale / "junk").write_text("x")
-    rc, _, err = train(capsys, "--model", str(tiny), "--output_dir", str(out_dir), "--resume", *BASE,
-                       "--max_steps", "6", "--save_steps", "1", "--save_total_limit", "2")
+    rc, _, err = train(
+        capsys,
+        "--model",
+        str(tiny),
+        "--output_dir",
+        str(out_dir),
+        "--resume",
+        *BASE,
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "1",
+        "--save_total_limit",
+        "2",
+    )
     assert rc == 0, err
     assert seen == [(f"checkpoint-{n}", [], False, f".tmp-checkpoint-{n}") for n in range(1, 7)]
     assert sorted(p.name for p in out_dir.iterdir() if "checkpoint" in p.name) == ["checkpoint-5", "checkpoint-6"]
@@ -290,15 +391,18 @@ def damage_truncate_optimizer(c: Path) -> None:
         f.truncate(100)
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (damage_truncate_weights, "model.safetensors truncated"),
-    (lambda c: (c / "trainer_state.json").unlink(), "trainer_state.json missing"),
-    (lambda c: (c / "trainer_state.json").write_text('{"global_st'), "trainer_state.json unreadable"),
-    (damage_truncate_optimizer, "optimizer.pt truncated"),
-    (lambda c: (c / "scheduler.pt").unlink(), "scheduler.pt missing"),
-    (lambda c: (c / "rng_state.pth").unlink(), "rng_state.pth missing"),
-    (lambda c: (c / "model.safetensors").unlink(), "no model.safetensors"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (damage_truncate_weights, "model.safetensors truncated"),
+        (lambda c: (c / "trainer_state.json").unlink(), "trainer_state.json missing"),
+        (lambda c: (c / "trainer_state.json").write_text('{"global_st'), "trainer_state.json unreadable"),
+        (damage_truncate_optimizer, "optimizer.pt truncated"),
+        (lambda c: (c / "scheduler.pt").unlink(), "scheduler.pt missing"),
+        (lambda c: (c / "rng_state.pth").unlink(), "rng_state.pth missing"),
+        (lambda c: (c / "model.safetensors").unlink(), "no model.safetensors"),
+    ],
+)
 def test_damaged_checkpoint_is_reported_and_skipped(tmp_path, capsys, two_checkpoints, damage, problem):
     out_dir = tmp_path / "run"
     shutil.copytree(two_checkpoints, out_dir)
@@ -313,8 +417,19 @@ def test_resume_past_a_damaged_checkpoint(tmp_path, capsys, two_checkpoints, tin
     out_dir = tmp_path / "run"
     shutil.copytree(two_checkpoints, out_dir)
     damage_truncate_weights(out_dir / "checkpoint-4")
-    rc, out, err = train(capsys, "--model", str(tiny), "--output_dir", str(out_dir), "--resume", *BASE,
-                         "--max_steps", "4", "--save_total_limit", "3")
+    rc, out, err = train(
+        capsys,
+        "--model",
+        str(tiny),
+        "--output_dir",
+        str(out_dir),
+        "--resume",
+        *BASE,
+        "--max_steps",
+        "4",
+        "--save_total_limit",
+        "3",
+    )
     assert rc == 0, err
     assert "checkpoint-4 is damaged" in err and "continuing from" in out and "checkpoint-2" in out
     assert json.loads((out_dir / "train_summary.json").read_text())["global_step"] == 4
@@ -379,9 +494,17 @@ def test_nonfinite_step_is_skipped_and_leaves_no_trace(tmp_path, capsys, tiny, m
 
     poison = Poison({3}, kind)
     poison_forward(monkeypatch, poison)
-    cfg = StepJEPAConfig(model=str(tiny), output_dir=str(tmp_path / "run"), max_steps=5, logging_steps=1,
-                      save_steps=100, per_device_train_batch_size=2, generate_examples=10, learning_rate=1e-3,
-                      report_to="none")
+    cfg = StepJEPAConfig(
+        model=str(tiny),
+        output_dir=str(tmp_path / "run"),
+        max_steps=5,
+        logging_steps=1,
+        save_steps=100,
+        per_device_train_batch_size=2,
+        generate_examples=10,
+        learning_rate=1e-3,
+        report_to="none",
+    )
     summary = tr.run_train(cfg, callbacks=[poison])
     assert summary["global_step"] == 5
     assert same_state(poison.before[3], poison.after[3])  # weights and Adam state untouched
@@ -405,8 +528,18 @@ def test_too_many_nonfinite_steps_stop_with_one_clear_line(tmp_path, capsys, tin
 
     from_second_call.calls = 0
     monkeypatch.setattr(StepJEPAModel, "forward", from_second_call)
-    rc, out, err = train(capsys, "--model", str(tiny), "--output_dir", str(tmp_path / "run"), *BASE,
-                         "--max_steps", "20", "--max_nonfinite_steps", "3")
+    rc, out, err = train(
+        capsys,
+        "--model",
+        str(tiny),
+        "--output_dir",
+        str(tmp_path / "run"),
+        *BASE,
+        "--max_steps",
+        "20",
+        "--max_nonfinite_steps",
+        "3",
+    )
     assert rc == 2
     line = one_error_line(err)
     assert "3 consecutive optimizer steps with a non-finite loss or gradient (last at step 4)" in line
@@ -448,8 +581,18 @@ def test_grads_finite():
 def test_same_seed_same_first_five_losses(tmp_path, capsys, tiny):
     runs = []
     for name in ("a", "b"):
-        rc, _, err = train(capsys, "--model", str(tiny), "--output_dir", str(tmp_path / name), *BASE,
-                           "--max_steps", "5", "--pairs", "random")
+        rc, _, err = train(
+            capsys,
+            "--model",
+            str(tiny),
+            "--output_dir",
+            str(tmp_path / name),
+            *BASE,
+            "--max_steps",
+            "5",
+            "--pairs",
+            "random",
+        )
         assert rc == 0, err
         runs.append([metrics(tmp_path / name)[s]["loss"] for s in range(1, 6)])
     assert runs[0] == runs[1]
@@ -465,7 +608,7 @@ def test_pair_sampling_depends_on_the_batch_not_on_history(tok_chatml):
     fresh = lambda: build_collator(cfg, tok_chatml, [tok_chatml.eos_token_id], "sdpa")  # noqa: E731
     warm = fresh()
     for i in range(5):
-        warm(examples[i:i + 2])  # a run that has already collated other batches
+        warm(examples[i : i + 2])  # a run that has already collated other batches
     batch = examples[3:6]
     assert torch.equal(warm(batch)["view2_cols"], fresh()(batch)["view2_cols"])
 
@@ -496,11 +639,14 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys, tiny, exists):
     assert json.loads((out_dir / "train_summary.json").read_text())["global_step"] == 2
 
 
-@pytest.mark.parametrize("bad", [
-    ["--lr_scheduler_type", "bogus"],  # refused by Hugging Face's TrainingArguments
-    ["--report_to", "bogus"],  # refused by the Trainer's integrations
-    ["--warmup_ratio", "5"],  # refused by StepJEPAConfig.validate
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--lr_scheduler_type", "bogus"],  # refused by Hugging Face's TrainingArguments
+        ["--report_to", "bogus"],  # refused by the Trainer's integrations
+        ["--warmup_ratio", "5"],  # refused by StepJEPAConfig.validate
+    ],
+)
 def test_a_start_that_fails_on_a_bad_value_can_be_rerun(tmp_path, capsys, tiny, bad):
     out_dir = tmp_path / "run"
     args = ["--model", str(tiny), "--output_dir", str(out_dir), *BASE]
@@ -519,8 +665,20 @@ def test_resume_from_a_named_checkpoint_not_the_latest(tmp_path, capsys, two_che
     out_dir = tmp_path / "run"
     shutil.copytree(two_checkpoints, out_dir)
     ckpt = out_dir / "checkpoint-2"  # checkpoint-4 is the latest: --resume would take that one
-    rc, out, err = train(capsys, "--model", str(tiny), "--output_dir", str(out_dir), *BASE,
-                         "--resume_from_checkpoint", str(ckpt), "--max_steps", "4", "--save_total_limit", "3")
+    rc, out, err = train(
+        capsys,
+        "--model",
+        str(tiny),
+        "--output_dir",
+        str(out_dir),
+        *BASE,
+        "--resume_from_checkpoint",
+        str(ckpt),
+        "--max_steps",
+        "4",
+        "--save_total_limit",
+        "3",
+    )
     assert rc == 0, err
     summary = json.loads((out_dir / "train_summary.json").read_text())
     assert summary["resumed_from"] == str(ckpt) and summary["global_step"] == 4
@@ -548,8 +706,17 @@ def test_named_checkpoint_of_another_run_needs_an_empty_output_dir(tmp_path, cap
     out_dir = tmp_path / "branch"
     out_dir.mkdir()
     (out_dir / "notes.txt").write_text("another run")
-    args = ["--model", str(tiny), "--output_dir", str(out_dir), *BASE, "--max_steps", "3",
-            "--resume_from_checkpoint", str(two_checkpoints / "checkpoint-2")]
+    args = [
+        "--model",
+        str(tiny),
+        "--output_dir",
+        str(out_dir),
+        *BASE,
+        "--max_steps",
+        "3",
+        "--resume_from_checkpoint",
+        str(two_checkpoints / "checkpoint-2"),
+    ]
     rc, _, err = train(capsys, *args)
     assert rc == 2 and "is not empty" in one_error_line(err)
     (out_dir / "notes.txt").unlink()

@@ -16,19 +16,50 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-ARGS = ["--max_steps", "16", "--logging_steps", "1", "--save_steps", "4", "--per_device_train_batch_size", "2",
-        "--generate_examples", "12", "--learning_rate", "1e-3", "--report_to", "none", "--pairs", "first",
-        "--seed", "3"]
+ARGS = [
+    "--max_steps",
+    "16",
+    "--logging_steps",
+    "1",
+    "--save_steps",
+    "4",
+    "--per_device_train_batch_size",
+    "2",
+    "--generate_examples",
+    "12",
+    "--learning_rate",
+    "1e-3",
+    "--report_to",
+    "none",
+    "--pairs",
+    "first",
+    "--seed",
+    "3",
+]
 
 
 def cli(model: Path, out_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "step_jepa.cli.main", "train", "--model", str(model), "--output_dir", str(out_dir),
-            *ARGS, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "step_jepa.cli.main",
+        "train",
+        "--model",
+        str(model),
+        "--output_dir",
+        str(out_dir),
+        *ARGS,
+        *extra,
+    ]
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def losses(out_dir: Path) -> dict[int, float]:
@@ -110,8 +141,13 @@ def test_resume_restores_the_ema_target(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copytree(ref / "checkpoint-4", run / "checkpoint-4")
-    (run / "metrics.jsonl").write_text("".join(
-        line + "\n" for line in (ref / "metrics.jsonl").read_text().splitlines() if json.loads(line).get("step", 0) <= 4))
+    (run / "metrics.jsonl").write_text(
+        "".join(
+            line + "\n"
+            for line in (ref / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line).get("step", 0) <= 4
+        )
+    )
     done = subprocess.run(cli(model, run, *extra, "--resume"), env=env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     got, want = losses(run), losses(ref)

@@ -34,10 +34,14 @@ def test_dataset_name_rows_are_read_like_a_file(tmp_path: Path):
     from step_jepa.data.synthetic import generate_problems
     from step_jepa.training.data import load_training_records
 
-    rows = [{"question": "Q?", "answer": "no marker"}, {"question": "A has 2 apples.\nHow many?",
-                                                        "answer": "He has 2.\nThen 1 more: 3.\n#### 3"}]
-    rows += [{"question": r["messages"][1]["content"], "answer": "\n".join(r["steps"][:-1]) + f"\n#### {r['answer']}"}
-             for r in generate_problems(3, seed=1)]
+    rows = [
+        {"question": "Q?", "answer": "no marker"},
+        {"question": "A has 2 apples.\nHow many?", "answer": "He has 2.\nThen 1 more: 3.\n#### 3"},
+    ]
+    rows += [
+        {"question": r["messages"][1]["content"], "answer": "\n".join(r["steps"][:-1]) + f"\n#### {r['answer']}"}
+        for r in generate_problems(3, seed=1)
+    ]
     d = _saved_dataset(tmp_path, rows)
     cfg = _train(["--dataset_name", str(d), "--skip_invalid", "--output_dir", str(tmp_path / "run")])
     records, report = load_training_records(cfg)
@@ -75,8 +79,9 @@ def step_jepa_log(caplog):
     set_level(logging.INFO)
 
 
-@pytest.mark.parametrize("flags, shown", [([], True), (["--log_level", "warning"], False),
-                                          (["--log_level", "debug"], True)])
+@pytest.mark.parametrize(
+    "flags, shown", [([], True), (["--log_level", "warning"], False), (["--log_level", "debug"], True)]
+)
 def test_info_messages_follow_log_level(tmp_path: Path, step_jepa_log, flags: list[str], shown: bool):
     """Rank 0 logs at --log_level (info by default); hidden with --log_level warning."""
     from step_jepa.data.logs import set_level
@@ -138,9 +143,26 @@ def test_train_loss_after_resume_covers_the_whole_run(model_dir: Path, tmp_path:
     run's (Hugging Face's TrainOutput alone would average steps 5-8 only)."""
     from step_jepa.training.trainer import run_train
 
-    argv = ["--model", str(model_dir), "--max_steps", "8", "--save_steps", "4", "--logging_steps", "3",
-            "--per_device_train_batch_size", "2", "--generate_examples", "12", "--learning_rate", "1e-3",
-            "--report_to", "none", "--seed", "3"]
+    argv = [
+        "--model",
+        str(model_dir),
+        "--max_steps",
+        "8",
+        "--save_steps",
+        "4",
+        "--logging_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "2",
+        "--generate_examples",
+        "12",
+        "--learning_rate",
+        "1e-3",
+        "--report_to",
+        "none",
+        "--seed",
+        "3",
+    ]
     ref = tmp_path / "ref"
     want = run_train(_train([*argv, "--output_dir", str(ref)]))
     assert want["train_loss_steps"] == 8

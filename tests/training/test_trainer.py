@@ -26,19 +26,36 @@ from step_jepa.training.trainer import StepJEPATrainer
 
 def _one_sgd_step(model_dir: Path, out: Path, bs: int, ga: int) -> dict[str, torch.Tensor]:
     """Parameters after one plain-SGD step (lr 1, no clipping): the update is exactly −gradient."""
-    cfg = StepJEPAConfig(model=str(model_dir), output_dir=str(out), max_steps=1, per_device_train_batch_size=bs,
-                      gradient_accumulation_steps=ga, learning_rate=1.0, warmup_ratio=0.0,
-                      lr_scheduler_type="constant", max_grad_norm=1e9, report_to="none", generate_examples=8,
-                      lbd=0.5, save_steps=1000, logging_steps=1000)
+    cfg = StepJEPAConfig(
+        model=str(model_dir),
+        output_dir=str(out),
+        max_steps=1,
+        per_device_train_batch_size=bs,
+        gradient_accumulation_steps=ga,
+        learning_rate=1.0,
+        warmup_ratio=0.0,
+        lr_scheduler_type="constant",
+        max_grad_norm=1e9,
+        report_to="none",
+        generate_examples=8,
+        lbd=0.5,
+        save_steps=1000,
+        logging_steps=1000,
+    )
     set_seed(0)
     lm, tok, pred_ids, _ = build_model(cfg)
     records, _ = load_training_records(cfg)
     examples, _ = segment_all(records, tok, cfg.max_length)
     args = cfg
     args.optim = "sgd"
-    trainer = StepJEPATrainer(model=StepJEPAModel(lm, cfg), args=args,
-                              train_dataset=ListDataset(examples), data_collator=build_collator(cfg, tok, pred_ids, "sdpa"),
-                              processing_class=tok, step_config=cfg)
+    trainer = StepJEPATrainer(
+        model=StepJEPAModel(lm, cfg),
+        args=args,
+        train_dataset=ListDataset(examples),
+        data_collator=build_collator(cfg, tok, pred_ids, "sdpa"),
+        processing_class=tok,
+        step_config=cfg,
+    )
     before = {n: p.detach().clone() for n, p in lm.named_parameters()}
     trainer.train()
     return {n: before[n] - p.detach() for n, p in lm.named_parameters()}
@@ -57,8 +74,15 @@ def test_gradient_accumulation_gives_the_large_batch_gradient(model_dir: Path, t
 
 @pytest.mark.parametrize("pairs", ["first", "all", "random"])
 def test_packed_groups_respect_the_token_budget(model_dir: Path, tmp_path: Path, pairs: str):
-    cfg = StepJEPAConfig(model=str(model_dir), output_dir=str(tmp_path), generate_examples=40, pairs=pairs,
-                      packing=True, max_tokens_per_batch=1024, predictors=2)
+    cfg = StepJEPAConfig(
+        model=str(model_dir),
+        output_dir=str(tmp_path),
+        generate_examples=40,
+        pairs=pairs,
+        packing=True,
+        max_tokens_per_batch=1024,
+        predictors=2,
+    )
     lm, tok, pred_ids, _ = build_model(cfg)
     examples, _ = segment_all(load_training_records(cfg)[0], tok, cfg.max_length)
     groups = pack_groups(examples, cfg.max_tokens_per_batch, lambda ex: appended_tokens(ex, cfg), cfg.seed)
@@ -76,8 +100,15 @@ def test_packing_budget_examples_gives_jepa_the_sft_batches(model_dir: Path, tmp
     """--packing_budget examples: the JEPA run's batches are the SFT run's (same examples per step,
     same step count), each still one row holding the JEPA extras; the default budget counts the
     extras and so makes more, smaller batches."""
-    base = dict(model=str(model_dir), output_dir=str(tmp_path), generate_examples=40, packing=True,
-                max_tokens_per_batch=1024, predictors=2, sft_predictor_tokens=True)
+    base = dict(
+        model=str(model_dir),
+        output_dir=str(tmp_path),
+        generate_examples=40,
+        packing=True,
+        max_tokens_per_batch=1024,
+        predictors=2,
+        sft_predictor_tokens=True,
+    )
     sft, jepa = StepJEPAConfig(**base, lbd=0), StepJEPAConfig(**base, lbd=0.5)
     same = StepJEPAConfig(**base, lbd=0.5, packing_budget="examples")
     lm, tok, pred_ids, _ = build_model(jepa)
@@ -105,8 +136,9 @@ def test_sft_predictor_tokens_match_the_jepa_vocabulary(model_dir: Path, tmp_pat
     assert (len(tok_s) == len(tok_j)) is flag
     assert lm_s.get_input_embeddings().weight.shape[0] == len(tok_s)
     # The tokens exist but SFT batches never contain them.
-    batch = build_collator(sft, tok_s, ids_s, "sdpa")(segment_all(load_training_records(sft)[0][:2], tok_s,
-                                                                       sft.max_length)[0])
+    batch = build_collator(sft, tok_s, ids_s, "sdpa")(
+        segment_all(load_training_records(sft)[0][:2], tok_s, sft.max_length)[0]
+    )
     assert not torch.isin(batch["input_ids"], torch.tensor(ids_j)).any()
 
 
@@ -147,16 +179,27 @@ def test_torch_compile_trains_and_saves_plain_weights(model_dir: Path, tmp_path:
             return set(f.keys())
 
     def run(compile_: bool, out: Path) -> float:
-        cfg = StepJEPAConfig(model=str(model_dir), output_dir=str(out), max_steps=2, per_device_train_batch_size=4,
-                          generate_examples=8, lbd=0.5, report_to="none", save_steps=1000, logging_steps=1,
-                          torch_compile=compile_, seed=0)
+        cfg = StepJEPAConfig(
+            model=str(model_dir),
+            output_dir=str(out),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            generate_examples=8,
+            lbd=0.5,
+            report_to="none",
+            save_steps=1000,
+            logging_steps=1,
+            torch_compile=compile_,
+            seed=0,
+        )
         return run_train(cfg)["train_loss"]
 
     eager = run(False, tmp_path / "eager")
     compiled = run(True, tmp_path / "compiled")
     assert compiled == pytest.approx(eager, rel=1e-4)
-    assert saved_keys(tmp_path / "compiled" / "final") == saved_keys(tmp_path / "eager" / "final") \
-        == saved_keys(model_dir)
+    assert (
+        saved_keys(tmp_path / "compiled" / "final") == saved_keys(tmp_path / "eager" / "final") == saved_keys(model_dir)
+    )
 
 
 class _KeepModel:
@@ -192,9 +235,21 @@ def test_lora_final_loads_the_documented_way_with_the_same_logits(tmp_path: Path
     build_tiny_model(len(tok), tie=tie, seed=3).save_pretrained(base_dir)
     tok.save_pretrained(base_dir)
     keep = _KeepModel()
-    cfg = StepJEPAConfig(model=str(base_dir), output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4,
-                      generate_examples=8, lbd=0.5, predictors=2, lora=True, learning_rate=5e-2, warmup_ratio=0.0,
-                      report_to="none", save_steps=1000, logging_steps=1000)
+    cfg = StepJEPAConfig(
+        model=str(base_dir),
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        generate_examples=8,
+        lbd=0.5,
+        predictors=2,
+        lora=True,
+        learning_rate=5e-2,
+        warmup_ratio=0.0,
+        report_to="none",
+        save_steps=1000,
+        logging_steps=1000,
+    )
     run_train(cfg, callbacks=[keep])
     final = tmp_path / "run" / "final"
     trained = keep.model.lm.eval()
@@ -298,9 +353,21 @@ def test_eval_file_logs_held_out_losses_of_the_whole_set(model_dir: Path, tmp_pa
     records = generate_problems(7, seed=77)
     eval_file = tmp_path / "heldout.jsonl"
     eval_file.write_text("".join(json.dumps(r) + "\n" for r in records))
-    cfg = StepJEPAConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=4,
-                      generate_examples=8, lbd=0.5, learning_rate=1e-2, warmup_ratio=0.0, report_to="none",
-                      save_steps=1000, logging_steps=1, eval_file=str(eval_file), eval_steps=2)
+    cfg = StepJEPAConfig(
+        model=str(model_dir),
+        output_dir=str(tmp_path / "run"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        generate_examples=8,
+        lbd=0.5,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        report_to="none",
+        save_steps=1000,
+        logging_steps=1,
+        eval_file=str(eval_file),
+        eval_steps=2,
+    )
     run_train(cfg)
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in logged if "eval_lm_loss" in r]
@@ -324,9 +391,20 @@ def test_eval_file_with_stp_logs_its_term_in_eval_loss(model_dir: Path, tmp_path
 
     eval_file = tmp_path / "heldout.jsonl"
     eval_file.write_text("".join(json.dumps(r) + "\n" for r in generate_problems(5, seed=78)))
-    cfg = StepJEPAConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
-                      generate_examples=8, lbd=0.0, stp_lbd=0.5, report_to="none", save_steps=1000, logging_steps=1,
-                      eval_file=str(eval_file), eval_steps=2)
+    cfg = StepJEPAConfig(
+        model=str(model_dir),
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        generate_examples=8,
+        lbd=0.0,
+        stp_lbd=0.5,
+        report_to="none",
+        save_steps=1000,
+        logging_steps=1,
+        eval_file=str(eval_file),
+        eval_steps=2,
+    )
     run_train(cfg)
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     (last,) = [r for r in logged if "eval_lm_loss" in r]
@@ -349,13 +427,24 @@ def test_save_honours_a_given_state_dict(model_dir: Path, tmp_path: Path):
 
     from step_jepa.training.checkpoints import HEAD_FILE
 
-    cfg = StepJEPAConfig(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=1, report_to="none",
-                      generate_examples=4, jepa_predictor_head="mlp")
+    cfg = StepJEPAConfig(
+        model=str(model_dir),
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        report_to="none",
+        generate_examples=4,
+        jepa_predictor_head="mlp",
+    )
     lm, tok, pred_ids, _ = build_model(cfg)
     wrapper = StepJEPAModel(lm, cfg)
-    trainer = StepJEPATrainer(model=wrapper, args=cfg, train_dataset=ListDataset([]),
-                              data_collator=build_collator(cfg, tok, pred_ids, "sdpa"), processing_class=tok,
-                              step_config=cfg)
+    trainer = StepJEPATrainer(
+        model=wrapper,
+        args=cfg,
+        train_dataset=ListDataset([]),
+        data_collator=build_collator(cfg, tok, pred_ids, "sdpa"),
+        processing_class=tok,
+        step_config=cfg,
+    )
     given = {k: v.detach() + 1.0 for k, v in wrapper.state_dict().items()}
     trainer._save(str(tmp_path / "saved"), state_dict=given)
     saved = load_file(tmp_path / "saved" / "model.safetensors")

@@ -67,17 +67,44 @@ from step_jepa.training.options import coerce_numbers, load_yaml
 # batch budget (an SFT run has none), so a config may set it against the grid's SFT baseline.
 JEPA_KEYS = frozenset(
     {f.name for f in dataclasses.fields(StepJEPAConfig) if f.name.startswith("jepa_")}
-    | ({"lbd", "gamma", "predictors", "pairs", "vicreg_weight", "ema_decay", "lbd_schedule", "lbd_warmup_steps",
-        "stp_lbd", "stp_positions", "packing_budget"}
-       & {f.name for f in dataclasses.fields(StepJEPAConfig)}))
+    | (
+        {
+            "lbd",
+            "gamma",
+            "predictors",
+            "pairs",
+            "vicreg_weight",
+            "ema_decay",
+            "lbd_schedule",
+            "lbd_warmup_steps",
+            "stp_lbd",
+            "stp_positions",
+            "packing_budget",
+        }
+        & {f.name for f in dataclasses.fields(StepJEPAConfig)}
+    )
+)
 
 
 # Set by compare for every run; a grid that sets them would break the layout or the seeding.
 RESERVED_KEYS = frozenset({"seed", "output_dir", "overwrite_output_dir", "resume"})
 
 
-EVAL_KEYS = frozenset({"test_file", "generate", "seed", "max_new_tokens", "batch_size", "max_batch_tokens",
-                       "limit", "lenient", "dtype", "system_prompt", "cuda_graphs"})
+EVAL_KEYS = frozenset(
+    {
+        "test_file",
+        "generate",
+        "seed",
+        "max_new_tokens",
+        "batch_size",
+        "max_batch_tokens",
+        "limit",
+        "lenient",
+        "dtype",
+        "system_prompt",
+        "cuda_graphs",
+    }
+)
 
 
 DEFAULT_EVAL_SEED = 1000  # far from usual training seeds, so generated eval problems are not training ones
@@ -96,8 +123,15 @@ class Grid:
     keep_checkpoints: bool = True  # False: delete checkpoint-*/ once result.json is written (final/ stays)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"base": self.base, "eval": self.eval, "configs": self.configs, "seeds": self.seeds,
-                "output_dir": str(self.output_dir), "source": self.source, "keep_checkpoints": self.keep_checkpoints}
+        return {
+            "base": self.base,
+            "eval": self.eval,
+            "configs": self.configs,
+            "seeds": self.seeds,
+            "output_dir": str(self.output_dir),
+            "source": self.source,
+            "keep_checkpoints": self.keep_checkpoints,
+        }
 
 
 def load_grid(path: str | Path, output_dir: str | None = None) -> Grid:
@@ -109,12 +143,18 @@ def load_grid(path: str | Path, output_dir: str | None = None) -> Grid:
     out = output_dir or raw.get("output_dir")
     if not out:
         raise ValueError(f"{path}: 'output_dir' is required (or pass --output_dir)")
-    grid = Grid(base=coerce_numbers(f"{path}: base", dict(raw.get("base") or {}), StepJEPAConfig),
-                eval=dict(raw.get("eval") or {}),
-                configs={str(k): coerce_numbers(f"{path}: configs.{k}", dict(v or {}), StepJEPAConfig)
-                         for k, v in (raw.get("configs") or {}).items()},
-                seeds=[int(s) for s in (raw.get("seeds") or [0])], output_dir=Path(out), source=str(path),
-                keep_checkpoints=bool(raw.get("keep_checkpoints", True)))
+    grid = Grid(
+        base=coerce_numbers(f"{path}: base", dict(raw.get("base") or {}), StepJEPAConfig),
+        eval=dict(raw.get("eval") or {}),
+        configs={
+            str(k): coerce_numbers(f"{path}: configs.{k}", dict(v or {}), StepJEPAConfig)
+            for k, v in (raw.get("configs") or {}).items()
+        },
+        seeds=[int(s) for s in (raw.get("seeds") or [0])],
+        output_dir=Path(out),
+        source=str(path),
+        keep_checkpoints=bool(raw.get("keep_checkpoints", True)),
+    )
     validate_grid(grid)
     return grid
 
@@ -138,7 +178,8 @@ def validate_grid(grid: Grid) -> None:
         if wrong:
             raise ValueError(
                 f"{where}: configs.{name}: only JEPA options may vary between configs "
-                f"({', '.join(sorted(JEPA_KEYS))}); move {', '.join(wrong)} to base: or use another grid")
+                f"({', '.join(sorted(JEPA_KEYS))}); move {', '.join(wrong)} to base: or use another grid"
+            )
     if len(set(grid.seeds)) != len(grid.seeds):
         raise ValueError(f"{where}: duplicate seeds {grid.seeds}")
     _validate_eval(grid, where)
@@ -160,8 +201,11 @@ def _validate_eval(grid: Grid, where: str) -> None:
     if ev.get("dtype", DEFAULT_EVAL_DTYPE) not in EVAL_DTYPES:
         raise ValueError(f"{where}: eval.dtype must be one of {', '.join(EVAL_DTYPES)}")
     # The same ranges as `step-jepa eval`: found now, not after the grid's first training run.
-    small = [k for k in ("generate", "max_new_tokens", "batch_size", "max_batch_tokens", "limit")
-             if ev.get(k) is not None and not (isinstance(ev[k], int) and ev[k] >= 1)]
+    small = [
+        k
+        for k in ("generate", "max_new_tokens", "batch_size", "max_batch_tokens", "limit")
+        if ev.get(k) is not None and not (isinstance(ev[k], int) and ev[k] >= 1)
+    ]
     if small:
         raise ValueError(f"{where}: eval: {', '.join(small)} must be whole numbers >= 1")
     if ev.get("generate") and not grid.base.get("train_file"):
@@ -169,13 +213,19 @@ def _validate_eval(grid: Grid, where: str) -> None:
         if eval_seed in grid.seeds:
             raise ValueError(
                 f"{where}: eval.seed {eval_seed} is also a training seed and training uses the generator "
-                f"(no base.train_file): the test problems would be training problems. Pick another eval.seed.")
+                f"(no base.train_file): the test problems would be training problems. Pick another eval.seed."
+            )
 
 
 def train_config(grid: Grid, name: str, seed: int) -> StepJEPAConfig:
     """The StepJEPAConfig of one run: base, then the config's JEPA overrides, then seed and directory."""
-    values = {**grid.base, **grid.configs[name], "seed": seed,
-              "output_dir": str(run_dir(grid.output_dir, name, seed)), "overwrite_output_dir": True}
+    values = {
+        **grid.base,
+        **grid.configs[name],
+        "seed": seed,
+        "output_dir": str(run_dir(grid.output_dir, name, seed)),
+        "overwrite_output_dir": True,
+    }
     return StepJEPAConfig(**values)  # validated while it is built
 
 
@@ -194,8 +244,6 @@ def check_same_except_jepa(grid: Grid) -> None:
             diff = sorted(k for k in ref if ref[k] != other[k])
             if diff:
                 raise AssertionError(f"configs {ref_name} and {name} differ outside the JEPA options: {diff}")
-
-
 
 
 def eval_records(grid: Grid) -> list[dict]:
@@ -236,14 +284,31 @@ def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]
     ev = _eval_settings(grid)
     dtype_name = EVAL_DTYPES[ev.get("dtype", DEFAULT_EVAL_DTYPE)]  # fp32 unless the grid says (bf16: budget-dependent)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tok = load_for_inference(str(final_dir), dtype=getattr(torch, dtype_name) if dtype_name else None,
-                                    device=device)
+    model, tok = load_for_inference(
+        str(final_dir), dtype=getattr(torch, dtype_name) if dtype_name else None, device=device
+    )
     try:
-        summary = evaluate(model, tok, records, out_dir=out_dir, max_new_tokens=int(ev.get("max_new_tokens", 512)),
-                           batch_size=ev.get("batch_size"), max_batch_tokens=ev.get("max_batch_tokens"),
-                           system_prompt=ev.get("system_prompt"), lenient=bool(ev.get("lenient", False)),
-                           progress=False, model_name=str(final_dir), cuda_graphs=ev.get("cuda_graphs"))  # None: on for CUDA
-        update_model_card_eval(final_dir, summary, data=Path(ev["test_file"]).stem if ev.get("test_file") else f"generated{ev.get('generate')}-s{ev.get('seed')}")
+        summary = evaluate(
+            model,
+            tok,
+            records,
+            out_dir=out_dir,
+            max_new_tokens=int(ev.get("max_new_tokens", 512)),
+            batch_size=ev.get("batch_size"),
+            max_batch_tokens=ev.get("max_batch_tokens"),
+            system_prompt=ev.get("system_prompt"),
+            lenient=bool(ev.get("lenient", False)),
+            progress=False,
+            model_name=str(final_dir),
+            cuda_graphs=ev.get("cuda_graphs"),
+        )  # None: on for CUDA
+        update_model_card_eval(
+            final_dir,
+            summary,
+            data=Path(ev["test_file"]).stem
+            if ev.get("test_file")
+            else f"generated{ev.get('generate')}-s{ev.get('seed')}",
+        )
         return summary
     finally:
         del model
@@ -295,7 +360,8 @@ def _check_recorded(result: dict, cfg: StepJEPAConfig, ev: dict, rdir: Path) -> 
     if diff or ediff:
         raise ValueError(
             f"{rdir / RESULT} was produced with other settings (train: {diff or 'same'}, eval: {ediff or 'same'}). "
-            f"Delete {rdir} to redo it, or use another output_dir.")
+            f"Delete {rdir} to redo it, or use another output_dir."
+        )
 
 
 def _check_trained(cfg: StepJEPAConfig, rdir: Path) -> None:
@@ -346,11 +412,19 @@ def run_one(grid: Grid, name: str, seed: int, records: list[dict]) -> dict[str, 
     summary = evaluate_run(grid, rdir / "final", rdir / "eval", records)
     eval_seconds = time.perf_counter() - t0
     result = {
-        "config": name, "seed": seed, "accuracy": summary["accuracy"], "correct": summary["correct"],
-        "n": summary["n"], "no_answer_rate": summary.get("no_answer_rate"),
-        "train_seconds": round(train_seconds, 2), "eval_seconds": round(eval_seconds, 2),
-        "overrides": grid.configs[name], "shared_fingerprint": fingerprint(shared_settings(cfg)),
-        "train_config": config_dict(cfg), "eval": ev, "train_summary": train_summary,
+        "config": name,
+        "seed": seed,
+        "accuracy": summary["accuracy"],
+        "correct": summary["correct"],
+        "n": summary["n"],
+        "no_answer_rate": summary.get("no_answer_rate"),
+        "train_seconds": round(train_seconds, 2),
+        "eval_seconds": round(eval_seconds, 2),
+        "overrides": grid.configs[name],
+        "shared_fingerprint": fingerprint(shared_settings(cfg)),
+        "train_config": config_dict(cfg),
+        "eval": ev,
+        "train_summary": train_summary,
         "eval_summary": {k: v for k, v in summary.items() if k != "versions"},
     }
     _write_atomic(rdir / RESULT, json.dumps(result, indent=1, default=str))
@@ -359,8 +433,10 @@ def run_one(grid: Grid, name: str, seed: int, records: list[dict]) -> dict[str, 
         # would otherwise keep weights + optimizer state of every run on disk.
         for ckpt in rdir.glob("checkpoint-*"):
             shutil.rmtree(ckpt, ignore_errors=True)
-    log(f"{name} seed {seed}: accuracy {result['accuracy']:.4f} ({result['correct']}/{result['n']}), "
-        f"train {train_seconds:.1f} s, eval {eval_seconds:.1f} s")
+    log(
+        f"{name} seed {seed}: accuracy {result['accuracy']:.4f} ({result['correct']}/{result['n']}), "
+        f"train {train_seconds:.1f} s, eval {eval_seconds:.1f} s"
+    )
     return result
 
 
@@ -422,9 +498,15 @@ class ParallelOutcome:
     failed: list[tuple[str, int, int, Path]] = field(default_factory=list)  # name, seed, exit code, log
 
 
-def run_cells_parallel(grid: Grid, jobs: int, cell_command: Callable[[str, int], list[str]],
-                       only: list[str] | None = None, seeds: list[int] | None = None,
-                       gpus: list[str] | None = None, poll_seconds: float = 0.5) -> ParallelOutcome:
+def run_cells_parallel(
+    grid: Grid,
+    jobs: int,
+    cell_command: Callable[[str, int], list[str]],
+    only: list[str] | None = None,
+    seeds: list[int] | None = None,
+    gpus: list[str] | None = None,
+    poll_seconds: float = 0.5,
+) -> ParallelOutcome:
     """Run the selected unfinished cells as child processes, `jobs` at a time.
 
     `cell_command(name, seed)` is the argv of a process that runs that one cell (the CLI passes
@@ -453,16 +535,17 @@ def run_cells_parallel(grid: Grid, jobs: int, cell_command: Callable[[str, int],
             else:
                 todo.append((name, s))
     total = len(todo) + len(outcome.skipped)
-    where = (f"one per GPU of {', '.join(devices)} (least busy first)" if devices
-             else "sharing the visible device")
+    where = f"one per GPU of {', '.join(devices)} (least busy first)" if devices else "sharing the visible device"
     log(f"{len(todo)} cell(s) to run, {jobs} at a time, {where}; {len(outcome.skipped)} already finished")
     start = time.monotonic()
     running: dict[tuple[str, int], tuple[subprocess.Popen, Any, str | None]] = {}
 
     def progress() -> None:
         done = len(outcome.skipped) + len(outcome.finished)
-        log(f"progress: {done}/{total} done, {len(running)} running, {len(todo)} left, "
-            f"{len(outcome.failed)} failed, elapsed {_elapsed(time.monotonic() - start)}")
+        log(
+            f"progress: {done}/{total} done, {len(running)} running, {len(todo)} left, "
+            f"{len(outcome.failed)} failed, elapsed {_elapsed(time.monotonic() - start)}"
+        )
 
     def launch(name: str, s: int) -> None:
         rdir = run_dir(grid.output_dir, name, s)
@@ -474,13 +557,14 @@ def run_cells_parallel(grid: Grid, jobs: int, cell_command: Callable[[str, int],
             env["CUDA_VISIBLE_DEVICES"] = device
         cmd = cell_command(name, s)
         out = open(rdir / CELL_LOG, "a", encoding="utf-8")
-        out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}"
-                  f"{f' (CUDA_VISIBLE_DEVICES={device})' if device is not None else ''}\n")
+        out.write(
+            f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}"
+            f"{f' (CUDA_VISIBLE_DEVICES={device})' if device is not None else ''}\n"
+        )
         out.flush()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
         running[(name, s)] = (proc, out, device)
-        log(f"{name} seed {s}: started{f' on GPU {device}' if device is not None else ''}, "
-            f"log {rdir / CELL_LOG}")
+        log(f"{name} seed {s}: started{f' on GPU {device}' if device is not None else ''}, log {rdir / CELL_LOG}")
 
     try:
         while todo or running:
@@ -513,8 +597,10 @@ def run_cells_parallel(grid: Grid, jobs: int, cell_command: Callable[[str, int],
             out.close()
         raise
     if outcome.failed:
-        log(f"{len(outcome.failed)} cell(s) failed: " + "; ".join(
-            f"{n} seed {s} (exit {rc}, log {p})" for n, s, rc, p in outcome.failed))
+        log(
+            f"{len(outcome.failed)} cell(s) failed: "
+            + "; ".join(f"{n} seed {s} (exit {rc}, log {p})" for n, s, rc, p in outcome.failed)
+        )
     return outcome
 
 
@@ -525,7 +611,3 @@ def select_cells(available: list, wanted: list | None, what: str) -> list:
     if missing:
         raise ValueError(f"unknown {what}(s) {missing}; the grid has {available}")
     return [a for a in available if a in wanted]
-
-
-
-

@@ -26,4 +26,5 @@ def require_matplotlib(command: str) -> None:
     except ImportError as e:
         raise MissingDependency(
             f"`step-jepa {command}` draws figures and needs matplotlib, which is not importable ({e}). "
-            "Install it with: pip install matplotlib  (or reinstall step-jepa: pip install -e .)") from e
+            "Install it with: pip install matplotlib  (or reinstall step-jepa: pip install -e .)"
+        ) from e

@@ -58,8 +58,10 @@ def load_embed_model(name: str, predictors: int | None = None, device: str | Non
         torch.manual_seed(0)  # mean resizing samples the new rows: keep them reproducible
         add_predictor_tokens(model, tok, k)
         model.to(dev)
-        log(f"{name}: had {have} predictor token(s), added up to {k}: their embeddings are UNTRAINED "
-            "(mean of the vocabulary); view 1 of this model is not a learned prediction")
+        log(
+            f"{name}: had {have} predictor token(s), added up to {k}: their embeddings are UNTRAINED "
+            "(mean of the vocabulary); view 1 of this model is not a learned prediction"
+        )
     from step_jepa.models.loading import predictor_tokens
 
     pred_ids = tok.convert_tokens_to_ids(predictor_tokens(k))
@@ -180,8 +182,10 @@ def load_predictor_head(model_name: str, hidden: int, device: Any = "cpu"):
     option, path = _saved_head_option(model_dir), model_dir / HEAD_FILE
     if not path.exists():
         if option == "mlp":
-            log(f"{model_name}: trained with --jepa_predictor_head mlp but {HEAD_FILE} is missing; "
-                "view 1 is shown BEFORE the head")
+            log(
+                f"{model_name}: trained with --jepa_predictor_head mlp but {HEAD_FILE} is missing; "
+                "view 1 is shown BEFORE the head"
+            )
         return None
     if option not in (None, "mlp"):
         log(f"{model_name}: {HEAD_FILE} present but the saved config says head {option!r}; not applied")
@@ -193,9 +197,21 @@ def load_predictor_head(model_name: str, hidden: int, device: Any = "cpu"):
     return head
 
 
-def extract_views(model, tokenizer, pred_ids: list[int], records: Sequence[dict], *, pairs: str = "first",
-                  batch_size: int = 16, max_length: int = 1024, label: str = "", name: str = "",
-                  trained: bool = True, options=None, head=None) -> ViewSet:
+def extract_views(
+    model,
+    tokenizer,
+    pred_ids: list[int],
+    records: Sequence[dict],
+    *,
+    pairs: str = "first",
+    batch_size: int = 16,
+    max_length: int = 1024,
+    label: str = "",
+    name: str = "",
+    trained: bool = True,
+    options=None,
+    head=None,
+) -> ViewSet:
     """Views of every selected pair, batched, through the training code path (collator + mask).
 
     With `head` (the run's PredictorHead), view 1 is head(view 1) in float32, as the loss saw it.
@@ -217,7 +233,7 @@ def extract_views(model, tokenizer, pred_ids: list[int], records: Sequence[dict]
     v1s, v2s, meta = [], [], []
     with torch.no_grad():
         for s in range(0, len(kept), batch_size):
-            chunk = kept[s:s + batch_size]
+            chunk = kept[s : s + batch_size]
             batch = _to_device(collator([ex for _, ex, _ in chunk]), device)
             a, b = wrapper.views(_view_hidden(wrapper.hidden_states(batch)), batch)
             if head is not None:
@@ -228,18 +244,37 @@ def extract_views(model, tokenizer, pred_ids: list[int], records: Sequence[dict]
             meta += [(i, ex.id, p) for i, ex, sel in chunk for p in sel]
             if len(meta) != sum(len(x) for x in v1s):
                 raise RuntimeError("pair bookkeeping does not match the collator's views")
-    return ViewSet(label=label or model_label(name), model=name, v1=np.concatenate(v1s), v2=np.concatenate(v2s),
-                   ids=np.array([m[1] for m in meta], dtype=str),
-                   example_index=np.array([m[0] for m in meta], dtype=np.int64),
-                   pair_index=np.array([m[2] for m in meta], dtype=np.int64), predictors=len(pred_ids),
-                   predictors_trained=trained, view1_head=head is not None,
-                   stats={"records": len(records), "examples": len(kept), "pairs": int(len(meta)), **skipped})
+    return ViewSet(
+        label=label or model_label(name),
+        model=name,
+        v1=np.concatenate(v1s),
+        v2=np.concatenate(v2s),
+        ids=np.array([m[1] for m in meta], dtype=str),
+        example_index=np.array([m[0] for m in meta], dtype=np.int64),
+        pair_index=np.array([m[2] for m in meta], dtype=np.int64),
+        predictors=len(pred_ids),
+        predictors_trained=trained,
+        view1_head=head is not None,
+        stats={"records": len(records), "examples": len(kept), "pairs": int(len(meta)), **skipped},
+    )
 
 
-def run_embed(models: Sequence[str], *, data: str | None, n: int, out: str | Path, pairs: str = "first",
-              batch_size: int = 16, max_length: int = 1024, seed: int = DEFAULT_DATA_SEED,
-              predictors: int | None = None, device: str | None = None, tsne: bool = True,
-              layer: int | None = None, use_head: bool = True) -> dict[str, Any]:
+def run_embed(
+    models: Sequence[str],
+    *,
+    data: str | None,
+    n: int,
+    out: str | Path,
+    pairs: str = "first",
+    batch_size: int = 16,
+    max_length: int = 1024,
+    seed: int = DEFAULT_DATA_SEED,
+    predictors: int | None = None,
+    device: str | None = None,
+    tsne: bool = True,
+    layer: int | None = None,
+    use_head: bool = True,
+) -> dict[str, Any]:
     """Extract views for one or two models, save npz + metrics JSON + figures; returns the report.
 
     Each model's own predictor head (if it was trained with one) is applied to its view 1 unless
@@ -253,15 +288,31 @@ def run_embed(models: Sequence[str], *, data: str | None, n: int, out: str | Pat
     predictors = predictors or shared_predictor_count(models)
     # Both models are read at the layer the first (JEPA) model was trained on: same place, fair comparison.
     options = view_options(models[0], layer)
-    log(f"views from decoder layer {getattr(options, 'layer', -1)}"
-        f"{'' if options.jepa_final_norm else ' (without the final norm)'}, K={predictors}")
+    log(
+        f"views from decoder layer {getattr(options, 'layer', -1)}"
+        f"{'' if options.jepa_final_norm else ' (without the final norm)'}, K={predictors}"
+    )
     sets, metrics = [], []
     for k, name in enumerate(models, 1):
         model, tok, pred_ids, trained = load_embed_model(name, predictors, device)
-        head = load_predictor_head(name, model.get_input_embeddings().weight.shape[1],
-                                   next(model.parameters()).device) if use_head else None
-        vs = extract_views(model, tok, pred_ids, records, pairs=pairs, batch_size=batch_size,
-                           max_length=max_length, name=name, trained=trained, options=options, head=head)
+        head = (
+            load_predictor_head(name, model.get_input_embeddings().weight.shape[1], next(model.parameters()).device)
+            if use_head
+            else None
+        )
+        vs = extract_views(
+            model,
+            tok,
+            pred_ids,
+            records,
+            pairs=pairs,
+            batch_size=batch_size,
+            max_length=max_length,
+            name=name,
+            trained=trained,
+            options=options,
+            head=head,
+        )
         del model
         gc.collect()
         vs.save(out / f"embeddings_model{k}.npz")
@@ -273,14 +324,26 @@ def run_embed(models: Sequence[str], *, data: str | None, n: int, out: str | Pat
     if tsne and plot_projection(sets, out / "tsne.png", "tsne") is not None:
         files["tsne"] = str(out / "tsne.png")
     plot_cosines(sets, metrics, files["cosine_hist"], seed)
-    report = {"data": data or f"generator ({n} problems, seed {seed})", "pairs": pairs,
-              "view_layer": options.jepa_layer, "view_final_norm": options.jepa_final_norm,
-              "files": files, "models": [
-        {"label": vs.label, "model": vs.model, "npz": str(out / f"embeddings_model{k}.npz"),
-         "predictors": vs.predictors, "predictors_trained": vs.predictors_trained,
-         "view1": "after the predictor head" if vs.view1_head else "hidden state (no predictor head)",
-         **vs.stats, "metrics": m}
-        for k, (vs, m) in enumerate(zip(sets, metrics), 1)]}
+    report = {
+        "data": data or f"generator ({n} problems, seed {seed})",
+        "pairs": pairs,
+        "view_layer": options.jepa_layer,
+        "view_final_norm": options.jepa_final_norm,
+        "files": files,
+        "models": [
+            {
+                "label": vs.label,
+                "model": vs.model,
+                "npz": str(out / f"embeddings_model{k}.npz"),
+                "predictors": vs.predictors,
+                "predictors_trained": vs.predictors_trained,
+                "view1": "after the predictor head" if vs.view1_head else "hidden state (no predictor head)",
+                **vs.stats,
+                "metrics": m,
+            }
+            for k, (vs, m) in enumerate(zip(sets, metrics), 1)
+        ],
+    }
     if "tsne" not in files:
         report["tsne"] = "skipped: scikit-learn is not installed" if tsne else "skipped (--no_tsne)"
     (out / "embed_metrics.json").write_text(json.dumps(report, indent=1))
@@ -310,7 +373,10 @@ def format_metrics(report: dict[str, Any]) -> str:
             lines.append(
                 f"  {tag:8s} cos same pair {t['pos_cos']['mean']:+.3f}  other example {t['neg_cos']['mean']:+.3f}  "
                 f"gap {t['gap']:+.3f}  retrieval {100 * t['retrieval_acc_all']:.1f}% (chance "
-                f"{100 * mt['retrieval_chance']:.1f}%)")
-        lines.append(f"  spread   pairwise cos v1 {mt['view1_pairwise_cos']:+.3f} v2 {mt['view2_pairwise_cos']:+.3f}  "
-                     f"effective rank v1 {mt['view1_effective_rank']:.1f} v2 {mt['view2_effective_rank']:.1f}")
+                f"{100 * mt['retrieval_chance']:.1f}%)"
+            )
+        lines.append(
+            f"  spread   pairwise cos v1 {mt['view1_pairwise_cos']:+.3f} v2 {mt['view2_pairwise_cos']:+.3f}  "
+            f"effective rank v1 {mt['view1_effective_rank']:.1f} v2 {mt['view2_effective_rank']:.1f}"
+        )
     return "\n".join(lines)

@@ -25,8 +25,15 @@ from step_jepa.method.layout import (
 )
 from step_jepa.method.masks import COPY, ORIG, PRED, dense_mask
 
-_COLORS = {"prompt": "\033[90m", "step1": "\033[94m", "pred": "\033[95m", "step2": "\033[92m",
-           "copy": "\033[4;92m", "sep": "\033[0m", "rest": "\033[0m"}
+_COLORS = {
+    "prompt": "\033[90m",
+    "step1": "\033[94m",
+    "pred": "\033[95m",
+    "step2": "\033[92m",
+    "copy": "\033[4;92m",
+    "sep": "\033[0m",
+    "rest": "\033[0m",
+}
 _DIM = "\033[2m"
 _RESET = "\033[0m"
 NO_LABEL = "·"
@@ -67,8 +74,15 @@ def token_roles(ex: Segmented, pair: int) -> list[str]:
 
 
 def _kind_names(pair: int) -> dict[str, str]:
-    return {"prompt": "prompt", "step1": f"S{pair + 1}", "step2": f"S{pair + 2}", "pred": "pred",
-            "copy": f"S{pair + 2} copy", "sep": "sep", "rest": "rest"}
+    return {
+        "prompt": "prompt",
+        "step1": f"S{pair + 1}",
+        "step2": f"S{pair + 2}",
+        "pred": "pred",
+        "copy": f"S{pair + 2} copy",
+        "sep": "sep",
+        "rest": "rest",
+    }
 
 
 def row_kinds(ex: Segmented, pair: int, item: Item) -> list[str]:
@@ -121,7 +135,7 @@ def _token_text(tokenizer, tid: int) -> str:
 def _run_text(r: Run, item: Item, tokenizer, color: bool) -> str:
     """The run's tokens, '·'-separated so token boundaries are visible; long context runs elided."""
     sep = f"{_DIM}·{_RESET}" if color else "·"
-    ids = item.ids[r.start:r.end]
+    ids = item.ids[r.start : r.end]
     elide = r.kind in ("prompt", "rest") and len(ids) > ELIDE_OVER
     shown = [ids[:_KEEP], ids[-_KEEP:]] if elide else [ids]
     parts = [sep.join(_paint(_token_text(tokenizer, tid), r.kind, color) for tid in chunk) for chunk in shown]
@@ -141,11 +155,14 @@ def token_listing(runs: list[Run], item: Item, tokenizer, color: bool) -> list[s
 
 def label_summary(marks: list[str]) -> str:
     """Exact index ranges that carry an LM label; everything else is -100."""
-    ranges = [f"[{r.start}, {r.end})" for r in runs_of(["rest"] * len(marks), {"rest": ""}, marks)
-              if r.label != NO_LABEL]
+    ranges = [
+        f"[{r.start}, {r.end})" for r in runs_of(["rest"] * len(marks), {"rest": ""}, marks) if r.label != NO_LABEL
+    ]
     n = sum(1 for m in marks if m != NO_LABEL)
-    return (f"labels: {n} of {len(marks)} tokens carry the LM loss ('id': label = the token's own id), "
-            f"at {', '.join(ranges) or 'none'}; '{NO_LABEL}' = -100")
+    return (
+        f"labels: {n} of {len(marks)} tokens carry the LM loss ('id': label = the token's own id), "
+        f"at {', '.join(ranges) or 'none'}; '{NO_LABEL}' = -100"
+    )
 
 
 def block_symbol(sub: torch.Tensor, diagonal: bool) -> str:
@@ -165,7 +182,7 @@ def block_matrix(mask: torch.Tensor, blocks: list[Run], color: bool) -> list[str
     width = max(len(b.name) for b in blocks)
     lines = [f"  {'':{width + 2}}  " + " ".join(letters) + "   tokens"]
     for i, q in enumerate(blocks):
-        cells = " ".join(block_symbol(mask[q.start:q.end, k.start:k.end], i == j) for j, k in enumerate(blocks))
+        cells = " ".join(block_symbol(mask[q.start : q.end, k.start : k.end], i == j) for j, k in enumerate(blocks))
         lines.append(f"  {letters[i]} {_paint(f'{q.name:<{width}}', q.kind, color)}  {cells}   [{q.start}, {q.end})")
     return lines
 
@@ -182,9 +199,11 @@ def _mask_section(title: str, ex: Segmented, pair: int, item: Item, pad_id: int,
 
 def _header(ex: Segmented) -> list[str]:
     spans = ", ".join(f"S{i + 1}=" + (f"[{s[0]}, {s[1]})" if s else "cut") for i, s in enumerate(ex.step_spans))
-    return [f"id: {ex.id}   tokens: {len(ex.input_ids)}   prompt tokens: {ex.prompt_len}   truncated: {ex.truncated}",
-            f"step token spans [start, end): {spans}",
-            f"valid pairs: {[(i + 1, i + 2) for i in ex.valid_pairs()]}"]
+    return [
+        f"id: {ex.id}   tokens: {len(ex.input_ids)}   prompt tokens: {ex.prompt_len}   truncated: {ex.truncated}",
+        f"step token spans [start, end): {spans}",
+        f"valid pairs: {[(i + 1, i + 2) for i in ex.valid_pairs()]}",
+    ]
 
 
 def describe(ex: Segmented, tokenizer, pred_ids: list[int], pair: int = 0, color: bool = True) -> str:
@@ -195,24 +214,24 @@ def describe(ex: Segmented, tokenizer, pred_ids: list[int], pair: int = 0, color
     marks = label_marks(ex, item)
     names = _kind_names(pair)
     if valid:
-        out.append(f"single-pass row for S{pair + 1}→S{pair + 2} (what the trainer feeds; "
-                   f"{len(pred_ids)} predictor(s) and a copy of S{pair + 2} appended):")
+        out.append(
+            f"single-pass row for S{pair + 1}→S{pair + 2} (what the trainer feeds; "
+            f"{len(pred_ids)} predictor(s) and a copy of S{pair + 2} appended):"
+        )
     else:
         out.append(f"pair S{pair + 1}→S{pair + 2} is not valid: no JEPA term for it (LM loss only); the row:")
     out += token_listing(runs_of(row_kinds(ex, pair, item), names, marks), item, tokenizer, color)
     out.append(label_summary(marks))
     if not valid:
         return "\n".join(out)
-    out.append("view 1 = last predictor token; view 2 = last token of the isolated step "
-               f"(S{pair + 2} copy). Attention ({LEGEND}):")
+    out.append(
+        "view 1 = last predictor token; view 2 = last token of the isolated step "
+        f"(S{pair + 2} copy). Attention ({LEGEND}):"
+    )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out += _mask_section("single-pass row:", ex, pair, item, pad, color)
     p2 = pass2_items(ex, [pair], pred_ids, 0)[0]
-    out += _mask_section("pass-2 attention (two-pass reference: its own sequence, same position ids):", ex, pair, p2, pad, color)
+    out += _mask_section(
+        "pass-2 attention (two-pass reference: its own sequence, same position ids):", ex, pair, p2, pad, color
+    )
     return "\n".join(out)
-
-
-
-
-
-

@@ -41,7 +41,7 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Top-2 principal components by SVD (no scikit-learn); returns coordinates and variance fractions."""
     xc = centered(x.astype(np.float64))
     u, s, _ = np.linalg.svd(xc, full_matrices=False)
-    var = s ** 2 / max(float((s ** 2).sum()), 1e-30)
+    var = s**2 / max(float((s**2).sum()), 1e-30)
     coords = u[:, :2] * s[:2]
     if coords.shape[1] < 2:  # one feature: a second, empty axis (so both axes can be labelled)
         coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
@@ -110,15 +110,20 @@ def plot_cosines(sets: Sequence[ViewSet], metrics: Sequence[dict], path: str | P
             a, b = (vs.v1, vs.v2) if tag == "raw" else (centered(vs.v1), centered(vs.v2))
             pos, ng = cosine_pairs(a, b, neg)
             ax = axes[row][col]
-            bins = np.linspace(min(pos.min(), ng.min() if len(ng) else 1.0), max(pos.max(), ng.max() if len(ng) else -1.0), 31)
+            bins = np.linspace(
+                min(pos.min(), ng.min() if len(ng) else 1.0), max(pos.max(), ng.max() if len(ng) else -1.0), 31
+            )
             if bins[0] == bins[-1]:
                 bins = np.linspace(bins[0] - 1e-3, bins[0] + 1e-3, 31)
             ax.hist(pos, bins=bins, alpha=0.6, color=POS_COLOR, label="same pair  cos(v1_i, v2_i)")
             if len(ng):
                 ax.hist(ng, bins=bins, alpha=0.6, color=NEG_COLOR, label="other example  cos(v1_i, v2_j)")
             mt = m[tag]
-            ax.set_title(f"{vs.label} [{tag}]: gap {mt['gap']:+.3f}, retrieval {100 * mt['retrieval_acc_all']:.0f}% "
-                         f"(chance {100 * m['retrieval_chance']:.1f}%){_untrained_note(vs)}", fontsize=8)
+            ax.set_title(
+                f"{vs.label} [{tag}]: gap {mt['gap']:+.3f}, retrieval {100 * mt['retrieval_acc_all']:.0f}% "
+                f"(chance {100 * m['retrieval_chance']:.1f}%){_untrained_note(vs)}",
+                fontsize=8,
+            )
             ax.set_xlabel("cosine")
             ax.legend(fontsize=7)
     fig.tight_layout()
@@ -169,16 +174,28 @@ def plot_runs(runs: Sequence[str | Path], path: str | Path, metrics: Sequence[st
         for i, (lab, recs) in enumerate(zip(labels, logs)):
             pts = [(r["step"], r[key]) for r in recs if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 30 else None,
-                        color=f"C{i % 10}", label=lab)  # one colour per run across all subplots
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    marker="." if len(pts) < 30 else None,
+                    color=f"C{i % 10}",
+                    label=lab,
+                )  # one colour per run across all subplots
         ax.set_title(_TITLES.get(key, key), fontsize=10)
         ax.set_xlabel("optimizer step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no "2.5" ticks on short runs
         if ax.lines:
             ax.legend(fontsize=7)
         else:
-            ax.text(0.5, 0.5, f"no {key} logged\n(SFT runs have no JEPA loss)", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=8)
+            ax.text(
+                0.5,
+                0.5,
+                f"no {key} logged\n(SFT runs have no JEPA loss)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                fontsize=8,
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig

@@ -97,8 +97,9 @@ def load_correct(path: str | Path) -> dict[str, bool]:
     return out
 
 
-def load_run_predictions(output_dir: str | Path, results: list[dict[str, Any]]
-                         ) -> tuple[dict[str, dict[int, dict[str, bool]]], dict[str, str]]:
+def load_run_predictions(
+    output_dir: str | Path, results: list[dict[str, Any]]
+) -> tuple[dict[str, dict[int, dict[str, bool]]], dict[str, str]]:
     """config → seed → {id → correct} for every finished run that has <run>/eval/predictions.jsonl
     (else <run>/eval/correct.jsonl; either may be gzipped), and config → error for configs with an
     unreadable one (reported as n/a, not a failed report)."""
@@ -120,8 +121,13 @@ def load_run_predictions(output_dir: str | Path, results: list[dict[str, Any]]
     return out, errors
 
 
-def paired_vs_baseline(output_dir: str | Path, rows: list[dict[str, Any]], results: list[dict[str, Any]],
-                       n_boot: int = 10000, seed: int = 0) -> dict[str, dict[str, Any]]:
+def paired_vs_baseline(
+    output_dir: str | Path,
+    rows: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
     """Paired stats of every config against the first (baseline) row; a config that cannot be
     paired gets {"status": "n/a (...)"} instead of failing the whole report."""
     if not rows:
@@ -162,22 +168,28 @@ def format_paired(paired: dict[str, dict[str, Any]], baseline: str) -> str:
     """Markdown section: Δ points [95 % CI], McNemar p and b/c per config against the baseline."""
     if not paired:
         return ""
-    lines = [f"\n## Paired vs {baseline} (per problem)\n",
-             "| config | Δ points [95% CI] | McNemar p | b / c | seeds × problems | note |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"\n## Paired vs {baseline} (per problem)\n",
+        "| config | Δ points [95% CI] | McNemar p | b / c | seeds × problems | note |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, st in paired.items():
         if st.get("status") != "ok":
             lines.append(f"| {name} | {st['status']} | — | — | — | |")
             continue
         lo, hi = st["ci95_points"]
-        lines.append(f"| {name} | {st['delta_points']:+.2f} [{lo:+.2f}, {hi:+.2f}] | {_fmt_p(st['mcnemar_p'])} "
-                     f"({st['mcnemar']['method']}) | {st['b']} / {st['c']} | {st['n_seeds']} × {st['n_problems']} | "
-                     f"{alignment_note(st)} |")
+        lines.append(
+            f"| {name} | {st['delta_points']:+.2f} [{lo:+.2f}, {hi:+.2f}] | {_fmt_p(st['mcnemar_p'])} "
+            f"({st['mcnemar']['method']}) | {st['b']} / {st['c']} | {st['n_seeds']} × {st['n_problems']} | "
+            f"{alignment_note(st)} |"
+        )
     lines.append("")
-    lines.append(f"Δ: candidate − {baseline} accuracy in points, averaged over the paired seeds. CI: percentile "
-                 "bootstrap over problems (one resampled problem set for all seeds). McNemar pooled over seeds: "
-                 f"b = {baseline} right & candidate wrong, c = the reverse; exact binomial when b + c < "
-                 f"{EXACT_BELOW}, else chi-square with continuity correction.")
+    lines.append(
+        f"Δ: candidate − {baseline} accuracy in points, averaged over the paired seeds. CI: percentile "
+        "bootstrap over problems (one resampled problem set for all seeds). McNemar pooled over seeds: "
+        f"b = {baseline} right & candidate wrong, c = the reverse; exact binomial when b + c < "
+        f"{EXACT_BELOW}, else chi-square with continuity correction."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -186,8 +198,15 @@ def _fmt_p(p: float) -> str:
 
 
 # metrics.jsonl keys (see trainer/objective) averaged over the last logged steps of each run.
-DIAG_KEYS = ("lm_loss", "jepa_loss", "view1_pairwise_cos", "view2_pairwise_cos", "jepa_retrieval_acc", "jepa_pairs",
-             "stp_loss")
+DIAG_KEYS = (
+    "lm_loss",
+    "jepa_loss",
+    "view1_pairwise_cos",
+    "view2_pairwise_cos",
+    "jepa_retrieval_acc",
+    "jepa_pairs",
+    "stp_loss",
+)
 
 
 DIAG_LAST = 3
@@ -228,10 +247,12 @@ def collapse_table(output_dir: str | Path, rows: list[dict[str, Any]], results: 
     if not logged & {"jepa_loss", "stp_loss"}:
         return ""
     stp = "stp_loss" in logged  # a column only when some run trained with STP
-    lines = [f"\n## Collapse diagnostics (mean of the last {DIAG_LAST} logged steps, then over seeds)\n",
-             "| config | lm_loss | jepa_loss | view-1 pairwise cos | view-2 pairwise cos | retrieval | chance |"
-             + (" stp_loss |" if stp else ""),
-             "|---|---|---|---|---|---|---|" + ("---|" if stp else "")]
+    lines = [
+        f"\n## Collapse diagnostics (mean of the last {DIAG_LAST} logged steps, then over seeds)\n",
+        "| config | lm_loss | jepa_loss | view-1 pairwise cos | view-2 pairwise cos | retrieval | chance |"
+        + (" stp_loss |" if stp else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if stp else ""),
+    ]
 
     def mean(ds: list[dict[str, float]], key: str) -> str:
         vals = [d[key] for d in ds if key in d]
@@ -241,13 +262,17 @@ def collapse_table(output_dir: str | Path, rows: list[dict[str, Any]], results: 
         ds = per_config.get(row["config"], [])
         pairs = [d["jepa_pairs"] for d in ds if d.get("jepa_pairs")]
         chance = f"{len(pairs) / sum(pairs):.3g}" if pairs else "—"
-        lines.append(f"| {row['config']} | {mean(ds, 'lm_loss')} | {mean(ds, 'jepa_loss')} | "
-                     f"{mean(ds, 'view1_pairwise_cos')} | {mean(ds, 'view2_pairwise_cos')} | "
-                     f"{mean(ds, 'jepa_retrieval_acc')} | {chance} |" + (f" {mean(ds, 'stp_loss')} |" if stp else ""))
+        lines.append(
+            f"| {row['config']} | {mean(ds, 'lm_loss')} | {mean(ds, 'jepa_loss')} | "
+            f"{mean(ds, 'view1_pairwise_cos')} | {mean(ds, 'view2_pairwise_cos')} | "
+            f"{mean(ds, 'jepa_retrieval_acc')} | {chance} |" + (f" {mean(ds, 'stp_loss')} |" if stp else "")
+        )
     lines.append("")
-    lines.append("Retrieval: how often view 1 of a pair is closer to its own view 2 than to any other pair's in "
-                 "the micro-batch; chance = 1 / pairs per micro-batch. A falling JEPA loss with retrieval at "
-                 "chance is collapse.")
+    lines.append(
+        "Retrieval: how often view 1 of a pair is closer to its own view 2 than to any other pair's in "
+        "the micro-batch; chance = 1 / pairs per micro-batch. A falling JEPA loss with retrieval at "
+        "chance is collapse."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -286,14 +311,24 @@ def aggregate(results: list[dict[str, Any]], order: list[str] | None = None) -> 
         common = [s for s in seeds if s in base]
         deltas = [float(runs[s]["accuracy"]) - float(base[s]["accuracy"]) for s in common]
         dmean, dstd = _mean_std(deltas) if deltas and name != names[0] else (None, None)
-        rows.append({
-            "config": name, "n": len(seeds), "seeds": seeds, "accuracy": accs, "mean": mean, "std": std,
-            "delta_vs_baseline": dmean, "delta_std": dstd, "baseline": names[0], "paired_seeds": common,
-            "overrides": runs[seeds[0]].get("overrides", {}),
-            "train_seconds": _mean_std([float(runs[s]["train_seconds"]) for s in seeds])[0],
-            "eval_seconds": _mean_std([float(runs[s]["eval_seconds"]) for s in seeds])[0],
-            "n_eval": runs[seeds[0]].get("n"),
-        })
+        rows.append(
+            {
+                "config": name,
+                "n": len(seeds),
+                "seeds": seeds,
+                "accuracy": accs,
+                "mean": mean,
+                "std": std,
+                "delta_vs_baseline": dmean,
+                "delta_std": dstd,
+                "baseline": names[0],
+                "paired_seeds": common,
+                "overrides": runs[seeds[0]].get("overrides", {}),
+                "train_seconds": _mean_std([float(runs[s]["train_seconds"]) for s in seeds])[0],
+                "eval_seconds": _mean_std([float(runs[s]["eval_seconds"]) for s in seeds])[0],
+                "n_eval": runs[seeds[0]].get("n"),
+            }
+        )
     return rows
 
 
@@ -316,8 +351,7 @@ def differing_settings(runs: list[dict[str, Any]]) -> list[str]:
     overrides (the JEPA options a grid varies on purpose): what makes them incomparable, by name.
     Only settings every run records count (see `version_only_settings`)."""
     cfgs, every, _ = _shared_keys(runs)
-    return [k for k in sorted(every)
-            if len({json.dumps(_unset(c[k]), sort_keys=True, default=str) for c in cfgs}) > 1]
+    return [k for k in sorted(every) if len({json.dumps(_unset(c[k]), sort_keys=True, default=str) for c in cfgs}) > 1]
 
 
 def version_only_settings(runs: list[dict[str, Any]]) -> list[str]:
@@ -340,11 +374,15 @@ def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
             runs = [r for r in results if int(r["seed"]) == s]
             named, extra = differing_settings(runs), version_only_settings(runs)
             if named or not extra:
-                warnings.append(f"seed {s}: runs differ in non-JEPA training settings "
-                                f"({', '.join(named) or 'see result.json'}); they are not comparable")
+                warnings.append(
+                    f"seed {s}: runs differ in non-JEPA training settings "
+                    f"({', '.join(named) or 'see result.json'}); they are not comparable"
+                )
             else:
-                warnings.append(f"seed {s}: runs come from different step-jepa versions; every setting all "
-                                f"of them record is equal (recorded by only some: {', '.join(extra)})")
+                warnings.append(
+                    f"seed {s}: runs come from different step-jepa versions; every setting all "
+                    f"of them record is equal (recorded by only some: {', '.join(extra)})"
+                )
         if len(d["eval"]) > 1:
             warnings.append(f"seed {s}: runs were evaluated with different settings")
     counts: dict[str, int] = {}
@@ -369,15 +407,22 @@ def format_table(rows: list[dict[str, Any]], warnings: list[str]) -> str:
     for r in rows:
         over = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "—"
         per = " / ".join(f"s{s}: {_pct(a)}" for s, a in zip(r["seeds"], r["accuracy"]))
-        delta = "—" if r["delta_vs_baseline"] is None else \
-            f"{100 * r['delta_vs_baseline']:+.2f} ± {100 * r['delta_std']:.2f} (n={len(r['paired_seeds'])})"
-        lines.append(f"| {r['config']} | {over} | {_pct(r['mean'])} ± {_pct(r['std'])} | {r['n']} | {per} | "
-                     f"{delta} | {r['train_seconds']:.1f} | {r['eval_seconds']:.1f} |")
+        delta = (
+            "—"
+            if r["delta_vs_baseline"] is None
+            else f"{100 * r['delta_vs_baseline']:+.2f} ± {100 * r['delta_std']:.2f} (n={len(r['paired_seeds'])})"
+        )
+        lines.append(
+            f"| {r['config']} | {over} | {_pct(r['mean'])} ± {_pct(r['std'])} | {r['n']} | {per} | "
+            f"{delta} | {r['train_seconds']:.1f} | {r['eval_seconds']:.1f} |"
+        )
     n_eval = {r["n_eval"] for r in rows}
     lines.append("")
-    lines.append(f"Accuracy on {', '.join(str(n) for n in sorted(x for x in n_eval if x is not None))} eval examples; "
-                 "std is the sample std over seeds (0 with one seed). Δ is the mean ± std over seeds of the "
-                 "same-seed difference (same data and data order).")
+    lines.append(
+        f"Accuracy on {', '.join(str(n) for n in sorted(x for x in n_eval if x is not None))} eval examples; "
+        "std is the sample std over seeds (0 with one seed). Δ is the mean ± std over seeds of the "
+        "same-seed difference (same data and data order)."
+    )
     for w in warnings:
         lines.append(f"\n**Warning:** {w}")
     return "\n".join(lines) + "\n"
@@ -439,24 +484,37 @@ def protocol_check(results: list[dict[str, Any]], allow_mismatch: bool = False) 
         if diff:
             problems.append(f"{r['config']}/seed{r['seed']} vs {ref_name}: {', '.join(diff)}")
     if version_fields:
-        warnings.append(f"runs were evaluated with different versions ({', '.join(sorted(version_fields))}); "
-                        "the protocol is otherwise the same")
+        warnings.append(
+            f"runs were evaluated with different versions ({', '.join(sorted(version_fields))}); "
+            "the protocol is otherwise the same"
+        )
     if problems:
         unknown = any("unknown" in p for p in problems)
-        msg = ("runs were scored under different evaluation protocols, so their accuracies are not comparable: "
-               + "; ".join(problems)
-               + (". Runs without a recorded protocol were evaluated before step-jepa recorded it (bf16 by "
-                  "default then, whose outputs depend on the batch budget): re-evaluate them" if unknown else "")
-               + ". Pass --allow_protocol_mismatch to report them anyway.")
+        msg = (
+            "runs were scored under different evaluation protocols, so their accuracies are not comparable: "
+            + "; ".join(problems)
+            + (
+                ". Runs without a recorded protocol were evaluated before step-jepa recorded it (bf16 by "
+                "default then, whose outputs depend on the batch budget): re-evaluate them"
+                if unknown
+                else ""
+            )
+            + ". Pass --allow_protocol_mismatch to report them anyway."
+        )
         if not allow_mismatch:
             raise ProtocolMismatch(msg)
-        warnings.append(msg.replace(" Pass --allow_protocol_mismatch to report them anyway.",
-                                    " Reported anyway (--allow_protocol_mismatch)."))
+        warnings.append(
+            msg.replace(
+                " Pass --allow_protocol_mismatch to report them anyway.",
+                " Reported anyway (--allow_protocol_mismatch).",
+            )
+        )
     return warnings
 
 
-def build_report(output_dir: str | Path, order: list[str] | None = None,
-                 allow_protocol_mismatch: bool = False) -> list[dict[str, Any]]:
+def build_report(
+    output_dir: str | Path, order: list[str] | None = None, allow_protocol_mismatch: bool = False
+) -> list[dict[str, Any]]:
     """Rebuild compare_table.md, compare_results.json and compare.png from the result.json files,
     plus per-problem paired stats of every config against the first from eval/predictions.jsonl.
     Runs scored under different evaluation protocols raise :class:`ProtocolMismatch` (see
@@ -473,13 +531,23 @@ def build_report(output_dir: str | Path, order: list[str] | None = None,
     paired = paired_vs_baseline(out, rows, results)
     for row in rows:  # None for the baseline itself
         row["paired"] = paired.get(row["config"])
-    table = (format_table(rows, warnings) + format_paired(paired, rows[0]["config"])
-             + collapse_table(out, rows, results))
+    table = format_table(rows, warnings) + format_paired(paired, rows[0]["config"]) + collapse_table(out, rows, results)
     _write_atomic(out / TABLE, table)
-    _write_atomic(out / RESULTS, json.dumps({"configs": rows, "warnings": warnings,
-                                             "paired_baseline": rows[0]["config"], "runs": [
-        {k: r[k] for k in ("config", "seed", "accuracy", "correct", "n", "train_seconds", "eval_seconds")}
-        for r in results]}, indent=1))
+    _write_atomic(
+        out / RESULTS,
+        json.dumps(
+            {
+                "configs": rows,
+                "warnings": warnings,
+                "paired_baseline": rows[0]["config"],
+                "runs": [
+                    {k: r[k] for k in ("config", "seed", "accuracy", "correct", "n", "train_seconds", "eval_seconds")}
+                    for r in results
+                ],
+            },
+            indent=1,
+        ),
+    )
     plot_compare(rows, out / PLOT)
     print(table, flush=True)
     log(f"wrote {out / TABLE}, {out / RESULTS}, {out / PLOT}")

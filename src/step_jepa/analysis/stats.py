@@ -30,13 +30,14 @@ def mcnemar(b: int, c: int, exact_below: int = EXACT_BELOW) -> dict[str, Any]:
         return {"method": "none (no discordant pairs)", "statistic": None, "p_value": 1.0}
     if n < exact_below:
         tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
-        return {"method": "exact binomial", "statistic": None, "p_value": min(1.0, 2 * tail / 2 ** n)}
+        return {"method": "exact binomial", "statistic": None, "p_value": min(1.0, 2 * tail / 2**n)}
     stat = max(abs(b - c) - 1, 0) ** 2 / n
     return {"method": "chi-square, continuity corrected", "statistic": stat, "p_value": math.erfc(math.sqrt(stat / 2))}
 
 
-def align_runs(baseline_runs: dict[int, dict[str, bool]], candidate_runs: dict[int, dict[str, bool]]
-               ) -> tuple[list[int], list[str], dict[str, Any]]:
+def align_runs(
+    baseline_runs: dict[int, dict[str, bool]], candidate_runs: dict[int, dict[str, bool]]
+) -> tuple[list[int], list[str], dict[str, Any]]:
     """Seeds present in both, problem ids present in both for every one of those seeds.
 
     One problem set shared by all seeds is what lets the bootstrap resample problems once for every
@@ -53,15 +54,18 @@ def align_runs(baseline_runs: dict[int, dict[str, bool]], candidate_runs: dict[i
         "seeds_matched": seeds,
         "seeds_only_baseline": sorted(set(baseline_runs) - set(candidate_runs)),
         "seeds_only_candidate": sorted(set(candidate_runs) - set(baseline_runs)),
-        "problems_matched": len(ids), "problems_dropped": len(dropped), "dropped_ids": [str(i) for i in dropped[:10]],
+        "problems_matched": len(ids),
+        "problems_dropped": len(dropped),
+        "dropped_ids": [str(i) for i in dropped[:10]],
     }
     if not ids:
         raise ValueError(f"no problem id in common across seeds {seeds}")
     return seeds, ids, alignment
 
 
-def bootstrap_ci(per_problem: np.ndarray, n_boot: int, seed: int, level: float = CI_LEVEL,
-                 chunk: int = 1000) -> tuple[float, float]:
+def bootstrap_ci(
+    per_problem: np.ndarray, n_boot: int, seed: int, level: float = CI_LEVEL, chunk: int = 1000
+) -> tuple[float, float]:
     """Percentile CI of the mean of `per_problem` (problem resampling), in the units given.
 
     Chunked so that 10k resamples of a 1.3k-problem test set do not hold a 10k × 1.3k index matrix.
@@ -77,8 +81,12 @@ def bootstrap_ci(per_problem: np.ndarray, n_boot: int, seed: int, level: float =
     return float(lo), float(hi)
 
 
-def paired_stats(baseline_runs: dict[int, dict[str, bool]], candidate_runs: dict[int, dict[str, bool]],
-                 n_boot: int = 10000, seed: int = 0) -> dict[str, Any]:
+def paired_stats(
+    baseline_runs: dict[int, dict[str, bool]],
+    candidate_runs: dict[int, dict[str, bool]],
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Per-problem paired comparison of two configs over seeds (candidate − baseline).
 
     Arguments map seed → {problem id → correct}. Returns the mean paired accuracy difference in
@@ -97,11 +105,17 @@ def paired_stats(baseline_runs: dict[int, dict[str, bool]], candidate_runs: dict
     lo, hi = bootstrap_ci(100 * diff.mean(axis=0), n_boot, seed)
     test = mcnemar(b, c)
     return {
-        "n_seeds": len(seeds), "n_problems": len(ids),
+        "n_seeds": len(seeds),
+        "n_problems": len(ids),
         "delta_points": float(100 * diff.mean()),
         "per_seed_delta_points": {int(s): float(100 * d) for s, d in zip(seeds, diff.mean(axis=1))},
-        "ci95_points": [lo, hi], "n_boot": n_boot, "bootstrap_seed": seed,
-        "b": b, "c": c, "mcnemar": test, "mcnemar_p": test["p_value"],
+        "ci95_points": [lo, hi],
+        "n_boot": n_boot,
+        "bootstrap_seed": seed,
+        "b": b,
+        "c": c,
+        "mcnemar": test,
+        "mcnemar_p": test["p_value"],
         "alignment": alignment,
     }
 
@@ -111,8 +125,10 @@ def alignment_note(stats: dict[str, Any]) -> str:
     a = stats["alignment"]
     parts = []
     if a["seeds_only_baseline"] or a["seeds_only_candidate"]:
-        parts.append(f"unpaired seeds dropped (baseline only {a['seeds_only_baseline']}, "
-                     f"candidate only {a['seeds_only_candidate']})")
+        parts.append(
+            f"unpaired seeds dropped (baseline only {a['seeds_only_baseline']}, "
+            f"candidate only {a['seeds_only_candidate']})"
+        )
     if a["problems_dropped"]:
         parts.append(f"{a['problems_dropped']} problem id(s) not in every run dropped (e.g. {a['dropped_ids'][:3]})")
     if stats.get("runs_without_predictions"):

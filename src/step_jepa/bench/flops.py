@@ -60,15 +60,21 @@ class FlopCounter:
         decoder = lm.get_decoder()
         cfg = lm.config.get_text_config()
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        return cls(linear_weights=sum(m.weight.numel() for m in decoder.modules() if isinstance(m, nn.Linear)),
-                   head_weights=lm.get_output_embeddings().weight.numel(), layers=cfg.num_hidden_layers,
-                   attn_dim=cfg.num_attention_heads * head_dim)
+        return cls(
+            linear_weights=sum(m.weight.numel() for m in decoder.modules() if isinstance(m, nn.Linear)),
+            head_weights=lm.get_output_embeddings().weight.numel(),
+            layers=cfg.num_hidden_layers,
+            attn_dim=cfg.num_attention_heads * head_dim,
+        )
 
     def step_flops(self, batch: dict) -> float:
         """Forward + backward FLOPs of one collated batch (our layout keys; see the module doc)."""
         labelled = batch["lm_index"].numel()
-        return (6.0 * self.linear_weights * nonpad_tokens(batch) + 6.0 * self.head_weights * labelled
-                + 12.0 * self.layers * self.attn_dim * attended_pairs(batch))
+        return (
+            6.0 * self.linear_weights * nonpad_tokens(batch)
+            + 6.0 * self.head_weights * labelled
+            + 12.0 * self.layers * self.attn_dim * attended_pairs(batch)
+        )
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, reps: int = 10) -> dict:
@@ -92,4 +98,4 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, 
             t0 = time.perf_counter()
             a @ b
             times.append(time.perf_counter() - t0)
-    return {"flops_per_s": 2.0 * n ** 3 / statistics.median(times), "n": n, "dtype": str(dtype).removeprefix("torch.")}
+    return {"flops_per_s": 2.0 * n**3 / statistics.median(times), "n": n, "dtype": str(dtype).removeprefix("torch.")}

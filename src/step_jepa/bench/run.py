@@ -70,17 +70,25 @@ BASE_VARIANTS = {
 VARIANTS = [v for b in BASE_VARIANTS for v in (b, b + "_packed")]
 
 
-
-
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 GSM8K_DEFAULT = "/work/shared/data/gsm8k/train.jsonl"
 
 
-LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
-                tie_word_embeddings=True, rms_norm_eps=1e-5, head_dim=64)
+LLAMA_1B = dict(
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-5,
+    head_dim=64,
+)
 
 
 def resolve_device(cfg: BenchConfig) -> torch.device:
@@ -130,8 +138,9 @@ def load_model(name: str, attn: str, device: torch.device, seed: int = 0):
             print(f"[bench] SmolLM2 tokenizer unavailable ({type(e).__name__}); using the tiny tokenizer", flush=True)
             tok, tok_desc = build_tiny_tokenizer("chatml"), "tiny tokenizer"
         with torch.device(device):
-            lm = AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA_1B), attn_implementation=attn,
-                                                  dtype=torch.float32)
+            lm = AutoModelForCausalLM.from_config(
+                LlamaConfig(**LLAMA_1B), attn_implementation=attn, dtype=torch.float32
+            )
         desc = f"random Llama-3.2-1B-shaped (hidden 2048, 16 layers, 32/8 heads, vocab 128256; {tok_desc})"
     else:
         from step_jepa.models.loading import load_tokenizer
@@ -169,7 +178,9 @@ def load_examples(cfg: BenchConfig, tok) -> tuple[list[Segmented], str]:
         if len(out) == need:
             break
     if len(out) < need:
-        raise ValueError(f"{label}: only {len(out)} usable examples, need {need} (per_device_train_batch_size × n_batches)")
+        raise ValueError(
+            f"{label}: only {len(out)} usable examples, need {need} (per_device_train_batch_size × n_batches)"
+        )
     return out, label
 
 
@@ -192,9 +203,18 @@ def hf_inputs(batch: dict, packed: bool) -> dict[str, torch.Tensor]:
     return {"input_ids": batch["input_ids"], "attention_mask": (batch["role"] != PAD).long(), "labels": labels}
 
 
-def build_batches(variant: str, groups: list[list[Segmented]], pad_id: int, pred_ids: list[int],
-                  attn: str, pack_tokens: int, seed: int, flops: FlopCounter | None = None,
-                  flops_out: list[float] | None = None, options: JEPAOptions | None = None) -> list[dict]:
+def build_batches(
+    variant: str,
+    groups: list[list[Segmented]],
+    pad_id: int,
+    pred_ids: list[int],
+    attn: str,
+    pack_tokens: int,
+    seed: int,
+    flops: FlopCounter | None = None,
+    flops_out: list[float] | None = None,
+    options: JEPAOptions | None = None,
+) -> list[dict]:
     """The variant's collated CPU batches for the fixed groups of examples; with `flops`, each
     batch's model FLOPs are appended to `flops_out` (counted on our layout, before an HF variant
     drops its metadata)."""
@@ -206,9 +226,17 @@ def build_batches(variant: str, groups: list[list[Segmented]], pad_id: int, pred
     opts = options if options is not None else JEPAOptions(**spec.get("opts", {}))
     out = []
     for g in groups:
-        kw = dict(pad_id=pad_id, pred_ids=pred_ids if spec["mode"] != "sft" else [], mode=spec["mode"],
-                  pairs=spec["pairs"], pad_multiple=pad_multiple, seed=seed,
-                  target_copies=opts.target_model(), boundary=opts.view_boundary, stp=spec.get("stp", "none"))
+        kw = dict(
+            pad_id=pad_id,
+            pred_ids=pred_ids if spec["mode"] != "sft" else [],
+            mode=spec["mode"],
+            pairs=spec["pairs"],
+            pad_multiple=pad_multiple,
+            seed=seed,
+            target_copies=opts.target_model(),
+            boundary=opts.view_boundary,
+            stp=spec.get("stp", "none"),
+        )
         if packed:
             if pack_tokens > 0:
                 cap = pack_tokens
@@ -275,29 +303,36 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     lm.to(device)
     examples, data_label = load_examples(cfg, tok)
     size = cfg.per_device_train_batch_size
-    groups = [examples[i * size:(i + 1) * size] for i in range(cfg.n_batches)]
+    groups = [examples[i * size : (i + 1) * size] for i in range(cfg.n_batches)]
     nonpad = [sum(len(ex.input_ids) for ex in g) for g in groups]
     init_state = {k: v.detach().to("cpu", copy=True) for k, v in lm.state_dict().items()}
     if cfg.torch_compile:  # compiled during each variant's warm-up steps, which are not timed
         compile_decoder(lm, cfg.torch_compile_scope)
     env = environment(device)
-    env.update(model=model_desc, params_m=round(sum(p.numel() for p in lm.parameters()) / 1e6, 2),
-               attn=attn + (f", torch.compile'd decoder ({cfg.torch_compile_scope})" if cfg.torch_compile else ""),
-               dtype=dtype + (" autocast, fp32 master weights" if dtype == "bf16" else ""), data=data_label,
-               examples_per_batch=cfg.per_device_train_batch_size, batches=cfg.n_batches,
-               mean_example_tokens=round(sum(nonpad) / len(examples), 1),
-               pairs_valid_frac=round(sum(bool(ex.valid_pairs()) for ex in examples) / len(examples), 3))
+    env.update(
+        model=model_desc,
+        params_m=round(sum(p.numel() for p in lm.parameters()) / 1e6, 2),
+        attn=attn + (f", torch.compile'd decoder ({cfg.torch_compile_scope})" if cfg.torch_compile else ""),
+        dtype=dtype + (" autocast, fp32 master weights" if dtype == "bf16" else ""),
+        data=data_label,
+        examples_per_batch=cfg.per_device_train_batch_size,
+        batches=cfg.n_batches,
+        mean_example_tokens=round(sum(nonpad) / len(examples), 1),
+        pairs_valid_frac=round(sum(bool(ex.valid_pairs()) for ex in examples) / len(examples), 3),
+    )
     counter = FlopCounter.of(lm)
     # The matmuls run in the autocast dtype on the GPU (bf16) and in fp32 on the CPU.
     matmul = matmul_peak(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
-    env.update(matmul_peak_tflops=round(matmul["flops_per_s"] / 1e12, 3),
-               matmul_peak_shape=f"{matmul['n']}³ {matmul['dtype']}")
+    env.update(
+        matmul_peak_tflops=round(matmul["flops_per_s"] / 1e12, 3), matmul_peak_shape=f"{matmul['n']}³ {matmul['dtype']}"
+    )
     cpu_mem = _CpuMemory()
 
     prepared = []
     for variant in cfg.variants:
         spec = BASE_VARIANTS[variant.removesuffix("_packed")]
         if spec["kind"] == "hf":
+
             def step_loss(b):
                 return lm(**b).loss
         else:
@@ -309,10 +344,21 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             def step_loss(b, jm=jm):
                 jm.update_ema()  # the per-step EMA update is part of the cost (a no-op without EMA)
                 return jm(**b)["loss"]
+
         t0 = time.perf_counter()
         step_flops: list[float] = []
-        batches = build_batches(variant, groups, tok.pad_token_id, pred_ids, attn, cfg.pack_tokens, cfg.seed,
-                                counter, step_flops, options=variant_options(cfg, spec))
+        batches = build_batches(
+            variant,
+            groups,
+            tok.pad_token_id,
+            pred_ids,
+            attn,
+            cfg.pack_tokens,
+            cfg.seed,
+            counter,
+            step_flops,
+            options=variant_options(cfg, spec),
+        )
         prepared.append((variant, step_loss, batches, step_flops))
         # Progress lines, so that a run stopped by a time limit still shows where the time went.
         log(f"[bench] {variant}: {len(batches)} batches built in {time.perf_counter() - t0:.1f} s")
@@ -324,20 +370,27 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         for variant, step_loss, batches, _ in prepared:
             log(f"[bench] {variant}: {cfg.warmup} warm-up + {cfg.steps} timed steps ...")
             g0 = _graphs()
-            times, peak, delta, first, last = run_variant(variant, lm, step_loss, batches, init_state, cfg,
-                                                          device, dtype, cpu_mem)
+            times, peak, delta, first, last = run_variant(
+                variant, lm, step_loss, batches, init_state, cfg, device, dtype, cpu_mem
+            )
             med = statistics.median(times)
             prev = results.get(variant)
-            log(f"[bench] round {rnd + 1}/{cfg.rounds} {variant:<16} {med * 1e3:9.2f} ms/step (median)  "
-                f"loss {first:.3f} → {last:.3f}")
+            log(
+                f"[bench] round {rnd + 1}/{cfg.rounds} {variant:<16} {med * 1e3:9.2f} ms/step (median)  "
+                f"loss {first:.3f} → {last:.3f}"
+            )
             keep = prev is None or med < statistics.median(prev["times"])
             peaks = [x for x in (peak, prev and prev["peak"]) if x is not None]
             deltas = [x for x in (delta, prev and prev["delta"]) if x is not None]
             results[variant] = {
-                "times": times if keep else prev["times"], "first": first, "last": last,
+                "times": times if keep else prev["times"],
+                "first": first,
+                "last": last,
                 "round_ms": (prev["round_ms"] if prev else []) + [med * 1e3],
-                "peak": max(peaks) if peaks else None, "delta": max(deltas) if deltas else None,
-                "graphs": (prev["graphs"] if prev else 0) + _graphs() - g0}
+                "peak": max(peaks) if peaks else None,
+                "delta": max(deltas) if deltas else None,
+                "graphs": (prev["graphs"] if prev else 0) + _graphs() - g0,
+            }
 
     rows: list[Row] = []
     for variant, _, batches, step_flops in prepared:
@@ -345,14 +398,26 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         times = r["times"]
         med = statistics.median(times)
         flops_per_step = sum(step_flops[i] for i in idx) / len(idx)  # the batches the timed steps ran
-        rows.append(Row(
-            variant=variant, ms_median=med * 1e3, ms_mean=statistics.fmean(times) * 1e3, ms_min=min(times) * 1e3,
-            nonpad_tokens_per_s=tok_per_timed_step / med, nonpad_tokens_per_step=sum(nonpad) / len(nonpad),
-            layout_tokens_per_step=sum(_layout_tokens(b) for b in batches) / len(batches),
-            rows_per_step=sum(_rows(b) for b in batches) / len(batches),
-            peak_mib=r["peak"], delta_peak_mib=r["delta"], compiled_graphs=r["graphs"],
-            loss_first=r["first"], loss_last=r["last"], round_ms=r["round_ms"],
-            model_tflops_per_s=flops_per_step / med / 1e12, mfu=flops_per_step / med / matmul["flops_per_s"]))
+        rows.append(
+            Row(
+                variant=variant,
+                ms_median=med * 1e3,
+                ms_mean=statistics.fmean(times) * 1e3,
+                ms_min=min(times) * 1e3,
+                nonpad_tokens_per_s=tok_per_timed_step / med,
+                nonpad_tokens_per_step=sum(nonpad) / len(nonpad),
+                layout_tokens_per_step=sum(_layout_tokens(b) for b in batches) / len(batches),
+                rows_per_step=sum(_rows(b) for b in batches) / len(batches),
+                peak_mib=r["peak"],
+                delta_peak_mib=r["delta"],
+                compiled_graphs=r["graphs"],
+                loss_first=r["first"],
+                loss_last=r["last"],
+                round_ms=r["round_ms"],
+                model_tflops_per_s=flops_per_step / med / 1e12,
+                mfu=flops_per_step / med / matmul["flops_per_s"],
+            )
+        )
     by_name = {r.variant: r for r in rows}
     for r in rows:
         suffix = "_packed" if r.variant.endswith("_packed") else ""
@@ -363,5 +428,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         r.time_x_hf = _ratio(r.ms_median, hf.ms_median if hf else None)
         r.mem_x_sft = _ratio(r.peak_mib, sft.peak_mib if sft else None)
         r.delta_mem_x_sft = _ratio(r.delta_peak_mib, sft.delta_peak_mib if sft else None)
-    return {"env": env, "config": asdict(cfg), "rows": [asdict(r) for r in rows],
-            "memory_note": MEMORY_NOTE_CUDA if device.type == "cuda" else MEMORY_NOTE_CPU}
+    return {
+        "env": env,
+        "config": asdict(cfg),
+        "rows": [asdict(r) for r in rows],
+        "memory_note": MEMORY_NOTE_CUDA if device.type == "cuda" else MEMORY_NOTE_CPU,
+    }

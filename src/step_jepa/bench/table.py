@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 COLUMNS = [
-    ("variant", "variant"), ("ms_median", "ms/step"), ("nonpad_tokens_per_s", "non-pad tok/s"),
-    ("model_tflops_per_s", "model TFLOP/s"), ("mfu", "MFU %"),
-    ("time_x_sft", "time ×SFT"), ("time_x_sft_rounds", "×SFT by round"), ("time_x_hf", "time ×HF"),
+    ("variant", "variant"),
+    ("ms_median", "ms/step"),
+    ("nonpad_tokens_per_s", "non-pad tok/s"),
+    ("model_tflops_per_s", "model TFLOP/s"),
+    ("mfu", "MFU %"),
+    ("time_x_sft", "time ×SFT"),
+    ("time_x_sft_rounds", "×SFT by round"),
+    ("time_x_hf", "time ×HF"),
     ("peak_mib", "peak MiB"),
-    ("mem_x_sft", "peak ×SFT"), ("delta_peak_mib", "Δpeak MiB"), ("delta_mem_x_sft", "Δpeak ×SFT"),
-    ("layout_tokens_per_step", "layout tok/step"), ("rows_per_step", "rows"),
+    ("mem_x_sft", "peak ×SFT"),
+    ("delta_peak_mib", "Δpeak MiB"),
+    ("delta_mem_x_sft", "Δpeak ×SFT"),
+    ("layout_tokens_per_step", "layout tok/step"),
+    ("rows_per_step", "rows"),
 ]
 
 
@@ -34,15 +42,17 @@ def _fmt(key: str, v) -> str:
 
 def format_env(result: dict) -> str:
     e = result["env"]
-    return "\n".join([
-        f"torch {e['torch']} | transformers {e['transformers']} | python {e['python']} | {e['device']}: {e['device_name']}",
-        f"model: {e['model']} ({e['params_m']}M params) | attn {e['attn']} | {e['dtype']}",
-        f"data: {e['data']} | {e['batches']} batches × {e['examples_per_batch']} examples, "
-        f"{e['mean_example_tokens']} tokens/example, {e['pairs_valid_frac']:.0%} with a valid pair",
-        f"MFU: model FLOPs of the step's layout (step_jepa/flops.py) / step time / matmul peak "
-        f"{e.get('matmul_peak_tflops', 'n/a')} TFLOP/s measured here ({e.get('matmul_peak_shape', '')})",
-        f"memory: {result['memory_note']}",
-    ])
+    return "\n".join(
+        [
+            f"torch {e['torch']} | transformers {e['transformers']} | python {e['python']} | {e['device']}: {e['device_name']}",
+            f"model: {e['model']} ({e['params_m']}M params) | attn {e['attn']} | {e['dtype']}",
+            f"data: {e['data']} | {e['batches']} batches × {e['examples_per_batch']} examples, "
+            f"{e['mean_example_tokens']} tokens/example, {e['pairs_valid_frac']:.0%} with a valid pair",
+            f"MFU: model FLOPs of the step's layout (step_jepa/flops.py) / step time / matmul peak "
+            f"{e.get('matmul_peak_tflops', 'n/a')} TFLOP/s measured here ({e.get('matmul_peak_shape', '')})",
+            f"memory: {result['memory_note']}",
+        ]
+    )
 
 
 def format_table(result: dict, markdown: bool = False) -> str:

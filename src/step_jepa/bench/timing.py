@@ -21,8 +21,18 @@ import torch
 from step_jepa.method.options import JEPAOptions
 
 # The variants `step-jepa bench` runs without --variants (step_jepa.bench.run lists them all).
-DEFAULT_VARIANTS = ["hf_sft", "sft", "two_pass", "sp_first", "sp_all",
-                    "hf_sft_packed", "sft_packed", "two_pass_packed", "sp_first_packed", "sp_all_packed"]
+DEFAULT_VARIANTS = [
+    "hf_sft",
+    "sft",
+    "two_pass",
+    "sp_first",
+    "sp_all",
+    "hf_sft_packed",
+    "sft_packed",
+    "two_pass_packed",
+    "sp_first_packed",
+    "sp_all_packed",
+]
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -44,53 +54,76 @@ class BenchConfig(JEPAOptions):
     """
 
     model: str = _opt("tiny", "tiny | smollm2 | llama1b-random | a model directory")
-    data: list[str] = _opt(["generator"], "generator (default) | gsm8k [PATH] | PATH (any file load_records reads)",
-                           metavar="SRC")
+    data: list[str] = _opt(
+        ["generator"], "generator (default) | gsm8k [PATH] | PATH (any file load_records reads)", metavar="SRC"
+    )
     # Bench's own default: 32 examples per step (train's 8 times its accumulation steps); a bench
     # step is one micro-batch, so this is train's per-device micro-batch size.
     per_device_train_batch_size: int = _opt(32, "examples per optimizer step")
     n_batches: int = _opt(8, "fixed batches, cycled over the steps")
     steps: int = _opt(20, "timed optimizer steps per variant")
     warmup: int = _opt(5, "untimed steps first (compilation, optimizer state)")
-    dtype: str = _opt("auto", "bf16 = autocast with fp32 master weights (auto: bf16 on cuda, fp32 on cpu)",
-                      choices=("auto", "bf16", "fp32"))
+    dtype: str = _opt(
+        "auto",
+        "bf16 = autocast with fp32 master weights (auto: bf16 on cuda, fp32 on cpu)",
+        choices=("auto", "bf16", "fp32"),
+    )
     device: str = _opt("auto", "auto | cuda | cpu | cuda:N")
     # Bench's auto differs from train's (flex only when λ > 0): every variant, SFT ones included,
     # runs with the same attention so that their times compare.
-    attn_implementation: str = _opt("auto", "attention implementation of every variant (auto: flex_attention on "
-                                            "cuda, sdpa on cpu)",
-                                    choices=("auto", "sdpa", "eager", "flex_attention"))
-    variants: list[str] = _opt(DEFAULT_VARIANTS, "variants to run, comma (or space) separated: hf_sft, sft, "
-                                                 "two_pass, sp_first, sp_all, each also with _packed")
+    attn_implementation: str = _opt(
+        "auto",
+        "attention implementation of every variant (auto: flex_attention on cuda, sdpa on cpu)",
+        choices=("auto", "sdpa", "eager", "flex_attention"),
+    )
+    variants: list[str] = _opt(
+        DEFAULT_VARIANTS,
+        "variants to run, comma (or space) separated: hf_sft, sft, two_pass, sp_first, sp_all, each also with _packed",
+    )
     # Bench's own default: 512 (train's 1024) keeps the timed batches of GSM8K-sized examples small.
     max_length: int = _opt(512, "token limit per example")
-    pack_tokens: int = _opt(0, "row length of packed variants; 0 = auto (flex: the whole batch in one row; "
-                               "sdpa/eager: rows as long as the variant's padded rows)")
+    pack_tokens: int = _opt(
+        0,
+        "row length of packed variants; 0 = auto (flex: the whole batch in one row; "
+        "sdpa/eager: rows as long as the variant's padded rows)",
+    )
     # Bench's own default: 1e-5 (train's 5e-5); the timed steps only need to move the weights.
     learning_rate: float = _opt(1e-5, "AdamW learning rate of the timed steps")
     seed: int = _opt(0, "seed of the data, initialisation and pair choices")
     mem_steps: int = _opt(2, "CPU: untimed steps that probe the peak RSS after the timed ones (0 = skip)")
     threads: int = _opt(0, "torch CPU threads (0 = default); 1 avoids OpenMP stalls on a shared, oversubscribed host")
-    rounds: int = _opt(1, "run the variant list this many times and keep each variant's fastest round (use 3+ "
-                          "on a shared CPU; memory is the max over rounds); '×SFT by round' is the median of "
-                          "the per-round ratios")
-    torch_compile: bool = _opt(False, "torch.compile the decoder (dynamic shapes) for every variant; give "
-                                      "--warmup >= 2")
-    torch_compile_scope: str = _opt("layers", "with --torch_compile: 'layers' compiles each decoder layer (one "
-                                              "shared graph), 'decoder' the whole stack (as in train)",
-                                    choices=("layers", "decoder"))
-    profile_dir: str | None = _opt(None, "after timing, profile a few more steps per variant; write "
-                                         "DIR/profile_<variant>.txt", metavar="DIR")
+    rounds: int = _opt(
+        1,
+        "run the variant list this many times and keep each variant's fastest round (use 3+ "
+        "on a shared CPU; memory is the max over rounds); '×SFT by round' is the median of "
+        "the per-round ratios",
+    )
+    torch_compile: bool = _opt(
+        False, "torch.compile the decoder (dynamic shapes) for every variant; give --warmup >= 2"
+    )
+    torch_compile_scope: str = _opt(
+        "layers",
+        "with --torch_compile: 'layers' compiles each decoder layer (one "
+        "shared graph), 'decoder' the whole stack (as in train)",
+        choices=("layers", "decoder"),
+    )
+    profile_dir: str | None = _opt(
+        None, "after timing, profile a few more steps per variant; write DIR/profile_<variant>.txt", metavar="DIR"
+    )
     profile_steps: int = _opt(3, "steps profiled per variant")
 
     def _checks(self) -> list[tuple[bool, str]]:
         """JEPAOptions' ranges, then bench's own."""
         return [
             *super()._checks(),
-            (self.steps >= 1 and self.warmup >= 1 and self.rounds >= 1,
-             "--steps, --warmup and --rounds must be >= 1 (warm-up allocates the optimizer state)"),
-            (min(self.per_device_train_batch_size, self.n_batches, self.max_length) >= 1,
-             "--per_device_train_batch_size, --n_batches and --max_length must be >= 1"),
+            (
+                self.steps >= 1 and self.warmup >= 1 and self.rounds >= 1,
+                "--steps, --warmup and --rounds must be >= 1 (warm-up allocates the optimizer state)",
+            ),
+            (
+                min(self.per_device_train_batch_size, self.n_batches, self.max_length) >= 1,
+                "--per_device_train_batch_size, --n_batches and --max_length must be >= 1",
+            ),
             (not self.profile_dir or self.profile_steps >= 1, "--profile_steps must be >= 1 with --profile_dir"),
         ]
 
@@ -203,9 +236,17 @@ def _graphs() -> int:
         return 0
 
 
-def run_variant(variant: str, lm, step_loss: Callable[[dict], torch.Tensor], batches: list[dict],
-                init_state: dict, cfg: BenchConfig, device: torch.device, dtype: str,
-                cpu_mem: _CpuMemory) -> tuple[list[float], float | None, float | None, float, float]:
+def run_variant(
+    variant: str,
+    lm,
+    step_loss: Callable[[dict], torch.Tensor],
+    batches: list[dict],
+    init_state: dict,
+    cfg: BenchConfig,
+    device: torch.device,
+    dtype: str,
+    cpu_mem: _CpuMemory,
+) -> tuple[list[float], float | None, float | None, float, float]:
     """Times warmup+steps optimizer steps; returns (per-step seconds, peak MiB, delta MiB, first, last loss)."""
     lm.load_state_dict(init_state)
     lm.zero_grad(set_to_none=True)
@@ -213,7 +254,7 @@ def run_variant(variant: str, lm, step_loss: Callable[[dict], torch.Tensor], bat
     opt_kw = {"fused": True} if cuda else {"foreach": True}
     opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=cfg.learning_rate, **opt_kw)
     dev_batches = [_to(b, device) for b in batches]
-    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext())
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
 
     if cuda:
         torch.cuda.synchronize(device)
@@ -267,8 +308,9 @@ def run_variant(variant: str, lm, step_loss: Callable[[dict], torch.Tensor], bat
     return times, peak, delta, first, last
 
 
-def _untimed_steps(n: int, step_loss: Callable[[dict], torch.Tensor], opt: torch.optim.Optimizer,
-                   batches: list[dict], amp: Any) -> None:
+def _untimed_steps(
+    n: int, step_loss: Callable[[dict], torch.Tensor], opt: torch.optim.Optimizer, batches: list[dict], amp: Any
+) -> None:
     """``n`` more optimizer steps over ``batches`` (memory probe, profiler): same work as a timed step."""
     for i in range(n):
         opt.zero_grad(set_to_none=True)
@@ -279,8 +321,15 @@ def _untimed_steps(n: int, step_loss: Callable[[dict], torch.Tensor], opt: torch
         del loss
 
 
-def write_profile(variant: str, step_loss: Callable[[dict], torch.Tensor], opt: torch.optim.Optimizer,
-                  batches: list[dict], amp: Any, cfg: BenchConfig, device: torch.device) -> Path:
+def write_profile(
+    variant: str,
+    step_loss: Callable[[dict], torch.Tensor],
+    opt: torch.optim.Optimizer,
+    batches: list[dict],
+    amp: Any,
+    cfg: BenchConfig,
+    device: torch.device,
+) -> Path:
     """Run ``cfg.profile_steps`` more steps under torch.profiler; write the top ops by self time.
 
     Untimed and after the timed steps, so the profiler's overhead never touches the table's numbers.
@@ -301,29 +350,40 @@ def write_profile(variant: str, step_loss: Callable[[dict], torch.Tensor], opt: 
         key = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
     out = Path(cfg.profile_dir) / f"profile_{variant}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"{variant}: {cfg.profile_steps} steps, sorted by {key}\n"
-                   + averages.table(sort_by=key, row_limit=40) + "\n")
+    out.write_text(
+        f"{variant}: {cfg.profile_steps} steps, sorted by {key}\n" + averages.table(sort_by=key, row_limit=40) + "\n"
+    )
     return out
 
 
-MEMORY_NOTE_CUDA = ("peak = torch.cuda.max_memory_allocated over warm-up + timed steps (weights, grads, AdamW "
-                    "state, activations, batches); Δpeak = peak − memory allocated just before the variant "
-                    "(weights + its batches).")
+MEMORY_NOTE_CUDA = (
+    "peak = torch.cuda.max_memory_allocated over warm-up + timed steps (weights, grads, AdamW "
+    "state, activations, batches); Δpeak = peak − memory allocated just before the variant "
+    "(weights + its batches)."
+)
 
 
-MEMORY_NOTE_CPU = ("peak = the process's peak resident set (VmHWM via /proc/self/clear_refs) over untimed probe "
-                   "steps run after the timed ones; Δpeak = peak − RSS just before them, i.e. grads, activations and "
-                   "transients of one step (AdamW state is already resident). Whole-process RSS: read Δpeak.")
+MEMORY_NOTE_CPU = (
+    "peak = the process's peak resident set (VmHWM via /proc/self/clear_refs) over untimed probe "
+    "steps run after the timed ones; Δpeak = peak − RSS just before them, i.e. grads, activations and "
+    "transients of one step (AdamW state is already resident). Whole-process RSS: read Δpeak."
+)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
     import transformers
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "device": str(device)}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": str(device),
+    }
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
     else:
-        env["device_name"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-                             f"{torch.get_num_threads()} torch threads"
+        env["device_name"] = (
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads"
+        )
     return env

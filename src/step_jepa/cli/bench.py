@@ -34,6 +34,3 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         Path(args.markdown).write_text("```\n" + format_env(result) + "\n```\n\n" + format_table(result, True) + "\n")
     return 0
-
-
-

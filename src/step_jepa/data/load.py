@@ -84,8 +84,14 @@ def _converter(min_steps: int, system_prompt: str | None) -> _Converter:
     return convert
 
 
-def _collect(where: str, items: Iterable[tuple[_Item, str]], report: Report, convert: _Converter,
-             skip_invalid: bool, purpose: str) -> tuple[list[dict], Report]:
+def _collect(
+    where: str,
+    items: Iterable[tuple[_Item, str]],
+    report: Report,
+    convert: _Converter,
+    skip_invalid: bool,
+    purpose: str,
+) -> tuple[list[dict], Report]:
     collector = _Collector(report, strict=not skip_invalid)
     records = [r for item, rid in items if (r := collector.feed(item, rid, convert)) is not None]
     if not records:

@@ -25,8 +25,9 @@ from step_jepa.data.inputs import (
 from step_jepa.data.records import DEFAULT_SYSTEM_PROMPT, DataError
 
 
-def _generated_items(n: int, seed: int, system_prompt: str, report: Report,
-                     task: dict[str, Any] | None = None) -> Iterator[tuple[_Item, str]]:
+def _generated_items(
+    n: int, seed: int, system_prompt: str, report: Report, task: dict[str, Any] | None = None
+) -> Iterator[tuple[_Item, str]]:
     from step_jepa.data.synthetic import generate_problems
 
     task = task or {}
@@ -67,8 +68,13 @@ def prepare(
 
     def convert(obj: dict, default_id: str) -> dict:
         return convert_line(
-            obj, fmt, keep_annotations=keep_annotations, min_step_chars=min_step_chars,
-            min_steps=min_steps, system_prompt=system_prompt, id=default_id,
+            obj,
+            fmt,
+            keep_annotations=keep_annotations,
+            min_step_chars=min_step_chars,
+            min_steps=min_steps,
+            system_prompt=system_prompt,
+            id=default_id,
         )
 
     def convert_generated(obj: dict, default_id: str) -> dict:
@@ -115,10 +121,6 @@ def _write_records(
         raise
 
 
-
-
-
-
 def split_dev(path: str | Path, fraction: float, seed: int) -> tuple[int, int, Path]:
     """Move a seeded random `fraction` of a prepared file's lines to `<stem>.dev.jsonl`.
 
@@ -136,15 +138,22 @@ def split_dev(path: str | Path, fraction: float, seed: int) -> tuple[int, int, P
     random.Random(seed).shuffle(order)
     dev_idx = set(order[: max(1, round(fraction * len(lines)))])
     dev = src.with_name(src.stem + ".dev.jsonl")
-    for path, text in ((dev, "".join(lines[i] for i in sorted(dev_idx))),
-                       (src, "".join(line for i, line in enumerate(lines) if i not in dev_idx))):
+    for path, text in (
+        (dev, "".join(lines[i] for i in sorted(dev_idx))),
+        (src, "".join(line for i, line in enumerate(lines) if i not in dev_idx)),
+    ):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)  # atomic: a crash leaves the old file, never half of one
     report = Path(f"{src}.report.json")
     if report.exists():  # the saved report must describe the files as they now are
         data = json.loads(report.read_text(encoding="utf-8"))
-        data["dev_split"] = {"fraction": fraction, "seed": seed, "train": len(lines) - len(dev_idx),
-                             "dev": len(dev_idx), "dev_file": str(dev)}
+        data["dev_split"] = {
+            "fraction": fraction,
+            "seed": seed,
+            "train": len(lines) - len(dev_idx),
+            "dev": len(dev_idx),
+            "dev_file": str(dev),
+        }
         report.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return len(lines) - len(dev_idx), len(dev_idx), dev

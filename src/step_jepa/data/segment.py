@@ -60,7 +60,6 @@ class Segmented:
                 out.append(i)
         return out
 
-
     def with_boundary(self, boundary: str) -> Segmented:
         """This example with its step spans ending where `boundary` (--view_boundary) says.
 
@@ -187,6 +186,10 @@ def segment(record: dict, tokenizer, max_length: int | None = None) -> Segmented
         ids, labels = ids[:max_length], labels[:max_length]
         spans = [s if s is not None and s[1] <= max_length else None for s in spans]
     return Segmented(
-        id=str(record.get("id", "")), input_ids=ids, labels=labels, step_spans=spans,
-        prompt_len=prompt_len, truncated=truncated,
+        id=str(record.get("id", "")),
+        input_ids=ids,
+        labels=labels,
+        step_spans=spans,
+        prompt_len=prompt_len,
+        truncated=truncated,
     )

@@ -18,19 +18,44 @@ from dataclasses import dataclass
 from step_jepa.data.records import DEFAULT_SYSTEM_PROMPT, final_answer_step, make_record
 
 PEOPLE = [
-    ("Tom", "he"), ("Maria", "she"), ("Aisha", "she"), ("Liam", "he"), ("Chen", "he"),
-    ("Sofia", "she"), ("Noah", "he"), ("Priya", "she"), ("Mateo", "he"), ("Yuki", "she"),
-    ("Omar", "he"), ("Elena", "she"), ("Kofi", "he"), ("Hannah", "she"), ("Diego", "he"),
-    ("Fatima", "she"), ("Lucas", "he"), ("Ingrid", "she"), ("Ravi", "he"), ("Zoe", "she"),
-    ("Ahmed", "he"), ("Mei", "she"), ("Jonas", "he"), ("Amara", "she"), ("Pablo", "he"),
+    ("Tom", "he"),
+    ("Maria", "she"),
+    ("Aisha", "she"),
+    ("Liam", "he"),
+    ("Chen", "he"),
+    ("Sofia", "she"),
+    ("Noah", "he"),
+    ("Priya", "she"),
+    ("Mateo", "he"),
+    ("Yuki", "she"),
+    ("Omar", "he"),
+    ("Elena", "she"),
+    ("Kofi", "he"),
+    ("Hannah", "she"),
+    ("Diego", "he"),
+    ("Fatima", "she"),
+    ("Lucas", "he"),
+    ("Ingrid", "she"),
+    ("Ravi", "he"),
+    ("Zoe", "she"),
+    ("Ahmed", "he"),
+    ("Mei", "she"),
+    ("Jonas", "he"),
+    ("Amara", "she"),
+    ("Pablo", "he"),
 ]
 
 SCHOOL_ITEMS = ["pencils", "erasers", "markers", "crayons", "stickers", "notebooks", "pens"]
-SHOP_ITEMS = [("apples", "oranges"), ("notebooks", "pens"), ("shirts", "socks"),
-              ("cups", "plates"), ("books", "magazines"), ("candles", "soaps")]
+SHOP_ITEMS = [
+    ("apples", "oranges"),
+    ("notebooks", "pens"),
+    ("shirts", "socks"),
+    ("cups", "plates"),
+    ("books", "magazines"),
+    ("candles", "soaps"),
+]
 VEGETABLES = ["tomatoes", "peppers", "cucumbers", "zucchinis", "carrots", "strawberries"]
-BAKED = [("muffins", "cookies"), ("cupcakes", "brownies"), ("bagels", "croissants"),
-         ("pies", "tarts")]
+BAKED = [("muffins", "cookies"), ("cupcakes", "brownies"), ("bagels", "croissants"), ("pies", "tarts")]
 FRUITS = ["apples", "oranges", "plums", "peaches", "pears", "mangoes"]
 VEHICLES = ["car", "bus", "train", "van", "motorbike"]
 TREATS = ["cookies", "pancakes", "muffins", "waffles"]
@@ -73,8 +98,10 @@ def _shopping_packs(rng: random.Random, name: str, he: str) -> tuple[str, list[s
         total += extra
     gift = rng.randint(1, total - 1)
     steps.append(f"After giving away {gift}, {he} has {total} - {gift} = {total - gift} {item} left.")
-    q = (f"{name} buys {packs} packs of {item} with {per} {item} in each pack.{extra_q} "
-         f"{he.capitalize()} gives {gift} {item} to friends. How many {item} does {name} have left?")
+    q = (
+        f"{name} buys {packs} packs of {item} with {per} {item} in each pack.{extra_q} "
+        f"{he.capitalize()} gives {gift} {item} to friends. How many {item} does {name} have left?"
+    )
     return q, steps, total - gift
 
 
@@ -91,8 +118,10 @@ def _shopping_change(rng: random.Random, name: str, he: str) -> tuple[str, list[
         f"Together {name} spends {ca} + {cb} = {total} dollars.",
         f"{he.capitalize()} gets back {bill} - {total} = {bill - total} dollars in change.",
     ]
-    q = (f"{name} buys {a} {a_item} for {pa} dollars each and {b} {b_item} for {pb} dollars each. "
-         f"{he.capitalize()} pays with a {bill}-dollar bill. How much change does {he} get, in dollars?")
+    q = (
+        f"{name} buys {a} {a_item} for {pa} dollars each and {b} {b_item} for {pb} dollars each. "
+        f"{he.capitalize()} pays with a {bill}-dollar bill. How much change does {he} get, in dollars?"
+    )
     return q, steps, bill - total
 
 
@@ -106,8 +135,10 @@ def _travel_distance(rng: random.Random, name: str, he: str) -> tuple[str, list[
         f"In the second part {he} travels {e2} km.",
         f"The total distance is {d1} + {d2} = {d1 + d2} km.",
     ]
-    q = (f"{name} drives a {vehicle} at {s1} km per hour for {h1} hours, then at {s2} km per hour "
-         f"for {h2} hours. How many kilometers does {name} travel in total?")
+    q = (
+        f"{name} drives a {vehicle} at {s1} km per hour for {h1} hours, then at {s2} km per hour "
+        f"for {h2} hours. How many kilometers does {name} travel in total?"
+    )
     return q, steps, d1 + d2
 
 
@@ -119,8 +150,10 @@ def _travel_time(rng: random.Random, name: str, he: str) -> tuple[str, list[str]
     steps = [f"One way takes {expr} hours."]
     if rng.random() < 0.5:
         steps.append(f"There and back takes {t} * 2 = {t * 2} hours.")
-        q = (f"A {vehicle} drives {dist} km to a town at {speed} km per hour and comes back at the "
-             f"same speed. How many hours does the round trip take?")
+        q = (
+            f"A {vehicle} drives {dist} km to a town at {speed} km per hour and comes back at the "
+            f"same speed. How many hours does the round trip take?"
+        )
         return q, steps, t * 2
     q = f"{name} takes a {vehicle} that covers {dist} km at {speed} km per hour. How many hours does the trip take?"
     return q, steps, t
@@ -136,8 +169,10 @@ def _savings(rng: random.Random, name: str, he: str) -> tuple[str, list[str], in
         f"With the {start} dollars {he} already had, {he} has {start} + {saved} = {total} dollars.",
         f"After buying the gift, {he} has {total} - {cost} = {total - cost} dollars left.",
     ]
-    q = (f"{name} has {start} dollars and saves {weekly} dollars every week for {weeks} weeks. "
-         f"Then {he} spends {cost} dollars on a gift. How many dollars does {name} have left?")
+    q = (
+        f"{name} has {start} dollars and saves {weekly} dollars every week for {weeks} weeks. "
+        f"Then {he} spends {cost} dollars on a gift. How many dollars does {name} have left?"
+    )
     return q, steps, total - cost
 
 
@@ -148,8 +183,10 @@ def _savings_goal(rng: random.Random, name: str, he: str) -> tuple[str, list[str
         f"{name} still needs {price} - {start} = {price - start} dollars.",
         f"Saving {weekly} dollars a week, that takes {_div(price - start, weekly)[0]} weeks.",
     ]
-    q = (f"{name} wants a bike that costs {price} dollars. {he.capitalize()} has {start} dollars and "
-         f"saves {weekly} dollars each week. How many weeks until {he} can buy the bike?")
+    q = (
+        f"{name} wants a bike that costs {price} dollars. {he.capitalize()} has {start} dollars and "
+        f"saves {weekly} dollars each week. How many weeks until {he} can buy the bike?"
+    )
     return q, steps, weeks
 
 
@@ -165,8 +202,10 @@ def _recipe(rng: random.Random, name: str, he: str) -> tuple[str, list[str], int
     used = [batches * c for c in cups.values()]
     steps.append(f"In total {he} needs {' + '.join(map(str, used))} = {sum(used)} cups.")
     listing = ", ".join(f"{c} cups of {k}" for k, c in cups.items())
-    q = (f"A recipe makes {per_batch} {treat} using {listing}. {name} wants to make {wanted} {treat}. "
-         f"How many cups of ingredients does {he} need altogether?")
+    q = (
+        f"A recipe makes {per_batch} {treat} using {listing}. {name} wants to make {wanted} {treat}. "
+        f"How many cups of ingredients does {he} need altogether?"
+    )
     return q, steps, sum(used)
 
 
@@ -180,8 +219,10 @@ def _classroom(rng: random.Random, name: str, he: str) -> tuple[str, list[str], 
         f"Without the absent students, {total} - {absent} = {present} students are there.",
         f"Teacher {name} can make {_div(present, group)[0]} groups.",
     ]
-    q = (f"A school has {classes} classes with {size} students each. On a trip day {absent} students "
-         f"are absent. Teacher {name} puts the rest into groups of {group}. How many groups are there?")
+    q = (
+        f"A school has {classes} classes with {size} students each. On a trip day {absent} students "
+        f"are absent. Teacher {name} puts the rest into groups of {group}. How many groups are there?"
+    )
     return q, steps, present // group
 
 
@@ -196,8 +237,10 @@ def _garden(rng: random.Random, name: str, he: str) -> tuple[str, list[str], int
         f"The plants give {_mul(plants, yield_)[0]} {veg}.",
         f"After giving some to neighbors, {he} keeps {harvest} - {given} = {harvest - given} {veg}.",
     ]
-    q = (f"{name} plants {rows} rows of {veg} with {per_row} plants in each row. Each plant gives "
-         f"{yield_} {veg}. {he.capitalize()} gives {given} {veg} to neighbors. How many {veg} does {he} keep?")
+    q = (
+        f"{name} plants {rows} rows of {veg} with {per_row} plants in each row. Each plant gives "
+        f"{yield_} {veg}. {he.capitalize()} gives {given} {veg} to neighbors. How many {veg} does {he} keep?"
+    )
     return q, steps, harvest - given
 
 
@@ -212,8 +255,10 @@ def _bakery(rng: random.Random, name: str, he: str) -> tuple[str, list[str], int
         f"The bakery takes in {a * pa} + {b * pb} = {income} dollars.",
         f"After costs, {name} earns {income} - {costs} = {income - costs} dollars.",
     ]
-    q = (f"{name}'s bakery sells {a} {a_item} at {pa} dollars each and {b} {b_item} at {pb} dollars each. "
-         f"Ingredients cost {costs} dollars. How much profit does {name} make, in dollars?")
+    q = (
+        f"{name}'s bakery sells {a} {a_item} at {pa} dollars each and {b} {b_item} at {pb} dollars each. "
+        f"Ingredients cost {costs} dollars. How much profit does {name} make, in dollars?"
+    )
     return q, steps, income - costs
 
 
@@ -227,8 +272,10 @@ def _reading(rng: random.Random, name: str, he: str) -> tuple[str, list[str], in
         f"That leaves {pages} - {read} = {left} pages.",
         f"At {later} pages a day, {he} needs {_div(left, later)[0]} more days.",
     ]
-    q = (f"A book has {pages} pages. {name} reads {per_day} pages a day for {days} days, then "
-         f"{later} pages a day. How many more days does {he} need to finish the book?")
+    q = (
+        f"A book has {pages} pages. {name} reads {per_day} pages a day for {days} days, then "
+        f"{later} pages a day. How many more days does {he} need to finish the book?"
+    )
     return q, steps, later_days
 
 
@@ -243,8 +290,10 @@ def _fruit_sharing(rng: random.Random, name: str, he: str) -> tuple[str, list[st
         f"Each friend gets {_div(total, friends)[0]} {fruit}.",
         f"After eating {eaten}, each friend has {each} - {eaten} = {each - eaten} {fruit}.",
     ]
-    q = (f"{name} picks {morning} {fruit} in the morning and {total - morning} in the afternoon, and shares "
-         f"them equally among {friends} friends. Each friend eats {eaten}. How many {fruit} does each friend have left?")
+    q = (
+        f"{name} picks {morning} {fruit} in the morning and {total - morning} in the afternoon, and shares "
+        f"them equally among {friends} friends. Each friend eats {eaten}. How many {fruit} does each friend have left?"
+    )
     return q, steps, each - eaten
 
 
@@ -264,8 +313,10 @@ def _wages(rng: random.Random, name: str, he: str) -> tuple[str, list[str], int]
         steps.append(f"After paying rent, {he} has {total + bonus} - {rent} = {total + bonus - rent} dollars.")
         q_extra = f" {he.capitalize()} also gets a {bonus}-dollar bonus and pays {rent} dollars of rent."
         answer = total + bonus - rent
-    q = (f"{name} earns {rate} dollars an hour and works {hours} hours a day for {days} days.{q_extra} "
-         f"How many dollars does {name} have {'left' if q_extra else 'in total'}?")
+    q = (
+        f"{name} earns {rate} dollars an hour and works {hours} hours a day for {days} days.{q_extra} "
+        f"How many dollars does {name} have {'left' if q_extra else 'in total'}?"
+    )
     return q, steps, answer
 
 
@@ -277,8 +328,10 @@ def _pizza_party(rng: random.Random, name: str, he: str) -> tuple[str, list[str]
         f"With 8 slices per pizza, {name} needs {_div(guests * slices, 8)[0]} pizzas.",
         f"The pizzas cost {_mul(pizzas, price)[0]} dollars.",
     ]
-    q = (f"{name} invites {guests} guests to a party, and each guest eats {slices} slices of pizza. "
-         f"A pizza has 8 slices and costs {price} dollars. How many dollars does {name} spend on pizza?")
+    q = (
+        f"{name} invites {guests} guests to a party, and each guest eats {slices} slices of pizza. "
+        f"A pizza has 8 slices and costs {price} dollars. How many dollars does {name} spend on pizza?"
+    )
     return q, steps, pizzas * price
 
 
@@ -302,8 +355,10 @@ def _discount(rng: random.Random, name: str, he: str) -> tuple[str, list[str], i
         f"One jacket costs {price} - {off} = {price - off} dollars.",
         f"{qty} jackets cost {_mul(price - off, qty)[0]} dollars.",
     ]
-    q = (f"A jacket costs {price} dollars and is on sale for {percent}% off. {name} buys {qty} jackets. "
-         f"How many dollars does {he} pay?")
+    q = (
+        f"A jacket costs {price} dollars and is on sale for {percent}% off. {name} buys {qty} jackets. "
+        f"How many dollars does {he} pay?"
+    )
     return q, steps, (price - off) * qty
 
 
@@ -314,8 +369,10 @@ def _fuel(rng: random.Random, name: str, he: str) -> tuple[str, list[str], int]:
         f"The trip needs {_div(dist, km_per_l)[0]} liters of fuel.",
         f"The fuel costs {_mul(liters, price)[0]} dollars.",
     ]
-    q = (f"{name}'s car goes {km_per_l} km on one liter of fuel. {he.capitalize()} drives {dist} km, "
-         f"and fuel costs {price} dollars per liter. How many dollars does the fuel cost?")
+    q = (
+        f"{name}'s car goes {km_per_l} km on one liter of fuel. {he.capitalize()} drives {dist} km, "
+        f"and fuel costs {price} dollars per liter. How many dollars does the fuel cost?"
+    )
     return q, steps, liters * price
 
 
@@ -327,8 +384,10 @@ def _library(rng: random.Random, name: str, he: str) -> tuple[str, list[str], in
         f"{name} has {_mul(boxes, per_box)[0]} books.",
         f"{he.capitalize()} needs {_div(books, shelf)[0]} shelves.",
     ]
-    q = (f"{name} receives {boxes} boxes with {per_box} books each for the library. Each shelf holds "
-         f"{shelf} books. How many shelves does {he} fill?")
+    q = (
+        f"{name} receives {boxes} boxes with {per_box} books each for the library. Each shelf holds "
+        f"{shelf} books. How many shelves does {he} fill?"
+    )
     return q, steps, books // shelf
 
 
@@ -342,8 +401,10 @@ def _pets(rng: random.Random, name: str, he: str) -> tuple[str, list[str], int]:
         f"In {days} days they eat {_mul(daily, days)[0]} grams.",
         f"{name} needs {_div(total, bag)[0]} bags of food.",
     ]
-    q = (f"{name} has {dogs} dogs, and each eats {grams} grams of food a day. Food comes in {bag}-gram bags. "
-         f"How many bags does {he} need for {days} days?")
+    q = (
+        f"{name} has {dogs} dogs, and each eats {grams} grams of food a day. Food comes in {bag}-gram bags. "
+        f"How many bags does {he} need for {days} days?"
+    )
     return q, steps, total // bag
 
 
@@ -406,8 +467,11 @@ def _chain_op(rng: random.Random, x: int, lo: int, hi: int) -> tuple[str, str, i
         b = rng.randint(2, 9)
         return f"makes the collection {b} times as large", f"makes it {b} times as large: {_mul(x, b)[0]}", x * b
     b = rng.choice(divisors)
-    return (f"splits the collection into {b} equal parts and keeps one",
-            f"keeps one of {b} equal parts: {_div(x, b)[0]}", x // b)
+    return (
+        f"splits the collection into {b} equal parts and keeps one",
+        f"keeps one of {b} equal parts: {_div(x, b)[0]}",
+        x // b,
+    )
 
 
 def make_chain_problem(seed: int, i: int, steps: int = 4, digits: int = 3) -> Problem:
@@ -419,7 +483,7 @@ def make_chain_problem(seed: int, i: int, steps: int = 4, digits: int = 3) -> Pr
     rng = random.Random(f"step-jepa-chain-{seed}-{steps}-{digits}-{i}")
     name, he = rng.choice(PEOPLE)
     item = rng.choice(CHAIN_ITEMS)
-    lo, hi = 10 ** (digits - 1), 10 ** digits - 1
+    lo, hi = 10 ** (digits - 1), 10**digits - 1
     x = rng.randint(max(lo, 2), hi)
     clauses, sol = [f"{name} starts with {x} {item}."], []
     for k in range(steps):
@@ -430,8 +494,14 @@ def make_chain_problem(seed: int, i: int, steps: int = 4, digits: int = 3) -> Pr
     return Problem(f"chain{steps}x{digits}", question, sol + [final_answer_step(str(x))], x)
 
 
-def generate_problems(n: int, seed: int = 0, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                      task: str = "mixed", chain_steps: int = 4, chain_digits: int = 3) -> list[dict]:
+def generate_problems(
+    n: int,
+    seed: int = 0,
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    task: str = "mixed",
+    chain_steps: int = 4,
+    chain_digits: int = 3,
+) -> list[dict]:
     """``n`` prepared records, deterministic for ``(n, seed)`` (and the chain knobs).
 
     task 'mixed': the word-problem templates above (ids ``gen-{seed}-{i}``); task 'chain': the

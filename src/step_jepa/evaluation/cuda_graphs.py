@@ -45,15 +45,16 @@ class StaticSlabLayer(SlabLayer):
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int, write_at: torch.Tensor) -> None:
         super().__init__(keys, values, capacity)
         # Zeros, not new_empty: the window exposes unwritten slots; masked to weight 0, but 0 · NaN = NaN.
-        self._k[:, :, keys.shape[-2]:].zero_()
-        self._v[:, :, values.shape[-2]:].zero_()
+        self._k[:, :, keys.shape[-2] :].zero_()
+        self._v[:, :, values.shape[-2] :].zero_()
         self.write_at = write_at
 
     def set_window(self, window: int) -> None:
         self._set_length(window)
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         self._k.index_copy_(2, self.write_at, key_states)
         self._v.index_copy_(2, self.write_at, value_states)
         return self.keys, self.values
@@ -86,8 +87,9 @@ class _State:
         self.done, self.row_ids = self.done[keep], self.row_ids[keep]
 
 
-def _step(fwd: Callable, cache: Any, st: _State, out: torch.Tensor, window: int, stop_t: torch.Tensor,
-          pad_id: int) -> None:
+def _step(
+    fwd: Callable, cache: Any, st: _State, out: torch.Tensor, window: int, stop_t: torch.Tensor, pad_id: int
+) -> None:
     """One greedy decode step, in place: the body a CUDA graph records.
 
     The same arithmetic as the eager loop: open the mask at the new slot, advance positions, attend
@@ -137,8 +139,7 @@ class _Replayer:
             with torch.cuda.graph(graph):  # records the launches; nothing runs, so no state moves
                 self.run(window)
         except Exception as exc:  # noqa: BLE001 - any capture failure: keep decoding eagerly
-            warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding eagerly",
-                          stacklevel=3)
+            warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding eagerly", stacklevel=3)
             self.capture = False
             return
         self.graph, self.key = graph, (rows, window)
@@ -163,10 +164,20 @@ def _shrink(cache: Any, st: _State, n_done: int) -> bool:
     return True
 
 
-def decode_batch_static(fwd: Callable, cache: Any, logits: torch.Tensor, mask: torch.Tensor,
-                        plen: int, max_new_tokens: int, stops: Sequence[int], pad_id: int, *,
-                        check_every: int = 8, window_step: int = 128, capture: bool | None = None
-                        ) -> tuple[torch.Tensor, dict[str, float]]:
+def decode_batch_static(
+    fwd: Callable,
+    cache: Any,
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    plen: int,
+    max_new_tokens: int,
+    stops: Sequence[int],
+    pad_id: int,
+    *,
+    check_every: int = 8,
+    window_step: int = 128,
+    capture: bool | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Decode from a prefilled slab cache; return (generated ids [rows, max_new_tokens], stats).
 
     ``cache`` holds :class:`~step_jepa.evaluation.kv_cache.SlabLayer` s of capacity ``plen + max_new_tokens``,
@@ -185,9 +196,15 @@ def decode_batch_static(fwd: Callable, cache: Any, logits: torch.Tensor, mask: t
     out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     tok = logits.argmax(-1)
     out[:, 0] = tok
-    st = _State(tok=tok, pos=mask[:, :plen].sum(-1) - 1, mask=mask, done=torch.isin(tok, stop_t),
-                row_ids=torch.arange(rows, device=device),
-                cur=torch.tensor([plen], device=device), step=torch.tensor([1], device=device))
+    st = _State(
+        tok=tok,
+        pos=mask[:, :plen].sum(-1) - 1,
+        mask=mask,
+        done=torch.isin(tok, stop_t),
+        row_ids=torch.arange(rows, device=device),
+        cur=torch.tensor([plen], device=device),
+        step=torch.tensor([1], device=device),
+    )
     _to_static(cache, st.cur)
 
     def run(window: int) -> None:

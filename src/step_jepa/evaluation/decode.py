@@ -72,8 +72,9 @@ def _pad_id(tokenizer: Any, stops: Sequence[int]) -> int:
     return int(stops[0]) if stops else 0
 
 
-def plan_batches(lengths: Sequence[int], max_new_tokens: int, max_batch_tokens: int | None,
-                 batch_size: int | None) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], max_new_tokens: int, max_batch_tokens: int | None, batch_size: int | None
+) -> list[list[int]]:
     """Group prompt indices into batches, longest prompts first.
 
     Length sorting keeps left padding small.  A batch's cost is ``rows x (longest prompt +
@@ -88,7 +89,9 @@ def plan_batches(lengths: Sequence[int], max_new_tokens: int, max_batch_tokens: 
     for i in order:
         new_longest = max(longest, lengths[i])
         too_many = batch_size is not None and len(current) + 1 > batch_size
-        too_big = max_batch_tokens is not None and (len(current) + 1) * (new_longest + max_new_tokens) > max_batch_tokens
+        too_big = (
+            max_batch_tokens is not None and (len(current) + 1) * (new_longest + max_new_tokens) > max_batch_tokens
+        )
         if current and (too_many or too_big):
             batches.append(current)
             current, new_longest = [], lengths[i]
@@ -247,8 +250,8 @@ def _prefilled(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int, p
     mask = torch.zeros((rows, capacity), dtype=torch.long)
     for r, s in enumerate(seqs):
         if len(s):
-            input_ids[r, plen - len(s):] = torch.tensor(list(s), dtype=torch.long)
-        mask[r, plen - len(s): plen] = 1
+            input_ids[r, plen - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+        mask[r, plen - len(s) : plen] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     fwd = _Forward(model)
     cache, logits = _prefill(fwd, input_ids, mask[:, :plen], prefill_tokens)
@@ -256,10 +259,20 @@ def _prefilled(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int, p
     return fwd, cache, logits, mask, plen
 
 
-def _decode_batch(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int, stops: Sequence[int],
-                  pad_id: int, *, check_every: int = 8, compact_fraction: float = 0.25,
-                  prefill_tokens: int = 65536, cuda_graphs: bool = False, graph_window: int = 128,
-                  stats: list[dict] | None = None) -> list[list[int]]:
+def _decode_batch(
+    model: Any,
+    seqs: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    stops: Sequence[int],
+    pad_id: int,
+    *,
+    check_every: int = 8,
+    compact_fraction: float = 0.25,
+    prefill_tokens: int = 65536,
+    cuda_graphs: bool = False,
+    graph_window: int = 128,
+    stats: list[dict] | None = None,
+) -> list[list[int]]:
     """Greedy-decode one batch; return each row's generated ids (stop token included when hit).
 
     Mirrors ``model.generate(do_sample=False)``: left padding, position ids from the attention mask's
@@ -278,20 +291,42 @@ def _decode_batch(model: Any, seqs: Sequence[Sequence[int]], max_new_tokens: int
     fwd, cache, logits, mask, plen = _prefilled(model, seqs, max_new_tokens, pad_id, prefill_tokens)
     with decode_attention(model) if as_mask is _padding_mask_4d else contextlib.nullcontext():
         if cuda_graphs and as_mask is _padding_mask_4d and can_use_static(cache):
-            out, info = decode_batch_static(fwd, cache, logits, mask, plen, max_new_tokens, stops, pad_id,
-                                            check_every=check_every, window_step=graph_window)
+            out, info = decode_batch_static(
+                fwd,
+                cache,
+                logits,
+                mask,
+                plen,
+                max_new_tokens,
+                stops,
+                pad_id,
+                check_every=check_every,
+                window_step=graph_window,
+            )
             if stats is not None:
                 stats.append({"rows": len(seqs), "loop": "static", **info})
             return _trim(out.cpu().tolist(), set(stops))
-        out, steps = _eager_loop(fwd, cache, logits, mask, plen, max_new_tokens, stops, pad_id, as_mask,
-                                 check_every, compact_fraction)
+        out, steps = _eager_loop(
+            fwd, cache, logits, mask, plen, max_new_tokens, stops, pad_id, as_mask, check_every, compact_fraction
+        )
     if stats is not None:
         stats.append({"rows": len(seqs), "loop": "eager", "steps": steps})
     return _trim(out.cpu().tolist(), set(stops))
 
 
-def _eager_loop(fwd: _Forward, cache: Any, logits, mask, plen: int, max_new_tokens: int, stops: Sequence[int],
-                pad_id: int, as_mask: Callable[[Any], Any], check_every: int, compact_fraction: float):
+def _eager_loop(
+    fwd: _Forward,
+    cache: Any,
+    logits,
+    mask,
+    plen: int,
+    max_new_tokens: int,
+    stops: Sequence[int],
+    pad_id: int,
+    as_mask: Callable[[Any], Any],
+    check_every: int,
+    compact_fraction: float,
+):
     """The decode steps with Python-side shapes: the cache grows by one slot per step, rows are dropped.
     Returns (generated ids, decode steps run)."""
     import torch
@@ -302,8 +337,13 @@ def _eager_loop(fwd: _Forward, cache: Any, logits, mask, plen: int, max_new_toke
     out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     next_tok = logits.argmax(-1)
     out[:, 0] = next_tok
-    state = _Rows(mask=mask, last_pos=mask[:, :plen].sum(-1) - 1, next_tok=next_tok,
-                  done=torch.isin(next_tok, stop_t), row_ids=torch.arange(rows, device=device))
+    state = _Rows(
+        mask=mask,
+        last_pos=mask[:, :plen].sum(-1) - 1,
+        next_tok=next_tok,
+        done=torch.isin(next_tok, stop_t),
+        row_ids=torch.arange(rows, device=device),
+    )
     cur = plen
     steps = 0
     for step in range(1, max_new_tokens):
@@ -312,8 +352,9 @@ def _eager_loop(fwd: _Forward, cache: Any, logits, mask, plen: int, max_new_toke
         steps += 1
         state.mask[:, cur] = 1
         state.last_pos = state.last_pos + 1
-        logits = fwd(state.next_tok[:, None], as_mask(state.mask[:, : cur + 1]), state.last_pos[:, None],
-                     cache, last_only=False)
+        logits = fwd(
+            state.next_tok[:, None], as_mask(state.mask[:, : cur + 1]), state.last_pos[:, None], cache, last_only=False
+        )
         cur += 1
         state.next_tok = torch.where(state.done, pad_id, logits.argmax(-1))
         out[state.row_ids, step] = state.next_tok
@@ -387,8 +428,9 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _decode_with_fallback(model: Any, seqs: list[list[int]], decode: Callable[[list[list[int]]], list[list[int]]]
-                          ) -> list[list[int] | BaseException]:
+def _decode_with_fallback(
+    model: Any, seqs: list[list[int]], decode: Callable[[list[list[int]]], list[list[int]]]
+) -> list[list[int] | BaseException]:
     """Decode a batch; on an exception split it in halves and retry, down to single examples.
 
     Out-of-memory errors are batch-size dependent, so a smaller batch often succeeds; an example that
@@ -401,8 +443,7 @@ def _decode_with_fallback(model: Any, seqs: list[list[int]], decode: Callable[[l
         if len(seqs) == 1:
             return [exc]
         half = len(seqs) // 2
-        return (_decode_with_fallback(model, seqs[:half], decode)
-                + _decode_with_fallback(model, seqs[half:], decode))
+        return _decode_with_fallback(model, seqs[:half], decode) + _decode_with_fallback(model, seqs[half:], decode)
 
 
 def resolve_budget(model: Any, max_batch_tokens: int | None, batch_size: int | None) -> tuple[int | None, int | None]:
@@ -424,11 +465,21 @@ def resolve_cuda_graphs(model: Any, cuda_graphs: bool | None) -> bool:
     return bool(cuda_graphs)
 
 
-def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], *, max_new_tokens: int = 512,
-             batch_size: int | None = None, max_batch_tokens: int | None = None, progress: bool = True,
-             stop_ids: Sequence[int] | None = None, check_every: int = 8,
-             cuda_graphs: bool | None = False, graph_window: int = 128, stats: list[dict] | None = None
-             ) -> list[GenResult]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict]],
+    *,
+    max_new_tokens: int = 512,
+    batch_size: int | None = None,
+    max_batch_tokens: int | None = None,
+    progress: bool = True,
+    stop_ids: Sequence[int] | None = None,
+    check_every: int = 8,
+    cuda_graphs: bool | None = False,
+    graph_window: int = 128,
+    stats: list[dict] | None = None,
+) -> list[GenResult]:
     """Greedy completions of chat prompts (system + user messages), in the order given.
 
     ``max_batch_tokens`` bounds ``rows x (longest prompt + max_new_tokens)`` per batch (KV-cache slots);
@@ -442,17 +493,37 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], *, max_n
     """
     if not prompts:
         return []
-    return generate_ids(model, tokenizer, encode_prompts(tokenizer, prompts), max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress,
-                        stop_ids=stop_ids, check_every=check_every, cuda_graphs=cuda_graphs,
-                        graph_window=graph_window, stats=stats)
+    return generate_ids(
+        model,
+        tokenizer,
+        encode_prompts(tokenizer, prompts),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        progress=progress,
+        stop_ids=stop_ids,
+        check_every=check_every,
+        cuda_graphs=cuda_graphs,
+        graph_window=graph_window,
+        stats=stats,
+    )
 
 
-def generate_ids(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]], *, max_new_tokens: int = 512,
-                 batch_size: int | None = None, max_batch_tokens: int | None = None, progress: bool = True,
-                 stop_ids: Sequence[int] | None = None, check_every: int = 8,
-                 cuda_graphs: bool | None = False, graph_window: int = 128, stats: list[dict] | None = None
-                 ) -> list[GenResult]:
+def generate_ids(
+    model: Any,
+    tokenizer: Any,
+    seqs: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 512,
+    batch_size: int | None = None,
+    max_batch_tokens: int | None = None,
+    progress: bool = True,
+    stop_ids: Sequence[int] | None = None,
+    check_every: int = 8,
+    cuda_graphs: bool | None = False,
+    graph_window: int = 128,
+    stats: list[dict] | None = None,
+) -> list[GenResult]:
     """:func:`generate` from already tokenized prompts (e.g. lm-eval's plain-text few-shot prompts)."""
     import torch
     from tqdm.auto import tqdm
@@ -468,15 +539,27 @@ def generate_ids(model: Any, tokenizer: Any, seqs: Sequence[Sequence[int]], *, m
     batches = plan_batches([len(s) for s in seqs], max_new_tokens, max_batch_tokens, batch_size)
 
     def decode(batch: list[list[int]]) -> list[list[int]]:
-        return _decode_batch(model, batch, max_new_tokens, stops, pad_id, check_every=check_every,
-                             cuda_graphs=cuda_graphs, graph_window=graph_window, stats=stats)
+        return _decode_batch(
+            model,
+            batch,
+            max_new_tokens,
+            stops,
+            pad_id,
+            check_every=check_every,
+            cuda_graphs=cuda_graphs,
+            graph_window=graph_window,
+            stats=stats,
+        )
 
     results: list[GenResult | None] = [None] * len(seqs)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), attention_backends(device), \
-                tqdm(total=len(seqs), desc="generate", unit="ex", disable=not progress) as bar:
+        with (
+            torch.inference_mode(),
+            attention_backends(device),
+            tqdm(total=len(seqs), desc="generate", unit="ex", disable=not progress) as bar,
+        ):
             for idx in batches:
                 for i, toks in zip(idx, _decode_with_fallback(model, [list(seqs[i]) for i in idx], decode)):
                     results[i] = _to_result(tokenizer, toks, set(stops))
@@ -491,4 +574,3 @@ def _to_result(tokenizer: Any, toks: list[int] | BaseException, stops: set[int])
         return GenResult(text="", n_tokens=0, error=f"{type(toks).__name__}: {toks}")
     body = toks[:-1] if toks and toks[-1] in stops else toks
     return GenResult(text=tokenizer.decode(body, skip_special_tokens=True), n_tokens=len(toks))
-

@@ -68,14 +68,30 @@ def _versions() -> dict[str, str]:
 
     from step_jepa import __version__
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "step_jepa": __version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "step_jepa": __version__,
+    }
 
 
-def evaluate(model: Any, tokenizer: Any, records: Sequence[dict], *, out_dir: str | Path,
-             max_new_tokens: int = 512, batch_size: int | None = None, max_batch_tokens: int | None = None,
-             system_prompt: str | None = None, lenient: bool = False, progress: bool = True,
-             model_name: str | None = None, cuda_graphs: bool | None = None, graph_window: int = 128) -> dict:
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    records: Sequence[dict],
+    *,
+    out_dir: str | Path,
+    max_new_tokens: int = 512,
+    batch_size: int | None = None,
+    max_batch_tokens: int | None = None,
+    system_prompt: str | None = None,
+    lenient: bool = False,
+    progress: bool = True,
+    model_name: str | None = None,
+    cuda_graphs: bool | None = None,
+    graph_window: int = 128,
+) -> dict:
     """Generate for every record, score against ``record["answer"]``, write predictions and summary.
 
     Denominator policy: accuracy = correct / len(records).  An output without an extractable answer
@@ -93,9 +109,18 @@ def evaluate(model: Any, tokenizer: Any, records: Sequence[dict], *, out_dir: st
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    gens = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    max_batch_tokens=max_batch_tokens, progress=progress, cuda_graphs=graphs,
-                    graph_window=graph_window, stats=stats)
+    gens = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        progress=progress,
+        cuda_graphs=graphs,
+        graph_window=graph_window,
+        stats=stats,
+    )
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -110,11 +135,21 @@ def evaluate(model: Any, tokenizer: Any, records: Sequence[dict], *, out_dir: st
     if graphs:
         summary["graph_window"] = graph_window
     summary["protocol"] = protocol(
-        "step-jepa", model, tokenizer, max_new_tokens=max_new_tokens, max_batch_tokens=max_batch_tokens,
-        batch_size=batch_size, cuda_graphs=cuda_graphs, stats=stats,
+        "step-jepa",
+        model,
+        tokenizer,
+        max_new_tokens=max_new_tokens,
+        max_batch_tokens=max_batch_tokens,
+        batch_size=batch_size,
+        cuda_graphs=cuda_graphs,
+        stats=stats,
         extraction="step-jepa-lenient" if lenient else "step-jepa-strict",
-        prompt={"system_prompt": "record" if system_prompt is None else system_prompt,
-                "chat_template": chat_template_id(tokenizer), "fewshot": 0})
+        prompt={
+            "system_prompt": "record" if system_prompt is None else system_prompt,
+            "chat_template": chat_template_id(tokenizer),
+            "fewshot": 0,
+        },
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -143,9 +178,19 @@ def chat_template_id(tokenizer: Any) -> str:
     return "tokenizer:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-def protocol(name: str, model: Any, tokenizer: Any, *, max_new_tokens: int, max_batch_tokens: int | None,
-             batch_size: int | None, cuda_graphs: bool | None, stats: list[dict], extraction: str,
-             prompt: dict) -> dict:
+def protocol(
+    name: str,
+    model: Any,
+    tokenizer: Any,
+    *,
+    max_new_tokens: int,
+    max_batch_tokens: int | None,
+    batch_size: int | None,
+    cuda_graphs: bool | None,
+    stats: list[dict],
+    extraction: str,
+    prompt: dict,
+) -> dict:
     """The protocol block of summary.json. ``cuda_graphs``: what was asked (None = auto) and whether a
     graph was actually recorded (CUDA, an SDPA model without sliding windows)."""
     used = any(s.get("loop") == "static" and s.get("captures", 0) > 0 for s in stats)
@@ -194,13 +239,28 @@ def protocol_differences(a: dict | None, b: dict | None) -> tuple[list[str], lis
 def _score(record: dict, gen: GenResult, lenient: bool) -> dict:
     extracted = None if gen.error else extract_answer(gen.text, lenient=lenient)
     gold = str(record.get("answer", ""))
-    return {"id": record.get("id"), "question": _question(record), "output": gen.text, "extracted": extracted,
-            "gold": gold, "correct": bool(gen.error is None and answers_match(extracted, gold)),
-            "tokens": gen.n_tokens, "error": gen.error}
+    return {
+        "id": record.get("id"),
+        "question": _question(record),
+        "output": gen.text,
+        "extracted": extracted,
+        "gold": gold,
+        "correct": bool(gen.error is None and answers_match(extracted, gold)),
+        "tokens": gen.n_tokens,
+        "error": gen.error,
+    }
 
 
-def _summarize(rows: list[dict], seconds: float, model: Any, max_new_tokens: int, lenient: bool,
-               model_name: str | None, batch_size: int | None, system_prompt: str | None) -> dict:
+def _summarize(
+    rows: list[dict],
+    seconds: float,
+    model: Any,
+    max_new_tokens: int,
+    lenient: bool,
+    model_name: str | None,
+    batch_size: int | None,
+    system_prompt: str | None,
+) -> dict:
     n = len(rows)
     correct = sum(r["correct"] for r in rows)
     no_answer = sum(r["extracted"] is None and r["error"] is None for r in rows)

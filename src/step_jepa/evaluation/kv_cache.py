@@ -59,13 +59,14 @@ class SlabLayer(_dynamic_layer_cls()):  # type: ignore[misc]
         self.keys = self._k[:, :, :length]
         self.values = self._v[:, :, :length]
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         end = self._len + key_states.shape[-2]
         if end > self._k.shape[-2]:
             raise RuntimeError(f"KV slab full: {end} tokens for a capacity of {self._k.shape[-2]}")
-        self._k[:, :, self._len:end] = key_states
-        self._v[:, :, self._len:end] = value_states
+        self._k[:, :, self._len : end] = key_states
+        self._v[:, :, self._len : end] = value_states
         self._set_length(end)
         return self.keys, self.values
 
@@ -91,10 +92,17 @@ def to_slabs(cache: Any, capacity: int) -> int:
     return replaced
 
 
-def grouped_decode_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                             attention_mask: torch.Tensor | None, dropout: float = 0.0,
-                             scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any
-                             ) -> tuple[torch.Tensor, None]:
+def grouped_decode_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """SDPA for one query token per row without repeating key/value heads; anything else goes to HF SDPA.
 
     Query head ``h`` reads key/value head ``h // groups`` (the order ``repeat_kv`` produces), so the
@@ -106,15 +114,18 @@ def grouped_decode_attention(module: Any, query: torch.Tensor, key: torch.Tensor
 
     groups = getattr(module, "num_key_value_groups", 1)
     special = any(kwargs.get(k) is not None for k in ("softcap", "position_bias", "s_aux", "sinks"))
-    mask_ok = attention_mask is None or (attention_mask.dim() == 4 and attention_mask.shape[1] == 1
-                                         and attention_mask.shape[2] == 1)
+    mask_ok = attention_mask is None or (
+        attention_mask.dim() == 4 and attention_mask.shape[1] == 1 and attention_mask.shape[2] == 1
+    )
     if query.shape[2] != 1 or groups == 1 or special or not mask_ok:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     rows, heads, _, dim = query.shape
     q = query.reshape(rows, heads // groups, groups, dim)
-    out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=attention_mask,
-                                                           dropout_p=dropout, scale=scaling)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling
+    )
     return out.reshape(rows, 1, heads, value.shape[-1]), None
 
 

@@ -68,10 +68,15 @@ def load_docs(path: str | Path) -> list[dict]:
             if not line.strip():
                 continue
             row = json.loads(line)
-            if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str) \
-                    or "####" not in row["answer"]:
-                raise ValueError(f"{path}:{n}: not a raw GSM8K row ({{question, answer with '#### N'}}); "
-                                 "lm-eval's gsm8k needs the original question and answer text")
+            if (
+                not isinstance(row.get("question"), str)
+                or not isinstance(row.get("answer"), str)
+                or "####" not in row["answer"]
+            ):
+                raise ValueError(
+                    f"{path}:{n}: not a raw GSM8K row ({{question, answer with '#### N'}}); "
+                    "lm-eval's gsm8k needs the original question and answer text"
+                )
             docs.append({"question": row["question"], "answer": row["answer"]})
     return docs
 
@@ -84,16 +89,18 @@ def doc_to_target(doc: dict) -> str:
     return doc["answer"]
 
 
-def fewshot_examples(n_docs: int, fewshot_docs: Sequence[dict], num_fewshot: int = NUM_FEWSHOT,
-                     seed: int = FEWSHOT_SEED) -> list[list[dict]]:
+def fewshot_examples(
+    n_docs: int, fewshot_docs: Sequence[dict], num_fewshot: int = NUM_FEWSHOT, seed: int = FEWSHOT_SEED
+) -> list[list[dict]]:
     """The few-shot docs of test docs 0..n_docs-1: one ``Random(seed)``, one ``sample`` per doc, in order."""
     rnd = random.Random(seed)
     pool = list(fewshot_docs)
     return [rnd.sample(pool, num_fewshot) if num_fewshot else [] for _ in range(n_docs)]
 
 
-def build_context(doc: dict, shots: Sequence[dict], *, chat_template: Any = None,
-                  system_instruction: str | None = None) -> str:
+def build_context(
+    doc: dict, shots: Sequence[dict], *, chat_template: Any = None, system_instruction: str | None = None
+) -> str:
     """lm-eval's ``fewshot_context`` for gsm8k: plain text, or (``chat_template``: a function rendering
     a message list with the generation prompt) multi-turn chat."""
     if chat_template is None:
@@ -203,12 +210,25 @@ def exact_match(prediction: str, reference: str) -> bool:
 # --------------------------------------------------------------------------------------------------------
 
 
-def evaluate_lm_eval(model: Any, tokenizer: Any, docs: Sequence[dict], fewshot_docs: Sequence[dict], *,
-                     out_dir: str | Path, task: str = "lm-eval-gsm8k", system_instruction: str | None = None,
-                     max_new_tokens: int = MAX_GEN_TOKS, batch_size: int | None = None,
-                     max_batch_tokens: int | None = None, progress: bool = True, model_name: str | None = None,
-                     cuda_graphs: bool | None = None, graph_window: int = 128,
-                     fewshot_seed: int = FEWSHOT_SEED, fewshot_file: str | None = None) -> dict:
+def evaluate_lm_eval(
+    model: Any,
+    tokenizer: Any,
+    docs: Sequence[dict],
+    fewshot_docs: Sequence[dict],
+    *,
+    out_dir: str | Path,
+    task: str = "lm-eval-gsm8k",
+    system_instruction: str | None = None,
+    max_new_tokens: int = MAX_GEN_TOKS,
+    batch_size: int | None = None,
+    max_batch_tokens: int | None = None,
+    progress: bool = True,
+    model_name: str | None = None,
+    cuda_graphs: bool | None = None,
+    graph_window: int = 128,
+    fewshot_seed: int = FEWSHOT_SEED,
+    fewshot_file: str | None = None,
+) -> dict:
     """Score ``docs`` (raw GSM8K test rows) the way ``lm_eval --tasks gsm8k`` does; write
     predictions.jsonl (one row per doc: prompt, output, both filtered answers) and summary.json, whose
     ``accuracy`` is flexible-extract's exact match and ``accuracy_strict`` strict-match's."""
@@ -224,8 +244,9 @@ def evaluate_lm_eval(model: Any, tokenizer: Any, docs: Sequence[dict], fewshot_d
     out.mkdir(parents=True, exist_ok=True)
     template = hf_chat_template(tokenizer) if chat else None
     shots = fewshot_examples(len(docs), fewshot_docs, NUM_FEWSHOT, fewshot_seed)
-    contexts = [build_context(d, s, chat_template=template, system_instruction=system_instruction)
-                for d, s in zip(docs, shots)]
+    contexts = [
+        build_context(d, s, chat_template=template, system_instruction=system_instruction) for d, s in zip(docs, shots)
+    ]
     seqs = [encode(tokenizer, c) for c in contexts]
     until = stop_strings(tokenizer)
     max_batch_tokens, batch_size = resolve_budget(model, max_batch_tokens, batch_size)
@@ -234,10 +255,19 @@ def evaluate_lm_eval(model: Any, tokenizer: Any, docs: Sequence[dict], fewshot_d
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    gens = generate_ids(model, tokenizer, seqs, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                        max_batch_tokens=max_batch_tokens, progress=progress,
-                        stop_ids=stop_ids(model, tokenizer, until), cuda_graphs=graphs,
-                        graph_window=graph_window, stats=stats)
+    gens = generate_ids(
+        model,
+        tokenizer,
+        seqs,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        progress=progress,
+        stop_ids=stop_ids(model, tokenizer, until),
+        cuda_graphs=graphs,
+        graph_window=graph_window,
+        stats=stats,
+    )
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -247,10 +277,22 @@ def evaluate_lm_eval(model: Any, tokenizer: Any, docs: Sequence[dict], fewshot_d
         resp = postprocess(gen.text, until)
         target = doc_to_target(doc)
         strict, flexible = strict_match(resp), flexible_extract(resp)
-        rows.append({"id": doc.get("id", k), "doc_id": k, "question": doc["question"], "prompt": ctx,
-                     "output": resp, "gold": target, "strict": strict, "flexible": flexible,
-                     "correct_strict": exact_match(strict, target), "correct": exact_match(flexible, target),
-                     "tokens": gen.n_tokens, "error": gen.error})
+        rows.append(
+            {
+                "id": doc.get("id", k),
+                "doc_id": k,
+                "question": doc["question"],
+                "prompt": ctx,
+                "output": resp,
+                "gold": target,
+                "strict": strict,
+                "flexible": flexible,
+                "correct_strict": exact_match(strict, target),
+                "correct": exact_match(flexible, target),
+                "tokens": gen.n_tokens,
+                "error": gen.error,
+            }
+        )
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -276,15 +318,30 @@ def evaluate_lm_eval(model: Any, tokenizer: Any, docs: Sequence[dict], fewshot_d
         "dtype": str(param.dtype).replace("torch.", ""),
         "versions": _versions(),
     }
-    summary["metrics"] = {"exact_match,strict-match": summary["accuracy_strict"],
-                          "exact_match,flexible-extract": summary["accuracy"]}
+    summary["metrics"] = {
+        "exact_match,strict-match": summary["accuracy_strict"],
+        "exact_match,flexible-extract": summary["accuracy"],
+    }
     summary["protocol"] = protocol(
-        task, model, tokenizer, max_new_tokens=max_new_tokens, max_batch_tokens=max_batch_tokens,
-        batch_size=batch_size, cuda_graphs=cuda_graphs, stats=stats,
+        task,
+        model,
+        tokenizer,
+        max_new_tokens=max_new_tokens,
+        max_batch_tokens=max_batch_tokens,
+        batch_size=batch_size,
+        cuda_graphs=cuda_graphs,
+        stats=stats,
         extraction="lm-eval gsm8k: accuracy = flexible-extract, accuracy_strict = strict-match (exact_match)",
-        prompt={"format": "lm-eval gsm8k 'Question: ...\\nAnswer:'", "fewshot": NUM_FEWSHOT,
-                "fewshot_seed": fewshot_seed, "fewshot_file": Path(fewshot_file).name if fewshot_file else None,
-                "fewshot_as_multiturn": chat, "system_prompt": system_instruction,
-                "chat_template": chat_template_id(tokenizer) if chat else None, "stop": until})
+        prompt={
+            "format": "lm-eval gsm8k 'Question: ...\\nAnswer:'",
+            "fewshot": NUM_FEWSHOT,
+            "fewshot_seed": fewshot_seed,
+            "fewshot_file": Path(fewshot_file).name if fewshot_file else None,
+            "fewshot_as_multiturn": chat,
+            "system_prompt": system_instruction,
+            "chat_template": chat_template_id(tokenizer) if chat else None,
+            "stop": until,
+        },
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

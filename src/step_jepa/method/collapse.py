@@ -38,8 +38,16 @@ class ViewSet:
 
     def save(self, path: str | Path) -> None:
         """npz with plain arrays only (ids as unicode), loadable without pickle."""
-        np.savez(path, v1=self.v1, v2=self.v2, ids=self.ids.astype(str), example_index=self.example_index,
-                 pair_index=self.pair_index, label=np.array(self.label), model=np.array(self.model))
+        np.savez(
+            path,
+            v1=self.v1,
+            v2=self.v2,
+            ids=self.ids.astype(str),
+            example_index=self.example_index,
+            pair_index=self.pair_index,
+            label=np.array(self.label),
+            model=np.array(self.model),
+        )
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -81,7 +89,7 @@ def retrieval_accuracy(v1: np.ndarray, v2: np.ndarray, chunk: int | None = None)
     size = chunk or n
     hits = 0
     for s in range(0, n, size):
-        sim = a[s:s + size] @ b[s:s + size].T
+        sim = a[s : s + size] @ b[s : s + size].T
         hits += int((sim.argmax(1) == np.arange(sim.shape[0])).sum())
     return hits / n if n else float("nan")
 
@@ -92,7 +100,7 @@ def mean_pairwise_cos(v: np.ndarray) -> float:
     n = len(u)
     if n < 2:
         return float("nan")
-    total = float((u.sum(0) ** 2).sum()) - float((u ** 2).sum())
+    total = float((u.sum(0) ** 2).sum()) - float((u**2).sum())
     return total / (n * (n - 1))
 
 
@@ -115,7 +123,8 @@ def view_metrics(vs: ViewSet, batch_size: int = 16, seed: int = 0) -> dict[str, 
     for tag, (a, b) in {"raw": (vs.v1, vs.v2), "centered": (centered(vs.v1), centered(vs.v2))}.items():
         pos, ng = cosine_pairs(a, b, neg)
         out[tag] = {
-            "pos_cos": _summ(pos), "neg_cos": _summ(ng),
+            "pos_cos": _summ(pos),
+            "neg_cos": _summ(ng),
             "gap": float(pos.mean() - ng.mean()) if len(ng) else float("nan"),
             "retrieval_acc_all": retrieval_accuracy(a, b),
             "retrieval_acc_batch": retrieval_accuracy(a, b, batch_size),

@@ -144,8 +144,9 @@ def copy_items(ex: Segmented, pairs: list[int], pred_ids: list[int], uid0: int) 
     return out
 
 
-def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1, min_rows: int = 1,
-          allow_plain: bool = True) -> dict[str, torch.Tensor]:
+def place(
+    items: list[list[Item]], pad_id: int, multiple_of: int = 1, min_rows: int = 1, allow_plain: bool = True
+) -> dict[str, torch.Tensor]:
     """Place rows of items into padded [B, T] tensors and resolve view indices to (row, column).
 
     ``min_rows``: empty (all-padding) rows are added up to this many; a compiled decoder
@@ -190,13 +191,21 @@ def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1, min_rows: 
     flat = target.flatten()
     lm_index = (flat != IGNORE_INDEX).nonzero().flatten()
     return {
-        "input_ids": ids, "position_ids": pos, "lm_targets": target,
+        "input_ids": ids,
+        "position_ids": pos,
+        "lm_targets": target,
         # For Hugging Face Trainer / TRL, which count labels[..., 1:] != -100 as num_items_in_batch.
         "labels": labels,
         # Precomputed here so the model gathers labelled positions without a device→host sync.
-        "lm_index": lm_index, "lm_labels": flat[lm_index],
-        "seq": seq, "role": role, "pair": pair, "ctx": ctx,
-        "view_rows": v[:, 0], "view1_cols": v[:, 1], "view2_cols": v[:, 2],
+        "lm_index": lm_index,
+        "lm_labels": flat[lm_index],
+        "seq": seq,
+        "role": role,
+        "pair": pair,
+        "ctx": ctx,
+        "view_rows": v[:, 0],
+        "view1_cols": v[:, 1],
+        "view2_cols": v[:, 2],
         "stp_index": torch.tensor(stp, dtype=torch.long).reshape(-1, 3),
         "plain_causal": allow_plain and plain_causal(items),
     }
@@ -205,8 +214,10 @@ def place(items: list[list[Item]], pad_id: int, multiple_of: int = 1, min_rows: 
 def plain_causal(items: list[list[Item]]) -> bool:
     """One original sequence per row (or none: an added padding row): the model's own causal +
     padding mask is then exact, and cheaper than ours (SDPA can take its causal kernels)."""
-    return all(len(row) == 0 or (len(row) == 1 and not any(row[0].views) and all(r == ORIG for r in row[0].role))
-               for row in items)
+    return all(
+        len(row) == 0 or (len(row) == 1 and not any(row[0].views) and all(r == ORIG for r in row[0].role))
+        for row in items
+    )
 
 
 def segmented_from_row(row) -> Segmented:
@@ -220,8 +231,14 @@ def segmented_from_row(row) -> Segmented:
     prompt_len = row.get("prompt_len")
     if prompt_len is None:
         prompt_len = next((t for t, lab in enumerate(labels) if lab != IGNORE_INDEX), len(labels))
-    return Segmented(id=str(row.get("id", "")), input_ids=[int(x) for x in row["input_ids"]], labels=labels,
-                     step_spans=spans, prompt_len=int(prompt_len), truncated=bool(row.get("truncated", False)))
+    return Segmented(
+        id=str(row.get("id", "")),
+        input_ids=[int(x) for x in row["input_ids"]],
+        labels=labels,
+        step_spans=spans,
+        prompt_len=int(prompt_len),
+        truncated=bool(row.get("truncated", False)),
+    )
 
 
 def flatten_examples(examples: list) -> list[Segmented]:
@@ -313,8 +330,9 @@ class StepJEPACollator:
 
     def _place(self, items: list[Item]) -> dict[str, torch.Tensor]:
         rows = pack_rows(items, self.max_tokens) if self.packing else [[it] for it in items]
-        return place(rows, self.pad_id, self.pad_multiple, 1 if self.packing else self.min_rows,
-                     self.plain_batches_only)
+        return place(
+            rows, self.pad_id, self.pad_multiple, 1 if self.packing else self.min_rows, self.plain_batches_only
+        )
 
     @property
     def plain_batches_only(self) -> bool:

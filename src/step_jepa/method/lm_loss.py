@@ -13,8 +13,9 @@ from torch.utils.checkpoint import checkpoint
 VOCAB_ALIGN = 64
 
 
-def padded_head(lm_head: nn.Module, hidden_size: int, device: torch.device, align: int | None = None
-                ) -> Callable[[torch.Tensor], torch.Tensor]:
+def padded_head(
+    lm_head: nn.Module, hidden_size: int, device: torch.device, align: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The LM head as a function, with the vocabulary padded to a multiple of ``align`` columns.
 
     Adding K predictor tokens makes the vocabulary odd (SmolLM2: 49,152 + 1), so the logits' row
@@ -49,8 +50,9 @@ def aligned_logits(h: torch.Tensor, lm_head: nn.Module, align: int | None = None
     return padded_head(lm_head, h.shape[-1], h.device, align)(h)
 
 
-def chunked_lm_loss_sum(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor,
-                        chunk: int = 4096, align: int | None = None) -> torch.Tensor:
+def chunked_lm_loss_sum(
+    hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor, chunk: int = 4096, align: int | None = None
+) -> torch.Tensor:
     """Sum of next-token cross-entropies over the labelled positions only.
 
     `hidden` is [N, H] for the N labelled positions. Each chunk's logits are recomputed in the
@@ -63,6 +65,6 @@ def chunked_lm_loss_sum(hidden: torch.Tensor, lm_head: nn.Module, targets: torch
 
     total = hidden.new_zeros((), dtype=torch.float32)
     for s in range(0, hidden.shape[0], chunk):
-        h, y = hidden[s:s + chunk], targets[s:s + chunk]
+        h, y = hidden[s : s + chunk], targets[s : s + chunk]
         total = total + (checkpoint(part, h, y, use_reentrant=False) if torch.is_grad_enabled() else part(h, y))
     return total

@@ -166,8 +166,9 @@ def within_window(position_ids: torch.Tensor, window: int) -> torch.Tensor:
     return (position_ids[:, :, None] - position_ids[:, None, :] < window)[:, None]
 
 
-def build_attention_mask(meta: TokenMeta, impl: str, dtype: torch.dtype = torch.float32,
-                         window: tuple[torch.Tensor, int] | None = None):
+def build_attention_mask(
+    meta: TokenMeta, impl: str, dtype: torch.dtype = torch.float32, window: tuple[torch.Tensor, int] | None = None
+):
     """The mask object a Hugging Face model expects for its attention implementation.
 
     `window` = (position ids, size) also limits each query to the keys of a sliding window.

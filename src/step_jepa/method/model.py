@@ -41,8 +41,15 @@ class PredictorHead(nn.Module):
         return x + self.net(x)
 
 
-def step_jepa_loss(out: dict, options: JEPAOptions, step: int = 0, max_steps: int = 0,
-                   num_items_in_batch=None, accumulation_steps: int = 1, world_size: int = 1) -> torch.Tensor:
+def step_jepa_loss(
+    out: dict,
+    options: JEPAOptions,
+    step: int = 0,
+    max_steps: int = 0,
+    num_items_in_batch=None,
+    accumulation_steps: int = 1,
+    world_size: int = 1,
+) -> torch.Tensor:
     """γ·L_LM + λ·L_JEPA + λ_STP·L_STP of one micro-batch, from `StepJEPAModel.terms`.
 
     λ is ``options.lbd_at(step, max_steps)`` (the schedule). Without `num_items_in_batch`: the
@@ -79,8 +86,10 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
 
 def _capture(store: dict[int, torch.Tensor], i: int):
     """A forward hook keeping layer i's output (the last call's, as gradient checkpointing reruns)."""
+
     def hook(module: nn.Module, args, out) -> None:
         store[i] = out[0] if isinstance(out, tuple) else out
+
     return hook
 
 
@@ -118,7 +127,7 @@ class StepJEPAModel(nn.Module):
             self._ema.append(_frozen_copy(lm))
         if options.jepa_target == "frozen":
             frozen = _frozen_copy(lm.get_decoder())
-            del frozen.layers[self._target_layer_index() + 1:]  # later layers cannot change view 2
+            del frozen.layers[self._target_layer_index() + 1 :]  # later layers cannot change view 2
             self._frozen.append(frozen)
 
     @torch.no_grad()
@@ -139,8 +148,9 @@ class StepJEPAModel(nn.Module):
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
         """What the Trainer calls for --activation_checkpointing (a wrapper defining only the
         deprecated gradient_checkpointing_enable gets a FutureWarning from it on every run)."""
-        self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
-                                                **kwargs)
+        self.lm.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs
+        )
         if hasattr(self.lm, "enable_input_require_grads"):
             self.lm.enable_input_require_grads()  # LoRA + checkpointing needs grads flowing into inputs
 
@@ -169,14 +179,16 @@ class StepJEPAModel(nn.Module):
         dtype = self.lm.get_input_embeddings().weight.dtype
         return build_model_mask(meta_of(part), self.lm.config, self.attn_impl(), dtype, part["position_ids"])
 
-    def hidden_states(self, part: dict[str, torch.Tensor], lm: nn.Module | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden_states(
+        self, part: dict[str, torch.Tensor], lm: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(final hidden states [B, T, H] for the LM head, hidden states at --jepa_layer for the views)."""
         final, (views,) = self.states_at(part, (self.options.jepa_layer,), (lm or self.lm).get_decoder())
         return final, views
 
-    def states_at(self, part: dict[str, torch.Tensor], layers: tuple[int, ...], decoder: nn.Module | None = None
-                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def states_at(
+        self, part: dict[str, torch.Tensor], layers: tuple[int, ...], decoder: nn.Module | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(final hidden states, the views' hidden states at each of `layers`) of one decoder pass.
 
         A layer's output is captured by a forward hook (no list of every layer's states is
@@ -188,17 +200,23 @@ class StepJEPAModel(nn.Module):
         norm = self.options.jepa_final_norm
         idx = [layer % self._n_layers for layer in layers]
         captured: dict[int, torch.Tensor] = {}
-        hooks = [decoder.layers[i].register_forward_hook(_capture(captured, i))
-                 for i in sorted(set(idx)) if i != self._n_layers - 1 or not norm]
+        hooks = [
+            decoder.layers[i].register_forward_hook(_capture(captured, i))
+            for i in sorted(set(idx))
+            if i != self._n_layers - 1 or not norm
+        ]
         try:
-            out = decoder(input_ids=part["input_ids"], attention_mask=self._mask(part),
-                          position_ids=part["position_ids"], use_cache=False)
+            out = decoder(
+                input_ids=part["input_ids"],
+                attention_mask=self._mask(part),
+                position_ids=part["position_ids"],
+                use_cache=False,
+            )
         finally:
             for hook in hooks:
                 hook.remove()
         final = out.last_hidden_state
-        return final, [final if i not in captured else decoder.norm(captured[i]) if norm else captured[i]
-                       for i in idx]
+        return final, [final if i not in captured else decoder.norm(captured[i]) if norm else captured[i] for i in idx]
 
     @property
     def _n_layers(self) -> int:
@@ -223,8 +241,9 @@ class StepJEPAModel(nn.Module):
         return chunked_lm_loss_sum(h, self.lm.get_output_embeddings(), part["lm_labels"])
 
     @staticmethod
-    def views(hidden: torch.Tensor, part: dict[str, torch.Tensor], target: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def views(
+        hidden: torch.Tensor, part: dict[str, torch.Tensor], target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """View 1 from `hidden`, view 2 from `target` (another layer's states) or `hidden`."""
         rows = part["view_rows"]
         return hidden[rows, part["view1_cols"]], (hidden if target is None else target)[rows, part["view2_cols"]]
@@ -278,8 +297,12 @@ class StepJEPAModel(nn.Module):
         """
         out = self.terms(batch)
         world = _world_size() if num_items_in_batch is not None else 1
-        out["loss"] = step_jepa_loss(out, self.options, self.global_step, self.max_steps, num_items_in_batch,
-                                     self.accumulation_steps, world) / world
+        out["loss"] = (
+            step_jepa_loss(
+                out, self.options, self.global_step, self.max_steps, num_items_in_batch, self.accumulation_steps, world
+            )
+            / world
+        )
         return out
 
     def terms(self, batch: dict) -> dict[str, torch.Tensor]:

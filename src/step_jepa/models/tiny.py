@@ -71,15 +71,28 @@ def build_tiny_tokenizer(template: str = "chatml", vocab_size: int = 400, pad_to
     return fast
 
 
-def build_tiny_model(vocab_size: int, arch: str = "llama", layers: int = 2, hidden: int = 64,
-                     tie: bool = False, seed: int = 0, attn_implementation: str = "sdpa"):
+def build_tiny_model(
+    vocab_size: int,
+    arch: str = "llama",
+    layers: int = 2,
+    hidden: int = 64,
+    tie: bool = False,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+):
     """A randomly initialised Llama- or Qwen2-shaped causal LM (hidden 64, 2 layers by default)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     common = dict(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=tie,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=tie,
     )
     cfg = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
     torch.manual_seed(seed)

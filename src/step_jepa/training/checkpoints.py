@@ -31,6 +31,7 @@ STAGING_PREFIX = f".tmp-{PREFIX_CHECKPOINT_DIR}"
 
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
+
 def _fsync_tree(root: Path) -> None:
     """Flush a checkpoint's files (and the directory entries) to disk before it is published, so a
     power loss cannot leave a renamed checkpoint whose contents never reached the disk."""
@@ -47,6 +48,7 @@ def _fsync_tree(root: Path) -> None:
         finally:
             os.close(fd)
 
+
 def publish_checkpoint(staged: Path, final: Path) -> None:
     """Rename a fully written checkpoint into place. An existing checkpoint of the same step
     (e.g. a damaged one skipped on resume) is moved aside first: rename cannot replace a
@@ -58,6 +60,7 @@ def publish_checkpoint(staged: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(staged, final)
     shutil.rmtree(old, ignore_errors=True)
+
 
 def load_lm_weights(lm, ckpt: str) -> None:
     """Restore weights saved by `_save` (full model or LoRA adapter), failing loudly on mismatch."""
@@ -80,16 +83,21 @@ def load_lm_weights(lm, ckpt: str) -> None:
     missing, unexpected = lm.load_state_dict(state, strict=False)
     tied = {k for k in missing if "lm_head" in k} if lm.config.tie_word_embeddings else set()
     if unexpected or set(missing) - tied:
-        raise RuntimeError(f"{ckpt}: weights do not match the model (missing {sorted(set(missing) - tied)[:5]}, "
-                           f"unexpected {unexpected[:5]})")
+        raise RuntimeError(
+            f"{ckpt}: weights do not match the model (missing {sorted(set(missing) - tied)[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+
 
 HEAD_FILE = "jepa_head.safetensors"
 
 EMA_FILE = "jepa_ema_target.safetensors"  # in checkpoints of --jepa_target ema runs
 
+
 def _is_main_process() -> bool:
     """Rank 0 under torchrun (known before the Trainer initialises torch.distributed)."""
     return int(os.environ.get("RANK", "0")) == 0
+
 
 def check_output_dir(cfg: StepJEPAConfig) -> str | None:
     """Refuse to mix runs; return the checkpoint to resume from (with --resume or
@@ -105,9 +113,13 @@ def check_output_dir(cfg: StepJEPAConfig) -> str | None:
         return None
     ckpt = latest_checkpoint(out)
     if _is_main_process():
-        logger.info(f"--resume: continuing from {ckpt}" if ckpt else
-                    f"--resume: no complete checkpoint in {out}; starting a fresh run")
+        logger.info(
+            f"--resume: continuing from {ckpt}"
+            if ckpt
+            else f"--resume: no complete checkpoint in {out}; starting a fresh run"
+        )
     return ckpt
+
 
 def named_checkpoint(cfg: StepJEPAConfig) -> str:
     """--resume_from_checkpoint: exactly that checkpoint. Unlike --resume there is no fallback to
@@ -126,13 +138,16 @@ def named_checkpoint(cfg: StepJEPAConfig) -> str:
         logger.info(f"--resume_from_checkpoint: continuing from {ckpt}")
     return str(ckpt)
 
+
 def _refuse_non_empty(cfg: StepJEPAConfig) -> None:
     out = Path(cfg.output_dir)
     # Under torchrun only rank 0 judges the directory: the others would see rank 0's first files.
     if _is_main_process() and out.exists() and any(out.iterdir()) and not cfg.overwrite_output_dir:
         raise FileExistsError(
             f"{out} is not empty (another run?). Use --resume to continue it, --overwrite_output_dir to "
-            "write into it anyway, or choose another --output_dir.")
+            "write into it anyway, or choose another --output_dir."
+        )
+
 
 def prepare_output_dir(cfg: StepJEPAConfig, ckpt: str | None) -> None:
     """Create the output dir and make metrics.jsonl describe this run: a fresh run starts it
@@ -152,11 +167,13 @@ def prepare_output_dir(cfg: StepJEPAConfig, ckpt: str | None) -> None:
         keep = [line for line in metrics.read_text().splitlines(keepends=True) if _logged_step(line) <= step]
         metrics.write_text("".join(keep))
 
+
 def _logged_step(line: str) -> float:
     try:
         return float(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return float("inf")  # a line cut by the kill: drop it
+
 
 def checkpoint_problems(ckpt: Path) -> list[str]:
     """Why `ckpt` cannot be resumed from (empty list: it looks complete).
@@ -184,6 +201,7 @@ def checkpoint_problems(ckpt: Path) -> list[str]:
     problems += [f"{f.name} truncated or corrupt" for f in rng if not zipfile.is_zipfile(f)]
     return problems
 
+
 def _weights_problems(ckpt: Path) -> list[str]:
     from safetensors import SafetensorError, safe_open
 
@@ -207,6 +225,7 @@ def _weights_problems(ckpt: Path) -> list[str]:
         except (SafetensorError, OSError) as e:
             problems.append(f"{f.name} truncated or corrupt ({str(e).splitlines()[0][:80]})")
     return problems
+
 
 def latest_checkpoint(out: Path) -> str | None:
     """The newest checkpoint-N in `out` that passes `checkpoint_problems`; damaged ones are

@@ -54,35 +54,51 @@ class StepJEPAConfig(JEPAOptions, TrainingArguments):
     # data and model
     model: str = _f(DEFAULT_MODEL, "model name or local directory (offline: default SmolLM2 GGUF, or gemma3-270m)")
     train_file: str | None = _f(None, "prepared JSONL (or raw GSM8K/chat JSONL); default: built-in generator")
-    dataset_name: str | None = _f(None, "training data from the Hugging Face Hub (TRL's name), e.g. openai/gsm8k, or a "
-                                        "directory written by datasets' save_to_disk; converted like --train_file")
+    dataset_name: str | None = _f(
+        None,
+        "training data from the Hugging Face Hub (TRL's name), e.g. openai/gsm8k, or a "
+        "directory written by datasets' save_to_disk; converted like --train_file",
+    )
     dataset_config: str | None = _f(None, "config of --dataset_name (default: main for gsm8k, else the dataset's own)")
     dataset_train_split: str = _f("train", "split of --dataset_name to train on")
-    generate_examples: int = _f(256, "problems from the built-in generator when neither --train_file nor "
-                                     "--dataset_name is given")
-    eval_file: str | None = _f(None, "held-out JSONL (same formats as --train_file): eval_loss, eval_lm_loss and "
-                                     "eval_jepa_loss are logged every --eval_steps")
+    generate_examples: int = _f(
+        256, "problems from the built-in generator when neither --train_file nor --dataset_name is given"
+    )
+    eval_file: str | None = _f(
+        None,
+        "held-out JSONL (same formats as --train_file): eval_loss, eval_lm_loss and "
+        "eval_jepa_loss are logged every --eval_steps",
+    )
     output_dir: str = _f("runs/step-jepa", "where checkpoints, metrics.jsonl and the final model go")
     max_length: int = _f(1024, "token limit per example; the answer is cut from the end, cut pairs are invalid")
     skip_invalid: bool = _f(False, "skip (and count) bad training lines instead of stopping at the first")
     system_prompt: str | None = _f(None, "override the system prompt of every record")
     packing: bool = _f(False, "padding-free packing of several examples per row, batches by token budget")
     max_tokens_per_batch: int = _f(8192, "token budget of one packed batch (with --packing)")
-    packing_budget: str = _f("all", "what the budget counts (with --packing): all (every token of the row, "
-                                    "JEPA extras too) | examples (the examples' own tokens: a JEPA run gets "
-                                    "the very batches and step count of the SFT run of its seed, rows grow "
-                                    "by the extras)", choices=("all", "examples"))
-    attn_implementation: str = _f("auto", "auto | sdpa | eager | flex_attention "
-                                          "(auto: flex on CUDA when λ > 0, else sdpa)",
-                                  choices=("auto", "sdpa", "eager", "flex_attention"))
+    packing_budget: str = _f(
+        "all",
+        "what the budget counts (with --packing): all (every token of the row, "
+        "JEPA extras too) | examples (the examples' own tokens: a JEPA run gets "
+        "the very batches and step count of the SFT run of its seed, rows grow "
+        "by the extras)",
+        choices=("all", "examples"),
+    )
+    attn_implementation: str = _f(
+        "auto",
+        "auto | sdpa | eager | flex_attention (auto: flex on CUDA when λ > 0, else sdpa)",
+        choices=("auto", "sdpa", "eager", "flex_attention"),
+    )
     # LoRA
     lora: bool = _f(False, "train a LoRA adapter instead of all weights")
     lora_rank: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha")
     # 0 by default: with dropout PEFT keeps a dropped copy of the input of every adapted Linear for
     # backward, which on SmolLM2-135M cost more memory than full fine-tuning's optimizer state.
-    lora_dropout: float = _f(0.0, "LoRA dropout (> 0 stores a dropped input copy per adapted layer: "
-                                  "+0.9 MB/token on SmolLM2-135M, docs/performance.md)")
+    lora_dropout: float = _f(
+        0.0,
+        "LoRA dropout (> 0 stores a dropped input copy per adapted layer: "
+        "+0.9 MB/token on SmolLM2-135M, docs/performance.md)",
+    )
     lora_targets: str = _f("all-linear", "comma-separated module names, or all-linear")
     merge: bool = _f(False, "with --lora, also save merged full weights under output_dir/merged")
     # optimisation (TrainingArguments names)
@@ -98,18 +114,26 @@ class StepJEPAConfig(JEPAOptions, TrainingArguments):
     adam_beta2: float = _f(0.95, "AdamW β2")
     max_grad_norm: float = _f(1.0, "gradient clipping")
     bf16: bool = _f(False, "bf16 autocast (fp32 master weights)")
-    torch_compile: bool = _f(False, "torch.compile the decoder (dynamic shapes; per layer, see "
-                                    "--torch_compile_scope). A packed GSM8K epoch of SmolLM2 Step-JEPA on an H200: "
-                                    "46 s compiled against 62 s eager, compile included (docs/performance.md). "
-                                    "Hugging Face's whole-model compile: --torch_compile_backend/--torch_compile_mode")
-    torch_compile_scope: str = _f("layers", "what --torch_compile compiles: each decoder layer (one graph shared by "
-                                            "all layers, compiles ~30x less code) or the whole decoder stack",
-                                  choices=("layers", "decoder"))
+    torch_compile: bool = _f(
+        False,
+        "torch.compile the decoder (dynamic shapes; per layer, see "
+        "--torch_compile_scope). A packed GSM8K epoch of SmolLM2 Step-JEPA on an H200: "
+        "46 s compiled against 62 s eager, compile included (docs/performance.md). "
+        "Hugging Face's whole-model compile: --torch_compile_backend/--torch_compile_mode",
+    )
+    torch_compile_scope: str = _f(
+        "layers",
+        "what --torch_compile compiles: each decoder layer (one graph shared by "
+        "all layers, compiles ~30x less code) or the whole decoder stack",
+        choices=("layers", "decoder"),
+    )
     seed: int = _f(0, "seed for data order, pair sampling and initialisation")
     logging_steps: int = _f(10, "log every N optimizer steps (TensorBoard + metrics.jsonl)")
-    eval_strategy: str | None = _f(None, "when to evaluate on --eval_file: no | steps | epoch "
-                                         "(default: steps when --eval_file is given, else no)",
-                                   choices=("no", "steps", "epoch"))
+    eval_strategy: str | None = _f(
+        None,
+        "when to evaluate on --eval_file: no | steps | epoch (default: steps when --eval_file is given, else no)",
+        choices=("no", "steps", "epoch"),
+    )
     eval_steps: int | None = _f(None, "evaluate every N optimizer steps (default: --logging_steps)")
     save_steps: int = _f(500, "checkpoint every N steps")
     save_total_limit: int | None = _f(2, "keep at most N checkpoints")
@@ -118,26 +142,41 @@ class StepJEPAConfig(JEPAOptions, TrainingArguments):
     dataloader_num_workers: int = _f(0, "data loader worker processes")
     # TrainingArguments fields that our Trainer needs set otherwise than Hugging Face's default
     logging_first_step: bool = _f(True, "log the first optimizer step too")
-    remove_unused_columns: bool = _f(False, "keep batch keys the model forward does not name (the step "
-                                            "spans are needed; leave false)")
+    remove_unused_columns: bool = _f(
+        False, "keep batch keys the model forward does not name (the step spans are needed; leave false)"
+    )
     disable_tqdm: bool = _f(False, "hide the progress bar")
-    per_device_eval_batch_size: int | None = _f(None, "examples per device per eval batch (default: the training "
-                                                      "batch size; 1 group with --packing)")
-    use_cpu: bool | None = _f(None, "train on the CPU (default: true when no CUDA device is visible; makes "
-                                    "accelerate use gloo DDP under torchrun on CPU)")
-    ddp_find_unused_parameters: bool | None = _f(None, "DDP find_unused_parameters (default: true only for a "
-                                                       "predictor head with --jepa_ratio < 1, idle on some steps)")
+    per_device_eval_batch_size: int | None = _f(
+        None, "examples per device per eval batch (default: the training batch size; 1 group with --packing)"
+    )
+    use_cpu: bool | None = _f(
+        None,
+        "train on the CPU (default: true when no CUDA device is visible; makes "
+        "accelerate use gloo DDP under torchrun on CPU)",
+    )
+    ddp_find_unused_parameters: bool | None = _f(
+        None,
+        "DDP find_unused_parameters (default: true only for a "
+        "predictor head with --jepa_ratio < 1, idle on some steps)",
+    )
     # reliability
     resume: bool = _f(False, "resume from the latest complete checkpoint in output_dir")
-    resume_from_checkpoint: str | None = _f(None, "resume from exactly this checkpoint dir (HF name; wins over "
-                                                  "--resume); an error if it is missing or damaged")
+    resume_from_checkpoint: str | None = _f(
+        None,
+        "resume from exactly this checkpoint dir (HF name; wins over --resume); an error if it is missing or damaged",
+    )
     overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output dir of another run")
     max_nonfinite_steps: int = _f(5, "stop after this many consecutive non-finite losses (each step is skipped)")
     debug_batch: bool = _f(False, "print the first batch's layout and shapes (also: --debug, --debug true)")
     # Hugging Face's `debug` (underflow_overflow | tpu_metrics_debug; a YAML list is accepted too).
     # `--debug` was our boolean: alone or with a boolean value it still means --debug_batch.
-    debug: str = _f("", "--debug or --debug true: --debug_batch; other values are Hugging Face's debug "
-                        "options (underflow_overflow, tpu_metrics_debug)", nargs="?", const="true")
+    debug: str = _f(
+        "",
+        "--debug or --debug true: --debug_batch; other values are Hugging Face's debug "
+        "options (underflow_overflow, tpu_metrics_debug)",
+        nargs="?",
+        const="true",
+    )
 
     validates_on_init = True  # __post_init__ runs validate(): resolve_dataclass need not
 
@@ -244,30 +283,47 @@ class StepJEPAConfig(JEPAOptions, TrainingArguments):
         The JEPA ranges are `JEPAOptions`' checks; `_checks` adds the run's.
         """
         super().validate()
-        if (self.jepa_loss == "infonce" and self.lbd > 0 and not self.packing and self.pairs != "all"
-                and self.per_device_train_batch_size < 2):
+        if (
+            self.jepa_loss == "infonce"
+            and self.lbd > 0
+            and not self.packing
+            and self.pairs != "all"
+            and self.per_device_train_batch_size < 2
+        ):
             # One pair per micro-batch has no negatives: InfoNCE is identically 0 and trains nothing.
-            raise ValueError("--jepa_loss infonce needs several pairs per micro-batch: use "
-                             "--per_device_train_batch_size >= 2, --packing or --pairs all")
+            raise ValueError(
+                "--jepa_loss infonce needs several pairs per micro-batch: use "
+                "--per_device_train_batch_size >= 2, --packing or --pairs all"
+            )
 
     def _checks(self) -> list[tuple[bool, str]]:
         """JEPAOptions' ranges, then the run's: (value is fine, message), "ok" conditions so NaN fails."""
         return [
             *super()._checks(),
             (self.max_length >= 8, "--max_length must be >= 8"),
-            (self.train_file is None or self.dataset_name is None,
-             "give --train_file or --dataset_name, not both (neither: the built-in generator)"),
-            (self.train_file is not None or self.dataset_name is not None or self.generate_examples >= 1,
-             "--generate_examples must be >= 1"),
-            (self.eval_strategy in (None, "no") or bool(self.eval_file),
-             f"--eval_strategy {self.eval_strategy} needs --eval_file"),
+            (
+                self.train_file is None or self.dataset_name is None,
+                "give --train_file or --dataset_name, not both (neither: the built-in generator)",
+            ),
+            (
+                self.train_file is not None or self.dataset_name is not None or self.generate_examples >= 1,
+                "--generate_examples must be >= 1",
+            ),
+            (
+                self.eval_strategy in (None, "no") or bool(self.eval_file),
+                f"--eval_strategy {self.eval_strategy} needs --eval_file",
+            ),
             (self.eval_steps is None or self.eval_steps >= 1, "--eval_steps must be >= 1"),
             (self.max_tokens_per_batch >= 1, "--max_tokens_per_batch must be >= 1"),
-            (self.lora_rank >= 1 and 0.0 <= self.lora_dropout < 1.0,
-             "--lora_rank must be >= 1 and --lora_dropout in [0, 1)"),
+            (
+                self.lora_rank >= 1 and 0.0 <= self.lora_dropout < 1.0,
+                "--lora_rank must be >= 1 and --lora_dropout in [0, 1)",
+            ),
             (self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}"),
-            (self.max_steps > 0 or self.num_train_epochs > 0,
-             f"--num_train_epochs must be > 0 (or give --max_steps > 0), got {self.num_train_epochs}"),
+            (
+                self.max_steps > 0 or self.num_train_epochs > 0,
+                f"--num_train_epochs must be > 0 (or give --max_steps > 0), got {self.num_train_epochs}",
+            ),
             (self.per_device_train_batch_size >= 1, "--per_device_train_batch_size must be >= 1"),
             (self.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be >= 1"),
             # HF reads a warm-up >= 1 as a number of steps: a ratio of 1 would warm up for one step.
@@ -279,8 +335,6 @@ class StepJEPAConfig(JEPAOptions, TrainingArguments):
             (self.dataloader_num_workers >= 0, "--dataloader_num_workers must be >= 0"),
             (self.max_nonfinite_steps >= 1, "--max_nonfinite_steps must be >= 1"),
         ]
-
-
 
 
 def own_fields(cls: type = StepJEPAConfig) -> list[str]:

@@ -46,7 +46,9 @@ def load_training_records(cfg: StepJEPAConfig) -> tuple[list[dict], dict[str, An
     if cfg.train_file is None:
         recs = generate_problems(cfg.generate_examples, seed=cfg.seed)
         return _with_system_prompt(recs, cfg), {
-            "source": f"generator ({cfg.generate_examples} problems, seed {cfg.seed})", "lines_read": len(recs)}
+            "source": f"generator ({cfg.generate_examples} problems, seed {cfg.seed})",
+            "lines_read": len(recs),
+        }
     return load_file_records(cfg.train_file, cfg)
 
 
@@ -64,17 +66,18 @@ def load_hub_records(cfg: StepJEPAConfig) -> tuple[list[dict], dict[str, Any]]:
     from step_jepa.data.load import load_dataset_records
 
     assert cfg.dataset_name is not None
-    recs, rep = load_dataset_records(cfg.dataset_name, cfg.dataset_config, cfg.dataset_train_split,
-                                     skip_invalid=cfg.skip_invalid)
-    return _with_system_prompt(recs, cfg), {"source": f"{cfg.dataset_name}[{cfg.dataset_train_split}]",
-                                            **rep.to_dict()}
+    recs, rep = load_dataset_records(
+        cfg.dataset_name, cfg.dataset_config, cfg.dataset_train_split, skip_invalid=cfg.skip_invalid
+    )
+    return _with_system_prompt(recs, cfg), {"source": f"{cfg.dataset_name}[{cfg.dataset_train_split}]", **rep.to_dict()}
 
 
 def _with_system_prompt(recs: list[dict], cfg: StepJEPAConfig) -> list[dict]:
     if cfg.system_prompt is not None:
         for r in recs:
             r["messages"] = [{"role": "system", "content": cfg.system_prompt}] + [
-                m for m in r["messages"] if m["role"] != "system"]
+                m for m in r["messages"] if m["role"] != "system"
+            ]
     return recs
 
 
@@ -161,17 +164,25 @@ class BatchSeededCollator:
 
 def build_collator(cfg: StepJEPAConfig, tok, pred_ids: list[int], attn: str) -> BatchSeededCollator:
     mode = "sft" if cfg.lbd == 0 else cfg.jepa_mode
-    return BatchSeededCollator(StepJEPACollator(
-        pad_id=tok.pad_token_id, pred_ids=pred_ids, mode=mode, pairs=cfg.pairs, packing=cfg.packing,
-        # The groups are budgeted already; under --packing_budget examples a group's row may exceed
-        # the budget by its JEPA extras and must stay one row (no padding between rows).
-        max_tokens=cfg.max_tokens_per_batch if cfg.packing_budget == "all" else 2 ** 31,
-        pad_multiple=128 if attn == "flex_attention" else 1,
-        seed=cfg.seed, jepa_ratio=cfg.jepa_ratio, target_copies=cfg.target_model(),
-        boundary=cfg.view_boundary,
-        stp=cfg.stp_positions if cfg.stp_lbd > 0 else "none",
-        min_rows=2 if cfg.torch_compile else 1,  # a 1-row last batch would recompile the decoder
-    ))
+    return BatchSeededCollator(
+        StepJEPACollator(
+            pad_id=tok.pad_token_id,
+            pred_ids=pred_ids,
+            mode=mode,
+            pairs=cfg.pairs,
+            packing=cfg.packing,
+            # The groups are budgeted already; under --packing_budget examples a group's row may exceed
+            # the budget by its JEPA extras and must stay one row (no padding between rows).
+            max_tokens=cfg.max_tokens_per_batch if cfg.packing_budget == "all" else 2**31,
+            pad_multiple=128 if attn == "flex_attention" else 1,
+            seed=cfg.seed,
+            jepa_ratio=cfg.jepa_ratio,
+            target_copies=cfg.target_model(),
+            boundary=cfg.view_boundary,
+            stp=cfg.stp_positions if cfg.stp_lbd > 0 else "none",
+            min_rows=2 if cfg.torch_compile else 1,  # a 1-row last batch would recompile the decoder
+        )
+    )
 
 
 def format_data_report(data: dict[str, Any], seg: dict[str, Any]) -> str:
@@ -181,9 +192,11 @@ def format_data_report(data: dict[str, Any], seg: dict[str, Any]) -> str:
     if "written" in data:
         line += f", {data['written']} used, {sum(skipped.values())} skipped"
         line += "".join(f"\n  {n:>6}  {reason}" for reason, n in skipped.items())
-    seg_line = (f"segmentation: {seg['examples']} examples, {seg['truncated']} truncated, "
-                f"{seg['without_valid_pair']} without a valid step pair, {seg['first_pair_invalid']} without a valid "
-                f"S1→S2 pair (what --pairs first uses), mean {seg['mean_tokens']} tokens")
+    seg_line = (
+        f"segmentation: {seg['examples']} examples, {seg['truncated']} truncated, "
+        f"{seg['without_valid_pair']} without a valid step pair, {seg['first_pair_invalid']} without a valid "
+        f"S1→S2 pair (what --pairs first uses), mean {seg['mean_tokens']} tokens"
+    )
     seg_line += "".join(f"\n  {n:>6}  skipped: {reason}" for reason, n in seg["skipped"].items())
     return f"{line}\n{seg_line}"
 
@@ -212,11 +225,14 @@ def check_pair_coverage(cfg: StepJEPAConfig, seg: dict[str, Any]) -> None:
         raise ValueError(
             f"--lbd {cfg.lbd} but none of the {seg['examples']} examples has {what}, so the JEPA loss would be 0 "
             "and this would be plain SFT. Steps are found at blank lines ('\\n\\n') in the answer: check the data "
-            "(step-jepa inspect), raise --max_length if steps are cut, or train SFT on purpose with --lbd 0.")
+            "(step-jepa inspect), raise --max_length if steps are cut, or train SFT on purpose with --lbd 0."
+        )
     if frac < LOW_PAIR_FRACTION and _is_main_process():
-        logger.warning(f"only {100 * frac:.1f}% of the {seg['examples']} examples have {what}; the JEPA term "
-                       f"(λ={cfg.lbd}) sees few pairs and this run is mostly plain SFT. Check the step "
-                       "separators of the data (step-jepa inspect) or --max_length.")
+        logger.warning(
+            f"only {100 * frac:.1f}% of the {seg['examples']} examples have {what}; the JEPA term "
+            f"(λ={cfg.lbd}) sees few pairs and this run is mostly plain SFT. Check the step "
+            "separators of the data (step-jepa inspect) or --max_length."
+        )
 
 
 def make_dataset(examples: list[Segmented], cfg: StepJEPAConfig) -> ListDataset:

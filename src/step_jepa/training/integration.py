@@ -25,7 +25,9 @@ from step_jepa.data.segment import SegmentError, segment
 
 def _row(seg) -> dict[str, Any]:
     return {
-        "input_ids": seg.input_ids, "labels": seg.labels, "prompt_len": seg.prompt_len,
+        "input_ids": seg.input_ids,
+        "labels": seg.labels,
+        "prompt_len": seg.prompt_len,
         "step_starts": [s[0] if s is not None else -1 for s in seg.step_spans],
         "step_ends": [s[1] if s is not None else -1 for s in seg.step_spans],
         "truncated": seg.truncated,
@@ -106,5 +108,6 @@ class StepJEPALossMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from transformers import Trainer
 
-        return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        return Trainer.compute_loss(
+            self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )

@@ -30,8 +30,10 @@ def check_jepa_layer(layer: int | None, n_layers: int, model: str, flag: str = "
     starts; otherwise the first forward pass fails with a bare IndexError from inside the hook
     set-up. None (--jepa_target_layer unset) is always fine."""
     if layer is not None and not -n_layers <= layer < n_layers:
-        raise ValueError(f"{flag} {layer}: {model} has {n_layers} decoder layers "
-                         f"(use 0 … {n_layers - 1}, or -1 … -{n_layers} from the top)")
+        raise ValueError(
+            f"{flag} {layer}: {model} has {n_layers} decoder layers "
+            f"(use 0 … {n_layers - 1}, or -1 … -{n_layers} from the top)"
+        )
 
 
 def build_model(cfg: StepJEPAConfig):
@@ -41,7 +43,8 @@ def build_model(cfg: StepJEPAConfig):
     path = resolve_model_path(cfg.model)
     tok = load_tokenizer(path)
     lm = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, attn_implementation=resolve_attn_implementation(cfg))
+        path, dtype=torch.float32, attn_implementation=resolve_attn_implementation(cfg)
+    )
     check_jepa_layer(cfg.jepa_layer, len(lm.get_decoder().layers), path)
     check_jepa_layer(cfg.jepa_target_layer, len(lm.get_decoder().layers), path, "--jepa_target_layer")
     old_rows = lm.get_input_embeddings().weight.shape[0]
@@ -72,8 +75,13 @@ def apply_lora(lm, cfg: StepJEPAConfig, new_rows: list[int]):
         if not lm.config.get_text_config().tie_word_embeddings:
             tokens[_module_leaf(lm, lm.get_output_embeddings())] = new_rows
     lcfg = LoraConfig(
-        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-        task_type="CAUSAL_LM", trainable_token_indices=tokens)
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        trainable_token_indices=tokens,
+    )
     with warnings.catch_warnings():
         # PEFT (0.21) reads the model's `is_gradient_checkpointing`, a property transformers 5
         # deprecated: the FutureWarning is PEFT's, not the user's, and would open every --lora run.

@@ -53,8 +53,9 @@ def card_metadata(cfg, data_report: dict | None = None) -> dict[str, Any]:
         meta["base_model"] = base
     meta["library_name"] = "peft" if cfg.lora else "transformers"
     meta["pipeline_tag"] = "text-generation"
-    meta["tags"] = ["step-jepa", "jepa", "reasoning"] + (["lora"] if cfg.lora else []) + (
-        ["stp"] if cfg.stp_lbd > 0 else [])
+    meta["tags"] = (
+        ["step-jepa", "jepa", "reasoning"] + (["lora"] if cfg.lora else []) + (["stp"] if cfg.stp_lbd > 0 else [])
+    )
     source = str(cfg.train_file or (data_report or {}).get("source") or "")
     datasets = sorted({hub for key, hub in KNOWN_DATASETS.items() if key in source.lower()})
     if datasets:
@@ -69,9 +70,13 @@ def _describe_weights(src: dict | None) -> str:
         return "unknown"
     kind = src.get("kind")
     if kind == "converted":
-        return (f"a GGUF dequantized to fp32 by step-jepa, `{src.get('path')}` (from {src.get('source')}"
-                + (f", sha256 `{src['sha256']}`" if src.get("sha256") else "") + "). "
-                + (src.get("note") or "") + " Load the adapter onto these weights to reproduce the trained model.")
+        return (
+            f"a GGUF dequantized to fp32 by step-jepa, `{src.get('path')}` (from {src.get('source')}"
+            + (f", sha256 `{src['sha256']}`" if src.get("sha256") else "")
+            + "). "
+            + (src.get("note") or "")
+            + " Load the adapter onto these weights to reproduce the trained model."
+        )
     if kind == "hub":
         return f"the Hugging Face hub, `{src.get('repo')}` at revision `{src.get('revision')}`"
     return f"the local directory `{src.get('path')}`"
@@ -79,19 +84,31 @@ def _describe_weights(src: dict | None) -> str:
 
 def _options_table(cfg) -> str:
     rows = [
-        ("λ (JEPA weight)", cfg.lbd), ("γ (LM weight)", cfg.gamma), ("K (predictor tokens)", cfg.predictors),
-        ("JEPA loss", cfg.jepa_loss), ("pairs", cfg.pairs), ("JEPA layer", cfg.jepa_layer),
-        ("JEPA target", cfg.jepa_target), ("predictor head", cfg.jepa_predictor_head),
+        ("λ (JEPA weight)", cfg.lbd),
+        ("γ (LM weight)", cfg.gamma),
+        ("K (predictor tokens)", cfg.predictors),
+        ("JEPA loss", cfg.jepa_loss),
+        ("pairs", cfg.pairs),
+        ("JEPA layer", cfg.jepa_layer),
+        ("JEPA target", cfg.jepa_target),
+        ("predictor head", cfg.jepa_predictor_head),
         ("λ schedule", f"{cfg.lbd_schedule}, warm-up {cfg.lbd_warmup_steps} steps"),
-        ("STP weight (λ_STP)", cfg.stp_lbd), ("packing", cfg.packing), ("max length", cfg.max_length),
-        ("learning rate", cfg.learning_rate), ("scheduler", cfg.lr_scheduler_type),
+        ("STP weight (λ_STP)", cfg.stp_lbd),
+        ("packing", cfg.packing),
+        ("max length", cfg.max_length),
+        ("learning rate", cfg.learning_rate),
+        ("scheduler", cfg.lr_scheduler_type),
         ("epochs / max steps", f"{cfg.num_train_epochs} / {cfg.max_steps}"),
         ("batch size × accumulation", f"{cfg.per_device_train_batch_size} × {cfg.gradient_accumulation_steps}"),
         ("seed", cfg.seed),
     ]
     if cfg.lora:
-        rows.append(("LoRA", f"r={cfg.lora_rank}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout}, "
-                             f"targets={cfg.lora_targets}"))
+        rows.append(
+            (
+                "LoRA",
+                f"r={cfg.lora_rank}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout}, targets={cfg.lora_targets}",
+            )
+        )
     return "| option | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
@@ -118,31 +135,39 @@ def _eval_section(results: list[dict] | None) -> str:
         return f"{EVAL_BEGIN}\nNo evaluation yet (`step-jepa eval --model <this folder>` adds it here).\n{EVAL_END}"
     rows = ["| data | n | accuracy | no answer | max new tokens |", "|---|---|---|---|---|"]
     for r in results:
-        rows.append(f"| {r.get('data', 'n/a')} | {r.get('n', 'n/a')} | {r.get('accuracy', float('nan')):.4f} "
-                    f"| {r.get('no_answer', 'n/a')} | {r.get('max_new_tokens', 'n/a')} |")
+        rows.append(
+            f"| {r.get('data', 'n/a')} | {r.get('n', 'n/a')} | {r.get('accuracy', float('nan')):.4f} "
+            f"| {r.get('no_answer', 'n/a')} | {r.get('max_new_tokens', 'n/a')} |"
+        )
     blob = json.dumps(results, separators=(",", ":"))
     return f"{EVAL_BEGIN}\n" + "\n".join(rows) + f"\n<!-- step-jepa:eval-data {blob} -->\n{EVAL_END}"
 
 
-def render_model_card(cfg, summary: dict, data_report: dict, weights: dict | None,
-                      eval_results: list[dict] | None = None) -> str:
+def render_model_card(
+    cfg, summary: dict, data_report: dict, weights: dict | None, eval_results: list[dict] | None = None
+) -> str:
     seg = summary.get("segmentation") or {}
     base = _hub_id(cfg.model) or cfg.model
     kind = "LoRA adapter" if cfg.lora else "full fine-tune"
-    method = ("Step-JEPA: the LM loss plus λ times a JEPA loss between the representation of a reasoning step "
-              "read at K predictor tokens and that of the next step, both from one forward pass"
-              if cfg.lbd > 0 else "plain supervised fine-tuning (λ = 0, no JEPA term)")
+    method = (
+        "Step-JEPA: the LM loss plus λ times a JEPA loss between the representation of a reasoning step "
+        "read at K predictor tokens and that of the next step, both from one forward pass"
+        if cfg.lbd > 0
+        else "plain supervised fine-tuning (λ = 0, no JEPA term)"
+    )
     if cfg.stp_lbd > 0:
         method += f", with Semantic Tube Prediction (λ_STP = {cfg.stp_lbd})"
-    load = (f"```python\nfrom step_jepa import load_for_inference\nmodel, tok = load_for_inference(\"<this folder>\")"
-            f"  # resizes the base, merges the adapter\n```\n\nor with PEFT (tokenizer from this folder, base vocabulary "
-            f"resized to it):\n\n```python\nfrom peft import PeftModel\nfrom step_jepa import load_model\n"
-            f"base, _ = load_model(\"{base}\")\nbase.resize_token_embeddings(len(tok))\n"
-            f"model = PeftModel.from_pretrained(base, \"<this folder>\")\n```"
-            if cfg.lora else
-            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            "model = AutoModelForCausalLM.from_pretrained(\"<this folder>\")\n"
-            "tok = AutoTokenizer.from_pretrained(\"<this folder>\")\n```")
+    load = (
+        f'```python\nfrom step_jepa import load_for_inference\nmodel, tok = load_for_inference("<this folder>")'
+        f"  # resizes the base, merges the adapter\n```\n\nor with PEFT (tokenizer from this folder, base vocabulary "
+        f"resized to it):\n\n```python\nfrom peft import PeftModel\nfrom step_jepa import load_model\n"
+        f'base, _ = load_model("{base}")\nbase.resize_token_embeddings(len(tok))\n'
+        f'model = PeftModel.from_pretrained(base, "<this folder>")\n```'
+        if cfg.lora
+        else "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        'model = AutoModelForCausalLM.from_pretrained("<this folder>")\n'
+        'tok = AutoTokenizer.from_pretrained("<this folder>")\n```'
+    )
     summary_rows = "\n".join(f"| {k} | {summary.get(k)} |" for k in SUMMARY_FIELDS if k in summary)
     return (
         _yaml_front_matter(card_metadata(cfg, data_report)) + f"{MARKER}\n\n"
@@ -157,8 +182,7 @@ def render_model_card(cfg, summary: dict, data_report: dict, weights: dict | Non
     )
 
 
-def write_model_card(final_dir: str | Path, cfg, summary: dict, data_report: dict,
-                     weights: dict | None = None) -> Path:
+def write_model_card(final_dir: str | Path, cfg, summary: dict, data_report: dict, weights: dict | None = None) -> Path:
     """Write ``final_dir/README.md`` (replacing the stub PEFT writes for an adapter)."""
     path = Path(final_dir) / CARD
     path.write_text(render_model_card(cfg, summary, data_report, weights), encoding="utf-8")
@@ -181,14 +205,16 @@ def update_model_card_eval(model_dir: str | Path, eval_summary: dict, data: str 
     text = card.read_text(encoding="utf-8")
     m = re.search(r"<!-- step-jepa:eval-data (.*?) -->", text)
     results = json.loads(m.group(1)) if m else []
-    row = {"data": data or eval_summary.get("data") or "n/a",
-           **{k: eval_summary.get(k) for k in ("n", "accuracy", "correct", "no_answer", "max_new_tokens")}}
+    row = {
+        "data": data or eval_summary.get("data") or "n/a",
+        **{k: eval_summary.get(k) for k in ("n", "accuracy", "correct", "no_answer", "max_new_tokens")},
+    }
     results = [r for r in results if (r.get("data"), r.get("max_new_tokens")) != (row["data"], row["max_new_tokens"])]
     results.append(row)
     start, end = text.find(EVAL_BEGIN), text.find(EVAL_END)
     if start < 0 or end < 0:
         return False
-    text = text[:start] + _eval_section(results) + text[end + len(EVAL_END):]
+    text = text[:start] + _eval_section(results) + text[end + len(EVAL_END) :]
     card.write_text(text, encoding="utf-8")
     return True
 
@@ -201,6 +227,10 @@ def push_final(final_dir: str | Path, cfg) -> str:
     api = HfApi(token=getattr(cfg, "hub_token", None))
     repo = cfg.hub_model_id or Path(cfg.output_dir).resolve().name
     repo_id = api.create_repo(repo, private=getattr(cfg, "hub_private_repo", None), exist_ok=True).repo_id
-    api.upload_folder(repo_id=repo_id, folder_path=str(final_dir), revision=getattr(cfg, "hub_revision", None),
-                      commit_message="step-jepa: final model and card")
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(final_dir),
+        revision=getattr(cfg, "hub_revision", None),
+        commit_message="step-jepa: final model and card",
+    )
     return repo_id

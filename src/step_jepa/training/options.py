@@ -63,8 +63,12 @@ def _suppress_default(action: argparse.Action, default: Any) -> None:
     """
     action.default = argparse.SUPPRESS
     text = (action.help or "").replace("%", "%%")  # argparse %-formats help strings
-    shown = not (action.option_strings[0].startswith("--no_") or "(default" in text
-                 or any(default is x for x in (None, False)) or default == "")
+    shown = not (
+        action.option_strings[0].startswith("--no_")
+        or "(default" in text
+        or any(default is x for x in (None, False))
+        or default == ""
+    )
     if shown:
         value = plain(default)
         value = " ".join(map(str, value)) if isinstance(value, list) else value

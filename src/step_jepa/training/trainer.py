@@ -105,8 +105,15 @@ class StepJEPATrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = model(**inputs)
         ga = getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps
-        loss = step_jepa_loss(out, self.jepa_options, self.state.global_step, self.state.max_steps,
-                              num_items_in_batch, ga, self.args.world_size)
+        loss = step_jepa_loss(
+            out,
+            self.jepa_options,
+            self.state.global_step,
+            self.state.max_steps,
+            num_items_in_batch,
+            ga,
+            self.args.world_size,
+        )
         if model.training:
             self._record(inputs, out)
         return (loss, out) if return_outputs else loss
@@ -175,13 +182,16 @@ class StepJEPATrainer(Trainer):
         self._nonfinite_run += 1
         self._acc["skipped_steps"] += 1
         limit = self.step_config.max_nonfinite_steps
-        logger.warning(f"non-finite loss or gradient at step {self.state.global_step + 1}: optimizer step "
-                       f"skipped ({self._nonfinite_run}/{limit} in a row)")
+        logger.warning(
+            f"non-finite loss or gradient at step {self.state.global_step + 1}: optimizer step "
+            f"skipped ({self._nonfinite_run}/{limit} in a row)"
+        )
         if self._nonfinite_run >= limit:
             raise NonFiniteLossError(
                 f"{self._nonfinite_run} consecutive optimizer steps with a non-finite loss or gradient "
                 f"(last at step {self.state.global_step + 1}): stopping. Lower --learning_rate, check the data, "
-                "or use --bf16 false; resume from the last checkpoint with --resume.")
+                "or use --bf16 false; resume from the last checkpoint with --resume."
+            )
         return None
 
     # ---- evaluation on --eval_file
@@ -206,9 +216,16 @@ class StepJEPATrainer(Trainer):
                 out = model(**self._prepare_inputs(inputs))
                 pairs = out["view1"].shape[0] if "view1" in out else 0
                 stp = out["stp"].detach().double() * n_stp if n_stp else totals.new_zeros(())
-                totals += torch.stack([out["lm_sum"].detach().double(), totals.new_tensor(out["n_tokens"]),
-                                       out["jepa"].detach().double() * pairs, totals.new_tensor(pairs),
-                                       stp, totals.new_tensor(n_stp)])
+                totals += torch.stack(
+                    [
+                        out["lm_sum"].detach().double(),
+                        totals.new_tensor(out["n_tokens"]),
+                        out["jepa"].detach().double() * pairs,
+                        totals.new_tensor(pairs),
+                        stp,
+                        totals.new_tensor(n_stp),
+                    ]
+                )
         model.train(was_training)
         if self.args.world_size > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")
@@ -390,8 +407,12 @@ class StepJEPATrainer(Trainer):
             self._write_loss_sum(os.path.join(staging, name))
             publish_checkpoint(Path(staging) / name, Path(run_dir) / name)
             shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
         self.accelerator.wait_for_everyone()  # nobody reads or rotates before the rename
 
 
@@ -469,9 +490,17 @@ def run_train(cfg: StepJEPAConfig, callbacks: list[TrainerCallback] | None = Non
         merged.save_pretrained(Path(cfg.output_dir) / "merged")
         tok.save_pretrained(Path(cfg.output_dir) / "merged")
     train_loss, loss_steps = trainer.run_loss(result.training_loss)
-    summary = {"global_step": trainer.state.global_step, "train_seconds": round(seconds, 2),
-               "train_loss": train_loss, "train_loss_steps": loss_steps, "final_dir": str(final_dir), "model": model_path,
-               "examples": len(examples), "segmentation": seg_stats, "resumed_from": resume_ckpt}
+    summary = {
+        "global_step": trainer.state.global_step,
+        "train_seconds": round(seconds, 2),
+        "train_loss": train_loss,
+        "train_loss_steps": loss_steps,
+        "final_dir": str(final_dir),
+        "model": model_path,
+        "examples": len(examples),
+        "segmentation": seg_stats,
+        "resumed_from": resume_ckpt,
+    }
     if trainer.args.world_size > 1:
         write_rank_fingerprint(trainer, Path(cfg.output_dir))
     if trainer.is_world_process_zero():
@@ -483,9 +512,16 @@ def run_train(cfg: StepJEPAConfig, callbacks: list[TrainerCallback] | None = Non
     return summary
 
 
-def build_trainer(cfg: StepJEPAConfig, args: TrainingArguments, lm, tok, pred_ids: list[int],
-                  examples: list[Segmented], callbacks: list[TrainerCallback] | None,
-                  eval_examples: list[Segmented] | None = None) -> StepJEPATrainer:
+def build_trainer(
+    cfg: StepJEPAConfig,
+    args: TrainingArguments,
+    lm,
+    tok,
+    pred_ids: list[int],
+    examples: list[Segmented],
+    callbacks: list[TrainerCallback] | None,
+    eval_examples: list[Segmented] | None = None,
+) -> StepJEPATrainer:
     """Dataset, collator, Step-JEPA wrapper and Trainer; writes nothing (see run_train)."""
     attn = resolve_attn_implementation(cfg)
     dataset = make_dataset(examples, cfg)
@@ -496,9 +532,13 @@ def build_trainer(cfg: StepJEPAConfig, args: TrainingArguments, lm, tok, pred_id
     if cfg.debug_batch:
         print_debug_batch(collator([dataset[i] for i in range(min(2, len(dataset)))]))
     trainer = StepJEPATrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collator,
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
         eval_dataset=make_dataset(eval_examples, cfg) if eval_examples else None,
-        processing_class=tok, step_config=cfg,
+        processing_class=tok,
+        step_config=cfg,
         callbacks=[MetricsFileCallback(Path(cfg.output_dir) / "metrics.jsonl"), *(callbacks or [])],
     )
     # Evaluation always computes the JEPA term (--jepa_ratio only thins it out in training). A
@@ -526,7 +566,8 @@ def check_fsdp_applied(trainer: Trainer) -> None:
             f"--fsdp was given, but accelerate set up {dist_type.value} on device {trainer.args.device.type}, "
             "not FSDP: it applies FSDP only on GPUs (CUDA and similar), never to CPU processes. "
             "Step-JEPA's FSDP is not supported or tested; drop --fsdp/--fsdp_config (on CPUs or "
-            "GPUs, several processes train data parallel, which is the tested path).")
+            "GPUs, several processes train data parallel, which is the tested path)."
+        )
 
 
 def write_run_start(cfg: StepJEPAConfig, resume_ckpt: str | None, report: dict[str, Any]) -> None:
