@@ -394,3 +394,35 @@ def test_tiny_showcase_data_and_token_budget() -> None:
     assert longest == 58  # the figure the grid's header quotes
     # room for the end-of-turn token and a solution a fifth longer than the longest gold one
     assert grid.eval["max_new_tokens"] >= 1.2 * longest + 1
+
+
+def test_cells_on_the_same_devices_evaluate_one_at_a_time(tmp_path, monkeypatch) -> None:
+    """Under --jobs, a cell's evaluation waits while another cell of the grid evaluates on the same
+    devices, and a cell on other devices does not."""
+    import threading
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    order: list[str] = []
+    first_in, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with cmp.one_eval_per_device(tmp_path):
+            order.append("first in")
+            first_in.set()
+            release.wait(10)
+            order.append("first out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    first_in.wait(10)
+    second = threading.Thread(target=lambda: (cmp.one_eval_per_device(tmp_path).__enter__(), order.append("second in")))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive() and order == ["first in"]  # blocked behind the first cell's evaluation
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with cmp.one_eval_per_device(tmp_path):  # another device: no waiting
+        order.append("other device")
+    release.set()
+    t.join(10)
+    second.join(10)
+    assert order == ["first in", "other device", "first out", "second in"]

@@ -35,14 +35,16 @@ log and the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import gc
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,13 +279,54 @@ def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]
     """Load the trained model (full or LoRA adapter dir) and evaluate it with the grid's settings."""
     import torch
 
-    from step_jepa.evaluation.evaluate import evaluate
-    from step_jepa.models.loading import load_for_inference
-    from step_jepa.training.model_card import update_model_card_eval
 
     ev = _eval_settings(grid)
     dtype_name = EVAL_DTYPES[ev.get("dtype", DEFAULT_EVAL_DTYPE)]  # fp32 unless the grid says (bf16: budget-dependent)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    with one_eval_per_device(grid.output_dir):
+        return _evaluate_loaded(grid, ev, final_dir, out_dir, records, dtype_name, device)
+
+
+@contextlib.contextmanager
+def one_eval_per_device(output_dir: Path) -> Iterator[None]:
+    """Hold the grid's evaluation lock of this process's devices while a cell evaluates.
+
+    The decoder sizes its batch budget from the memory free when it starts. Under `--jobs`, cells
+    trained side by side reach evaluation together; on one H100 (2026-12-06) five SmolLM2 fp32
+    evaluations started at once filled the card's memory and made no progress in 4 minutes, while
+    one at a time each took about 20 s. So the cells of a grid that share devices (the same
+    CUDA_VISIBLE_DEVICES) evaluate one after another; training still overlaps. An advisory
+    `flock` on a file in the output dir, released by the OS if the process dies.
+    """
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES", "all").replace(",", "_") or "none"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / f".eval-lock-{devices}", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("waiting for another cell's evaluation on the same device(s)")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _evaluate_loaded(
+    grid: Grid,
+    ev: dict[str, Any],
+    final_dir: Path,
+    out_dir: Path,
+    records: list[dict],
+    dtype_name: str | None,
+    device: str,
+) -> dict[str, Any]:
+    import torch
+
+    from step_jepa.evaluation.evaluate import evaluate
+    from step_jepa.models.loading import load_for_inference
+    from step_jepa.training.model_card import update_model_card_eval
+
     model, tok = load_for_inference(
         str(final_dir), dtype=getattr(torch, dtype_name) if dtype_name else None, device=device
     )
