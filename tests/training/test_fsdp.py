@@ -88,7 +88,7 @@ def test_fully_shard_wrapper_matches_one_process(tmp_path: Path):
 
     Tolerance: both runs compute the same float32 math; only the order of the gradient sums may
     differ (an average over two identical copies), so float32 rounding (~1e-7 relative) is the
-    only expected difference (on torch 2.13 CPU the losses came out bit-identical); 1e-4 relative
+    only expected difference (on torch 2.13 CPU: bit-identical in one run, 8e-8 relative in another); 1e-4 relative
     is far above that and far below a real divergence (each step moves the loss by ~0.35, 5%)."""
     import torch.multiprocessing as mp
 
@@ -101,7 +101,8 @@ def test_fully_shard_wrapper_matches_one_process(tmp_path: Path):
     # each rank holds about half of a layer (dim-0 shards, the odd row to rank 0)
     assert ranks[0]["layer_local_numel"] + ranks[1]["layer_local_numel"] == one["layer_numel"]
     assert ranks[1]["layer_local_numel"] < one["layer_numel"]
-    assert ranks[0]["losses"] == ranks[1]["losses"]
+    for a, b in zip(ranks[0]["losses"], ranks[1]["losses"], strict=True):  # same batch on both ranks
+        assert a == pytest.approx(b, rel=1e-5)  # float32 rounding only (one run differed by 8e-8 relative)
     first, later = one["losses"][0][0], one["losses"][-1][0]
     assert abs(first - later) > 1e-3  # the steps moved the loss, so agreement below is not trivial
     for got, want in zip(ranks[0]["losses"], one["losses"], strict=True):
