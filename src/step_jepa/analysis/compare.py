@@ -16,7 +16,7 @@ A grid file (YAML) has five keys::
 Why the overrides are restricted to the JEPA options: the point of the grid is to attribute an
 accuracy difference to the JEPA term. Every run of one seed therefore shares the data, the data
 order (the Trainer's sampler is seeded by `seed`, and the model-side randomness of the JEPA runs —
-predictor-row initialisation, pair sampling — does not touch it; `tests/test_compare.py` checks
+predictor-row initialisation, pair sampling — does not touch it; `tests/analysis/test_compare.py` checks
 this), the optimiser and the schedule. `check_same_except_jepa` asserts it before anything runs.
 
 Resumability: a run is finished when its `result.json` exists (written last, atomically), and is

@@ -10,7 +10,7 @@ whole GSM8K test set decoded as one batch spent most of each step copying the ca
   every step.
 
 :class:`SlabLayer` writes each new token into a buffer allocated once at full capacity (rows x (prompt +
-max_new_tokens), the slots :func:`step_jepa.evaluation.evaluate.plan_batches` already budgets) and hands attention a
+max_new_tokens), the slots :func:`step_jepa.evaluation.decode.plan_batches` already budgets) and hands attention a
 view.  :func:`grouped_decode_attention` reshapes a single query token's heads to
 ``[batch, kv_heads, groups, dim]`` so SDPA attends each key/value head once; prompt processing (more
 than one query token) goes through transformers' own SDPA function unchanged.  Both give the same
