@@ -279,7 +279,6 @@ def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]
     """Load the trained model (full or LoRA adapter dir) and evaluate it with the grid's settings."""
     import torch
 
-
     ev = _eval_settings(grid)
     dtype_name = EVAL_DTYPES[ev.get("dtype", DEFAULT_EVAL_DTYPE)]  # fp32 unless the grid says (bf16: budget-dependent)
     device = "cuda" if torch.cuda.is_available() else "cpu"
