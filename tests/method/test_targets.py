@@ -97,7 +97,12 @@ def test_frozen_view2_is_the_starting_model_on_the_isolated_step(setup):
 
 
 @pytest.mark.parametrize(
-    "opts", [dict(jepa_target="frozen"), dict(jepa_target_layer=0), dict(jepa_target="frozen", jepa_target_layer=0)]
+    "opts",
+    [
+        dict(jepa_target="frozen"),
+        dict(jepa_target="stopgrad", jepa_target_layer=0),
+        dict(jepa_target="frozen", jepa_target_layer=0),
+    ],
 )
 def test_jepa_gradient_reaches_only_view1(setup, opts):
     g = _jepa_grad_of_step2_only_tokens(_model(setup, **opts), setup)
@@ -122,7 +127,7 @@ def test_target_layer_reads_view2_there_and_view1_at_jepa_layer(setup, target):
 
 
 def test_target_layer_goes_through_the_predictor_head_on_view1_only(setup):
-    m = _model(setup, jepa_target_layer=0, jepa_predictor_head="mlp")
+    m = _model(setup, jepa_target="stopgrad", jepa_target_layer=0, jepa_predictor_head="mlp")
     with torch.no_grad():
         m.head.net[-1].bias.fill_(0.3)
     out = m(**_batch(setup))
@@ -142,7 +147,7 @@ def _loss_and_grads(m: StepJEPAModel, batch) -> tuple[torch.Tensor, dict[str, to
     "opts",
     [
         dict(jepa_target="frozen"),
-        dict(jepa_target_layer=0),
+        dict(jepa_target="stopgrad", jepa_target_layer=0),
         dict(jepa_target="frozen", jepa_target_layer=0, jepa_layer=0),
     ],
 )
@@ -154,3 +159,11 @@ def test_single_pass_equals_two_pass(setup, opts):
     for name in g2:
         err = (g1[name] - g2[name]).norm() / g2[name].norm().clamp(min=1e-30)
         assert err < 1e-5, f"{name}: relative gradient error {err:.2e}"
+
+
+def test_target_layer_with_gradients_is_refused():
+    from step_jepa.method.options import JEPAOptions
+
+    with pytest.raises(ValueError, match="--jepa_target_layer reads view 2 without gradients"):
+        JEPAOptions(jepa_target_layer=0).validate()
+    JEPAOptions(jepa_target="stopgrad", jepa_target_layer=0).validate()

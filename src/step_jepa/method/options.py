@@ -46,9 +46,8 @@ class JEPAOptions:
     )
     jepa_target_layer: int | None = option(
         None,
-        "decoder layer whose output gives view 2 (default: --jepa_layer); "
-        "view 2 read there is always stop-gradient (or from the "
-        "--jepa_target ema/frozen model)",
+        "decoder layer whose output gives view 2 (default: --jepa_layer); view 2 read there has no "
+        "gradient, so it needs --jepa_target stopgrad, ema or frozen",
     )
     ema_decay: float = option(0.996, "decay of the EMA target model (--jepa_target ema)")
     lbd_schedule: str = option(
@@ -122,4 +121,10 @@ class JEPAOptions:
             (self.vicreg_weight >= 0, "--vicreg_weight must be >= 0"),
             (0.0 <= self.ema_decay <= 1.0, "--ema_decay must be in [0, 1]"),
             (self.lbd_warmup_steps >= 0, "--lbd_warmup_steps must be >= 0"),
+            # A gradient into layer L would pull it towards the last layer, a shortcut of its own; so
+            # view 2 there is always detached, and the config must say so rather than read "grad".
+            (
+                self.jepa_target_layer is None or self.jepa_target != "grad",
+                "--jepa_target_layer reads view 2 without gradients: give --jepa_target stopgrad, ema or frozen",
+            ),
         ]
