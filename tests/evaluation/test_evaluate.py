@@ -65,7 +65,7 @@ def test_evaluate_scores_and_counts_every_example(tok, problems, tmp_path, monke
         gen.GenResult("I am not sure.", 6),
         gen.GenResult("", 0, error="RuntimeError: boom"),
     ]
-    monkeypatch.setattr(ev, "generate", lambda *a, **k: outputs)
+    monkeypatch.setattr(gen, "generate_ids", lambda *a, **k: outputs)
     summary = ev.evaluate(_FakeModel(), tok, problems[:5], out_dir=tmp_path, progress=False)
     assert (summary["n"], summary["correct"], summary["no_answer"], summary["errors"]) == (5, 2, 1, 1)
     assert summary["accuracy"] == pytest.approx(0.4)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -574,3 +575,57 @@ def _to_result(tokenizer: Any, toks: list[int] | BaseException, stops: set[int])
         return GenResult(text="", n_tokens=0, error=f"{type(toks).__name__}: {toks}")
     body = toks[:-1] if toks and toks[-1] in stops else toks
     return GenResult(text=tokenizer.decode(body, skip_special_tokens=True), n_tokens=len(toks))
+
+
+@dataclass
+class TimedGeneration:
+    """Greedy completions with what the result files record about how they were made."""
+
+    results: list[GenResult]
+    seconds: float  # wall time of the generation alone, between CUDA synchronizations
+    max_batch_tokens: int | None  # the budget as used (resolved from free memory when not given)
+    batch_size: int | None
+    cuda_graphs: bool  # asked for (auto resolved); `stats` says whether graphs were recorded
+    stats: list[dict]
+
+
+def timed_generate_ids(
+    model: Any,
+    tokenizer: Any,
+    seqs: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    max_batch_tokens: int | None,
+    batch_size: int | None,
+    cuda_graphs: bool | None,
+    graph_window: int = 128,
+    progress: bool = True,
+    stop_ids: Sequence[int] | None = None,
+) -> TimedGeneration:
+    """:func:`generate_ids` with the budget and CUDA-graph choice resolved once, so the protocol
+    written beside the predictions names what ran, and timed between synchronizations (CUDA
+    kernels run asynchronously: without them the clock would stop before the last batch ends)."""
+    import torch
+
+    max_batch_tokens, batch_size = resolve_budget(model, max_batch_tokens, batch_size)
+    graphs = resolve_cuda_graphs(model, cuda_graphs)
+    stats: list[dict] = []
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    results = generate_ids(
+        model,
+        tokenizer,
+        seqs,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        progress=progress,
+        stop_ids=stop_ids,
+        cuda_graphs=graphs,
+        graph_window=graph_window,
+        stats=stats,
+    )
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return TimedGeneration(results, time.perf_counter() - t0, max_batch_tokens, batch_size, graphs, stats)

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from step_jepa.data.answers import answers_match, extract_answer
-from step_jepa.evaluation.decode import GenResult, generate, resolve_budget, resolve_cuda_graphs
+from step_jepa.evaluation.decode import GenResult, encode_prompts, timed_generate_ids
 
 # --------------------------------------------------------------------------------------------------------
 # Evaluation
@@ -98,32 +97,23 @@ def evaluate(
     and an example whose generation raised are both wrong, never skipped, so a model cannot look
     better by failing more.  ``cuda_graphs=None``: on for a CUDA device, off elsewhere.
     """
-    import torch
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = build_prompts(records, system_prompt)
-    max_batch_tokens, batch_size = resolve_budget(model, max_batch_tokens, batch_size)
-    graphs = resolve_cuda_graphs(model, cuda_graphs)
-    stats: list[dict] = []
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    gens = generate(
+    run = timed_generate_ids(
         model,
         tokenizer,
-        prompts,
+        encode_prompts(tokenizer, prompts) if prompts else [],
         max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
         max_batch_tokens=max_batch_tokens,
-        progress=progress,
-        cuda_graphs=graphs,
+        batch_size=batch_size,
+        cuda_graphs=cuda_graphs,
         graph_window=graph_window,
-        stats=stats,
+        progress=progress,
     )
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    gens, seconds, graphs, stats = run.results, run.seconds, run.cuda_graphs, run.stats
+    max_batch_tokens, batch_size = run.max_batch_tokens, run.batch_size
 
     rows = [_score(rec, gen, lenient) for rec, gen in zip(records, gens)]
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -232,9 +231,8 @@ def evaluate_lm_eval(
     """Score ``docs`` (raw GSM8K test rows) the way ``lm_eval --tasks gsm8k`` does; write
     predictions.jsonl (one row per doc: prompt, output, both filtered answers) and summary.json, whose
     ``accuracy`` is flexible-extract's exact match and ``accuracy_strict`` strict-match's."""
-    import torch
 
-    from step_jepa.evaluation.decode import generate_ids, resolve_budget, resolve_cuda_graphs
+    from step_jepa.evaluation.decode import timed_generate_ids
     from step_jepa.evaluation.evaluate import _versions, chat_template_id, protocol
 
     if task not in TASKS:
@@ -249,28 +247,20 @@ def evaluate_lm_eval(
     ]
     seqs = [encode(tokenizer, c) for c in contexts]
     until = stop_strings(tokenizer)
-    max_batch_tokens, batch_size = resolve_budget(model, max_batch_tokens, batch_size)
-    graphs = resolve_cuda_graphs(model, cuda_graphs)
-    stats: list[dict] = []
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    gens = generate_ids(
+    run = timed_generate_ids(
         model,
         tokenizer,
         seqs,
         max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
         max_batch_tokens=max_batch_tokens,
+        batch_size=batch_size,
+        cuda_graphs=cuda_graphs,
+        graph_window=graph_window,
         progress=progress,
         stop_ids=stop_ids(model, tokenizer, until),
-        cuda_graphs=graphs,
-        graph_window=graph_window,
-        stats=stats,
     )
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    gens, seconds, graphs, stats = run.results, run.seconds, run.cuda_graphs, run.stats
+    max_batch_tokens, batch_size = run.max_batch_tokens, run.batch_size
 
     rows = []
     for k, (doc, ctx, gen) in enumerate(zip(docs, contexts, gens)):
