@@ -8,12 +8,12 @@
 #                                question is not among those 1,000 (option selection, section 3)
 set -euo pipefail
 s=${1:?STEPS}; d=${2:?DIGITS}
-out=data/chain/s${s}d${d}
+dest=data/chain/s${s}d${d}
 knobs=(--task chain --chain_steps "$s" --chain_digits "$d")
-step-jepa prepare --generate 4000 --seed 0 --output "$out/train_all.jsonl" "${knobs[@]}"
-step-jepa prepare --generate 520 --seed 1000 --output "$out/test_raw.jsonl" "${knobs[@]}"
-for n in 250 1000 4000; do head -n "$n" "$out/train_all.jsonl" > "$out/train_$n.jsonl"; done
-python3 - "$out" <<'PY'
+step-jepa prepare --generate 4000 --seed 0 --output "$dest/train_all.jsonl" "${knobs[@]}"
+step-jepa prepare --generate 520 --seed 1000 --output "$dest/test_raw.jsonl" "${knobs[@]}"
+for n in 250 1000 4000; do head -n "$n" "$dest/train_all.jsonl" > "$dest/train_$n.jsonl"; done
+python3 - "$dest" <<'PY'
 import json, sys
 from pathlib import Path
 d = Path(sys.argv[1])
