@@ -219,6 +219,23 @@ def test_parallel_cells_pin_gpus_and_report_failures(tmp_path) -> None:
     assert cmp.run_state(logs[0].parent) == "new"  # a log alone is not a half-finished run
 
 
+def test_parallel_cells_start_seed_by_seed(tmp_path) -> None:
+    """One at a time, cells start seed by seed (sft 0, jepa 0, sft 1, ...), so a grid stopped part-way
+    leaves whole paired seeds."""
+    import sys
+
+    grid = cmp.load_grid(write_grid(tmp_path / "g.yaml", grid_dict("m", tmp_path / "out")))
+    started: list[tuple[str, int]] = []
+
+    def command(name: str, seed: int) -> list[str]:
+        started.append((name, seed))
+        return [sys.executable, "-c", "pass"]
+
+    cmp.run_cells_parallel(grid, 1, command, gpus=[], poll_seconds=0.01)
+    a, b = grid.configs  # in the grid file's order
+    assert started == [(a, 0), (b, 0), (a, 1), (b, 1)]
+
+
 def test_jobs_argument() -> None:
     from step_jepa.cli.main import build_parser
 

@@ -569,8 +569,10 @@ def run_cells_parallel(
     _write_atomic(grid.output_dir / GRID_COPY, json.dumps(grid.to_dict(), indent=1, default=str))
     outcome = ParallelOutcome()
     todo: list[tuple[str, int]] = []
-    for name in names:
-        for s in chosen:
+    # Seed by seed (sft 0, jepa 0, sft 1, ...): a grid stopped part-way leaves whole paired seeds,
+    # which the paired statistics can use, rather than all seeds of one config and none of another.
+    for s in chosen:
+        for name in names:
             if finished_result(grid, name, s) is not None:  # raises on a result of other settings
                 log(f"{name} seed {s}: skipped, already finished ({run_dir(grid.output_dir, name, s) / RESULT})")
                 outcome.skipped.append((name, s))
