@@ -223,6 +223,8 @@ class StepJEPAConfig(JEPAOptions, TrainingArguments):
         `false` beside --activation_checkpointing) is left to Hugging Face, whose FutureWarning
         then tells the user who typed the old name to rename it.
         """
+        if not hasattr(self, "activation_checkpointing"):  # transformers before the rename: nothing to map
+            return
         if self.gradient_checkpointing is False and self.activation_checkpointing is None:
             self.gradient_checkpointing = None
 
