@@ -371,3 +371,16 @@ def test_report_unknown_protocol_needs_the_flag(tmp_path) -> None:
     with pytest.raises(rep.ProtocolMismatch, match="unknown"):
         rep.build_report(tmp_path, order=["sft", "jepa"])
     rep.build_report(tmp_path, order=["sft", "jepa"], allow_protocol_mismatch=True)
+
+
+def test_report_names_what_a_run_without_protocol_records(tmp_path) -> None:
+    """An unstamped run whose summary records fp32 is named so, not taken for a bf16 one."""
+    for name in ("sft", "jepa"):
+        _fake_result(tmp_path, name, 0, 0.4, 0.0 if name == "sft" else 0.1)
+    path = tmp_path / "sft" / "seed0" / rep.RESULT
+    result = json.loads(path.read_text())
+    result["eval_summary"] = {**(result.get("eval_summary") or {}), "dtype": "float32", "max_new_tokens": 512}
+    path.write_text(json.dumps(result))
+    _stamp(tmp_path, "jepa", 0, _proto())
+    with pytest.raises(rep.ProtocolMismatch, match=r"sft/seed0 \[dtype float32, max_new_tokens 512\] vs"):
+        rep.build_report(tmp_path, order=["sft", "jepa"])

@@ -462,6 +462,16 @@ def run_protocol(result: dict[str, Any]) -> dict[str, Any] | None:
     return (result.get("eval_summary") or {}).get("protocol")
 
 
+def _recorded(result: dict[str, Any]) -> str:
+    """For a run without a protocol block: what its summary.json does record of the protocol, so that
+    a reader can tell an fp32 run of the days before the block from a bf16 one."""
+    if run_protocol(result) is not None:
+        return ""
+    summary = result.get("eval_summary") or {}
+    known = [f"{k} {summary[k]}" for k in ("dtype", "max_new_tokens", "cuda_graphs") if summary.get(k) is not None]
+    return f" [{', '.join(known)}]" if known else ""
+
+
 def protocol_check(results: list[dict[str, Any]], allow_mismatch: bool = False) -> list[str]:
     """Refuse to compare runs scored under different protocols; return the warnings to print.
 
@@ -482,7 +492,9 @@ def protocol_check(results: list[dict[str, Any]], allow_mismatch: bool = False) 
         diff, versions = protocol_differences(run_protocol(ref), run_protocol(r))
         version_fields.update(versions)
         if diff:
-            problems.append(f"{r['config']}/seed{r['seed']} vs {ref_name}: {', '.join(diff)}")
+            problems.append(
+                f"{r['config']}/seed{r['seed']}{_recorded(r)} vs {ref_name}{_recorded(ref)}: {', '.join(diff)}"
+            )
     if version_fields:
         warnings.append(
             f"runs were evaluated with different versions ({', '.join(sorted(version_fields))}); "
@@ -495,7 +507,8 @@ def protocol_check(results: list[dict[str, Any]], allow_mismatch: bool = False) 
             + "; ".join(problems)
             + (
                 ". Runs without a recorded protocol were evaluated before step-jepa recorded it (bf16 by "
-                "default then, whose outputs depend on the batch budget): re-evaluate them"
+                "default before 2026-12-06, whose outputs depend on the batch budget; the fields their "
+                "summaries do record are named in brackets): re-evaluate them"
                 if unknown
                 else ""
             )
