@@ -58,6 +58,7 @@ from step_jepa.analysis.report import (
     log,
     run_dir,
 )
+from step_jepa.analysis.select import resolve_selection
 from step_jepa.evaluation.evaluate import DEFAULT_EVAL_DTYPE, EVAL_DTYPES
 from step_jepa.training.config import StepJEPAConfig, config_dict
 from step_jepa.training.options import coerce_numbers, load_yaml
@@ -81,6 +82,7 @@ JEPA_KEYS = frozenset(
             "lbd_warmup_steps",
             "stp_lbd",
             "stp_positions",
+            "view_boundary",
             "packing_budget",
         }
         & {f.name for f in dataclasses.fields(StepJEPAConfig)}
@@ -123,6 +125,7 @@ class Grid:
     output_dir: Path
     source: str = ""
     keep_checkpoints: bool = True  # False: delete checkpoint-*/ once result.json is written (final/ stays)
+    selected_from: dict[str, str] = field(default_factory=dict)  # config → the chosen.json it came from
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -133,6 +136,7 @@ class Grid:
             "output_dir": str(self.output_dir),
             "source": self.source,
             "keep_checkpoints": self.keep_checkpoints,
+            "selected_from": self.selected_from,
         }
 
 
@@ -145,17 +149,22 @@ def load_grid(path: str | Path, output_dir: str | None = None) -> Grid:
     out = output_dir or raw.get("output_dir")
     if not out:
         raise ValueError(f"{path}: 'output_dir' is required (or pass --output_dir)")
+    configs, selected_from = {}, {}
+    for k, v in (raw.get("configs") or {}).items():
+        spec = dict(v or {})
+        if "from_selection" in spec:  # a test grid's config chosen on dev (analysis/select.py)
+            selected_from[str(k)] = str(spec["from_selection"])
+            spec = resolve_selection(f"{path}: configs.{k}", spec, Path(path).parent)
+        configs[str(k)] = coerce_numbers(f"{path}: configs.{k}", spec, StepJEPAConfig)
     grid = Grid(
         base=coerce_numbers(f"{path}: base", dict(raw.get("base") or {}), StepJEPAConfig),
         eval=dict(raw.get("eval") or {}),
-        configs={
-            str(k): coerce_numbers(f"{path}: configs.{k}", dict(v or {}), StepJEPAConfig)
-            for k, v in (raw.get("configs") or {}).items()
-        },
+        configs=configs,
         seeds=[int(s) for s in (raw.get("seeds") or [0])],
         output_dir=Path(out),
         source=str(path),
         keep_checkpoints=bool(raw.get("keep_checkpoints", True)),
+        selected_from=selected_from,
     )
     validate_grid(grid)
     return grid

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from step_jepa.analysis.compare import (
     load_grid,
@@ -13,7 +15,7 @@ from step_jepa.analysis.compare import (
     select_cells,
     visible_gpus,
 )
-from step_jepa.analysis.report import RESULT, ProtocolMismatch, build_report, log, run_dir
+from step_jepa.analysis.report import GRID_COPY, RESULT, ProtocolMismatch, build_report, log, run_dir
 
 
 def _jobs(value: str) -> int | str:
@@ -36,11 +38,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="grid YAML (base, eval, configs, seeds, output_dir)")
     src.add_argument("--report", metavar="DIR", help="only rebuild table and plot from DIR/*/seed*/result.json")
+    src.add_argument(
+        "--select",
+        nargs="+",
+        metavar="DIR",
+        help="choose one config from finished dev grids (their output dirs) by the fixed rule of "
+        "step_jepa.analysis.select: highest mean paired Δ vs --baseline over the dirs, ties to the "
+        "first listed; --only limits the candidates. Writes --selection_out, which a test grid "
+        "reads with configs: {NAME: {from_selection: PATH}}",
+    )
+    p.add_argument(
+        "--selection_out",
+        metavar="PATH",
+        help="with --select: where chosen.json goes (default: DIR/chosen.json of the first DIR)",
+    )
     p.add_argument(
         "--baseline",
         metavar="NAME",
-        help="with --report: the config the others are paired against (default: the grid's first, "
-        "or without a grid the first name in sorted order)",
+        help="with --report / --select: the config the others are paired against (default: the "
+        "grid's first, or without a grid the first name in sorted order)",
     )
     p.add_argument(
         "--allow_protocol_mismatch",
@@ -48,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="report runs scored under different evaluation protocols (or without a recorded one) "
         "anyway, with a warning; by default the report refuses and names the differing fields",
     )
-    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configs")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configs (with --select: the candidates)")
     p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="run only these seeds")
     p.add_argument("--output_dir", help="override the grid's output_dir")
     p.add_argument(
@@ -91,9 +107,34 @@ def cell_command(args: argparse.Namespace, output_dir: str):
     return command
 
 
+def _select(args: argparse.Namespace) -> int:
+    from step_jepa.analysis.select import select, write_selection
+
+    baseline = args.baseline or _first_config(Path(args.select[0]))
+    try:
+        chosen = select(args.select, baseline, args.only)
+    except ProtocolMismatch as e:
+        log(f"error: {e}")
+        return 2
+    out = write_selection(args.selection_out or Path(args.select[0]) / "chosen.json", chosen)
+    log(f"wrote {out}: {chosen['winner']} {chosen['overrides']}")
+    return 0
+
+
+def _first_config(testbed: Path) -> str:
+    """The baseline by default: the first config of the grid that made the dir."""
+    copy = testbed / GRID_COPY
+    configs = list(json.loads(copy.read_text()).get("configs", {})) if copy.exists() else []
+    if not configs:
+        raise SystemExit(f"--select: {testbed} has no {GRID_COPY}; name the baseline with --baseline")
+    return str(configs[0])
+
+
 def run(args: argparse.Namespace) -> int:
     from step_jepa.analysis.deps import require_matplotlib
 
+    if args.select:  # reads result files only: no plot, no matplotlib
+        return _select(args)
     if not args.dry_run and not args.no_report:  # every other path ends in compare.png: fail now, not after training
         require_matplotlib("compare")
     allow = getattr(args, "allow_protocol_mismatch", False)
