@@ -6,6 +6,7 @@ from conftest import record
 
 from step_jepa.data.segment import segment
 from step_jepa.method.layout import StepJEPACollator
+from step_jepa.method.masks import PAD
 from step_jepa.method.model import StepJEPAModel
 from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens
@@ -32,8 +33,10 @@ def _model(setup, **opts) -> StepJEPAModel:
     return StepJEPAModel(build_tiny_model(len(tok), seed=5), JEPAOptions(lbd=1.0, **opts))
 
 
-def _batch(setup, mode="single_pass", copies=True):
+def _batch(setup, m: StepJEPAModel, mode="single_pass"):
+    """The batch the trainer builds for `m`: the step copies apart for an EMA or frozen target."""
     tok, pred, exs = setup
+    copies = m.options.target_model()
     return StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, mode=mode, target_copies=copies)(exs)
 
 
@@ -58,7 +61,7 @@ def _jepa_grad_of_step2_only_tokens(m: StepJEPAModel, setup) -> torch.Tensor:
     """The JEPA gradient on embedding rows of tokens that occur only in step 2 and later: view 1
     never sees them, so they get a gradient only through view 2."""
     tok, pred, exs = setup
-    batch = _batch(setup)
+    batch = _batch(setup, m)
     m.zero_grad()
     m(**batch)["jepa"].backward()
     seen = {t for ex in exs for t in ex.input_ids[: ex.step_spans[0][1]]} | set(pred)
@@ -73,7 +76,7 @@ def test_frozen_copy_never_changes_across_optimizer_steps(setup):
     start = {n: p.clone() for n, p in frozen.named_parameters()}
     online = {n: p.clone() for n, p in m.lm.named_parameters()}
     opt = torch.optim.SGD(m.parameters(), lr=0.5)
-    batch = _batch(setup)
+    batch = _batch(setup, m)
     for _ in range(3):
         opt.zero_grad()
         m(**batch)["loss"].backward()
@@ -92,7 +95,7 @@ def test_frozen_view2_is_the_starting_model_on_the_isolated_step(setup):
     with torch.no_grad():
         for p in m.lm.parameters():
             p.add_(0.05)
-    out = m(**_batch(setup))
+    out = m(**_batch(setup, m))
     torch.testing.assert_close(out["view2"], _isolated_step2(setup), rtol=1e-5, atol=1e-6)
 
 
@@ -119,8 +122,8 @@ def test_frozen_target_keeps_only_the_layers_view2_needs(setup):
 
 @pytest.mark.parametrize("target", ["stopgrad", "frozen"])
 def test_target_layer_reads_view2_there_and_view1_at_jepa_layer(setup, target):
-    out = _model(setup, jepa_target=target, jepa_target_layer=0)(**_batch(setup))
-    default = _model(setup)(**_batch(setup))
+    m, d = _model(setup, jepa_target=target, jepa_target_layer=0), _model(setup)
+    out, default = m(**_batch(setup, m)), d(**_batch(setup, d))
     torch.testing.assert_close(out["view1"], default["view1"])  # view 1 stays at the last layer
     torch.testing.assert_close(out["view2"], _isolated_step2(setup, layer=0), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(out["view2"], default["view2"])
@@ -130,8 +133,9 @@ def test_target_layer_goes_through_the_predictor_head_on_view1_only(setup):
     m = _model(setup, jepa_target="stopgrad", jepa_target_layer=0, jepa_predictor_head="mlp")
     with torch.no_grad():
         m.head.net[-1].bias.fill_(0.3)
-    out = m(**_batch(setup))
-    plain = _model(setup)(**_batch(setup))
+    out = m(**_batch(setup, m))
+    p = _model(setup)
+    plain = p(**_batch(setup, p))
     torch.testing.assert_close(out["view1"], plain["view1"] + 0.3)
     torch.testing.assert_close(out["view2"], _isolated_step2(setup, layer=0), rtol=1e-5, atol=1e-6)
 
@@ -153,8 +157,8 @@ def _loss_and_grads(m: StepJEPAModel, batch) -> tuple[torch.Tensor, dict[str, to
 )
 def test_single_pass_equals_two_pass(setup, opts):
     m = _model(setup, gamma=0.5, **opts)
-    l1, g1 = _loss_and_grads(m, _batch(setup, "single_pass"))
-    l2, g2 = _loss_and_grads(m, _batch(setup, "two_pass"))
+    l1, g1 = _loss_and_grads(m, _batch(setup, m, "single_pass"))
+    l2, g2 = _loss_and_grads(m, _batch(setup, m, "two_pass"))
     torch.testing.assert_close(l1, l2, rtol=1e-5, atol=0)
     for name in g2:
         err = (g1[name] - g2[name]).norm() / g2[name].norm().clamp(min=1e-30)
@@ -167,3 +171,40 @@ def test_target_layer_with_gradients_is_refused():
     with pytest.raises(ValueError, match="--jepa_target_layer reads view 2 without gradients"):
         JEPAOptions(jepa_target_layer=0).validate()
     JEPAOptions(jepa_target="stopgrad", jepa_target_layer=0).validate()
+
+
+def test_a_target_encoder_takes_the_step_copies_out_of_the_online_rows(setup):
+    """With an EMA or frozen target nothing reads the online copy of step i+1, so the collator
+    leaves it out: the online rows end at the predictors, view 2's index is a placeholder (view
+    1's), and the copies travel alone for the target encoder."""
+    tok, pred, exs = setup
+    full = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred)(exs)
+    lean = StepJEPACollator(pad_id=tok.pad_token_id, pred_ids=pred, target_copies=True)(exs)
+    for r, ex in enumerate(exs):
+        n, e2 = len(ex.input_ids), ex.step_spans[1]
+        assert int((lean["role"][r] != PAD).sum()) == n + K  # the example and K predictors
+        assert int((full["role"][r] != PAD).sum()) == n + K + e2[1] - e2[0]
+        assert lean["input_ids"][r, n : n + K].tolist() == pred
+    assert torch.equal(lean["view1_cols"], lean["view2_cols"])
+    assert torch.equal(lean["view1_cols"], full["view1_cols"])
+    copies = lean["copies"]
+    for r, ex in enumerate(exs):
+        s2, e2 = ex.step_spans[1]
+        row = copies["input_ids"][r][copies["role"][r] != PAD].tolist()
+        assert row == ex.input_ids[s2:e2]
+        assert copies["position_ids"][r, 0] == ex.step_spans[0][1] + K  # after step 1 and K predictors
+    with pytest.raises(ValueError, match="collated for an EMA or frozen target"):
+        _model(setup, jepa_target="stopgrad")(**lean)
+
+
+def test_the_budget_counts_no_online_copy_for_a_target_encoder(setup):
+    from step_jepa.training.config import StepJEPAConfig
+    from step_jepa.training.data import appended_tokens
+
+    _, _, exs = setup
+    ex = exs[0]
+    s2, e2 = ex.step_spans[1]
+    kw = dict(lbd=1.0, predictors=K, output_dir="/tmp/unused", report_to="none")
+    assert appended_tokens(ex, StepJEPAConfig(**kw)) == K + e2 - s2
+    assert appended_tokens(ex, StepJEPAConfig(jepa_target="frozen", **kw)) == K
+    assert appended_tokens(ex, StepJEPAConfig(jepa_target="ema", **kw)) == K

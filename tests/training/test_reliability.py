@@ -723,3 +723,22 @@ def test_named_checkpoint_of_another_run_needs_an_empty_output_dir(tmp_path, cap
     rc, _, err = train(capsys, *args)
     assert rc == 0, err
     assert json.loads((out_dir / "train_summary.json").read_text())["global_step"] == 3
+
+
+def test_pair_counts_follow_the_view_boundary(tok_chatml):
+    """A two-step answer cut after step 2's content but before its end-of-turn token keeps its pair
+    under the content boundary; under the seed's separator boundary the last step's end is not
+    known, so the example is counted without a pair (and check_pair_coverage sees that)."""
+    from conftest import record
+
+    from step_jepa.data.segment import segment
+
+    rec = record(["Tom has 3 apples.", "He buys 4 more: 7."])
+    whole = segment(rec, tok_chatml, 1024)
+    cut_at = whole.step_spans[1][1] + 1  # step 2 intact, the closing tokens cut
+    assert cut_at < len(whole.input_ids)
+    _, content = segment_all([rec], tok_chatml, cut_at)
+    (ex,), separator = segment_all([rec], tok_chatml, cut_at, "separator")
+    assert ex.truncated and content["truncated"] == 1
+    assert content["first_pair_invalid"] == 0 and content["without_valid_pair"] == 0
+    assert separator["first_pair_invalid"] == 1 and separator["without_valid_pair"] == 1

@@ -102,21 +102,26 @@ def _add_copy(it: Item, ex: Segmented, i: int, uid: int, K: int) -> None:
     it.add(list(ex.input_ids[s2:e2]), COPY, uid, 0, list(range(e_i + K, e_i + K + e2 - s2)))
 
 
-def _append_pair(it: Item, ex: Segmented, i: int, uid: int, pred_ids: list[int]) -> None:
-    """Append K predictors after step i and an isolated step i+1 to `it` (two-pass positions)."""
+def _append_pair(it: Item, ex: Segmented, i: int, uid: int, pred_ids: list[int], copy: bool = True) -> None:
+    """Append K predictors after step i and an isolated step i+1 to `it` (two-pass positions).
+
+    Without the copy (a target encoder computes view 2 from `copy_items`), view 2's index is a
+    placeholder, view 1's own: nothing in the online pass attends to the copy, so leaving it out
+    changes no other state and saves its forward and backward."""
     e_i = ex.step_spans[i][1]
     K = len(pred_ids)
     it.add(list(pred_ids), PRED, uid, e_i, list(range(e_i, e_i + K)))
     v1 = len(it) - 1
-    _add_copy(it, ex, i, uid, K)
+    if copy:
+        _add_copy(it, ex, i, uid, K)
     it.views.append((uid, v1, len(it) - 1))
 
 
-def single_pass_item(ex: Segmented, pairs: list[int], pred_ids: list[int], uid0: int) -> Item:
-    """Original tokens, then for each pair K predictors and a copy of step i+1 (one forward pass)."""
+def single_pass_item(ex: Segmented, pairs: list[int], pred_ids: list[int], uid0: int, copies: bool = True) -> Item:
+    """Original tokens, then for each pair K predictors and (with `copies`) a copy of step i+1 (one forward pass)."""
     it = original_item(ex)
     for j, i in enumerate(pairs):
-        _append_pair(it, ex, i, uid0 + j, pred_ids)
+        _append_pair(it, ex, i, uid0 + j, pred_ids, copies)
     return it
 
 
@@ -284,7 +289,9 @@ class StepJEPACollator:
     pad_multiple: int = 1
     seed: int = 0
     jepa_ratio: float = 1.0
-    target_copies: bool = False  # also emit the copies alone under 'copies' (EMA or frozen target encoder)
+    # EMA or frozen target encoder: the step copies go alone under 'copies' for it, and not into
+    # the online rows, where nothing would read them.
+    target_copies: bool = False
     boundary: str = "content"  # --view_boundary: where a step ends (`Segmented.with_boundary`)
     stp: str = "none"  # none | random | steps: Semantic Tube Prediction triplets on the original tokens
     min_rows: int = 1  # pad a shorter batch with empty rows (2 under torch.compile: see `place`)
@@ -302,7 +309,10 @@ class StepJEPACollator:
         for s in selected:
             uid0.append(uid0[-1] + len(s))
         if self.mode == "single_pass":
-            items = [single_pass_item(ex, s, self.pred_ids, u) for ex, s, u in zip(exs, selected, uid0)]
+            items = [
+                single_pass_item(ex, s, self.pred_ids, u, copies=not self.target_copies)
+                for ex, s, u in zip(exs, selected, uid0)
+            ]
         else:
             items = [original_item(ex) for ex in exs]
         if self.stp != "none":  # drawn after the pairs, so runs without STP draw exactly as before

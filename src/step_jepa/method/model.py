@@ -256,6 +256,12 @@ class StepJEPAModel(nn.Module):
         would pull the lower layer towards the upper one, the shortcut this option is meant to avoid.
         """
         o = self.options
+        if "copies" in batch and not o.target_model():
+            raise ValueError(
+                "this batch was collated for an EMA or frozen target (target_copies: the step copies are "
+                f"not in the online rows), but --jepa_target is {o.jepa_target}: build the collator with "
+                "target_copies=options.target_model()"
+            )
         if o.target_model():
             part = batch["copies"]
             with torch.no_grad():

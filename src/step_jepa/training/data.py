@@ -81,8 +81,13 @@ def _with_system_prompt(recs: list[dict], cfg: StepJEPAConfig) -> list[dict]:
     return recs
 
 
-def segment_all(records: list[dict], tokenizer, max_length: int) -> tuple[list[Segmented], dict[str, Any]]:
-    """Tokenize every record; unusable ones are counted per reason and reported, never dropped silently."""
+def segment_all(
+    records: list[dict], tokenizer, max_length: int, boundary: str = "content"
+) -> tuple[list[Segmented], dict[str, Any]]:
+    """Tokenize every record; unusable ones are counted per reason and reported, never dropped silently.
+
+    The pair counts follow `boundary` (--view_boundary): under 'separator' a step whose end is not
+    known (the last one of a truncated example) has no pair, though its content is intact."""
     out: list[Segmented] = []
     skipped: Counter = Counter()
     skipped_examples: list[dict[str, str]] = []
@@ -93,13 +98,14 @@ def segment_all(records: list[dict], tokenizer, max_length: int) -> tuple[list[S
             skipped[e.reason] += 1
             if len(skipped_examples) < 20:  # enough to find them; counts stay exact
                 skipped_examples.append({"id": str(r.get("id", "")), "reason": str(e)})
+    bounded = [ex.with_boundary(boundary) for ex in out]
     stats = {
         "examples": len(out),
         "skipped": dict(skipped),
         "skipped_examples": skipped_examples,
         "truncated": sum(ex.truncated for ex in out),
-        "without_valid_pair": sum(not ex.valid_pairs() for ex in out),
-        "first_pair_invalid": sum(0 not in ex.valid_pairs() for ex in out),
+        "without_valid_pair": sum(not ex.valid_pairs() for ex in bounded),
+        "first_pair_invalid": sum(0 not in ex.valid_pairs() for ex in bounded),
         "mean_tokens": round(sum(len(ex.input_ids) for ex in out) / max(1, len(out)), 1),
     }
     if not out:
@@ -108,13 +114,15 @@ def segment_all(records: list[dict], tokenizer, max_length: int) -> tuple[list[S
 
 
 def appended_tokens(ex: Segmented, cfg: StepJEPAConfig) -> int:
-    """Tokens the single-pass layout appends to `ex` (K predictors + the step copy per used pair),
+    """Tokens the single-pass layout appends to `ex` (K predictors + the step copy per used pair;
+    the predictors alone with an EMA or frozen target, which encodes the copies in its own pass),
     so packed batches respect the token budget with the JEPA extras counted exactly."""
     if cfg.lbd == 0:
         return 0
     ex = ex.with_boundary(cfg.view_boundary)
     valid = ex.valid_pairs()
-    sizes = {i: cfg.predictors + ex.step_spans[i + 1][1] - ex.step_spans[i + 1][0] for i in valid}
+    online_copy = not cfg.target_model()
+    sizes = {i: cfg.predictors + online_copy * (ex.step_spans[i + 1][1] - ex.step_spans[i + 1][0]) for i in valid}
     if cfg.pairs == "first":
         return sizes.get(0, 0)
     if cfg.pairs == "all":
@@ -255,6 +263,6 @@ def load_eval_examples(cfg: StepJEPAConfig, tok) -> list[Segmented]:
     if not cfg.eval_file or cfg.resolved_eval_strategy() == "no":
         return []
     records, report = load_file_records(cfg.eval_file, cfg)
-    examples, seg = segment_all(records, tok, cfg.max_length)
+    examples, seg = segment_all(records, tok, cfg.max_length, cfg.view_boundary)
     logger.info("eval " + format_data_report(report, seg).replace("\nsegmentation", "\neval segmentation", 1))
     return examples

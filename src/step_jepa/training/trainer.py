@@ -472,7 +472,7 @@ def run_train(cfg: StepJEPAConfig, callbacks: list[TrainerCallback] | None = Non
         logger.info("resolved config:\n" + format_config(cfg))
     records, data_report = load_training_records(cfg)
     lm, tok, pred_ids, model_path = build_model(cfg)
-    examples, seg_stats = segment_all(records, tok, cfg.max_length)
+    examples, seg_stats = segment_all(records, tok, cfg.max_length, cfg.view_boundary)
     logger.info(f"model: {model_path}\n{format_data_report(data_report, seg_stats)}")
     check_pair_coverage(cfg, seg_stats)
     eval_examples = load_eval_examples(cfg, tok)  # a bad --eval_file fails here, before anything is written
