@@ -40,7 +40,7 @@ def setup():
     return tok, model, pred, [segment(r, tok) for r in _records()]
 
 
-def _batch(setup, pairs, packing, pad_multiple=1):
+def _batch(setup, pairs, packing, pad_multiple=1, target_copies=False):
     tok, _, pred, exs = setup
     col = StepJEPACollator(
         pad_id=tok.pad_token_id,
@@ -50,6 +50,7 @@ def _batch(setup, pairs, packing, pad_multiple=1):
         packing=packing,
         max_tokens=256,
         pad_multiple=pad_multiple,
+        target_copies=target_copies,
     )
     return col(exs)
 
@@ -134,16 +135,22 @@ def test_flex_attention_forward_on_cpu_equals_sdpa(setup):
     torch.testing.assert_close(res[1], res[0], rtol=1e-5, atol=1e-6)
 
 
+def _on_cuda(batch: dict) -> dict:
+    return {k: _on_cuda(v) if isinstance(v, dict) else v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 @pytest.mark.gpu
-def test_flex_attention_on_cuda_equals_sdpa_forward_and_backward(setup):
+@pytest.mark.parametrize("target", ["grad", "frozen"])
+def test_flex_attention_on_cuda_equals_sdpa_forward_and_backward(setup, target):
     """On the GPU the flex path (compiled FlexAttention kernels, forward and backward) gives the
-    SDPA loss and gradients."""
+    SDPA loss and gradients; with a frozen target too, whose online rows carry no step copies."""
     tok, _, _, _ = setup
-    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in _batch(setup, "all", True, pad_multiple=128).items()}
+    copies = target == "frozen"
+    batch = _on_cuda(_batch(setup, "all", True, pad_multiple=128, target_copies=copies))
     res = []
     for impl in ("sdpa", "flex_attention"):
         lm = build_tiny_model(len(tok), seed=4, attn_implementation=impl).cuda()
-        out = StepJEPAModel(lm, JEPAOptions(lbd=1.0))(**batch)
+        out = StepJEPAModel(lm, JEPAOptions(lbd=1.0, jepa_target=target))(**batch)
         loss = out["lm_sum"] / out["n_tokens"] + out["jepa"]
         loss.backward()
         res.append((loss.detach(), {n: p.grad for n, p in lm.named_parameters() if p.grad is not None}))
