@@ -12,6 +12,20 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 GSM8K_DIR = SHARED / "data" / "gsm8k"
 
 
+def _checkpointing_name() -> str:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+# transformers renamed --gradient_checkpointing to --activation_checkpointing after 5.17, the oldest
+# version step-jepa supports (CI runs the tests on both); tests that set it use the installed name.
+CHECKPOINTING = _checkpointing_name()
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need CUDA: without it they are skipped, not failed."""
     gpu = [item for item in items if item.get_closest_marker("gpu")]

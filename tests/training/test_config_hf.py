@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import CHECKPOINTING
 from transformers import TrainingArguments
 
 import step_jepa.training.trainer as trainer_mod
@@ -58,7 +59,7 @@ def test_trainer_options_reach_the_trainer(model_dir: Path, tmp_path: Path, monk
             str(heldout),
             "--eval_strategy",
             "epoch",
-            "--activation_checkpointing",
+            f"--{CHECKPOINTING}",
             "--lr_scheduler_type",
             "linear",
             "--packing",
@@ -72,7 +73,7 @@ def test_trainer_options_reach_the_trainer(model_dir: Path, tmp_path: Path, monk
         trainer_mod.run_train(cfg)
     args = _CaptureTrainer.args
     assert isinstance(args, TrainingArguments)
-    assert args.optim == "adafactor" and args.eval_strategy == "epoch" and args.activation_checkpointing is True
+    assert args.optim == "adafactor" and args.eval_strategy == "epoch" and getattr(args, CHECKPOINTING) is True
     assert args.fsdp is True and args.fsdp_config["reshard_after_forward"] is True  # full_shard, as HF reads it
     assert args.lr_scheduler_type == "linear" and args.max_steps == 2 and args.report_to == []
     assert args.per_device_train_batch_size == 1  # resolved from --packing: a batch is one packed group
@@ -95,11 +96,11 @@ def test_yaml_overlay_of_training_arguments_fields(tmp_path: Path):
     the saved config keeps them and reloads to the same run."""
     y = tmp_path / "c.yaml"
     y.write_text(
-        "optim: adafactor\nweight_decay: 0.1\nactivation_checkpointing: true\nsave_strategy: epoch\n"
+        f"optim: adafactor\nweight_decay: 0.1\n{CHECKPOINTING}: true\nsave_strategy: epoch\n"
         "fsdp: true\nfsdp_config: {reshard_after_forward: false}\nreport_to: [tensorboard, wandb]\n"
     )
     cfg = _train(["--config", str(y), "--weight_decay", "0.2", "--output_dir", str(tmp_path / "run")])
-    assert cfg.optim == "adafactor" and cfg.weight_decay == 0.2 and cfg.activation_checkpointing is True
+    assert cfg.optim == "adafactor" and cfg.weight_decay == 0.2 and getattr(cfg, CHECKPOINTING) is True
     assert cfg.save_strategy == "epoch" and cfg.fsdp is True and cfg.fsdp_config["reshard_after_forward"] is False
     assert cfg.report_to == ["tensorboard", "wandb"]
     saved = save_config(cfg, tmp_path / "run")

@@ -92,6 +92,7 @@ class StepJEPATrainer(Trainer):
         self._staging_root: str | None = None
         # (Σ step losses, steps) of the run before the checkpoint this process resumed from.
         self._prior_loss: tuple[float, int] = (0.0, 0)
+        self._resumed_at = 0  # global step of the checkpoint this process resumed from
 
     # ---- token counting across accumulation and ranks
     def get_batch_samples(self, *args, **kwargs):
@@ -336,6 +337,9 @@ class StepJEPATrainer(Trainer):
             wrapper.head.load_state_dict(load_file(os.path.join(resume_from_checkpoint, HEAD_FILE)))
         if wrapper._ema:
             self._load_ema(wrapper, resume_from_checkpoint)
+        state_file = Path(resume_from_checkpoint) / "trainer_state.json"
+        if state_file.exists():
+            self._resumed_at = int(json.loads(state_file.read_text()).get("global_step", 0))
         loss_file = Path(resume_from_checkpoint) / LOSS_FILE
         if loss_file.exists():  # absent in checkpoints of earlier versions: see run_loss
             saved = json.loads(loss_file.read_text())
@@ -344,25 +348,29 @@ class StepJEPATrainer(Trainer):
     def run_loss(self, this_process_mean: float) -> tuple[float, int]:
         """(mean training loss, steps it covers): the whole run's, across resumes.
 
-        Hugging Face's `TrainOutput.training_loss` averages the steps of this process only; the
-        checkpoint we resumed from carries the loss sum of the steps before it (LOSS_FILE). Without
+        This process's steps are summed from the Trainer's `_total_loss_scalar` (its own mean,
+        `TrainOutput.training_loss`, divides that sum by this process's steps from transformers
+        5.2x on, by the whole run's before: neither is the run's mean after a resume). The
+        checkpoint we resumed from carries the loss sum of the steps before it (LOSS_FILE); without
         that file (a checkpoint of an earlier version) only this process's steps are known.
         """
-        start = getattr(self, "_initial_global_step", 0)
+        start = self._resumed_at
         steps = self.state.global_step - start
+        total = getattr(self, "_total_loss_scalar", None)
+        own = float(total) if total is not None else this_process_mean * steps
         prior_sum, prior_steps = self._prior_loss
         if prior_steps != start:
-            return this_process_mean, steps
-        return (prior_sum + this_process_mean * steps) / max(self.state.global_step, 1), self.state.global_step
+            return own / max(steps, 1), steps
+        return (prior_sum + own) / max(self.state.global_step, 1), self.state.global_step
 
     def _write_loss_sum(self, ckpt_dir: str) -> None:
         """The loss sum of steps 1..global_step into a checkpoint, for `run_loss` after a resume."""
-        start = getattr(self, "_initial_global_step", None)
         tr_loss = getattr(self, "_tr_loss", None)  # the Trainer's un-logged loss sum (transformers >= 5.x)
+        total_logged = getattr(self, "_total_loss_scalar", None)
         prior_sum, prior_steps = self._prior_loss
-        if start is None or tr_loss is None or prior_steps != start:
+        if tr_loss is None or total_logged is None or prior_steps != self._resumed_at:
             return  # the sum would not cover the whole run: write none rather than a wrong one
-        total = prior_sum + self._total_loss_scalar + float(tr_loss.item())
+        total = prior_sum + total_logged + float(tr_loss.item())
         Path(ckpt_dir, LOSS_FILE).write_text(json.dumps({"loss_sum": total, "steps": self.state.global_step}))
 
     @staticmethod
