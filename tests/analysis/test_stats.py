@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from step_jepa.analysis import stats
@@ -19,15 +21,17 @@ def test_mcnemar_exact_branch_by_hand() -> None:
     assert stats.mcnemar(0, 0)["p_value"] == 1.0
 
 
-def test_mcnemar_chi_square_branch_by_hand() -> None:
-    # b + c = 60 >= 50: chi2 = (|20 - 40| - 1)^2 / 60 = 361 / 60; P(chi2_1 > 6.0167) = 0.014171
+def test_mcnemar_is_exact_at_any_size() -> None:
+    # b + c = 60: 2 * P(X <= 20), X ~ Binomial(60, 1/2) = 0.0134893 (scipy.stats.binomtest(20, 60)
+    # gives the same; the chi-square approximation, used above 50 before, gave 0.014171)
     t = stats.mcnemar(20, 40)
-    assert t["method"].startswith("chi-square")
-    assert t["statistic"] == pytest.approx(361 / 60)
-    assert t["p_value"] == pytest.approx(0.014171, abs=1e-5)
-    # Not circular: for large b + c the approximation agrees with the exact binomial test.
-    approx, exact = stats.mcnemar(200, 250)["p_value"], stats.mcnemar(200, 250, exact_below=10**9)["p_value"]
-    assert exact == pytest.approx(approx, rel=0.05) and 0.01 < exact < 0.05
+    assert t["method"] == "exact binomial"
+    assert t["p_value"] == pytest.approx(2 * sum(math.comb(60, k) for k in range(21)) / 2**60)
+    assert t["p_value"] == pytest.approx(0.0134893, abs=1e-7)
+    # thousands of discordant pairs (5 seeds x 1,319 problems) stay exact and symmetric in b, c
+    big = stats.mcnemar(2000, 2150)
+    assert big["p_value"] == stats.mcnemar(2150, 2000)["p_value"]
+    assert big["p_value"] == pytest.approx(0.0207155, abs=1e-7)  # scipy.stats.binomtest(2000, 4150)
 
 
 def _runs(matrix, ids=None) -> dict[int, dict[str, bool]]:

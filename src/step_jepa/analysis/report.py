@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from step_jepa.analysis.stats import EXACT_BELOW, alignment_note, paired_stats
+from step_jepa.analysis.stats import alignment_note, paired_stats
 from step_jepa.evaluation.evaluate import protocol_differences
 
 RESULT = "result.json"
@@ -187,8 +187,7 @@ def format_paired(paired: dict[str, dict[str, Any]], baseline: str) -> str:
     lines.append(
         f"Δ: candidate − {baseline} accuracy in points, averaged over the paired seeds. CI: percentile "
         "bootstrap over problems (one resampled problem set for all seeds). McNemar pooled over seeds: "
-        f"b = {baseline} right & candidate wrong, c = the reverse; exact binomial when b + c < "
-        f"{EXACT_BELOW}, else chi-square with continuity correction."
+        f"b = {baseline} right & candidate wrong, c = the reverse; exact binomial test."
     )
     return "\n".join(lines) + "\n"
 
