@@ -108,6 +108,39 @@ def test_grid_config_may_set_packing_budget_against_the_sft_baseline(tmp_path) -
     assert "packing_budget" in cmp.JEPA_KEYS
 
 
+def _raw_gsm8k(path: Path, n: int, seed: int = 0) -> Path:
+    """Raw GSM8K-style rows ({question, answer ending '#### N'}), what lm-eval's gsm8k reads."""
+    rows = [
+        {
+            "question": f"Tom has {i + seed} apples and buys {i + 2}. How many?",
+            "answer": f"{i + seed} + {i + 2}\n#### {2 * i + seed + 2}",
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_also_protocols_are_validated(tmp_path) -> None:
+    test, shots = _raw_gsm8k(tmp_path / "test.jsonl", 4), _raw_gsm8k(tmp_path / "train.jsonl", 8, seed=50)
+
+    def grid(**ev) -> Path:
+        g = grid_dict("m", tmp_path / "out")
+        g["eval"] = {"test_file": str(test), **ev}
+        return write_grid(tmp_path / "g.yaml", g)
+
+    g = cmp.load_grid(grid(also_protocols=["lm-eval-gsm8k"], fewshot_file=str(shots)))
+    assert g.eval["also_protocols"] == ["lm-eval-gsm8k"]
+    with pytest.raises(ValueError, match="also_protocols must be a list of lm-eval-gsm8k, lm-eval-gsm8k-chat"):
+        cmp.load_grid(grid(also_protocols=["gsm8k"], fewshot_file=str(shots)))
+    with pytest.raises(ValueError, match="needs eval.test_file and eval.fewshot_file"):
+        cmp.load_grid(grid(also_protocols=["lm-eval-gsm8k"]))
+    with pytest.raises(ValueError, match="fewshot_file is only used with eval.also_protocols"):
+        cmp.load_grid(grid(fewshot_file=str(shots)))
+    with pytest.raises(ValueError, match="does not exist"):
+        cmp.load_grid(grid(also_protocols=["lm-eval-gsm8k"], fewshot_file=str(tmp_path / "none.jsonl")))
+
+
 # --------------------------------------------------------------------------- end to end (slow)
 
 
@@ -294,6 +327,9 @@ def test_experiment_grids_load_and_name_their_command(path, tmp_path) -> None:
     A test grid whose config comes from a selection not made yet is loaded against a stand-in
     chosen.json (one of the dev grids' candidates), so the rest of it is still checked."""
     raw = yaml.safe_load(path.read_text())
+    shots = (raw.get("eval") or {}).get("fewshot_file")
+    if shots and not (EXPERIMENTS.parent / shots).exists():
+        pytest.skip(f"{shots} is absent (../shared beside the checkout)")
     chosen = {n: c["from_selection"] for n, c in raw["configs"].items() if "from_selection" in c}
     if chosen:
         dev = cmp.load_grid(EXPERIMENTS / "targets_chain_dev.yaml")
@@ -458,3 +494,29 @@ def test_cells_on_the_same_devices_evaluate_one_at_a_time(tmp_path, monkeypatch)
     t.join(10)
     second.join(10)
     assert order == ["first in", "other device", "first out", "second in"]
+
+
+@pytest.mark.slow
+def test_also_protocols_score_each_cell_from_the_loaded_model(tiny_model_dir, tmp_path, capsys) -> None:
+    """A cell is scored under lm-eval's gsm8k too, before its weights could go; the report gets a
+    section for it; adding the key to a finished grid does not redo its cells."""
+    test, shots = _raw_gsm8k(tmp_path / "test.jsonl", 4), _raw_gsm8k(tmp_path / "train.jsonl", 8, seed=50)
+    out = tmp_path / "grid"
+    g = grid_dict(str(tiny_model_dir), out, keep_checkpoints=False)
+    g["eval"] = {"test_file": str(test), "max_new_tokens": 8}
+    assert (
+        cli_main(["compare", "--config", str(write_grid(tmp_path / "a.yaml", g)), "--only", "sft", "--seeds", "0"]) == 0
+    )
+    g["eval"].update(also_protocols=["lm-eval-gsm8k"], fewshot_file=str(shots))
+    cfg = write_grid(tmp_path / "b.yaml", g)
+    assert cli_main(["compare", "--config", str(cfg), "--seeds", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "sft seed 0: skipped, already finished" in printed  # not "other settings"
+    done = json.loads((out / "jepa_l0.1_k1" / "seed0" / "result.json").read_text())
+    also = done["also_protocols"]["lm-eval-gsm8k"]
+    assert also["n"] == 4 and 0.0 <= also["accuracy"] <= 1.0 and 0.0 <= also["accuracy_strict"] <= 1.0
+    summary = json.loads((out / "jepa_l0.1_k1" / "seed0" / "eval-lm-eval-gsm8k" / "summary.json").read_text())
+    assert summary["protocol"]["name"] == "lm-eval-gsm8k" and summary["correct"] == also["correct"]
+    assert "protocol" in done["eval_summary"] and "also" not in done["eval_summary"]
+    table = (out / TABLE).read_text()
+    assert "## Other protocols" in table and "| sft | — |" in table and "(n=1) |" in table

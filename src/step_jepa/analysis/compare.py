@@ -107,8 +107,13 @@ EVAL_KEYS = frozenset(
         "dtype",
         "system_prompt",
         "cuda_graphs",
+        "also_protocols",
+        "fewshot_file",
     }
 )
+# Scored besides the grid's own protocol, from the same loaded model (so no weights need keeping);
+# they do not change the main score, so a finished cell is not redone when they are added.
+EXTRA_EVAL_KEYS = frozenset({"also_protocols", "fewshot_file"})
 
 
 DEFAULT_EVAL_SEED = 1000  # far from usual training seeds, so generated eval problems are not training ones
@@ -207,6 +212,7 @@ def _validate_eval(grid: Grid, where: str) -> None:
         raise ValueError(f"{where}: eval: unknown key(s): {', '.join(bad)} (known: {', '.join(sorted(EVAL_KEYS))})")
     if bool(ev.get("test_file")) == bool(ev.get("generate")):
         raise ValueError(f"{where}: eval: give exactly one of test_file or generate")
+    _validate_also_protocols(ev, where)
     if not isinstance(ev.get("cuda_graphs", False), bool):
         raise ValueError(f"{where}: eval.cuda_graphs must be true or false")
     if ev.get("dtype", DEFAULT_EVAL_DTYPE) not in EVAL_DTYPES:
@@ -226,6 +232,27 @@ def _validate_eval(grid: Grid, where: str) -> None:
                 f"{where}: eval.seed {eval_seed} is also a training seed and training uses the generator "
                 f"(no base.train_file): the test problems would be training problems. Pick another eval.seed."
             )
+
+
+def _validate_also_protocols(ev: dict[str, Any], where: str) -> None:
+    """`also_protocols: [lm-eval-gsm8k, ...]` scores each cell under lm-evaluation-harness's gsm8k too:
+    it needs raw GSM8K rows in test_file and the few-shot pool in fewshot_file."""
+    from step_jepa.evaluation.lm_eval_gsm8k import TASKS
+
+    also = ev.get("also_protocols")
+    if also is None:
+        if ev.get("fewshot_file"):
+            raise ValueError(f"{where}: eval.fewshot_file is only used with eval.also_protocols")
+        return
+    if not isinstance(also, list) or not also or any(p not in TASKS for p in also):
+        raise ValueError(f"{where}: eval.also_protocols must be a list of {', '.join(TASKS)}")
+    if not ev.get("test_file") or not ev.get("fewshot_file"):
+        raise ValueError(
+            f"{where}: eval.also_protocols needs eval.test_file and eval.fewshot_file (raw GSM8K JSONL: "
+            "the test split, and the train split lm-eval draws its 5 shots from)"
+        )
+    if not Path(ev["fewshot_file"]).exists():
+        raise ValueError(f"{where}: eval.fewshot_file {ev['fewshot_file']} does not exist")
 
 
 def train_config(grid: Grid, name: str, seed: int) -> StepJEPAConfig:
@@ -360,10 +387,39 @@ def _evaluate_loaded(
             if ev.get("test_file")
             else f"generated{ev.get('generate')}-s{ev.get('seed')}",
         )
+        summary["also"] = _also_protocols(model, tok, ev, out_dir.parent)
         return summary
     finally:
         del model
         _free_memory()
+
+
+def _also_protocols(model: Any, tok: Any, ev: dict[str, Any], rdir: Path) -> dict[str, dict[str, Any]]:
+    """The cell's scores under `eval.also_protocols` (lm-eval's gsm8k), into <run>/eval-<protocol>/."""
+    from step_jepa.evaluation.lm_eval_gsm8k import evaluate_lm_eval, load_docs
+
+    out: dict[str, dict[str, Any]] = {}
+    if not ev.get("also_protocols"):
+        return out
+    docs, shots = load_docs(ev["test_file"]), load_docs(ev["fewshot_file"])
+    if ev.get("limit") is not None:
+        docs = docs[: int(ev["limit"])]
+    for name in ev["also_protocols"]:
+        summary = evaluate_lm_eval(
+            model,
+            tok,
+            docs,
+            shots,
+            out_dir=rdir / f"eval-{name}",
+            task=name,
+            progress=False,
+            model_name=str(rdir / "final"),
+            cuda_graphs=ev.get("cuda_graphs"),
+            fewshot_file=ev["fewshot_file"],
+        )
+        out[name] = {k: summary[k] for k in ("accuracy", "accuracy_strict", "correct", "correct_strict", "n")}
+        log(f"{name}: flexible-extract {summary['accuracy']:.4f}, strict-match {summary['accuracy_strict']:.4f}")
+    return out
 
 
 def _free_memory() -> None:
@@ -407,7 +463,7 @@ def _check_recorded(result: dict, cfg: StepJEPAConfig, ev: dict, rdir: Path) -> 
     rec_train, rec_eval = result.get("train_config", {}), result.get("eval", {})
     now_train = config_dict(cfg)
     diff = sorted(k for k in set(rec_train) | set(now_train) if rec_train.get(k) != now_train.get(k))
-    ediff = sorted(k for k in set(rec_eval) | set(ev) if rec_eval.get(k) != ev.get(k))
+    ediff = sorted(k for k in (set(rec_eval) | set(ev)) - EXTRA_EVAL_KEYS if rec_eval.get(k) != ev.get(k))
     if diff or ediff:
         raise ValueError(
             f"{rdir / RESULT} was produced with other settings (train: {diff or 'same'}, eval: {ediff or 'same'}). "
@@ -476,7 +532,8 @@ def run_one(grid: Grid, name: str, seed: int, records: list[dict]) -> dict[str, 
         "train_config": config_dict(cfg),
         "eval": ev,
         "train_summary": train_summary,
-        "eval_summary": {k: v for k, v in summary.items() if k != "versions"},
+        "eval_summary": {k: v for k, v in summary.items() if k not in ("versions", "also")},
+        "also_protocols": summary.get("also", {}),
     }
     _write_atomic(rdir / RESULT, json.dumps(result, indent=1, default=str))
     if not grid.keep_checkpoints:

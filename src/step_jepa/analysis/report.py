@@ -427,6 +427,37 @@ def format_table(rows: list[dict[str, Any]], warnings: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def also_protocols_table(rows: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:
+    """The cells' scores under the grid's `eval.also_protocols` (lm-eval's gsm8k), per config: mean ±
+    std over the seeds that have one. Empty when no run was scored so."""
+    names = sorted({p for r in results for p in (r.get("also_protocols") or {})})
+    if not names:
+        return ""
+    lines = [
+        "",
+        "## Other protocols (eval.also_protocols; flexible-extract / strict-match %, mean ± std over seeds)",
+        "",
+        "| config | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for row in rows:
+        cells = []
+        for name in names:
+            got = [
+                r["also_protocols"][name]
+                for r in results
+                if r["config"] == row["config"] and name in (r.get("also_protocols") or {})
+            ]
+            if not got:
+                cells.append("—")
+                continue
+            flex, flex_sd = _mean_std([g["accuracy"] for g in got])
+            strict, strict_sd = _mean_std([g["accuracy_strict"] for g in got])
+            cells.append(f"{_pct(flex)} ± {_pct(flex_sd)} / {_pct(strict)} ± {_pct(strict_sd)} (n={len(got)})")
+        lines.append(f"| {row['config']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_compare(rows: list[dict[str, Any]], path: str | Path):
     """Bar per config (mean accuracy, std error bar) with each seed's accuracy as a dot; returns the Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -543,7 +574,12 @@ def build_report(
     paired = paired_vs_baseline(out, rows, results)
     for row in rows:  # None for the baseline itself
         row["paired"] = paired.get(row["config"])
-    table = format_table(rows, warnings) + format_paired(paired, rows[0]["config"]) + collapse_table(out, rows, results)
+    table = (
+        format_table(rows, warnings)
+        + format_paired(paired, rows[0]["config"])
+        + collapse_table(out, rows, results)
+        + also_protocols_table(rows, results)
+    )
     _write_atomic(out / TABLE, table)
     _write_atomic(
         out / RESULTS,
