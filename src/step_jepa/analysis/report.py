@@ -35,6 +35,12 @@ PLOT = "compare.png"
 GRID_COPY = "compare_grid.json"
 
 
+def grid_order(output_dir: str | Path) -> list[str]:
+    """The configs of the grid that made `output_dir`, in the grid file's order ([] without its copy)."""
+    copy = Path(output_dir) / GRID_COPY
+    return [str(n) for n in json.loads(copy.read_text()).get("configs", {})] if copy.exists() else []
+
+
 PREDICTIONS = "predictions.jsonl"  # written by evaluate.evaluate into <run>/eval/
 
 
@@ -567,8 +573,8 @@ def build_report(
     if not results:
         raise FileNotFoundError(f"no */seed*/{RESULT} under {out}")
     protocol_warnings = protocol_check(results, allow_protocol_mismatch)
-    if order is None and (out / GRID_COPY).exists():
-        order = list(json.loads((out / GRID_COPY).read_text()).get("configs", {}))
+    if order is None:
+        order = grid_order(out) or None
     rows = aggregate(results, order)
     warnings = consistency_warnings(results) + protocol_warnings
     paired = paired_vs_baseline(out, rows, results)

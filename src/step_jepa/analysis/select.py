@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from step_jepa.analysis.report import GRID_COPY, collect_results, log, protocol_check
+from step_jepa.analysis.report import collect_results, grid_order, log, protocol_check
 
 RULE = (
     "highest mean over testbeds of the paired accuracy difference to the baseline (points, mean over "
@@ -33,18 +33,17 @@ TIE_POINTS = 1e-9
 
 
 def _config_order(testbed: Path, results: list[dict[str, Any]]) -> list[str]:
-    """The grid's config order (its compare_grid.json), else sorted names."""
-    copy = testbed / GRID_COPY
+    """The grid's config order (its compare_grid.json), then any other config by name."""
     names = sorted({str(r["config"]) for r in results})
-    if copy.exists():
-        listed = [str(n) for n in json.loads(copy.read_text()).get("configs", {})]
-        return [n for n in listed if n in names] + [n for n in names if n not in listed]
-    return names
+    listed = grid_order(testbed)
+    return [n for n in listed if n in names] + [n for n in names if n not in listed]
 
 
-def testbed_scores(testbed: Path, baseline: str, candidates: list[str]) -> dict[str, dict[str, Any]]:
-    """Per candidate on one testbed: the paired difference to the baseline (points) and its parts."""
-    results = collect_results(testbed)
+def testbed_scores(
+    testbed: Path, results: list[dict[str, Any]], baseline: str, candidates: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Per candidate on one testbed (its finished runs): the paired difference to the baseline
+    (points) and its parts."""
     if not results:
         raise ValueError(f"{testbed}: no finished runs (*/seed*/result.json)")
     protocol_check(results)  # raises on runs scored under different protocols
@@ -72,11 +71,11 @@ def testbed_scores(testbed: Path, baseline: str, candidates: list[str]) -> dict[
     return out
 
 
-def _overrides(testbeds: list[Path], name: str) -> dict[str, Any]:
+def _overrides(results: dict[Path, list[dict[str, Any]]], name: str) -> dict[str, Any]:
     """The candidate's overrides, which must be the same on every testbed (else it is not one config)."""
     seen = []
-    for t in testbeds:
-        for r in collect_results(t):
+    for t, runs in results.items():
+        for r in runs:
             if r["config"] == name:
                 seen.append((t, r.get("overrides", {})))
                 break
@@ -92,22 +91,22 @@ def select(testbeds: list[str | Path], baseline: str, candidates: list[str] | No
     dirs = [Path(t) for t in testbeds]
     if not dirs:
         raise ValueError("give at least one testbed (a dev grid's output dir)")
-    first = collect_results(dirs[0])
-    order = [n for n in _config_order(dirs[0], first) if n != baseline]
+    results = {t: collect_results(t) for t in dirs}  # read once: scores and overrides come from them
+    order = [n for n in _config_order(dirs[0], results[dirs[0]]) if n != baseline]
     names = order if candidates is None else [n for n in order if n in candidates]
     unknown = sorted(set(candidates or []) - set(order))
     if unknown:
         raise ValueError(f"{dirs[0]}: unknown candidate(s) {unknown} (configs: {order})")
     if not names:
         raise ValueError(f"{dirs[0]}: no candidate besides the baseline {baseline!r}")
-    per_testbed = {str(t): testbed_scores(t, baseline, names) for t in dirs}
+    per_testbed = {str(t): testbed_scores(t, results[t], baseline, names) for t in dirs}
     score = {n: sum(per_testbed[str(t)][n]["delta_points"] for t in dirs) / len(dirs) for n in names}
     best = max(score.values())
     winner = next(n for n in names if score[n] >= best - TIE_POINTS)  # first listed among the tied
     log(f"selected {winner!r}: mean paired Δ {score[winner]:+.2f} points over {len(dirs)} testbed(s)")
     return {
         "winner": winner,
-        "overrides": _overrides(dirs, winner),
+        "overrides": _overrides(results, winner),
         "baseline": baseline,
         "rule": RULE,
         "scores": score,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from step_jepa.analysis.compare import (
     select_cells,
     visible_gpus,
 )
-from step_jepa.analysis.report import GRID_COPY, RESULT, ProtocolMismatch, build_report, log, run_dir
+from step_jepa.analysis.report import GRID_COPY, RESULT, ProtocolMismatch, build_report, grid_order, log, run_dir
 
 
 def _jobs(value: str) -> int | str:
@@ -123,8 +122,7 @@ def _select(args: argparse.Namespace) -> int:
 
 def _first_config(testbed: Path) -> str:
     """The baseline by default: the first config of the grid that made the dir."""
-    copy = testbed / GRID_COPY
-    configs = list(json.loads(copy.read_text()).get("configs", {})) if copy.exists() else []
+    configs = grid_order(testbed)
     if not configs:
         raise SystemExit(f"--select: {testbed} has no {GRID_COPY}; name the baseline with --baseline")
     return str(configs[0])

@@ -50,9 +50,10 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[list[dict]]) -> list[list[i
     return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Token ids that end a generation: the tokenizer's eos, the generation config's eos id(s) and the
-    end-of-turn markers of known chat templates that exist in this vocabulary."""
+def stop_token_ids(model: Any, tokenizer: Any, stop_tokens: Sequence[str] | None = None) -> list[int]:
+    """Token ids that end a generation: the tokenizer's eos, the generation config's eos id(s) and,
+    of `stop_tokens` (default: the end-of-turn markers of known chat templates), those that are
+    single tokens of this vocabulary."""
     ids: set[int] = set()
     if getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(int(tokenizer.eos_token_id))
@@ -61,7 +62,7 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     if eos is not None:
         ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
     vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in _END_OF_TURN if t in vocab)
+    ids.update(vocab[t] for t in (_END_OF_TURN if stop_tokens is None else stop_tokens) if t in vocab)
     return sorted(ids)
 
 

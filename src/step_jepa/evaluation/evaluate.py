@@ -116,9 +116,7 @@ def evaluate(
     max_batch_tokens, batch_size = run.max_batch_tokens, run.batch_size
 
     rows = [_score(rec, gen, lenient) for rec, gen in zip(records, gens)]
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_predictions(out, rows)
     summary = _summarize(rows, seconds, model, max_new_tokens, lenient, model_name, batch_size, system_prompt)
     summary["max_batch_tokens"] = max_batch_tokens
     summary["cuda_graphs"] = graphs
@@ -241,6 +239,31 @@ def _score(record: dict, gen: GenResult, lenient: bool) -> dict:
     }
 
 
+def write_predictions(out: Path, rows: list[dict]) -> None:
+    """predictions.jsonl: one scored row per example, in input order."""
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def run_fields(rows: list[dict], seconds: float, model: Any, model_name: str | None) -> dict:
+    """The summary fields every protocol shares: errors, output length and speed, which model on which
+    device and dtype, the versions."""
+    n = len(rows)
+    tokens = sum(r["tokens"] for r in rows)
+    param = next(model.parameters())
+    return {
+        "errors": sum(r["error"] is not None for r in rows),
+        "mean_output_tokens": tokens / n if n else 0.0,
+        "generation_seconds": round(seconds, 3),
+        "generated_tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        "model": model_name or getattr(model.config, "_name_or_path", None) or type(model).__name__,
+        "device": str(param.device),
+        "dtype": str(param.dtype).replace("torch.", ""),
+        "versions": _versions(),
+    }
+
+
 def _summarize(
     rows: list[dict],
     seconds: float,
@@ -254,26 +277,17 @@ def _summarize(
     n = len(rows)
     correct = sum(r["correct"] for r in rows)
     no_answer = sum(r["extracted"] is None and r["error"] is None for r in rows)
-    tokens = sum(r["tokens"] for r in rows)
-    param = next(model.parameters())
     return {
         "accuracy": correct / n if n else 0.0,
         "n": n,
         "correct": correct,
         "no_answer": no_answer,
         "no_answer_rate": no_answer / n if n else 0.0,
-        "errors": sum(r["error"] is not None for r in rows),
-        "mean_output_tokens": tokens / n if n else 0.0,
-        "generation_seconds": round(seconds, 3),
-        "generated_tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
         "lenient": lenient,
         "system_prompt": "record" if system_prompt is None else system_prompt,
-        "model": model_name or getattr(model.config, "_name_or_path", None) or type(model).__name__,
-        "device": str(param.device),
-        "dtype": str(param.dtype).replace("torch.", ""),
-        "versions": _versions(),
+        **run_fields(rows, seconds, model, model_name),
     }
 
 

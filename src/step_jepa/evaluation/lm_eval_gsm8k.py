@@ -149,19 +149,6 @@ def stop_strings(tokenizer: Any) -> list[str]:
     return until
 
 
-def stop_ids(model: Any, tokenizer: Any, until: Sequence[str]) -> list[int]:
-    """Token ids that end a generation: eos (tokenizer and generation config) and single tokens spelling a stop string."""
-    ids: set[int] = set()
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is not None:
-        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in until if t in vocab)
-    return sorted(ids)
-
-
 def postprocess(text: str, until: Sequence[str]) -> str:
     """lm_eval's ``postprocess_generated_text``: cut at each stop string in turn."""
     for term in until:
@@ -232,8 +219,8 @@ def evaluate_lm_eval(
     predictions.jsonl (one row per doc: prompt, output, both filtered answers) and summary.json, whose
     ``accuracy`` is flexible-extract's exact match and ``accuracy_strict`` strict-match's."""
 
-    from step_jepa.evaluation.decode import timed_generate_ids
-    from step_jepa.evaluation.evaluate import _versions, chat_template_id, protocol
+    from step_jepa.evaluation.decode import stop_token_ids, timed_generate_ids
+    from step_jepa.evaluation.evaluate import chat_template_id, protocol, run_fields, write_predictions
 
     if task not in TASKS:
         raise ValueError(f"unknown lm-eval task {task!r} (known: {', '.join(TASKS)})")
@@ -257,7 +244,7 @@ def evaluate_lm_eval(
         cuda_graphs=cuda_graphs,
         graph_window=graph_window,
         progress=progress,
-        stop_ids=stop_ids(model, tokenizer, until),
+        stop_ids=stop_token_ids(model, tokenizer, until),
     )
     gens, seconds, graphs, stats = run.results, run.seconds, run.cuda_graphs, run.stats
     max_batch_tokens, batch_size = run.max_batch_tokens, run.batch_size
@@ -283,30 +270,19 @@ def evaluate_lm_eval(
                 "error": gen.error,
             }
         )
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_predictions(out, rows)
     n = len(rows)
-    tokens = sum(r["tokens"] for r in rows)
-    param = next(model.parameters())
     summary = {
         "accuracy": sum(r["correct"] for r in rows) / n if n else 0.0,
         "accuracy_strict": sum(r["correct_strict"] for r in rows) / n if n else 0.0,
         "n": n,
         "correct": sum(r["correct"] for r in rows),
         "correct_strict": sum(r["correct_strict"] for r in rows),
-        "errors": sum(r["error"] is not None for r in rows),
-        "mean_output_tokens": tokens / n if n else 0.0,
-        "generation_seconds": round(seconds, 3),
-        "generated_tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
         "max_batch_tokens": max_batch_tokens,
         "cuda_graphs": graphs,
-        "model": model_name or getattr(model.config, "_name_or_path", None) or type(model).__name__,
-        "device": str(param.device),
-        "dtype": str(param.dtype).replace("torch.", ""),
-        "versions": _versions(),
+        **run_fields(rows, seconds, model, model_name),
     }
     summary["metrics"] = {
         "exact_match,strict-match": summary["accuracy_strict"],
