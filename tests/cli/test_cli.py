@@ -221,6 +221,20 @@ def test_version_flag():
     assert proc.returncode == 0 and proc.stdout.strip() == f"step-jepa {__version__}"
 
 
+def test_version_is_the_packages() -> None:
+    """Summaries record `__version__`; it must be the version pip installs (pyproject.toml), which
+    carries a .dev suffix while CHANGELOG's next release is unreleased."""
+    import re
+
+    from step_jepa import __version__
+
+    root = Path(__file__).resolve().parents[2]
+    declared = re.search(r'^version = "([^"]+)"$', (root / "pyproject.toml").read_text(), re.M)
+    assert declared and declared.group(1) == __version__
+    latest = (root / "CHANGELOG.md").read_text().split("\n## ", 2)[1]
+    assert latest.startswith("[Unreleased") == (".dev" in __version__)
+
+
 # ---------------------------------------------------------------------------- values checked before any work
 
 
