@@ -240,6 +240,7 @@ def test_report_collapse_diagnostics_by_hand(tmp_path) -> None:
                     "jepa_loss": 0.1 * k,
                     "view1_pairwise_cos": 0.9,
                     "view2_pairwise_cos": 0.8,
+                    "view1_std": 0.1 * k,
                     "jepa_retrieval_acc": 0.5,
                     "jepa_pairs": 4,
                 }
@@ -261,6 +262,8 @@ def test_report_collapse_diagnostics_by_hand(tmp_path) -> None:
                 "jepa_loss": 0.0,
                 "view1_pairwise_cos": 1.0,
                 "view2_pairwise_cos": 1.0,
+                "view1_std": 0.0,
+                "view2_std": 0.5,
                 "jepa_retrieval_acc": 0.25,
                 "jepa_pairs": 4,
             }
@@ -269,9 +272,10 @@ def test_report_collapse_diagnostics_by_hand(tmp_path) -> None:
     rep.build_report(tmp_path, order=["sft", "jepa"])
     table = (tmp_path / rep.TABLE).read_text()
     assert "## Collapse diagnostics" in table
-    assert "| sft | 1.5 | — | — | — | — | — |" in table  # each seed: (2.0 + 1.0) / 2
-    # jepa: lm (1.0 + 3.0) / 2, jepa ((0.2+0.3+0.4)/3 + 0) / 2, cos (0.9+1)/2, (0.8+1)/2, retrieval (0.5+0.25)/2
-    assert "| jepa | 2 | 0.15 | 0.95 | 0.9 | 0.375 | 0.25 |" in table
+    assert "| sft | 1.5 | — | — | — | — | — | — | — |" in table  # each seed: (2.0 + 1.0) / 2
+    # jepa: lm (1.0 + 3.0) / 2, jepa ((0.2+0.3+0.4)/3 + 0) / 2, cos (0.9+1)/2, (0.8+1)/2,
+    # spread ((0.2+0.3+0.4)/3 + 0) / 2 and 0.5 (logged by seed 1 only), retrieval (0.5+0.25)/2
+    assert "| jepa | 2 | 0.15 | 0.95 | 0.9 | 0.15 | 0.5 | 0.375 | 0.25 |" in table
 
 
 def test_report_shows_the_stp_loss_of_stp_runs(tmp_path) -> None:
@@ -287,8 +291,8 @@ def test_report_shows_the_stp_loss_of_stp_runs(tmp_path) -> None:
     rep.build_report(tmp_path, order=["sft", "stp"])
     table = (tmp_path / rep.TABLE).read_text()
     assert "| chance | stp_loss |" in table
-    assert "| sft | 2 | — | — | — | — | — | — |" in table
-    assert "| stp | 1.5 | — | — | — | — | — | 1.375 |" in table
+    assert "| sft | 2 | — | — | — | — | — | — | — | — |" in table
+    assert "| stp | 1.5 | — | — | — | — | — | — | — | 1.375 |" in table
 
 
 def test_report_without_jepa_runs_has_no_collapse_section(tmp_path) -> None:

@@ -208,6 +208,8 @@ DIAG_KEYS = (
     "jepa_loss",
     "view1_pairwise_cos",
     "view2_pairwise_cos",
+    "view1_std",
+    "view2_std",
     "jepa_retrieval_acc",
     "jepa_pairs",
     "stp_loss",
@@ -254,9 +256,9 @@ def collapse_table(output_dir: str | Path, rows: list[dict[str, Any]], results: 
     stp = "stp_loss" in logged  # a column only when some run trained with STP
     lines = [
         f"\n## Collapse diagnostics (mean of the last {DIAG_LAST} logged steps, then over seeds)\n",
-        "| config | lm_loss | jepa_loss | view-1 pairwise cos | view-2 pairwise cos | retrieval | chance |"
-        + (" stp_loss |" if stp else ""),
-        "|---|---|---|---|---|---|---|" + ("---|" if stp else ""),
+        "| config | lm_loss | jepa_loss | view-1 pairwise cos | view-2 pairwise cos | view-1 spread | "
+        "view-2 spread | retrieval | chance |" + (" stp_loss |" if stp else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if stp else ""),
     ]
 
     def mean(ds: list[dict[str, float]], key: str) -> str:
@@ -270,13 +272,15 @@ def collapse_table(output_dir: str | Path, rows: list[dict[str, Any]], results: 
         lines.append(
             f"| {row['config']} | {mean(ds, 'lm_loss')} | {mean(ds, 'jepa_loss')} | "
             f"{mean(ds, 'view1_pairwise_cos')} | {mean(ds, 'view2_pairwise_cos')} | "
-            f"{mean(ds, 'jepa_retrieval_acc')} | {chance} |" + (f" {mean(ds, 'stp_loss')} |" if stp else "")
+            f"{mean(ds, 'view1_std')} | {mean(ds, 'view2_std')} | {mean(ds, 'jepa_retrieval_acc')} | {chance} |"
+            + (f" {mean(ds, 'stp_loss')} |" if stp else "")
         )
     lines.append("")
     lines.append(
-        "Retrieval: how often view 1 of a pair is closer to its own view 2 than to any other pair's in "
-        "the micro-batch; chance = 1 / pairs per micro-batch. A falling JEPA loss with retrieval at "
-        "chance is collapse."
+        "Spread: each view's standard deviation over the micro-batch's pairs, averaged over hidden "
+        "dimensions (0 when every pair has the same view). Retrieval: how often view 1 of a pair is "
+        "closer to its own view 2 than to any other pair's in the micro-batch; chance = 1 / pairs per "
+        "micro-batch. A falling JEPA loss with retrieval at chance is collapse."
     )
     return "\n".join(lines) + "\n"
 
