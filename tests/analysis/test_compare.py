@@ -252,6 +252,48 @@ def test_parallel_cells_pin_gpus_and_report_failures(tmp_path) -> None:
     assert cmp.run_state(logs[0].parent) == "new"  # a log alone is not a half-finished run
 
 
+def test_a_cell_out_of_gpu_memory_beside_others_is_retried_alone(tmp_path) -> None:
+    """A cell whose process reports CUDA running out of memory while other cells share the device is
+    queued again and started only when nothing else runs; out of memory alone, it has failed."""
+    import sys
+
+    grid = cmp.load_grid(write_grid(tmp_path / "g.yaml", grid_dict("m", tmp_path / "out")))
+    a, b = grid.configs  # in the grid file's order
+    # The child leaves a marker while it runs and writes result.json when it succeeds; (a, 0) runs
+    # out of memory when another cell runs beside it, (b, 1) always.
+    child = """
+import sys, time
+from pathlib import Path
+out, name, seed, a, b = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+me = out / f"running-{name}-{seed}"
+me.write_text("")
+crowded = False
+for _ in range(20):  # a second, looking for company all along (another child may start late)
+    crowded = crowded or any(p != me for p in out.glob("running-*"))
+    time.sleep(0.05)
+me.unlink()
+if ((name, seed) == (a, 0) and crowded) or (name, seed) == (b, 1):
+    print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 18.00 MiB.")
+    sys.exit(1)
+(out / name / f"seed{seed}" / "result.json").write_text("{}")
+"""
+    started: list[tuple[str, int]] = []
+
+    def command(name: str, seed: int) -> list[str]:
+        started.append((name, seed))
+        return [sys.executable, "-c", child, str(grid.output_dir), name, str(seed), a, b]
+
+    outcome = cmp.run_cells_parallel(grid, 2, command, gpus=[], poll_seconds=0.02)
+    # (a, 0) failed beside (b, 0) and ran again last, alone; (b, 1) had company too, so it got its
+    # second try as well, alone, and failed there.
+    assert started[:4] == [(a, 0), (b, 0), (a, 1), (b, 1)]
+    assert sorted(started[4:]) == sorted([(a, 0), (b, 1)])
+    assert sorted(outcome.finished) == sorted([(b, 0), (a, 0), (a, 1)])
+    assert [(n, s) for n, s, _, _ in outcome.failed] == [(b, 1)]
+    log = (grid.output_dir / a / "seed0" / CELL_LOG).read_text()
+    assert log.count("=== ") == 2 and "CUDA out of memory" in log
+
+
 def test_parallel_cells_start_seed_by_seed(tmp_path) -> None:
     """One at a time, cells start seed by seed (sft 0, jepa 0, sft 1, ...), so a grid stopped part-way
     leaves whole paired seeds."""

@@ -597,6 +597,20 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
+# What a child prints when CUDA ran out of memory (torch.OutOfMemoryError's message).
+OUT_OF_MEMORY = "CUDA out of memory"
+
+
+def _ran_out_of_memory(log_path: Path, offset: int) -> bool:
+    """Whether the part of a cell's log written since `offset` reports a CUDA out-of-memory error."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            f.seek(offset)
+            return OUT_OF_MEMORY in f.read()
+    except OSError:
+        return False
+
+
 @dataclass
 class ParallelOutcome:
     """What `run_cells_parallel` did: cells skipped as finished, run to the end, and failed (with logs)."""
@@ -623,6 +637,10 @@ def run_cells_parallel(
     the child decides as a sequential run would. With two or more `gpus` (default: the visible ones)
     each child is pinned to the least busy one through CUDA_VISIBLE_DEVICES; with one or none the
     children share what they see. Every cell's output is appended to `<run>/compare.log`.
+
+    A cell that runs out of GPU memory while other cells share its device is not failed but retried
+    once, alone on a device: memory is what `--jobs` cannot see (three Gemma 3 270M trainings, or five
+    SmolLM2-135M ones beside two more, exceed an 80 GB card), and a rerun would otherwise be needed.
     """
     if jobs < 1:
         raise ValueError(f"--jobs must be at least 1 (got {jobs})")
@@ -649,6 +667,9 @@ def run_cells_parallel(
     log(f"{len(todo)} cell(s) to run, {jobs} at a time, {where}; {len(outcome.skipped)} already finished")
     start = time.monotonic()
     running: dict[tuple[str, int], tuple[subprocess.Popen, Any, str | None]] = {}
+    log_start: dict[tuple[str, int], int] = {}  # where each running cell's output begins in its log
+    shared: set[tuple[str, int]] = set()  # running cells that had company on their device
+    alone: set[tuple[str, int]] = set()  # cells to retry with no other cell on their device
 
     def progress() -> None:
         done = len(outcome.skipped) + len(outcome.finished)
@@ -656,6 +677,18 @@ def run_cells_parallel(
             f"progress: {done}/{total} done, {len(running)} running, {len(todo)} left, "
             f"{len(outcome.failed)} failed, elapsed {_elapsed(time.monotonic() - start)}"
         )
+
+    def free_device(cell: tuple[str, int]) -> bool:
+        """A retried cell starts only where no other cell runs. It stays alone there: retries join the
+        end of the queue, so every cell after it is a retry that waits for an empty device too."""
+        if cell not in alone:
+            return True
+        busy = [d for _, _, d in running.values()]
+        return any(busy.count(d) == 0 for d in devices) if devices else not running
+
+    def mark_shared() -> None:
+        busy = [d for _, _, d in running.values()]
+        shared.update(c for c, (_, _, d) in running.items() if busy.count(d) > 1)
 
     def launch(name: str, s: int) -> None:
         rdir = run_dir(grid.output_dir, name, s)
@@ -672,13 +705,15 @@ def run_cells_parallel(
             f"{f' (CUDA_VISIBLE_DEVICES={device})' if device is not None else ''}\n"
         )
         out.flush()
+        log_start[(name, s)] = out.tell()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
         running[(name, s)] = (proc, out, device)
+        mark_shared()
         log(f"{name} seed {s}: started{f' on GPU {device}' if device is not None else ''}, log {rdir / CELL_LOG}")
 
     try:
         while todo or running:
-            while todo and len(running) < jobs:
+            while todo and len(running) < jobs and free_device(todo[0]):
                 launch(*todo.pop(0))
             time.sleep(poll_seconds)
             for (name, s), (proc, out, _) in list(running.items()):
@@ -691,6 +726,10 @@ def run_cells_parallel(
                 if rc == 0 and run_state(run_dir(grid.output_dir, name, s)) == "done":
                     outcome.finished.append((name, s))
                     log(f"{name} seed {s}: finished")
+                elif (name, s) in shared and (name, s) not in alone and _ran_out_of_memory(path, log_start[(name, s)]):
+                    alone.add((name, s))
+                    todo.append((name, s))
+                    log(f"{name} seed {s}: out of GPU memory beside other cells; retried alone, after the queue")
                 else:
                     rc = rc or 1  # exit 0 without a result is a failure too
                     outcome.failed.append((name, s, rc, path))
