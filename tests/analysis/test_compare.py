@@ -294,6 +294,42 @@ if ((name, seed) == (a, 0) and crowded) or (name, seed) == (b, 1):
     assert log.count("=== ") == 2 and "CUDA out of memory" in log
 
 
+def test_with_several_gpus_a_retried_cell_waits_for_an_empty_one(tmp_path) -> None:
+    """Three cells at a time on two GPUs: two share one. The one of them that runs out of memory
+    beside the other is retried on a GPU where nothing runs (its child checks, per device)."""
+    import sys
+
+    grid = cmp.load_grid(write_grid(tmp_path / "g.yaml", grid_dict("m", tmp_path / "out")))
+    a, _ = grid.configs
+    child = """
+import os, sys, time
+from pathlib import Path
+out, name, seed, a = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+gpu = os.environ["CUDA_VISIBLE_DEVICES"]
+me = out / f"running-{gpu}-{name}-{seed}"
+me.write_text("")
+crowded = False
+for _ in range(20):
+    crowded = crowded or any(p != me for p in out.glob(f"running-{gpu}-*"))
+    time.sleep(0.05)
+me.unlink()
+if (name, seed) == (a, 0) and crowded:
+    print("torch.OutOfMemoryError: CUDA out of memory.")
+    sys.exit(1)
+(out / name / f"seed{seed}" / "result.json").write_text(gpu)
+"""
+    outcome = cmp.run_cells_parallel(
+        grid,
+        3,
+        lambda name, seed: [sys.executable, "-c", child, str(grid.output_dir), name, str(seed), a],
+        gpus=["0", "1"],
+        poll_seconds=0.02,
+    )
+    assert not outcome.failed and len(outcome.finished) == 4
+    log = (grid.output_dir / a / "seed0" / CELL_LOG).read_text()
+    assert log.count("=== ") == 2 and "CUDA out of memory" in log
+
+
 def test_parallel_cells_start_seed_by_seed(tmp_path) -> None:
     """One at a time, cells start seed by seed (sft 0, jepa 0, sft 1, ...), so a grid stopped part-way
     leaves whole paired seeds."""
