@@ -94,26 +94,27 @@ JEPA_KEYS = frozenset(
 RESERVED_KEYS = frozenset({"seed", "output_dir", "overwrite_output_dir", "resume"})
 
 
-EVAL_KEYS = frozenset(
-    {
-        "test_file",
-        "generate",
-        "seed",
-        "max_new_tokens",
-        "batch_size",
-        "max_batch_tokens",
-        "limit",
-        "lenient",
-        "dtype",
-        "system_prompt",
-        "cuda_graphs",
-        "also_protocols",
-        "fewshot_file",
-    }
-)
 # Scored besides the grid's own protocol, from the same loaded model (so no weights need keeping);
 # they do not change the main score, so a finished cell is not redone when they are added.
 EXTRA_EVAL_KEYS = frozenset({"also_protocols", "fewshot_file"})
+EVAL_KEYS = (
+    frozenset(
+        {
+            "test_file",
+            "generate",
+            "seed",
+            "max_new_tokens",
+            "batch_size",
+            "max_batch_tokens",
+            "limit",
+            "lenient",
+            "dtype",
+            "system_prompt",
+            "cuda_graphs",
+        }
+    )
+    | EXTRA_EVAL_KEYS
+)
 
 
 DEFAULT_EVAL_SEED = 1000  # far from usual training seeds, so generated eval problems are not training ones
