@@ -667,8 +667,8 @@ def run_cells_parallel(
     where = f"one per GPU of {', '.join(devices)} (least busy first)" if devices else "sharing the visible device"
     log(f"{len(todo)} cell(s) to run, {jobs} at a time, {where}; {len(outcome.skipped)} already finished")
     start = time.monotonic()
-    running: dict[tuple[str, int], tuple[subprocess.Popen, Any, str | None]] = {}
-    log_start: dict[tuple[str, int], int] = {}  # where each running cell's output begins in its log
+    # cell -> (process, its log, its device, where this attempt's output begins in the log)
+    running: dict[tuple[str, int], tuple[subprocess.Popen, Any, str | None, int]] = {}
     shared: set[tuple[str, int]] = set()  # running cells that had company on their device
     alone: set[tuple[str, int]] = set()  # cells to retry with no other cell on their device
 
@@ -684,17 +684,17 @@ def run_cells_parallel(
         end of the queue, so every cell after it is a retry that waits for an empty device too."""
         if cell not in alone:
             return True
-        busy = [d for _, _, d in running.values()]
+        busy = [d for _, _, d, _ in running.values()]
         return any(busy.count(d) == 0 for d in devices) if devices else not running
 
     def mark_shared() -> None:
-        busy = [d for _, _, d in running.values()]
-        shared.update(c for c, (_, _, d) in running.items() if busy.count(d) > 1)
+        busy = [d for _, _, d, _ in running.values()]
+        shared.update(c for c, (_, _, d, _) in running.items() if busy.count(d) > 1)
 
     def launch(name: str, s: int) -> None:
         rdir = run_dir(grid.output_dir, name, s)
         rdir.mkdir(parents=True, exist_ok=True)
-        busy = [d for _, _, d in running.values()]
+        busy = [d for _, _, d, _ in running.values()]
         device = min(devices, key=busy.count) if devices else None
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if device is not None:
@@ -706,9 +706,8 @@ def run_cells_parallel(
             f"{f' (CUDA_VISIBLE_DEVICES={device})' if device is not None else ''}\n"
         )
         out.flush()
-        log_start[(name, s)] = out.tell()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-        running[(name, s)] = (proc, out, device)
+        running[(name, s)] = (proc, out, device, out.tell())
         mark_shared()
         log(f"{name} seed {s}: started{f' on GPU {device}' if device is not None else ''}, log {rdir / CELL_LOG}")
 
@@ -717,7 +716,7 @@ def run_cells_parallel(
             while todo and len(running) < jobs and free_device(todo[0]):
                 launch(*todo.pop(0))
             time.sleep(poll_seconds)
-            for (name, s), (proc, out, _) in list(running.items()):
+            for (name, s), (proc, out, _, log_start) in list(running.items()):
                 rc = proc.poll()
                 if rc is None:
                     continue
@@ -727,7 +726,7 @@ def run_cells_parallel(
                 if rc == 0 and run_state(run_dir(grid.output_dir, name, s)) == "done":
                     outcome.finished.append((name, s))
                     log(f"{name} seed {s}: finished")
-                elif (name, s) in shared and (name, s) not in alone and _ran_out_of_memory(path, log_start[(name, s)]):
+                elif (name, s) in shared and (name, s) not in alone and _ran_out_of_memory(path, log_start):
                     alone.add((name, s))
                     todo.append((name, s))
                     log(f"{name} seed {s}: out of GPU memory beside other cells; retried alone, after the queue")
@@ -737,9 +736,9 @@ def run_cells_parallel(
                     log(f"{name} seed {s}: FAILED (exit {rc}): {_last_line(path)}; log {path}")
                 progress()
     except BaseException:  # Ctrl-C or an error here: do not leave children training on their own
-        for proc, _out, _ in running.values():
+        for proc, _out, _, _ in running.values():
             proc.terminate()
-        for proc, out, _ in running.values():
+        for proc, out, _, _ in running.values():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -122,7 +122,12 @@ def appended_tokens(ex: Segmented, cfg: StepJEPAConfig) -> int:
     ex = ex.with_boundary(cfg.view_boundary)
     valid = ex.valid_pairs()
     online_copy = not cfg.target_model()
-    sizes = {i: cfg.predictors + online_copy * (ex.step_spans[i + 1][1] - ex.step_spans[i + 1][0]) for i in valid}
+
+    def size(i: int) -> int:
+        start, end = ex.step_spans[i + 1]
+        return cfg.predictors + (end - start if online_copy else 0)
+
+    sizes = {i: size(i) for i in valid}
     if cfg.pairs == "first":
         return sizes.get(0, 0)
     if cfg.pairs == "all":
