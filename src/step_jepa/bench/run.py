@@ -61,6 +61,8 @@ BASE_VARIANTS = {
     "sp_first_head": dict(kind="ours", mode="single_pass", pairs="first", opts={"jepa_predictor_head": "mlp"}),
     "sp_first_infonce": dict(kind="ours", mode="single_pass", pairs="first", opts={"jepa_loss": "infonce"}),
     "sp_first_vicreg": dict(kind="ours", mode="single_pass", pairs="first", opts={"vicreg_weight": 1.0}),
+    # The seed's step boundary: predictors after step i's blank line, view 2 at the one ending step i+1.
+    "sp_first_separator": dict(kind="ours", mode="single_pass", pairs="first", opts={"view_boundary": "separator"}),
     # Semantic Tube Prediction on the ordinary pass: SFT's layout plus three gathered states per example.
     "stp": dict(kind="ours", mode="sft", pairs="first", stp="random"),
     "stp_steps": dict(kind="ours", mode="sft", pairs="first", stp="steps"),
@@ -73,7 +75,8 @@ VARIANTS = [v for b in BASE_VARIANTS for v in (b, b + "_packed")]
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-GSM8K_DEFAULT = "/work/shared/data/gsm8k/train.jsonl"
+# `--data gsm8k` without a path: the raw GSM8K train split where the checkout keeps shared data beside it
+GSM8K_DEFAULT = "../shared/data/gsm8k/train.jsonl"
 
 
 LLAMA_1B = dict(

@@ -55,7 +55,9 @@ class BenchConfig(JEPAOptions):
 
     model: str = _opt("tiny", "tiny | smollm2 | llama1b-random | a model directory")
     data: list[str] = _opt(
-        ["generator"], "generator (default) | gsm8k [PATH] | PATH (any file load_records reads)", metavar="SRC"
+        ["generator"],
+        "generator (default) | gsm8k [PATH] (default PATH ../shared/data/gsm8k/train.jsonl) | PATH (any file load_records reads)",
+        metavar="SRC",
     )
     # Bench's own default: 32 examples per step (train's 8 times its accumulation steps); a bench
     # step is one micro-batch, so this is train's per-device micro-batch size.
