@@ -187,3 +187,24 @@ def test_rounds_give_a_per_round_ratio_against_sft():
     ratios = [a / b for a, b in zip(sp["round_ms"], sft["round_ms"])]
     assert sp["time_x_sft_rounds"] == pytest.approx(sum(ratios) / 2)
     assert sp["ms_median"] == pytest.approx(min(sp["round_ms"]))  # the table keeps the fastest round
+
+
+def test_target_and_boundary_variants_change_the_layout_as_designed():
+    """A frozen target takes the step copy out of the online rows (only the K predictors stay); the
+    seed's boundary lengthens each copy by its step's separator tokens."""
+    cfg = BenchConfig(
+        model="tiny",
+        per_device_train_batch_size=4,
+        n_batches=2,
+        steps=1,
+        warmup=1,
+        device="cpu",
+        threads=1,
+        variants=["sft", "sp_first", "sp_first_frozen", "sp_first_separator"],
+    )
+    tokens = {r["variant"]: r["layout_tokens_per_step"] for r in run_bench(cfg, log=lambda s: None)["rows"]}
+    examples = cfg.per_device_train_batch_size
+    assert tokens["sp_first_frozen"] - tokens["sft"] == cfg.predictors * examples
+    assert tokens["sp_first"] > tokens["sp_first_frozen"]
+    extra = tokens["sp_first_separator"] - tokens["sp_first"]
+    assert extra > 0 and extra % examples == 0  # the same separator after every example's step 2
