@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 GSM8K_DIR = SHARED / "data" / "gsm8k"
@@ -154,3 +155,45 @@ def run_cli(argv: list[str]) -> int:
     from step_jepa.cli.main import main
 
     return main(argv)
+
+
+# --------------------------------------------------------------------------- compare grids
+
+
+def grid_dict(model: str, out: Path, **extra) -> dict:
+    """A 2-config × 2-seed grid on generated problems (2 training steps a run)."""
+    grid = {
+        "base": {
+            "model": model,
+            "generate_examples": 16,
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "report_to": "none",
+            "logging_steps": 1,
+            "save_steps": 1000,
+        },
+        "eval": {"generate": 16, "max_new_tokens": 8},
+        "configs": {"sft": {"lbd": 0}, "jepa_l0.1_k1": {"lbd": 0.1, "predictors": 1, "pairs": "first"}},
+        "seeds": [0, 1],
+        "output_dir": str(out),
+    }
+    grid.update(extra)
+    return grid
+
+
+def write_grid(path: Path, grid: dict) -> Path:
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def raw_gsm8k(path: Path, n: int, seed: int = 0) -> Path:
+    """Raw GSM8K-style rows ({question, answer ending '#### N'}), what lm-eval's gsm8k reads."""
+    rows = [
+        {
+            "question": f"Tom has {i + seed} apples and buys {i + 2}. How many?",
+            "answer": f"{i + seed} + {i + 2}\n#### {2 * i + seed + 2}",
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

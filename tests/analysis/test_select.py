@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import step_jepa.analysis.compare as cmp
+from step_jepa.analysis.grid import load_grid
 from step_jepa.analysis.report import GRID_COPY, RESULT, ProtocolMismatch
 from step_jepa.analysis.select import select
 from step_jepa.cli.main import main as cli_main
@@ -97,14 +97,14 @@ def test_cli_select_then_a_test_grid_runs_the_winner(tmp_path, capsys) -> None:
         "output_dir": str(tmp_path / "test"),
     }
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
-    loaded = cmp.load_grid(tmp_path / "test.yaml")
+    loaded = load_grid(tmp_path / "test.yaml")
     assert loaded.configs["selected"] == OVERRIDES["frozen"]
     assert loaded.selected_from == {"selected": "sel/chosen.json"}
     grid["configs"]["selected"] = {"from_selection": "sel/chosen.json", "lbd": 2.0}
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     with pytest.raises(ValueError, match="from_selection takes no other keys"):
-        cmp.load_grid(tmp_path / "test.yaml")
+        load_grid(tmp_path / "test.yaml")
     grid["configs"]["selected"] = {"from_selection": "sel/none.json"}
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     with pytest.raises(ValueError, match="does not exist yet: run the dev grids"):
-        cmp.load_grid(tmp_path / "test.yaml")
+        load_grid(tmp_path / "test.yaml")

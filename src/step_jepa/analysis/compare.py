@@ -1,322 +1,48 @@
-"""`step-jepa compare`: train and evaluate a grid of configs × seeds, then tabulate and plot accuracy.
+"""`step-jepa compare`: train and evaluate the cells (config × seed) of a grid, one after another.
 
-This module runs the grid; the table, plot and their files are :mod:`step_jepa.analysis.report`, the
-paired statistics :mod:`step_jepa.analysis.stats`.
-
-A grid file (YAML) has five keys::
-
-    base:        StepJEPAConfig fields shared by every run (model, data, steps, lr, batch size, ...)
-    eval:        test_file | generate (+ seed), max_new_tokens, batch_size, limit, lenient, dtype (default fp32),
-                 system_prompt, cuda_graphs (default: on for CUDA)
-    configs:     name -> overrides of the JEPA options only (lbd, predictors, pairs, jepa_loss, ...)
-    seeds:       [0, 1, 2]
-    output_dir:  where <name>/seed<s>/ run directories and the table/plot go
-    keep_checkpoints: (optional, default true) false deletes checkpoint-*/ of finished runs
-
-Why the overrides are restricted to the JEPA options: the point of the grid is to attribute an
-accuracy difference to the JEPA term. Every run of one seed therefore shares the data, the data
-order (the Trainer's sampler is seeded by `seed`, and the model-side randomness of the JEPA runs —
-predictor-row initialisation, pair sampling — does not touch it; `tests/analysis/test_compare.py` checks
-this), the optimiser and the schedule. `check_same_except_jepa` asserts it before anything runs.
+The grid file is :mod:`step_jepa.analysis.grid`; running cells in parallel processes
+:mod:`step_jepa.analysis.parallel`; the table, plot and their files :mod:`step_jepa.analysis.report`;
+the paired statistics :mod:`step_jepa.analysis.stats`.
 
 Resumability: a run is finished when its `result.json` exists (written last, atomically), and is
 skipped. A run whose training finished (`train_summary.json` + `final/`) but whose evaluation did
 not is only evaluated. Anything else in a run directory is a half-finished run and is redone from
 scratch. A finished result whose recorded train/eval settings differ from the grid's is an error:
 mixing results of two different grids in one table is the mistake this guards against.
-
-Parallel cells (`--jobs N`, :func:`run_cells_parallel`): every unfinished cell runs in a process of
-its own (`step-jepa compare --only NAME --seeds S --no_report`), N at a time, its output in
-`<run>/compare.log`; the same resumability rules apply inside each process. On one GPU (or none)
-the N processes share it; with several visible GPUs each cell gets the least busy one through
-CUDA_VISIBLE_DEVICES (`--jobs gpus`: one cell per visible GPU). A failed cell is reported with its
-log and the others go on.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import gc
 import json
 import os
 import shutil
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from step_jepa.analysis.report import (
-    CELL_LOG,
-    GRID_COPY,
-    RESULT,
-    _write_atomic,
-    fingerprint,
-    log,
-    run_dir,
+from step_jepa.analysis.grid import (
+    EXTRA_EVAL_KEYS,
+    Grid,
+    eval_records,
+    eval_settings,
+    select_cells,
+    shared_settings,
+    train_config,
 )
-from step_jepa.analysis.select import resolve_selection
+from step_jepa.analysis.report import CELL_LOG, GRID_COPY, RESULT, _write_atomic, fingerprint, log, run_dir
 from step_jepa.evaluation.evaluate import DEFAULT_EVAL_DTYPE, EVAL_DTYPES
 from step_jepa.training.config import StepJEPAConfig, config_dict
-from step_jepa.training.options import coerce_numbers, load_yaml
-
-# StepJEPAConfig fields a grid config may override. Everything else must live in `base:`.
-# The JEPA options: every `jepa_*` field plus the ones named without the prefix (taken from
-# StepJEPAConfig itself, so options added to train are accepted without editing this file).
-# `packing_budget` is one of them: it changes only how a JEPA run's extras count against the
-# batch budget (an SFT run has none), so a config may set it against the grid's SFT baseline.
-JEPA_KEYS = frozenset(
-    {f.name for f in dataclasses.fields(StepJEPAConfig) if f.name.startswith("jepa_")}
-    | (
-        {
-            "lbd",
-            "gamma",
-            "predictors",
-            "pairs",
-            "vicreg_weight",
-            "ema_decay",
-            "lbd_schedule",
-            "lbd_warmup_steps",
-            "stp_lbd",
-            "stp_positions",
-            "view_boundary",
-            "packing_budget",
-        }
-        & {f.name for f in dataclasses.fields(StepJEPAConfig)}
-    )
-)
-
-
-# Set by compare for every run; a grid that sets them would break the layout or the seeding.
-RESERVED_KEYS = frozenset({"seed", "output_dir", "overwrite_output_dir", "resume"})
-
-
-# Scored besides the grid's own protocol, from the same loaded model (so no weights need keeping);
-# they do not change the main score, so a finished cell is not redone when they are added.
-EXTRA_EVAL_KEYS = frozenset({"also_protocols", "fewshot_file"})
-EVAL_KEYS = (
-    frozenset(
-        {
-            "test_file",
-            "generate",
-            "seed",
-            "max_new_tokens",
-            "batch_size",
-            "max_batch_tokens",
-            "limit",
-            "lenient",
-            "dtype",
-            "system_prompt",
-            "cuda_graphs",
-        }
-    )
-    | EXTRA_EVAL_KEYS
-)
-
-
-DEFAULT_EVAL_SEED = 1000  # far from usual training seeds, so generated eval problems are not training ones
-
-
-@dataclass
-class Grid:
-    """A parsed, validated grid file."""
-
-    base: dict[str, Any]
-    eval: dict[str, Any]
-    configs: dict[str, dict[str, Any]]
-    seeds: list[int]
-    output_dir: Path
-    source: str = ""
-    keep_checkpoints: bool = True  # False: delete checkpoint-*/ once result.json is written (final/ stays)
-    selected_from: dict[str, str] = field(default_factory=dict)  # config → the chosen.json it came from
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "base": self.base,
-            "eval": self.eval,
-            "configs": self.configs,
-            "seeds": self.seeds,
-            "output_dir": str(self.output_dir),
-            "source": self.source,
-            "keep_checkpoints": self.keep_checkpoints,
-            "selected_from": self.selected_from,
-        }
-
-
-def load_grid(path: str | Path, output_dir: str | None = None) -> Grid:
-    """Read and validate a grid YAML; unknown keys anywhere are errors (typos must not pass silently)."""
-    raw = load_yaml(path)
-    unknown = sorted(set(raw) - {"base", "eval", "configs", "seeds", "output_dir", "keep_checkpoints"})
-    if unknown:
-        raise ValueError(f"{path}: unknown top-level key(s): {', '.join(unknown)}")
-    out = output_dir or raw.get("output_dir")
-    if not out:
-        raise ValueError(f"{path}: 'output_dir' is required (or pass --output_dir)")
-    configs, selected_from = {}, {}
-    for k, v in (raw.get("configs") or {}).items():
-        spec = dict(v or {})
-        if "from_selection" in spec:  # a test grid's config chosen on dev (analysis/select.py)
-            selected_from[str(k)] = str(spec["from_selection"])
-            spec = resolve_selection(f"{path}: configs.{k}", spec, Path(path).parent)
-        configs[str(k)] = coerce_numbers(f"{path}: configs.{k}", spec, StepJEPAConfig)
-    grid = Grid(
-        base=coerce_numbers(f"{path}: base", dict(raw.get("base") or {}), StepJEPAConfig),
-        eval=dict(raw.get("eval") or {}),
-        configs=configs,
-        seeds=[int(s) for s in (raw.get("seeds") or [0])],
-        output_dir=Path(out),
-        source=str(path),
-        keep_checkpoints=bool(raw.get("keep_checkpoints", True)),
-        selected_from=selected_from,
-    )
-    validate_grid(grid)
-    return grid
-
-
-def validate_grid(grid: Grid) -> None:
-    """Check keys and values up front, so that a typo fails before hours of training, not after."""
-    names = {f.name for f in dataclasses.fields(StepJEPAConfig)}
-    where = grid.source or "grid"
-    bad = sorted(set(grid.base) - names)
-    if bad:
-        raise ValueError(f"{where}: base: unknown StepJEPAConfig field(s): {', '.join(bad)}")
-    reserved = sorted(set(grid.base) & RESERVED_KEYS)
-    if reserved:
-        raise ValueError(f"{where}: base: {', '.join(reserved)} are set by compare per run (use seeds:/output_dir:)")
-    if not grid.configs:
-        raise ValueError(f"{where}: 'configs' is empty")
-    for name, over in grid.configs.items():
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"{where}: bad config name {name!r} (it becomes a directory name)")
-        wrong = sorted(set(over) - JEPA_KEYS)
-        if wrong:
-            raise ValueError(
-                f"{where}: configs.{name}: only JEPA options may vary between configs "
-                f"({', '.join(sorted(JEPA_KEYS))}); move {', '.join(wrong)} to base: or use another grid"
-            )
-    if len(set(grid.seeds)) != len(grid.seeds):
-        raise ValueError(f"{where}: duplicate seeds {grid.seeds}")
-    _validate_eval(grid, where)
-    for name in grid.configs:  # builds and validates every StepJEPAConfig
-        for s in grid.seeds:
-            train_config(grid, name, s)
-    check_same_except_jepa(grid)
-
-
-def _validate_eval(grid: Grid, where: str) -> None:
-    ev = grid.eval
-    bad = sorted(set(ev) - EVAL_KEYS)
-    if bad:
-        raise ValueError(f"{where}: eval: unknown key(s): {', '.join(bad)} (known: {', '.join(sorted(EVAL_KEYS))})")
-    if bool(ev.get("test_file")) == bool(ev.get("generate")):
-        raise ValueError(f"{where}: eval: give exactly one of test_file or generate")
-    _validate_also_protocols(ev, where)
-    if not isinstance(ev.get("cuda_graphs", False), bool):
-        raise ValueError(f"{where}: eval.cuda_graphs must be true or false")
-    if ev.get("dtype", DEFAULT_EVAL_DTYPE) not in EVAL_DTYPES:
-        raise ValueError(f"{where}: eval.dtype must be one of {', '.join(EVAL_DTYPES)}")
-    # The same ranges as `step-jepa eval`: found now, not after the grid's first training run.
-    small = [
-        k
-        for k in ("generate", "max_new_tokens", "batch_size", "max_batch_tokens", "limit")
-        if ev.get(k) is not None and not (isinstance(ev[k], int) and ev[k] >= 1)
-    ]
-    if small:
-        raise ValueError(f"{where}: eval: {', '.join(small)} must be whole numbers >= 1")
-    if ev.get("generate") and not grid.base.get("train_file"):
-        eval_seed = int(ev.get("seed", DEFAULT_EVAL_SEED))
-        if eval_seed in grid.seeds:
-            raise ValueError(
-                f"{where}: eval.seed {eval_seed} is also a training seed and training uses the generator "
-                f"(no base.train_file): the test problems would be training problems. Pick another eval.seed."
-            )
-
-
-def _validate_also_protocols(ev: dict[str, Any], where: str) -> None:
-    """`also_protocols: [lm-eval-gsm8k, ...]` scores each cell under lm-evaluation-harness's gsm8k too:
-    it needs raw GSM8K rows in test_file and the few-shot pool in fewshot_file."""
-    from step_jepa.evaluation.lm_eval_gsm8k import TASKS
-
-    also = ev.get("also_protocols")
-    if also is None:
-        if ev.get("fewshot_file"):
-            raise ValueError(f"{where}: eval.fewshot_file is only used with eval.also_protocols")
-        return
-    if not isinstance(also, list) or not also or any(p not in TASKS for p in also):
-        raise ValueError(f"{where}: eval.also_protocols must be a list of {', '.join(TASKS)}")
-    if not ev.get("test_file") or not ev.get("fewshot_file"):
-        raise ValueError(
-            f"{where}: eval.also_protocols needs eval.test_file and eval.fewshot_file (raw GSM8K JSONL: "
-            "the test split, and the train split lm-eval draws its 5 shots from)"
-        )
-    if not Path(ev["fewshot_file"]).exists():
-        raise ValueError(f"{where}: eval.fewshot_file {ev['fewshot_file']} does not exist")
-
-
-def train_config(grid: Grid, name: str, seed: int) -> StepJEPAConfig:
-    """The StepJEPAConfig of one run: base, then the config's JEPA overrides, then seed and directory."""
-    values = {
-        **grid.base,
-        **grid.configs[name],
-        "seed": seed,
-        "output_dir": str(run_dir(grid.output_dir, name, seed)),
-        "overwrite_output_dir": True,
-    }
-    return StepJEPAConfig(**values)  # validated while it is built
-
-
-def shared_settings(cfg: StepJEPAConfig) -> dict[str, Any]:
-    """The part of a StepJEPAConfig that must be identical across the configs of one seed."""
-    return {k: v for k, v in config_dict(cfg).items() if k not in JEPA_KEYS | {"output_dir"}}
-
-
-def check_same_except_jepa(grid: Grid) -> None:
-    """Assert the comparison is fair: per seed, all configs share every non-JEPA training setting."""
-    for s in grid.seeds:
-        ref_name = next(iter(grid.configs))
-        ref = shared_settings(train_config(grid, ref_name, s))
-        for name in grid.configs:
-            other = shared_settings(train_config(grid, name, s))
-            diff = sorted(k for k in ref if ref[k] != other[k])
-            if diff:
-                raise AssertionError(f"configs {ref_name} and {name} differ outside the JEPA options: {diff}")
-
-
-def eval_records(grid: Grid) -> list[dict]:
-    """The evaluation set: a file (prepared or raw GSM8K) or generated problems, optionally limited."""
-    ev = grid.eval
-    if ev.get("test_file"):
-        from step_jepa.data.load import load_records
-
-        records, _ = load_records(ev["test_file"], purpose="test")
-    else:
-        from step_jepa.data.synthetic import generate_problems
-
-        records = generate_problems(int(ev["generate"]), seed=int(ev.get("seed", DEFAULT_EVAL_SEED)))
-    if ev.get("limit") is not None:
-        records = records[: int(ev["limit"])]
-    if not records:
-        raise ValueError("the evaluation set is empty")
-    return list(records)
-
-
-def _eval_settings(grid: Grid) -> dict[str, Any]:
-    """Evaluation settings as recorded in result.json (the system prompt defaults to training's)."""
-    ev = dict(grid.eval)
-    ev.setdefault("system_prompt", grid.base.get("system_prompt"))
-    if ev.get("generate"):
-        ev.setdefault("seed", DEFAULT_EVAL_SEED)
-    return ev
 
 
 def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]) -> dict[str, Any]:
     """Load the trained model (full or LoRA adapter dir) and evaluate it with the grid's settings."""
     import torch
 
-    ev = _eval_settings(grid)
+    ev = eval_settings(grid)
     dtype_name = EVAL_DTYPES[ev.get("dtype", DEFAULT_EVAL_DTYPE)]  # fp32 unless the grid says (bf16: budget-dependent)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with one_eval_per_device(grid.output_dir):
@@ -492,7 +218,7 @@ def run_one(grid: Grid, name: str, seed: int, records: list[dict]) -> dict[str, 
 
     cfg = train_config(grid, name, seed)
     rdir = run_dir(grid.output_dir, name, seed)
-    ev = _eval_settings(grid)
+    ev = eval_settings(grid)
     state = run_state(rdir)
     if state == "done":
         result = json.loads((rdir / RESULT).read_text())
@@ -569,194 +295,5 @@ def finished_result(grid: Grid, name: str, seed: int) -> dict[str, Any] | None:
     if run_state(rdir) != "done":
         return None
     result = json.loads((rdir / RESULT).read_text())
-    _check_recorded(result, train_config(grid, name, seed), _eval_settings(grid), rdir)
+    _check_recorded(result, train_config(grid, name, seed), eval_settings(grid), rdir)
     return result
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs a child process may be given: CUDA_VISIBLE_DEVICES' entries if set, else every
-    device torch sees (none without CUDA)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-
-
-def _elapsed(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [x.strip() for x in path.read_text(errors="replace").splitlines() if x.strip()]
-    except OSError:
-        return ""
-    return lines[-1][:300] if lines else ""
-
-
-# What a child prints when CUDA ran out of memory (torch.OutOfMemoryError's message).
-OUT_OF_MEMORY = "CUDA out of memory"
-
-
-def _ran_out_of_memory(log_path: Path, offset: int) -> bool:
-    """Whether the part of a cell's log written since `offset` reports a CUDA out-of-memory error."""
-    try:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            f.seek(offset)
-            return OUT_OF_MEMORY in f.read()
-    except OSError:
-        return False
-
-
-@dataclass
-class ParallelOutcome:
-    """What `run_cells_parallel` did: cells skipped as finished, run to the end, and failed (with logs)."""
-
-    skipped: list[tuple[str, int]] = field(default_factory=list)
-    finished: list[tuple[str, int]] = field(default_factory=list)
-    failed: list[tuple[str, int, int, Path]] = field(default_factory=list)  # name, seed, exit code, log
-
-
-def run_cells_parallel(
-    grid: Grid,
-    jobs: int,
-    cell_command: Callable[[str, int], list[str]],
-    only: list[str] | None = None,
-    seeds: list[int] | None = None,
-    gpus: list[str] | None = None,
-    poll_seconds: float = 0.5,
-) -> ParallelOutcome:
-    """Run the selected unfinished cells as child processes, `jobs` at a time.
-
-    `cell_command(name, seed)` is the argv of a process that runs that one cell (the CLI passes
-    `step-jepa compare --only NAME --seeds S --no_report`). Finished cells are skipped here, after
-    their recorded settings are checked; everything else (evaluate only, redo a half-finished run)
-    the child decides as a sequential run would. With two or more `gpus` (default: the visible ones)
-    each child is pinned to the least busy one through CUDA_VISIBLE_DEVICES; with one or none the
-    children share what they see. Every cell's output is appended to `<run>/compare.log`.
-
-    A cell that runs out of GPU memory while other cells share its device is not failed but retried
-    once, alone on a device: memory is what `--jobs` cannot see (three Gemma 3 270M trainings, or five
-    SmolLM2-135M ones beside two more, exceed an 80 GB card), and a rerun would otherwise be needed.
-    """
-    if jobs < 1:
-        raise ValueError(f"--jobs must be at least 1 (got {jobs})")
-    names = select_cells(list(grid.configs), only, "config")
-    chosen = select_cells(grid.seeds, seeds, "seed")
-    devices = visible_gpus() if gpus is None else list(gpus)
-    if len(devices) < 2:
-        devices = []
-    grid.output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(grid.output_dir / GRID_COPY, json.dumps(grid.to_dict(), indent=1, default=str))
-    outcome = ParallelOutcome()
-    todo: list[tuple[str, int]] = []
-    # Seed by seed (sft 0, jepa 0, sft 1, ...): a grid stopped part-way leaves whole paired seeds,
-    # which the paired statistics can use, rather than all seeds of one config and none of another.
-    for s in chosen:
-        for name in names:
-            if finished_result(grid, name, s) is not None:  # raises on a result of other settings
-                log(f"{name} seed {s}: skipped, already finished ({run_dir(grid.output_dir, name, s) / RESULT})")
-                outcome.skipped.append((name, s))
-            else:
-                todo.append((name, s))
-    total = len(todo) + len(outcome.skipped)
-    where = f"one per GPU of {', '.join(devices)} (least busy first)" if devices else "sharing the visible device"
-    log(f"{len(todo)} cell(s) to run, {jobs} at a time, {where}; {len(outcome.skipped)} already finished")
-    start = time.monotonic()
-    # cell -> (process, its log, its device, where this attempt's output begins in the log)
-    running: dict[tuple[str, int], tuple[subprocess.Popen, Any, str | None, int]] = {}
-    shared: set[tuple[str, int]] = set()  # running cells that had company on their device
-    alone: set[tuple[str, int]] = set()  # cells to retry with no other cell on their device
-
-    def progress() -> None:
-        done = len(outcome.skipped) + len(outcome.finished)
-        log(
-            f"progress: {done}/{total} done, {len(running)} running, {len(todo)} left, "
-            f"{len(outcome.failed)} failed, elapsed {_elapsed(time.monotonic() - start)}"
-        )
-
-    def free_device(cell: tuple[str, int]) -> bool:
-        """A retried cell starts only where no other cell runs. It stays alone there: retries join the
-        end of the queue, so every cell after it is a retry that waits for an empty device too."""
-        if cell not in alone:
-            return True
-        busy = [d for _, _, d, _ in running.values()]
-        return any(busy.count(d) == 0 for d in devices) if devices else not running
-
-    def mark_shared() -> None:
-        busy = [d for _, _, d, _ in running.values()]
-        shared.update(c for c, (_, _, d, _) in running.items() if busy.count(d) > 1)
-
-    def launch(name: str, s: int) -> None:
-        rdir = run_dir(grid.output_dir, name, s)
-        rdir.mkdir(parents=True, exist_ok=True)
-        busy = [d for _, _, d, _ in running.values()]
-        device = min(devices, key=busy.count) if devices else None
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = device
-        cmd = cell_command(name, s)
-        out = open(rdir / CELL_LOG, "a", encoding="utf-8")
-        out.write(
-            f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}"
-            f"{f' (CUDA_VISIBLE_DEVICES={device})' if device is not None else ''}\n"
-        )
-        out.flush()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-        running[(name, s)] = (proc, out, device, out.tell())
-        mark_shared()
-        log(f"{name} seed {s}: started{f' on GPU {device}' if device is not None else ''}, log {rdir / CELL_LOG}")
-
-    try:
-        while todo or running:
-            while todo and len(running) < jobs and free_device(todo[0]):
-                launch(*todo.pop(0))
-            time.sleep(poll_seconds)
-            for (name, s), (proc, out, _, log_start) in list(running.items()):
-                rc = proc.poll()
-                if rc is None:
-                    continue
-                out.close()
-                del running[(name, s)]
-                path = run_dir(grid.output_dir, name, s) / CELL_LOG
-                if rc == 0 and run_state(run_dir(grid.output_dir, name, s)) == "done":
-                    outcome.finished.append((name, s))
-                    log(f"{name} seed {s}: finished")
-                elif (name, s) in shared and (name, s) not in alone and _ran_out_of_memory(path, log_start):
-                    alone.add((name, s))
-                    todo.append((name, s))
-                    log(f"{name} seed {s}: out of GPU memory beside other cells; retried alone, after the queue")
-                else:
-                    rc = rc or 1  # exit 0 without a result is a failure too
-                    outcome.failed.append((name, s, rc, path))
-                    log(f"{name} seed {s}: FAILED (exit {rc}): {_last_line(path)}; log {path}")
-                progress()
-    except BaseException:  # Ctrl-C or an error here: do not leave children training on their own
-        for proc, _out, _, _ in running.values():
-            proc.terminate()
-        for proc, out, _, _ in running.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            out.close()
-        raise
-    if outcome.failed:
-        log(
-            f"{len(outcome.failed)} cell(s) failed: "
-            + "; ".join(f"{n} seed {s} (exit {rc}, log {p})" for n, s, rc, p in outcome.failed)
-        )
-    return outcome
-
-
-def select_cells(available: list, wanted: list | None, what: str) -> list:
-    if not wanted:
-        return list(available)
-    missing = [w for w in wanted if w not in available]
-    if missing:
-        raise ValueError(f"unknown {what}(s) {missing}; the grid has {available}")
-    return [a for a in available if a in wanted]

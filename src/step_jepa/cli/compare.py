@@ -6,14 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from step_jepa.analysis.compare import (
-    load_grid,
-    run_cells_parallel,
-    run_grid,
-    run_state,
-    select_cells,
-    visible_gpus,
-)
+from step_jepa.analysis.compare import run_grid, run_state
+from step_jepa.analysis.grid import load_grid, select_cells
+from step_jepa.analysis.parallel import run_cells_parallel, visible_gpus
 from step_jepa.analysis.report import GRID_COPY, RESULT, ProtocolMismatch, build_report, grid_order, log, run_dir
 
 
