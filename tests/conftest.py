@@ -150,6 +150,16 @@ def main_in_process(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["step-jepa", *args], rc, out.getvalue(), err.getvalue())
 
 
+def run_main(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`run_cli` in this process: the same entry point, exit code and output, no new interpreter."""
+    proc = main_in_process(*args)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"step-jepa {args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
 def run_cli(argv: list[str]) -> int:
     """The real entry point, so error formatting and exit codes are the user's."""
     from step_jepa.cli.main import main
@@ -197,3 +207,17 @@ def raw_gsm8k(path: Path, n: int, seed: int = 0) -> Path:
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def mixed_records() -> list[dict]:
+    """Examples of different lengths (so rows are padded) with 1 to 4 steps."""
+    out = []
+    for i in range(6):
+        steps = [
+            f"Tom has {i + 3} apples.",
+            f"He buys {i} more, so {i + 3} + {i} = {2 * i + 3}.",
+            "Then he eats one apple." * (i % 2 + 1),
+            f"The final answer is \\boxed{{{2 * i + 2}}}.",
+        ]
+        out.append(record(steps[: 1 + i % 4], question=f"Question {i}: " + "how many? " * i, rid=str(i)))
+    return out

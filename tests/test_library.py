@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_exactness import _records
+from conftest import mixed_records
 
 import step_jepa
 from step_jepa.data.segment import SegmentError, segment
@@ -37,7 +37,7 @@ def test_public_api_exports():
 @pytest.mark.parametrize("packing", [False, True])
 def test_collator_emits_standard_labels(setup, packing):
     tok, _, pred = setup
-    b = _collator(tok, pred, packing=packing, max_tokens=256)([segment(r, tok) for r in _records()])
+    b = _collator(tok, pred, packing=packing, max_tokens=256)([segment(r, tok) for r in mixed_records()])
     assert b["labels"].shape == b["input_ids"].shape
     assert b["labels"][:, 1:].equal(b["lm_targets"][:, :-1]) and (b["labels"][:, 0] == -100).all()
     # What the Trainer counts as num_items_in_batch is exactly the tokens the loss uses.
@@ -48,7 +48,7 @@ def test_forward_loss_is_the_combined_objective(setup):
     tok, model, pred = setup
     opts = JEPAOptions(lbd=0.3, gamma=0.7, stp_lbd=0.2)
     m = StepJEPAModel(model, opts)
-    batch = _collator(tok, pred, stp="random")([segment(r, tok) for r in _records()])
+    batch = _collator(tok, pred, stp="random")([segment(r, tok) for r in mixed_records()])
     out = m(**batch)
     want = 0.7 * out["lm_sum"] / out["n_tokens"] + 0.3 * out["jepa"] + 0.2 * out["stp"]
     torch.testing.assert_close(out["loss"], want)
@@ -61,7 +61,7 @@ def test_forward_loss_normalised_over_accumulation(setup):
     tok, model, pred = setup
     m = StepJEPAModel(model, JEPAOptions(lbd=0.5))
     m.accumulation_steps = 2
-    exs = [segment(r, tok) for r in _records()]
+    exs = [segment(r, tok) for r in mixed_records()]
     col = _collator(tok, pred)
     parts = [col(exs[:3]), col(exs[3:])]
     n = sum(int(p["labels"][..., 1:].ne(-100).sum()) for p in parts)
@@ -77,7 +77,7 @@ def test_forward_loss_normalised_over_accumulation(setup):
 
 def test_tokenized_rows_collate_like_segmented(setup):
     tok, _, pred = setup
-    recs = _records()
+    recs = mixed_records()
     exs = [segment(r, tok, max_length=90) for r in recs]
     rows = [tokenize_for_step_jepa(r, tok, max_length=90) for r in recs]
     assert any(ex.truncated for ex in exs) and any(None in ex.step_spans for ex in exs)
@@ -91,7 +91,7 @@ def test_tokenized_rows_collate_like_segmented(setup):
 def test_tokenize_for_step_jepa_with_datasets_map(setup):
     datasets = pytest.importorskip("datasets")
     tok, _, pred = setup
-    recs = _records() + [{"id": "bad", "messages": [{"role": "user", "content": "no answer"}]}]
+    recs = mixed_records() + [{"id": "bad", "messages": [{"role": "user", "content": "no answer"}]}]
     with pytest.raises(SegmentError):
         tokenize_for_step_jepa(recs[-1], tok)
     ds = datasets.Dataset.from_list([{"id": r["id"], "messages": r["messages"]} for r in recs])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import main_in_process
+from conftest import run_main
 from safetensors.torch import load_file
 
 
@@ -27,16 +27,6 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subproce
         cwd=cwd,
         timeout=600,
     )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"step-jepa {args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    return proc
-
-
-def run_main(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """`run_cli` in this process: the same entry point, exit code and output, no new interpreter."""
-    proc = main_in_process(*args)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"step-jepa {args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

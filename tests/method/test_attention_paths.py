@@ -13,7 +13,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from test_exactness import _records
+from conftest import mixed_records
 from torch.nn.attention.flex_attention import create_mask
 
 from step_jepa.data.segment import segment
@@ -37,7 +37,7 @@ def setup():
     tok = build_tiny_tokenizer("chatml")  # fresh: predictor tokens are added to it
     model = build_tiny_model(len(tok), seed=1)
     pred = add_predictor_tokens(model, tok, 2)
-    return tok, model, pred, [segment(r, tok) for r in _records()]
+    return tok, model, pred, [segment(r, tok) for r in mixed_records()]
 
 
 def _batch(setup, pairs, packing, pad_multiple=1, target_copies=False):

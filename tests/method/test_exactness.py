@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import record
+from conftest import mixed_records
 
 from step_jepa.data.segment import segment
 from step_jepa.method.layout import StepJEPACollator
@@ -10,20 +10,6 @@ from step_jepa.method.model import StepJEPAModel
 from step_jepa.method.options import JEPAOptions
 from step_jepa.models.loading import add_predictor_tokens
 from step_jepa.models.tiny import build_tiny_model, build_tiny_tokenizer
-
-
-def _records():
-    """Examples of different lengths (so rows are padded) with 1 to 4 steps."""
-    out = []
-    for i in range(6):
-        steps = [
-            f"Tom has {i + 3} apples.",
-            f"He buys {i} more, so {i + 3} + {i} = {2 * i + 3}.",
-            "Then he eats one apple." * (i % 2 + 1),
-            f"The final answer is \\boxed{{{2 * i + 2}}}.",
-        ]
-        out.append(record(steps[: 1 + i % 4], question=f"Question {i}: " + "how many? " * i, rid=str(i)))
-    return out
 
 
 def _loss_and_grads(model, batch, lbd=0.5):
@@ -43,7 +29,7 @@ def test_single_pass_equals_two_pass(arch, K, pairs, packing):
     tok = build_tiny_tokenizer("chatml")  # fresh: predictor tokens are added to it
     model = build_tiny_model(len(tok), arch=arch, seed=1)
     pred = add_predictor_tokens(model, tok, K)
-    exs = [segment(r, tok) for r in _records()]
+    exs = [segment(r, tok) for r in mixed_records()]
     for lo, hi in [(0, 3), (3, 6)]:  # several batches
         res = {}
         for mode in ("two_pass", "single_pass"):
@@ -63,7 +49,7 @@ def test_single_pass_equals_two_pass(arch, K, pairs, packing):
 def test_sft_mode_matches_plain_hf_loss(tok_chatml):
     """λ=0 (no JEPA tokens) gives the model's own next-token loss on the assistant tokens."""
     model = build_tiny_model(len(tok_chatml), seed=2)
-    exs = [segment(r, tok_chatml) for r in _records()[:4]]
+    exs = [segment(r, tok_chatml) for r in mixed_records()[:4]]
     batch = StepJEPACollator(pad_id=tok_chatml.pad_token_id, pred_ids=[], mode="sft")(exs)
     out = StepJEPAModel(model, JEPAOptions(lbd=0))(**batch)
     ours = out["lm_sum"] / out["n_tokens"]
@@ -79,7 +65,7 @@ def test_eager_backend_equals_sdpa():
     """The additive (eager) and boolean (SDPA) forms of the mask give the same losses."""
     tok = build_tiny_tokenizer("chatml")
     pred = add_predictor_tokens(build_tiny_model(len(tok)), tok, 2)
-    exs = [segment(r, tok) for r in _records()]
+    exs = [segment(r, tok) for r in mixed_records()]
     losses = []
     for impl in ("sdpa", "eager"):
         model = build_tiny_model(len(tok), seed=3, attn_implementation=impl)  # same seed: same weights
@@ -97,7 +83,7 @@ def test_separator_boundary_single_pass_equals_two_pass(pairs, packing):
     tok = build_tiny_tokenizer("chatml")
     model = build_tiny_model(len(tok), arch="llama", seed=1)
     pred = add_predictor_tokens(model, tok, 2)
-    exs = [segment(r, tok) for r in _records()]
+    exs = [segment(r, tok) for r in mixed_records()]
     res = {}
     for mode in ("two_pass", "single_pass"):
         col = StepJEPACollator(

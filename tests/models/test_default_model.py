@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cli_e2e import run_main
+from conftest import run_main
 
 from step_jepa.models.sources import DEFAULT_MODEL, _gguf_path, resolve_model_path
 
