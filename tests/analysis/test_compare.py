@@ -66,6 +66,14 @@ def test_compare_grid_end_to_end_and_resume(model_dir, tmp_path, capsys) -> None
     assert cli_main(["compare", "--report", str(out)]) == 0
     assert (out / TABLE).exists()
 
+    # The archived copy (no weights, no model outputs) gives the same table.
+    kept = tmp_path / "kept"
+    assert cli_main(["compare", "--archive", str(out), "--archive_to", str(kept)]) == 0
+    assert not list(kept.rglob("*.safetensors")) and not list(kept.rglob("predictions.jsonl"))
+    assert cli_main(["compare", "--report", str(kept)]) == 0
+    assert (kept / TABLE).read_text() == (out / TABLE).read_text()
+    capsys.readouterr()
+
     # Editing the grid's shared settings makes the finished results stale: refuse to mix them.
     changed = grid_dict(str(model_dir), out, keep_checkpoints=False)
     changed["base"]["learning_rate"] = 1e-3

@@ -41,6 +41,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "first listed; --only limits the candidates. Writes --selection_out, which a test grid "
         "reads with configs: {NAME: {from_selection: PATH}}",
     )
+    src.add_argument(
+        "--archive",
+        metavar="DIR",
+        help="copy what the report of grid output DIR is computed from (results, configs, gzipped "
+        "metrics, per-problem correctness; no weights, checkpoints or model outputs) into "
+        "--archive_to, to commit; the home directory becomes ~. See docs/analysis.md",
+    )
+    p.add_argument("--archive_to", metavar="DEST", help="with --archive: where the copy goes (may hold other runs)")
     p.add_argument(
         "--selection_out",
         metavar="PATH",
@@ -123,9 +131,28 @@ def _first_config(testbed: Path) -> str:
     return str(configs[0])
 
 
+def _archive(args: argparse.Namespace) -> int:
+    from step_jepa.analysis.archive import archive_grid
+
+    if not args.archive_to:
+        raise ValueError("--archive needs --archive_to DEST (where the copy goes)")
+    done = archive_grid(args.archive, args.archive_to)
+    for r in done.unfinished:
+        log(f"{r}: not finished (no {RESULT}), left out")
+    log(
+        f"archived {len(done.runs)} run(s) of {args.archive} into {args.archive_to}; "
+        f"rebuild its table with: step-jepa compare --report {args.archive_to}"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from step_jepa.analysis.deps import require_matplotlib
 
+    if args.archive_to and not args.archive:
+        raise ValueError("--archive_to is only used with --archive")
+    if args.archive:  # copies files only: no plot, no matplotlib
+        return _archive(args)
     if args.select:  # reads result files only: no plot, no matplotlib
         return _select(args)
     if not args.dry_run and not args.no_report:  # every other path ends in compare.png: fail now, not after training
