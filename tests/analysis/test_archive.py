@@ -83,6 +83,14 @@ def test_archiving_the_same_runs_twice_gives_the_same_bytes(tmp_path) -> None:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
+def test_an_archive_archived_again_is_the_same(tmp_path) -> None:
+    first = archive_grid(_grid_output(tmp_path / "runs"), tmp_path / "a", home=HOME)
+    archive_grid(tmp_path / "a", tmp_path / "b", home=HOME)
+    assert first.runs and _files(tmp_path / "a") == _files(tmp_path / "b")
+    for name in _files(tmp_path / "a"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
 def test_an_archived_run_is_not_overwritten_and_other_runs_may_join(tmp_path) -> None:
     src = _grid_output(tmp_path / "runs")
     dest = tmp_path / "results"

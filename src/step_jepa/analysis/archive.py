@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from step_jepa.analysis.report import CORRECT, GRID_COPY, PREDICTIONS, RESULT
+from step_jepa.analysis.report import CORRECT, GRID_COPY, PREDICTIONS, RESULT, read_text_or_gz
 
 KEPT_AS_IS = ("result.json", "step_jepa_config.yaml", "train_summary.json", "data_report.json")
 METRICS = "metrics.jsonl"
@@ -90,8 +90,9 @@ def _archive_run(run: Path, to: Path, home: str) -> None:
     for name in KEPT_AS_IS:
         if (run / name).exists():
             _write_text(to / name, _redact((run / name).read_text(encoding="utf-8"), home))
-    if (run / METRICS).exists():
-        _write_gz(to / f"{METRICS}.gz", _redact((run / METRICS).read_text(encoding="utf-8"), home))
+    metrics = read_text_or_gz(run / METRICS)  # gzipped already in an archive archived again
+    if metrics is not None:
+        _write_gz(to / f"{METRICS}.gz", _redact(metrics, home))
     for ev in sorted(p for p in run.iterdir() if p.is_dir() and (p.name == "eval" or p.name.startswith("eval-"))):
         _archive_eval(ev, to / ev.name, home)
 
@@ -102,6 +103,8 @@ def _archive_eval(ev: Path, to: Path, home: str) -> None:
         _write_text(to / EVAL_SUMMARY, _redact((ev / EVAL_SUMMARY).read_text(encoding="utf-8"), home))
     if (ev / PREDICTIONS).exists():
         _write_gz(to / f"{CORRECT}.gz", correct_lines(ev / PREDICTIONS))
+    elif (kept := read_text_or_gz(ev / CORRECT)) is not None:  # an archive archived again
+        _write_gz(to / f"{CORRECT}.gz", kept)
 
 
 def correct_lines(predictions: Path) -> str:
