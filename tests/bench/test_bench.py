@@ -10,18 +10,23 @@ from step_jepa.bench.timing import BenchConfig
 from step_jepa.cli.main import main
 
 
-@pytest.fixture(scope="module")
-def result():
-    cfg = BenchConfig(
+def tiny_bench(variants: list[str], steps: int = 2) -> BenchConfig:
+    """The tiny model on the CPU: 2 batches of 4 generated examples, 1 thread."""
+    return BenchConfig(
         model="tiny",
         per_device_train_batch_size=4,
         n_batches=2,
-        steps=2,
+        steps=steps,
         warmup=1,
         device="cpu",
         threads=1,
-        variants=["hf_sft", "sft", "two_pass", "sp_first", "sft_packed", "sp_all_packed"],
+        variants=variants,
     )
+
+
+@pytest.fixture(scope="module")
+def result():
+    cfg = tiny_bench(["hf_sft", "sft", "two_pass", "sp_first", "sft_packed", "sp_all_packed"])
     return run_bench(cfg, log=lambda s: None)
 
 
@@ -192,16 +197,7 @@ def test_rounds_give_a_per_round_ratio_against_sft():
 def test_target_and_boundary_variants_change_the_layout_as_designed():
     """A frozen target takes the step copy out of the online rows (only the K predictors stay); the
     seed's boundary lengthens each copy by its step's separator tokens."""
-    cfg = BenchConfig(
-        model="tiny",
-        per_device_train_batch_size=4,
-        n_batches=2,
-        steps=1,
-        warmup=1,
-        device="cpu",
-        threads=1,
-        variants=["sft", "sp_first", "sp_first_frozen", "sp_first_separator"],
-    )
+    cfg = tiny_bench(["sft", "sp_first", "sp_first_frozen", "sp_first_separator"], steps=1)
     tokens = {r["variant"]: r["layout_tokens_per_step"] for r in run_bench(cfg, log=lambda s: None)["rows"]}
     examples = cfg.per_device_train_batch_size
     assert tokens["sp_first_frozen"] - tokens["sft"] == cfg.predictors * examples
