@@ -33,7 +33,7 @@ from step_jepa.analysis.grid import (
     shared_settings,
     train_config,
 )
-from step_jepa.analysis.report import CELL_LOG, GRID_COPY, RESULT, _write_atomic, fingerprint, log, run_dir
+from step_jepa.analysis.report import CELL_LOG, GRID_COPY, RESULT, fingerprint, log, run_dir, write_atomic
 from step_jepa.evaluation.evaluate import DEFAULT_EVAL_DTYPE, EVAL_DTYPES
 from step_jepa.training.config import StepJEPAConfig, config_dict
 
@@ -262,7 +262,7 @@ def run_one(grid: Grid, name: str, seed: int, records: list[dict]) -> dict[str, 
         "eval_summary": {k: v for k, v in summary.items() if k not in ("versions", "also")},
         "also_protocols": summary.get("also", {}),
     }
-    _write_atomic(rdir / RESULT, json.dumps(result, indent=1, default=str))
+    write_atomic(rdir / RESULT, json.dumps(result, indent=1, default=str))
     if not grid.keep_checkpoints:
         # Checkpoints only serve to resume training, which is over; a grid of full fine-tunes
         # would otherwise keep weights + optimizer state of every run on disk.
@@ -280,7 +280,7 @@ def run_grid(grid: Grid, only: list[str] | None = None, seeds: list[int] | None 
     names = select_cells(list(grid.configs), only, "config")
     chosen = select_cells(grid.seeds, seeds, "seed")
     grid.output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(grid.output_dir / GRID_COPY, json.dumps(grid.to_dict(), indent=1, default=str))
+    write_atomic(grid.output_dir / GRID_COPY, json.dumps(grid.to_dict(), indent=1, default=str))
     records = eval_records(grid)
     results = []
     for name in names:

@@ -20,7 +20,7 @@ from typing import Any
 
 from step_jepa.analysis.compare import finished_result, run_state
 from step_jepa.analysis.grid import Grid, select_cells
-from step_jepa.analysis.report import CELL_LOG, GRID_COPY, RESULT, _write_atomic, log, run_dir
+from step_jepa.analysis.report import CELL_LOG, GRID_COPY, RESULT, log, run_dir, write_atomic
 
 
 def visible_gpus() -> list[str]:
@@ -101,7 +101,7 @@ def run_cells_parallel(
     if len(devices) < 2:
         devices = []
     grid.output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(grid.output_dir / GRID_COPY, json.dumps(grid.to_dict(), indent=1, default=str))
+    write_atomic(grid.output_dir / GRID_COPY, json.dumps(grid.to_dict(), indent=1, default=str))
     outcome = ParallelOutcome()
     todo: list[tuple[str, int]] = []
     # Seed by seed (sft 0, jepa 0, sft 1, ...): a grid stopped part-way leaves whole paired seeds,

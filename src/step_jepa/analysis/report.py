@@ -63,7 +63,7 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file + rename, so a crash never leaves a truncated result/table behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -590,8 +590,8 @@ def build_report(
         + collapse_table(out, rows, results)
         + also_protocols_table(rows, results)
     )
-    _write_atomic(out / TABLE, table)
-    _write_atomic(
+    write_atomic(out / TABLE, table)
+    write_atomic(
         out / RESULTS,
         json.dumps(
             {
