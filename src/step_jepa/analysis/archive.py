@@ -88,8 +88,7 @@ def _checked_grid_copy(grid_copy: Path, to: Path) -> str | None:
 def _archive_run(run: Path, to: Path, home: str) -> None:
     to.mkdir(parents=True)
     for name in KEPT_AS_IS:
-        if (run / name).exists():
-            _write_text(to / name, _redact((run / name).read_text(encoding="utf-8"), home))
+        _copy_redacted(run / name, to / name, home)
     metrics = read_text_or_gz(run / METRICS)  # gzipped already in an archive archived again
     if metrics is not None:
         _write_gz(to / f"{METRICS}.gz", _redact(metrics, home))
@@ -99,8 +98,7 @@ def _archive_run(run: Path, to: Path, home: str) -> None:
 
 def _archive_eval(ev: Path, to: Path, home: str) -> None:
     to.mkdir(parents=True)
-    if (ev / EVAL_SUMMARY).exists():
-        _write_text(to / EVAL_SUMMARY, _redact((ev / EVAL_SUMMARY).read_text(encoding="utf-8"), home))
+    _copy_redacted(ev / EVAL_SUMMARY, to / EVAL_SUMMARY, home)
     if (ev / PREDICTIONS).exists():
         _write_gz(to / f"{CORRECT}.gz", correct_lines(ev / PREDICTIONS))
     elif (kept := read_text_or_gz(ev / CORRECT)) is not None:  # an archive archived again
@@ -124,6 +122,11 @@ def correct_lines(predictions: Path) -> str:
 
 def _redact(text: str, home: str) -> str:
     return text.replace(home.rstrip("/") + "/", "~/") if home not in ("", "/") else text
+
+
+def _copy_redacted(src: Path, dest: Path, home: str) -> None:
+    if src.exists():
+        _write_text(dest, _redact(src.read_text(encoding="utf-8"), home))
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, NamedTuple
 
 from step_jepa.analysis.compare import finished_result, run_state
 from step_jepa.analysis.grid import Grid, select_cells
@@ -60,6 +60,16 @@ def _ran_out_of_memory(log_path: Path, offset: int) -> bool:
             return OUT_OF_MEMORY in f.read()
     except OSError:
         return False
+
+
+class _Running(NamedTuple):
+    """A cell's process while it runs: its log file, its device, where this attempt's output begins
+    in the log (a retry appends to the same log)."""
+
+    proc: subprocess.Popen
+    log: IO[str]
+    device: str | None
+    log_start: int
 
 
 @dataclass
@@ -117,8 +127,7 @@ def run_cells_parallel(
     where = f"one per GPU of {', '.join(devices)} (least busy first)" if devices else "sharing the visible device"
     log(f"{len(todo)} cell(s) to run, {jobs} at a time, {where}; {len(outcome.skipped)} already finished")
     start = time.monotonic()
-    # cell -> (process, its log, its device, where this attempt's output begins in the log)
-    running: dict[tuple[str, int], tuple[subprocess.Popen, Any, str | None, int]] = {}
+    running: dict[tuple[str, int], _Running] = {}
     shared: set[tuple[str, int]] = set()  # running cells that had company on their device
     alone: set[tuple[str, int]] = set()  # cells to retry with no other cell on their device
 
@@ -134,18 +143,18 @@ def run_cells_parallel(
         end of the queue, so every cell after it is a retry that waits for an empty device too."""
         if cell not in alone:
             return True
-        busy = [d for _, _, d, _ in running.values()]
-        return any(busy.count(d) == 0 for d in devices) if devices else not running
+        return any(busy().count(d) == 0 for d in devices) if devices else not running
+
+    def busy() -> list[str | None]:
+        return [r.device for r in running.values()]
 
     def mark_shared() -> None:
-        busy = [d for _, _, d, _ in running.values()]
-        shared.update(c for c, (_, _, d, _) in running.items() if busy.count(d) > 1)
+        shared.update(c for c, r in running.items() if busy().count(r.device) > 1)
 
     def launch(name: str, s: int) -> None:
         rdir = run_dir(grid.output_dir, name, s)
         rdir.mkdir(parents=True, exist_ok=True)
-        busy = [d for _, _, d, _ in running.values()]
-        device = min(devices, key=busy.count) if devices else None
+        device = min(devices, key=busy().count) if devices else None
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
@@ -157,7 +166,7 @@ def run_cells_parallel(
         )
         out.flush()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-        running[(name, s)] = (proc, out, device, out.tell())
+        running[(name, s)] = _Running(proc, out, device, out.tell())
         mark_shared()
         log(f"{name} seed {s}: started{f' on GPU {device}' if device is not None else ''}, log {rdir / CELL_LOG}")
 
@@ -166,17 +175,17 @@ def run_cells_parallel(
             while todo and len(running) < jobs and free_device(todo[0]):
                 launch(*todo.pop(0))
             time.sleep(poll_seconds)
-            for (name, s), (proc, out, _, log_start) in list(running.items()):
-                rc = proc.poll()
+            for (name, s), cell in list(running.items()):
+                rc = cell.proc.poll()
                 if rc is None:
                     continue
-                out.close()
+                cell.log.close()
                 del running[(name, s)]
                 path = run_dir(grid.output_dir, name, s) / CELL_LOG
                 if rc == 0 and run_state(run_dir(grid.output_dir, name, s)) == "done":
                     outcome.finished.append((name, s))
                     log(f"{name} seed {s}: finished")
-                elif (name, s) in shared and (name, s) not in alone and _ran_out_of_memory(path, log_start):
+                elif (name, s) in shared and (name, s) not in alone and _ran_out_of_memory(path, cell.log_start):
                     alone.add((name, s))
                     todo.append((name, s))
                     log(f"{name} seed {s}: out of GPU memory beside other cells; retried alone, after the queue")
@@ -186,14 +195,14 @@ def run_cells_parallel(
                     log(f"{name} seed {s}: FAILED (exit {rc}): {_last_line(path)}; log {path}")
                 progress()
     except BaseException:  # Ctrl-C or an error here: do not leave children training on their own
-        for proc, _out, _, _ in running.values():
-            proc.terminate()
-        for proc, out, _, _ in running.values():
+        for cell in running.values():
+            cell.proc.terminate()
+        for cell in running.values():
             try:
-                proc.wait(timeout=30)
+                cell.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
-            out.close()
+                cell.proc.kill()
+            cell.log.close()
         raise
     if outcome.failed:
         log(
