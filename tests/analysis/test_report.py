@@ -161,6 +161,18 @@ def test_report_paired_with_missing_seed_and_bad_ids(tmp_path) -> None:
     assert rows[1]["paired"]["status"].startswith("n/a (bad predictions.jsonl, jepa: ValueError")
 
 
+def test_load_correct_keeps_a_line_whose_output_holds_a_line_separator(tmp_path) -> None:
+    """predictions.jsonl is written with ensure_ascii=False: U+2028 inside a model output is a
+    character of the row, not the end of a line."""
+    rows = [
+        {"id": "a", "output": "one\u2028two\x1cthree", "correct": True},
+        {"id": "b", "output": "", "correct": False},
+    ]
+    path = tmp_path / rep.PREDICTIONS
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert rep.load_correct(path) == {"a": True, "b": False}
+
+
 def test_report_reads_gzipped_predictions_and_metrics(tmp_path) -> None:
     """Committed result dirs keep predictions.jsonl and metrics.jsonl gzipped: the report reads
     them as they are, with the same numbers as from the plain files."""

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from step_jepa.analysis.report import CORRECT, GRID_COPY, PREDICTIONS, RESULT, read_text_or_gz
+from step_jepa.analysis.report import CORRECT, GRID_COPY, PREDICTIONS, RESULT, jsonl_lines, read_text_or_gz
 
 KEPT_AS_IS = ("result.json", "step_jepa_config.yaml", "train_summary.json", "data_report.json")
 METRICS = "metrics.jsonl"
@@ -106,12 +106,9 @@ def _archive_eval(ev: Path, to: Path, home: str) -> None:
 
 
 def correct_lines(predictions: Path) -> str:
-    """`{"id", "correct"}` per line of a predictions.jsonl, in its order. Lines are split on "\\n"
-    only: a model output may hold other line separators inside its JSON string."""
+    """`{"id", "correct"}` per line of a predictions.jsonl, in its order."""
     rows = []
-    for k, line in enumerate(predictions.read_text(encoding="utf-8").split("\n"), 1):
-        if not line.strip():
-            continue
+    for k, line in jsonl_lines(predictions.read_text(encoding="utf-8")):
         try:
             row = json.loads(line)
             rows.append(json.dumps({"id": row.get("id"), "correct": bool(row["correct"])}))

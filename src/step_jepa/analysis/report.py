@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,13 @@ def read_text_or_gz(path: Path) -> str | None:
     return None
 
 
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line) of each non-blank line of JSON-lines text. Split on "\\n" only:
+    predictions.jsonl is written with ensure_ascii=False, so a model output may hold U+2028 and the
+    other characters at which str.splitlines() also breaks lines."""
+    return ((k, line) for k, line in enumerate(text.split("\n"), 1) if line.strip())
+
+
 def load_correct(path: str | Path) -> dict[str, bool]:
     """{problem id → correct} of one predictions.jsonl or correct.jsonl (either may be gzipped). A
     missing id falls back to the line number (every run of a grid evaluates the same records in the same order); a duplicate id is an error,
@@ -92,11 +100,9 @@ def load_correct(path: str | Path) -> dict[str, bool]:
     text = read_text_or_gz(Path(path))
     if text is None:
         raise FileNotFoundError(path)
-    for k, line in enumerate(text.splitlines()):
-        if not line.strip():
-            continue
+    for k, line in jsonl_lines(text):
         row = json.loads(line)
-        key = str(row["id"]) if row.get("id") is not None else f"line{k}"
+        key = str(row["id"]) if row.get("id") is not None else f"line{k - 1}"
         if key in out:
             raise ValueError(f"{path}: duplicate problem id {key!r}")
         out[key] = bool(row["correct"])
