@@ -143,13 +143,15 @@ def run_cells_parallel(
         end of the queue, so every cell after it is a retry that waits for an empty device too."""
         if cell not in alone:
             return True
-        return any(busy().count(d) == 0 for d in devices) if devices else not running
+        taken = busy()
+        return any(d not in taken for d in devices) if devices else not running
 
     def busy() -> list[str | None]:
         return [r.device for r in running.values()]
 
     def mark_shared() -> None:
-        shared.update(c for c, r in running.items() if busy().count(r.device) > 1)
+        taken = busy()
+        shared.update(c for c, r in running.items() if taken.count(r.device) > 1)
 
     def launch(name: str, s: int) -> None:
         rdir = run_dir(grid.output_dir, name, s)
