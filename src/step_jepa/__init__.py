@@ -2,8 +2,8 @@
 
 The package follows the pipeline, each subpackage importing only the ones before it:
 ``data`` (records, formats, segmentation) → ``method`` (masks, layouts, the Step-JEPA model and
-losses) → ``models`` (where weights come from, loading) → ``training`` (config, trainer) →
-``evaluation`` (decoding, scoring) → ``analysis`` (grids, compare, report, embed) → ``bench`` → ``cli``.
+losses) → ``models`` (where weights come from, loading, what they run on) → ``training`` (config,
+trainer) → ``evaluation`` (decoding, scoring) → ``analysis`` (grids, compare, report, embed) → ``bench`` → ``cli``.
 
 The library API (docs/library.md) is the list below. Names load on first use, so
 ``import step_jepa`` stays cheap (the CLI imports it before anything heavy).

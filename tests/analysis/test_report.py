@@ -400,3 +400,57 @@ def test_report_names_what_a_run_without_protocol_records(tmp_path) -> None:
     _stamp(tmp_path, "jepa", 0, _proto())
     with pytest.raises(rep.ProtocolMismatch, match=r"sft/seed0 \[dtype float32, max_new_tokens 512\] vs"):
         rep.build_report(tmp_path, order=["sft", "jepa"])
+
+
+def test_report_warns_when_runs_ran_on_different_devices(tmp_path) -> None:
+    """The device a summary names: runs of one table on two cards get a warning naming both and the
+    configs on each; runs that record none (written before devices were recorded) add nothing."""
+    for name, seed, card in [("sft", 0, "NVIDIA H100 80GB HBM3"), ("jepa", 0, "NVIDIA H200"), ("stp", 0, None)]:
+        _fake_result(tmp_path, name, seed, 0.5, 0.0)
+        path = tmp_path / name / f"seed{seed}" / rep.RESULT
+        r = json.loads(path.read_text())
+        if card:
+            r["train_summary"] = {"device_name": card}
+            r["eval_summary"] = {"device_name": card}
+        path.write_text(json.dumps(r))
+    assert rep.device_warnings(rep.collect_results(tmp_path)) == [
+        "runs ran on different devices: NVIDIA H100 80GB HBM3 (sft); NVIDIA H200 (jepa); their times are not comparable"
+    ]
+    rep.build_report(tmp_path)
+    assert "runs ran on different devices" in (tmp_path / rep.TABLE).read_text()
+    (tmp_path / "jepa" / "seed0" / rep.RESULT).unlink()
+    assert rep.device_warnings(rep.collect_results(tmp_path)) == []
+
+
+def test_report_pairs_runs_of_another_directory_in_place(tmp_path, monkeypatch) -> None:
+    """`compare --report NEW OLD`: the baseline's runs archived in OLD join NEW's table, read where they
+    are (predictions and metrics too); the table names where they came from; one cell in both dirs
+    is refused."""
+    monkeypatch.chdir(tmp_path)
+    new, old = Path("2026-12-07-h100/grid"), Path("2026-12-06-h100/grid")
+    for s, (base, cand) in enumerate(
+        [([True, False, False], [True, True, False]), ([False, True, False], [True, True, True])]
+    ):
+        _fake_result(old, "sft", s, sum(base) / 3, 0.0)
+        _fake_predictions(old, "sft", s, base)
+        _fake_result(new, "jepa", s, sum(cand) / 3, 0.5)
+        _fake_predictions(new, "jepa", s, cand)
+    _write_metrics(old, "sft", 0, [{"step": 1, "lm_loss": 2.0}])
+    _write_metrics(new, "jepa", 0, [{"step": 1, "lm_loss": 1.0, "jepa_loss": 0.5}])
+    assert cli_main(["compare", "--report", str(new), str(old), "--baseline", "sft"]) == 0
+    data = json.loads((new / rep.RESULTS).read_text())
+    p = data["configs"][1]["paired"]
+    assert data["paired_baseline"] == "sft" and (p["b"], p["c"], p["n_seeds"]) == (0, 3, 2)
+    assert {r["run_dir"] for r in data["runs"]} == {
+        "jepa/seed0",
+        "jepa/seed1",
+        "../../2026-12-06-h100/grid/sft/seed0",
+        "../../2026-12-06-h100/grid/sft/seed1",
+    }
+    table = (new / rep.TABLE).read_text()
+    assert "Runs of sft read from `../../2026-12-06-h100/grid`." in table
+    assert "| sft | 2 |" in table and "| jepa | 1 | 0.5 |" in table  # each run's own metrics.jsonl
+    assert not (old / rep.TABLE).exists()  # the other directory is only read
+    _fake_result(old, "jepa", 1, 0.5, 0.5)
+    with pytest.raises(ValueError, match="jepa seed 1 is in both"):
+        rep.build_report(new, order=["sft", "jepa"], also_from=[old])

@@ -13,6 +13,7 @@ import torch
 from step_jepa.cli.eval import default_output_dir
 from step_jepa.evaluation import decode as gen
 from step_jepa.evaluation import evaluate as ev
+from step_jepa.models.environment import device_name
 
 # --------------------------------------------------------------------------------------------------------
 # evaluate()
@@ -33,6 +34,8 @@ SUMMARY_KEYS = {
     "device",
     "dtype",
     "versions",
+    "device_name",
+    "finished_utc",
 }
 
 
@@ -49,6 +52,7 @@ def test_evaluate_end_to_end_tiny_model(tok, problems, tmp_path) -> None:
     assert summary["n"] == len(problems)
     assert 0.0 <= summary["accuracy"] <= 1.0
     assert summary["errors"] == 0 and summary["device"] == "cpu" and summary["dtype"] == "float32"
+    assert summary["device_name"] == device_name("cpu")
     rows = _read_jsonl(tmp_path / "predictions.jsonl")
     assert [r["id"] for r in rows] == [p["id"] for p in problems]
     assert set(rows[0]) == {"id", "question", "output", "extracted", "gold", "correct", "tokens", "error"}

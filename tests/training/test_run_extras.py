@@ -13,6 +13,7 @@ import pytest
 from conftest import CHECKPOINTING
 
 from step_jepa.cli import main as cli
+from step_jepa.models.environment import device_name, versions
 from step_jepa.training.config import StepJEPAConfig, resolve_config
 
 
@@ -174,7 +175,11 @@ def test_train_loss_after_resume_covers_the_whole_run(model_dir: Path, tmp_path:
     got = run_train(_train([*argv, "--output_dir", str(run), "--resume"]))
     assert got["resumed_from"].endswith("checkpoint-4") and got["train_loss_steps"] == 8
     assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
-    assert json.loads((run / "train_summary.json").read_text())["train_loss"] == got["train_loss"]
+    written = json.loads((run / "train_summary.json").read_text())
+    assert written["train_loss"] == got["train_loss"]
+    # what it ran on, for whoever reads the summary (or its archived copy) later
+    assert written["device_name"] == device_name("cpu") and written["world_size"] == 1
+    assert written["versions"] == versions() and written["finished_utc"].endswith("Z")
     # A checkpoint without the loss sum (an earlier version's): the summary says it covers steps 5-8 only.
     old = tmp_path / "old"
     old.mkdir()

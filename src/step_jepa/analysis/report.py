@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ PLOT = "compare.png"
 
 
 GRID_COPY = "compare_grid.json"
+# The key collect_results adds to each result it reads: the run directory it came from (a Path).
+READ_FROM = "_read_from"
 
 
 def grid_order(output_dir: str | Path) -> list[str]:
@@ -110,7 +112,7 @@ def load_correct(path: str | Path) -> dict[str, bool]:
 
 
 def load_run_predictions(
-    output_dir: str | Path, results: list[dict[str, Any]]
+    results: list[dict[str, Any]],
 ) -> tuple[dict[str, dict[int, dict[str, bool]]], dict[str, str]]:
     """config → seed → {id → correct} for every finished run that has <run>/eval/predictions.jsonl
     (else <run>/eval/correct.jsonl; either may be gzipped), and config → error for configs with an
@@ -118,7 +120,7 @@ def load_run_predictions(
     out: dict[str, dict[int, dict[str, bool]]] = {}
     errors: dict[str, str] = {}
     for r in results:
-        eval_dir = run_dir(Path(output_dir), r["config"], int(r["seed"])) / "eval"
+        eval_dir = r[READ_FROM] / "eval"
         try:
             try:
                 correct = load_correct(eval_dir / PREDICTIONS)
@@ -134,7 +136,6 @@ def load_run_predictions(
 
 
 def paired_vs_baseline(
-    output_dir: str | Path,
     rows: list[dict[str, Any]],
     results: list[dict[str, Any]],
     n_boot: int = 10000,
@@ -144,7 +145,7 @@ def paired_vs_baseline(
     paired gets {"status": "n/a (...)"} instead of failing the whole report."""
     if not rows:
         return {}
-    preds, errors = load_run_predictions(output_dir, results)
+    preds, errors = load_run_predictions(results)
     base = rows[0]["config"]
     out: dict[str, dict[str, Any]] = {}
     for row in rows[1:]:
@@ -244,7 +245,7 @@ def run_diagnostics(metrics_path: Path, last: int = DIAG_LAST) -> dict[str, floa
     return out or None
 
 
-def collapse_table(output_dir: str | Path, rows: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:
+def collapse_table(rows: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:
     """Markdown section: per config, the end-of-training JEPA diagnostics averaged over seeds.
 
     A JEPA loss near 0 with view pairwise cosine near 1 and retrieval near chance (1 / pairs in the
@@ -253,7 +254,7 @@ def collapse_table(output_dir: str | Path, rows: list[dict[str, Any]], results: 
     """
     per_config: dict[str, list[dict[str, float]]] = {}
     for r in results:
-        d = run_diagnostics(run_dir(Path(output_dir), r["config"], int(r["seed"])) / "metrics.jsonl")
+        d = run_diagnostics(r[READ_FROM] / "metrics.jsonl")
         if d:
             per_config.setdefault(r["config"], []).append(d)
     logged = {k for ds in per_config.values() for d in ds for k in d}
@@ -291,12 +292,37 @@ def collapse_table(output_dir: str | Path, rows: list[dict[str, Any]], results: 
     return "\n".join(lines) + "\n"
 
 
-def collect_results(output_dir: str | Path) -> list[dict[str, Any]]:
-    """Every finished run under output_dir (<name>/seed<s>/result.json)."""
-    out = []
-    for path in sorted(Path(output_dir).glob(f"*/seed*/{RESULT}")):
-        out.append(json.loads(path.read_text()))
+def collect_results(*dirs: str | Path) -> list[dict[str, Any]]:
+    """Every finished run under the grid output dirs (<name>/seed<s>/result.json), each with the run
+    directory it was read from under :data:`READ_FROM`. One cell (config, seed) in two dirs is an
+    error: a table pairs one training of each cell, and which one would be an accident of order."""
+    out: list[dict[str, Any]] = []
+    seen: dict[tuple[str, int], Path] = {}
+    for d in dirs:
+        for path in sorted(Path(d).glob(f"*/seed*/{RESULT}")):
+            result = json.loads(path.read_text())
+            cell = (str(result["config"]), int(result["seed"]))
+            if cell in seen:
+                raise ValueError(
+                    f"{cell[0]} seed {cell[1]} is in both {seen[cell]} and {path.parent}; "
+                    "a table pairs one training of each cell: leave one of the directories out"
+                )
+            seen[cell] = result[READ_FROM] = path.parent
+            out.append(result)
     return out
+
+
+def sources_note(results: list[dict[str, Any]], output_dir: Path) -> str:
+    """Which configs' runs were read from directories other than the report's own (with
+    `compare --report DIR OTHER...`), as paths relative to it; empty when all are its own."""
+    elsewhere: dict[str, set[str]] = {}
+    for r in results:
+        grid = r[READ_FROM].parent.parent
+        if grid.resolve() != output_dir.resolve():
+            elsewhere.setdefault(os.path.relpath(grid, output_dir), set()).add(str(r["config"]))
+    return "".join(
+        f"\nRuns of {', '.join(sorted(names))} read from `{where}`.\n" for where, names in sorted(elsewhere.items())
+    )
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -405,7 +431,23 @@ def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
         counts[r["config"]] = counts.get(r["config"], 0) + 1
     if len(set(counts.values())) > 1:
         warnings.append(f"unequal numbers of seeds per config: {counts}")
-    return warnings
+    return warnings + device_warnings(results)
+
+
+def device_warnings(results: list[dict[str, Any]]) -> list[str]:
+    """Runs of one table that trained or were scored on different devices (by the name their summaries
+    record; older runs record none): their seconds are not comparable, and kernels differ between
+    cards, so a paired difference may hold a card's effect too."""
+    configs_on: dict[str, set[str]] = {}
+    for r in results:
+        for part in ("train_summary", "eval_summary"):
+            name = (r.get(part) or {}).get("device_name")
+            if name:
+                configs_on.setdefault(name, set()).add(r["config"])
+    if len(configs_on) < 2:
+        return []
+    where = "; ".join(f"{name} ({', '.join(sorted(cfgs))})" for name, cfgs in sorted(configs_on.items()))
+    return [f"runs ran on different devices: {where}; their times are not comparable"]
 
 
 def _pct(x: float | None) -> str:
@@ -572,28 +614,34 @@ def protocol_check(results: list[dict[str, Any]], allow_mismatch: bool = False) 
 
 
 def build_report(
-    output_dir: str | Path, order: list[str] | None = None, allow_protocol_mismatch: bool = False
+    output_dir: str | Path,
+    order: list[str] | None = None,
+    allow_protocol_mismatch: bool = False,
+    also_from: Sequence[str | Path] = (),
 ) -> list[dict[str, Any]]:
     """Rebuild compare_table.md, compare_results.json and compare.png from the result.json files,
     plus per-problem paired stats of every config against the first from eval/predictions.jsonl.
     Runs scored under different evaluation protocols raise :class:`ProtocolMismatch` (see
-    :func:`protocol_check`) unless ``allow_protocol_mismatch``."""
+    :func:`protocol_check`) unless ``allow_protocol_mismatch``. ``also_from``: other grid output dirs
+    whose runs join the table, read in place (e.g. the baseline's, archived on another date); the
+    report is written into ``output_dir`` and says which runs came from where."""
     out = Path(output_dir)
-    results = collect_results(out)
+    results = collect_results(out, *also_from)
     if not results:
-        raise FileNotFoundError(f"no */seed*/{RESULT} under {out}")
+        raise FileNotFoundError(f"no */seed*/{RESULT} under {', '.join(map(str, [out, *also_from]))}")
     protocol_warnings = protocol_check(results, allow_protocol_mismatch)
     if order is None:
         order = grid_order(out) or None
     rows = aggregate(results, order)
     warnings = consistency_warnings(results) + protocol_warnings
-    paired = paired_vs_baseline(out, rows, results)
+    paired = paired_vs_baseline(rows, results)
     for row in rows:  # None for the baseline itself
         row["paired"] = paired.get(row["config"])
     table = (
         format_table(rows, warnings)
+        + sources_note(results, out)
         + format_paired(paired, rows[0]["config"])
-        + collapse_table(out, rows, results)
+        + collapse_table(rows, results)
         + also_protocols_table(rows, results)
     )
     write_atomic(out / TABLE, table)
@@ -606,6 +654,7 @@ def build_report(
                 "paired_baseline": rows[0]["config"],
                 "runs": [
                     {k: r[k] for k in ("config", "seed", "accuracy", "correct", "n", "train_seconds", "eval_seconds")}
+                    | {"run_dir": os.path.relpath(r[READ_FROM], out)}
                     for r in results
                 ],
             },

@@ -44,7 +44,8 @@ def format_env(result: dict) -> str:
     e = result["env"]
     return "\n".join(
         [
-            f"torch {e['torch']} | transformers {e['transformers']} | python {e['python']} | {e['device']}: {e['device_name']}",
+            f"torch {e['torch']} | transformers {e['transformers']} | python {e['python']} | {e['device']}: {e['device_name']}"
+            + (f" | {e['started_utc']}" if "started_utc" in e else ""),
             f"model: {e['model']} ({e['params_m']}M params) | attn {e['attn']} | {e['dtype']}",
             f"data: {e['data']} | {e['batches']} batches × {e['examples_per_batch']} examples, "
             f"{e['mean_example_tokens']} tokens/example, {e['pairs_valid_frac']:.0%} with a valid pair",

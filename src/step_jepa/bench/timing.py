@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from step_jepa.method.options import JEPAOptions
+from step_jepa.models.environment import device_name, utc_timestamp, versions
 
 # The variants `step-jepa bench` runs without --variants (step_jepa.bench.run lists them all).
 DEFAULT_VARIANTS = [
@@ -373,19 +373,11 @@ MEMORY_NOTE_CPU = (
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    import transformers
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(device)
-    else:
-        env["device_name"] = (
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} torch threads"
-        )
+    """Versions, device and start time of a bench run: the table's first line and its JSON's `env`."""
+    env: dict[str, Any] = dict(versions())
+    env["device"] = str(device)
+    env["device_name"] = device_name(device)
+    if device.type != "cuda":  # threads set CPU speed as much as the cores do
+        env["device_name"] += f", {torch.get_num_threads()} torch threads"
+    env["started_utc"] = utc_timestamp()
     return env

@@ -31,7 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="grid YAML (base, eval, configs, seeds, output_dir)")
-    src.add_argument("--report", metavar="DIR", help="only rebuild table and plot from DIR/*/seed*/result.json")
+    src.add_argument(
+        "--report",
+        nargs="+",
+        metavar="DIR",
+        help="only rebuild table and plot from DIR/*/seed*/result.json, written into DIR; further DIRs "
+        "(grid output dirs too, e.g. the baseline's runs archived on another date) join the table, "
+        "read in place, and the table says which runs came from where",
+    )
     src.add_argument(
         "--select",
         nargs="+",
@@ -160,7 +167,12 @@ def run(args: argparse.Namespace) -> int:
     allow = getattr(args, "allow_protocol_mismatch", False)
     if args.report:
         try:
-            build_report(args.report, [args.baseline] if args.baseline else None, allow_protocol_mismatch=allow)
+            build_report(
+                args.report[0],
+                [args.baseline] if args.baseline else None,
+                allow_protocol_mismatch=allow,
+                also_from=args.report[1:],
+            )
         except ProtocolMismatch as e:
             log(f"error: {e}")
             return 2

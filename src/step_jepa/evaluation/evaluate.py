@@ -21,13 +21,13 @@ the batch budget changed, fp32 outputs did not.
 from __future__ import annotations
 
 import json
-import platform
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from step_jepa.data.answers import answers_match, extract_answer
 from step_jepa.evaluation.decode import GenResult, encode_prompts, timed_generate_ids
+from step_jepa.models.environment import device_name, utc_timestamp, versions
 
 # --------------------------------------------------------------------------------------------------------
 # Evaluation
@@ -59,20 +59,6 @@ def build_prompts(records: Iterable[dict], system_prompt: str | None = None) -> 
         msgs.append({"role": "user", "content": _question(rec)})
         prompts.append(msgs)
     return prompts
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    from step_jepa import __version__
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "step_jepa": __version__,
-    }
 
 
 def evaluate(
@@ -191,7 +177,7 @@ def protocol(
         "cuda_graphs": {"asked": "auto" if cuda_graphs is None else bool(cuda_graphs), "used": used},
         "extraction": extraction,
         "prompt": prompt,
-        "versions": _versions(),
+        "versions": versions(),
     }
 
 
@@ -259,8 +245,10 @@ def run_fields(rows: list[dict], seconds: float, model: Any, model_name: str | N
         "generated_tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
         "model": model_name or getattr(model.config, "_name_or_path", None) or type(model).__name__,
         "device": str(param.device),
+        "device_name": device_name(param.device),
         "dtype": str(param.dtype).replace("torch.", ""),
-        "versions": _versions(),
+        "versions": versions(),
+        "finished_utc": utc_timestamp(),
     }
 
 

@@ -27,6 +27,7 @@ from step_jepa.data.segment import Segmented
 from step_jepa.method.losses import view_diagnostics
 from step_jepa.method.model import StepJEPAModel, step_jepa_loss
 from step_jepa.method.options import JEPAOptions
+from step_jepa.models.environment import device_name, utc_timestamp, versions
 from step_jepa.models.sources import weights_source
 
 # Run directories/checkpoints and training data live in their own modules; their names are
@@ -508,6 +509,10 @@ def run_train(cfg: StepJEPAConfig, callbacks: list[TrainerCallback] | None = Non
         "examples": len(examples),
         "segmentation": seg_stats,
         "resumed_from": resume_ckpt,
+        "device_name": device_name(trainer.args.device),
+        "world_size": trainer.args.world_size,
+        "versions": versions(),
+        "finished_utc": utc_timestamp(),
     }
     if trainer.args.world_size > 1:
         write_rank_fingerprint(trainer, Path(cfg.output_dir))
