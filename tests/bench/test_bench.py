@@ -58,6 +58,7 @@ def test_ratios_against_sft_of_same_layout(result):
         rows["sp_all_packed"]["ms_median"] / rows["sft_packed"]["ms_median"]
     )
     assert rows["sp_all_packed"]["time_x_hf"] is None  # no hf_sft_packed row
+    assert rows["sp_first"]["time_x_sft_range"] is None  # one round: no spread to show
     if rows["sft"]["delta_peak_mib"]:
         assert rows["two_pass"]["delta_mem_x_sft"] == pytest.approx(
             rows["two_pass"]["delta_peak_mib"] / rows["sft"]["delta_peak_mib"]
@@ -173,7 +174,8 @@ def test_compile_option_runs_and_is_reported():
 
 
 def test_rounds_give_a_per_round_ratio_against_sft():
-    """×SFT by round pairs each round's medians; with two rounds it is the mean of the two ratios."""
+    """×SFT by round pairs each round's medians; with two rounds it is the mean of the two ratios, and
+    the range is their lowest and highest."""
     cfg = BenchConfig(
         model="tiny",
         per_device_train_batch_size=4,
@@ -185,12 +187,17 @@ def test_rounds_give_a_per_round_ratio_against_sft():
         rounds=2,
         variants=["sft", "sp_first"],
     )
-    rows = {r["variant"]: r for r in run_bench(cfg, log=lambda s: None)["rows"]}
+    result = run_bench(cfg, log=lambda s: None)
+    rows = {r["variant"]: r for r in result["rows"]}
     sft, sp = rows["sft"], rows["sp_first"]
     assert len(sft["round_ms"]) == len(sp["round_ms"]) == 2
     assert sft["time_x_sft_rounds"] == pytest.approx(1.0)
     ratios = [a / b for a, b in zip(sp["round_ms"], sft["round_ms"])]
     assert sp["time_x_sft_rounds"] == pytest.approx(sum(ratios) / 2)
+    assert sp["time_x_sft_range"] == pytest.approx((min(ratios), max(ratios)))
+    assert sft["time_x_sft_range"] == pytest.approx((1.0, 1.0))
+    lo, hi = sp["time_x_sft_range"]
+    assert f"| {lo:.3f}–{hi:.3f} |" in format_table(result, markdown=True)
     assert sp["ms_median"] == pytest.approx(min(sp["round_ms"]))  # the table keeps the fastest round
 
 

@@ -427,7 +427,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         sft, hf = by_name.get("sft" + suffix), by_name.get("hf_sft" + suffix)
         r.time_x_sft = _ratio(r.ms_median, sft.ms_median if sft else None)
         if sft:
-            r.time_x_sft_rounds = statistics.median(a / b for a, b in zip(r.round_ms, sft.round_ms))
+            by_round = [a / b for a, b in zip(r.round_ms, sft.round_ms)]
+            r.time_x_sft_rounds = statistics.median(by_round)
+            if len(by_round) > 1:
+                r.time_x_sft_range = (min(by_round), max(by_round))
         r.time_x_hf = _ratio(r.ms_median, hf.ms_median if hf else None)
         r.mem_x_sft = _ratio(r.peak_mib, sft.peak_mib if sft else None)
         r.delta_mem_x_sft = _ratio(r.delta_peak_mib, sft.delta_peak_mib if sft else None)

@@ -10,6 +10,7 @@ COLUMNS = [
     ("mfu", "MFU %"),
     ("time_x_sft", "time ×SFT"),
     ("time_x_sft_rounds", "×SFT by round"),
+    ("time_x_sft_range", "×SFT range"),
     ("time_x_hf", "time ×HF"),
     ("peak_mib", "peak MiB"),
     ("mem_x_sft", "peak ×SFT"),
@@ -25,6 +26,8 @@ def _fmt(key: str, v) -> str:
         return "n/a"
     if isinstance(v, str):
         return v
+    if key == "time_x_sft_range":
+        return f"{v[0]:.3f}–{v[1]:.3f}"
     if key in ("time_x_sft", "time_x_sft_rounds", "time_x_hf", "mem_x_sft", "delta_mem_x_sft"):
         return f"{v:.3f}"
     if key == "mfu":

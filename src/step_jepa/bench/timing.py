@@ -98,7 +98,7 @@ class BenchConfig(JEPAOptions):
         1,
         "run the variant list this many times and keep each variant's fastest round (use 3+ "
         "on a shared CPU; memory is the max over rounds); '×SFT by round' is the median of "
-        "the per-round ratios",
+        "the per-round ratios, '×SFT range' their lowest and highest",
     )
     torch_compile: bool = _opt(
         False, "torch.compile the decoder (dynamic shapes) for every variant; give --warmup >= 2"
@@ -154,6 +154,9 @@ class Row:
     # round). Both numbers of a pair come from the same pass over the variants, so slow drift of a
     # shared host cancels, which the fastest-round ratio (time_x_sft) cannot do. Equal to it with one round.
     time_x_sft_rounds: float | None = None
+    # The lowest and highest of those per-round ratios (two rounds or more): the noise a ratio carries
+    # on this host. Two variants whose ranges overlap are not ranked by this run.
+    time_x_sft_range: tuple[float, float] | None = None
     round_ms: list[float] = field(default_factory=list)  # median ms/step of each round
     mem_x_sft: float | None = None
     delta_mem_x_sft: float | None = None
