@@ -68,6 +68,8 @@ def test_card_says_base_method_data_and_summary(lora_run):
         "examples with a step pair (`--pairs first`): 8 of 8",
         f"| global_step | {summary['global_step']} |",
         f"| train_loss | {summary['train_loss']} |",
+        f"| device_name | {summary['device_name']} |",  # what train_seconds was measured on
+        f"| finished_utc | {summary['finished_utc']} |",
         "No evaluation yet",
     ):
         assert text in card, text

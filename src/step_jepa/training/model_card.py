@@ -23,7 +23,16 @@ KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0", "google/g
 # Data sets recognisable from a --train_file path (prepared by `step-jepa prepare`).
 KNOWN_DATASETS = {"gsm8k": "openai/gsm8k"}
 
-SUMMARY_FIELDS = ("global_step", "train_seconds", "train_loss", "examples", "resumed_from")
+SUMMARY_FIELDS = (
+    "global_step",
+    "train_seconds",
+    "train_loss",
+    "examples",
+    "resumed_from",
+    "device_name",  # the hardware a card reader needs to weigh train_seconds
+    "world_size",
+    "finished_utc",
+)
 
 
 def _hub_id(name: str) -> str | None:
