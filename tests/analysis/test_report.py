@@ -454,3 +454,38 @@ def test_report_pairs_runs_of_another_directory_in_place(tmp_path, monkeypatch) 
     _fake_result(old, "jepa", 1, 0.5, 0.5)
     with pytest.raises(ValueError, match="jepa seed 1 is in both"):
         rep.build_report(new, order=["sft", "jepa"], also_from=[old])
+
+
+def test_protocol_mismatch_names_each_group_of_runs_once(tmp_path) -> None:
+    """Runs from two dates in one table: the old, unstamped ones and the new ones are named as two
+    groups with their seeds compacted, not run by run against an arbitrary first run."""
+    for name in ("sft", "jepa", "selected"):
+        for seed in range(4):
+            _fake_result(tmp_path, name, seed, 0.4, 0.0 if name == "sft" else 0.1)
+    for seed in range(4):
+        _stamp(tmp_path, "selected", seed, _proto())
+    _stamp(tmp_path, "jepa", 3, _proto())
+    with pytest.raises(rep.ProtocolMismatch) as e:
+        rep.build_report(tmp_path, order=["sft", "jepa", "selected"])
+    assert "jepa/seed3, selected/seed0-3 vs jepa/seed0-2, sft/seed0-3: protocol (unknown" in str(e.value)
+    assert str(e.value).count(" vs ") == 1
+
+
+def test_seeds_with_the_same_finding_share_one_warning() -> None:
+    from step_jepa.analysis.report import consistency_warnings
+
+    def run(config: str, seed: int, cfg: dict) -> dict:
+        return {
+            "config": config,
+            "seed": seed,
+            "overrides": {},
+            "train_config": cfg,
+            "shared_fingerprint": json.dumps(cfg),
+            "eval": {},
+        }
+
+    runs = [r for s in (0, 1, 2) for r in (run("sft", s, {"lr": 1}), run("jepa", s, {"lr": 1, "new": 0}))]
+    assert consistency_warnings(runs) == [
+        "seeds 0, 1, 2: runs come from different step-jepa versions; every setting all of them record is "
+        "equal (recorded by only some: new)"
+    ]

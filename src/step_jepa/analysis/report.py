@@ -403,8 +403,9 @@ def version_only_settings(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
-    """Runs of one seed whose shared (non-JEPA) settings or eval settings differ: not comparable."""
-    warnings = []
+    """Runs of one seed whose shared (non-JEPA) settings or eval settings differ: not comparable.
+    Seeds with the same finding share one line (a grid read from two dates would repeat it per seed)."""
+    per_seed: dict[str, list[int]] = {}
     by_seed: dict[int, dict[str, set]] = {}
     for r in results:
         d = by_seed.setdefault(int(r["seed"]), {"train": set(), "eval": set()})
@@ -413,25 +414,33 @@ def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
     for s, d in sorted(by_seed.items()):
         if len(d["train"]) > 1:
             runs = [r for r in results if int(r["seed"]) == s]
-            named, extra = differing_settings(runs), version_only_settings(runs)
-            if named or not extra:
-                warnings.append(
-                    f"seed {s}: runs differ in non-JEPA training settings "
-                    f"({', '.join(named) or 'see result.json'}); they are not comparable"
-                )
-            else:
-                warnings.append(
-                    f"seed {s}: runs come from different step-jepa versions; every setting all "
-                    f"of them record is equal (recorded by only some: {', '.join(extra)})"
-                )
+            per_seed.setdefault(_training_difference(runs), []).append(s)
         if len(d["eval"]) > 1:
-            warnings.append(f"seed {s}: runs were evaluated with different settings")
+            per_seed.setdefault("runs were evaluated with different settings", []).append(s)
+    warnings = [f"{_seeds_label(seeds)}: {text}" for text, seeds in per_seed.items()]
     counts: dict[str, int] = {}
     for r in results:
         counts[r["config"]] = counts.get(r["config"], 0) + 1
     if len(set(counts.values())) > 1:
         warnings.append(f"unequal numbers of seeds per config: {counts}")
     return warnings + device_warnings(results)
+
+
+def _training_difference(runs: list[dict[str, Any]]) -> str:
+    """What differs between one seed's runs whose shared fingerprints differ: named settings (not
+    comparable) or only settings that a newer step-jepa records (comparable, from other versions)."""
+    named, extra = differing_settings(runs), version_only_settings(runs)
+    if named or not extra:
+        return f"runs differ in non-JEPA training settings ({', '.join(named) or 'see result.json'}); they are not comparable"
+    return (
+        "runs come from different step-jepa versions; every setting all "
+        f"of them record is equal (recorded by only some: {', '.join(extra)})"
+    )
+
+
+def _seeds_label(seeds: list[int]) -> str:
+    """'seed 1' or 'seeds 0, 1, 2'."""
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
 
 
 def device_warnings(results: list[dict[str, Any]]) -> list[str]:
@@ -563,54 +572,70 @@ def _recorded(result: dict[str, Any]) -> str:
 def protocol_check(results: list[dict[str, Any]], allow_mismatch: bool = False) -> list[str]:
     """Refuse to compare runs scored under different protocols; return the warnings to print.
 
-    Every run is checked against the first (in config, seed order): a field that changes the score
-    (dtype, max_new_tokens, extraction, prompt, ...; the batch budget only outside fp32) raises
-    :class:`ProtocolMismatch` naming it, as does a run without a recorded protocol next to one with
-    (an "unknown protocol"). ``allow_mismatch`` turns both into warnings. Differing versions (torch,
-    transformers, step-jepa) only warn.
+    Runs are grouped by protocol, each run joining the first group (in config, seed order) whose
+    first run it does not differ from; every later group is then named against the first. A field that
+    changes the score (dtype, max_new_tokens, extraction, prompt, ...; the batch budget only outside
+    fp32) raises :class:`ProtocolMismatch` naming it, as does a run without a recorded protocol next
+    to one with (an "unknown protocol"). ``allow_mismatch`` turns both into warnings. Differing
+    versions (torch, transformers, step-jepa) only warn.
     """
-    if not results:
-        return []
     ordered = sorted(results, key=lambda r: (str(r["config"]), int(r["seed"])))
-    ref = ordered[0]
-    ref_name = f"{ref['config']}/seed{ref['seed']}"
-    problems, warnings = [], []
+    groups: list[list[dict[str, Any]]] = []
     version_fields: set[str] = set()
-    for r in ordered[1:]:
-        diff, versions = protocol_differences(run_protocol(ref), run_protocol(r))
-        version_fields.update(versions)
-        if diff:
-            problems.append(
-                f"{r['config']}/seed{r['seed']}{_recorded(r)} vs {ref_name}{_recorded(ref)}: {', '.join(diff)}"
-            )
+    for r in ordered:
+        for g in groups:
+            diff, versions = protocol_differences(run_protocol(g[0]), run_protocol(r))
+            if not diff:
+                version_fields.update(versions)
+                g.append(r)
+                break
+        else:
+            groups.append([r])
+    warnings = []
     if version_fields:
         warnings.append(
             f"runs were evaluated with different versions ({', '.join(sorted(version_fields))}); "
             "the protocol is otherwise the same"
         )
-    if problems:
-        unknown = any("unknown" in p for p in problems)
-        msg = (
-            "runs were scored under different evaluation protocols, so their accuracies are not comparable: "
-            + "; ".join(problems)
-            + (
-                ". Runs without a recorded protocol were evaluated before step-jepa recorded it (bf16 by "
-                "default before 2026-12-06, whose outputs depend on the batch budget; the fields their "
-                "summaries do record are named in brackets): re-evaluate them"
-                if unknown
-                else ""
-            )
-            + ". Pass --allow_protocol_mismatch to report them anyway."
+    if len(groups) < 2:
+        return warnings
+    first = groups[0]
+    problems = [
+        f"{_name_runs(g)} vs {_name_runs(first)}: "
+        + ", ".join(protocol_differences(run_protocol(first[0]), run_protocol(g[0]))[0])
+        for g in groups[1:]
+    ]
+    unknown = any(run_protocol(g[0]) is None for g in groups)
+    msg = (
+        "runs were scored under different evaluation protocols, so their accuracies are not comparable: "
+        + "; ".join(problems)
+        + (
+            ". Runs without a recorded protocol were evaluated before step-jepa recorded it (bf16 by "
+            "default before 2026-12-06, whose outputs depend on the batch budget; the fields their "
+            "summaries do record are named in brackets): re-evaluate them"
+            if unknown
+            else ""
         )
-        if not allow_mismatch:
-            raise ProtocolMismatch(msg)
-        warnings.append(
-            msg.replace(
-                " Pass --allow_protocol_mismatch to report them anyway.",
-                " Reported anyway (--allow_protocol_mismatch).",
-            )
-        )
-    return warnings
+    )
+    if not allow_mismatch:
+        raise ProtocolMismatch(msg + ". Pass --allow_protocol_mismatch to report them anyway.")
+    return [*warnings, msg + ". Reported anyway (--allow_protocol_mismatch)."]
+
+
+def _name_runs(runs: list[dict[str, Any]]) -> str:
+    """'jepa/seed0-3, sft/seed0,2 [dtype float32]': a group's runs by config, seeds compacted, with
+    what a run without a protocol block records (runs of one config that record alike share a name)."""
+    seeds: dict[tuple[str, str], list[int]] = {}
+    for r in runs:
+        seeds.setdefault((str(r["config"]), _recorded(r)), []).append(int(r["seed"]))
+    return ", ".join(f"{config}/seed{_seed_span(sorted(s))}{rec}" for (config, rec), s in seeds.items())
+
+
+def _seed_span(seeds: list[int]) -> str:
+    """'0-4' for a run of consecutive seeds, else '0,2,5'."""
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
 
 
 def build_report(
