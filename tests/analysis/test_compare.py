@@ -10,7 +10,7 @@ from conftest import grid_dict, raw_gsm8k, write_grid
 
 from step_jepa.analysis import compare as cmp
 from step_jepa.analysis.grid import load_grid, train_config
-from step_jepa.analysis.report import PLOT, RESULTS, TABLE
+from step_jepa.analysis.runs import PLOT, RESULTS, TABLE
 from step_jepa.cli.main import main as cli_main
 from step_jepa.training.data import build_collator
 
@@ -131,7 +131,7 @@ def test_compare_without_matplotlib_fails_before_training(tmp_path, monkeypatch,
 def test_consistency_warning_names_the_differing_setting():
     """A grid that varies a non-JEPA setting (here the learning rate) is flagged by name; the
     configs' own JEPA overrides are not named."""
-    from step_jepa.analysis.report import consistency_warnings
+    from step_jepa.analysis.comparable import consistency_warnings
 
     def run(config, overrides, lr):
         cfg = {"learning_rate": lr, "seed": 1, "output_dir": f"/x/{config}", **overrides}

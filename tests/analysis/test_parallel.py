@@ -8,7 +8,7 @@ from conftest import grid_dict, write_grid
 from step_jepa.analysis.compare import run_state
 from step_jepa.analysis.grid import load_grid
 from step_jepa.analysis.parallel import run_cells_parallel
-from step_jepa.analysis.report import CELL_LOG, TABLE
+from step_jepa.analysis.runs import CELL_LOG, TABLE
 from step_jepa.cli.main import main as cli_main
 
 

@@ -1,4 +1,5 @@
-"""The compare report (step_jepa.analysis.report): mean ± std, paired Δ, McNemar section, plot, collapse diagnostics."""
+"""The compare report (step_jepa.analysis.report) and what it checks and reads (analysis.comparable,
+analysis.runs): mean ± std, paired Δ, McNemar section, plot, collapse diagnostics, protocol and device checks."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from step_jepa.analysis import report as rep
+from step_jepa.analysis.comparable import ProtocolMismatch, device_warnings
+from step_jepa.analysis.runs import CORRECT, PLOT, PREDICTIONS, RESULT, RESULTS, TABLE, collect_results, load_correct
 from step_jepa.cli.main import main as cli_main
 
 # --------------------------------------------------------------------------- report (fast)
@@ -16,7 +19,7 @@ from step_jepa.cli.main import main as cli_main
 def _fake_result(out: Path, name: str, seed: int, acc: float, lbd: float) -> None:
     rdir = out / name / f"seed{seed}"
     rdir.mkdir(parents=True)
-    (rdir / rep.RESULT).write_text(
+    (rdir / RESULT).write_text(
         json.dumps(
             {
                 "config": name,
@@ -45,13 +48,13 @@ def test_report_mean_std_and_paired_delta(tmp_path, capsys) -> None:
     assert rows[0]["std"] == pytest.approx(0.05)  # sample std (ddof=1)
     assert rows[1]["delta_vs_baseline"] == pytest.approx((0.05 + 0.02 + 0.05) / 3)
     assert rows[0]["delta_vs_baseline"] is None
-    table = (tmp_path / rep.TABLE).read_text()
+    table = (tmp_path / TABLE).read_text()
     assert "| sft | lbd=0.0 | 45.00 ± 5.00 | 3 |" in table
     assert "+4.00 ±" in table and "(n=3)" in table
     assert "45.00 ± 5.00" in capsys.readouterr().out
-    data = json.loads((tmp_path / rep.RESULTS).read_text())
+    data = json.loads((tmp_path / RESULTS).read_text())
     assert len(data["runs"]) == 6 and data["warnings"] == []
-    assert (tmp_path / rep.PLOT).stat().st_size > 1000
+    assert (tmp_path / PLOT).stat().st_size > 1000
 
 
 def test_report_bar_chart_series(tmp_path) -> None:
@@ -82,11 +85,11 @@ def test_compare_plot_title_is_not_clipped(tmp_path, n_configs) -> None:
 def test_report_warns_on_mixed_settings(tmp_path) -> None:
     _fake_result(tmp_path, "a", 0, 0.5, 0.0)
     _fake_result(tmp_path, "b", 0, 0.5, 0.1)
-    r = json.loads((tmp_path / "b" / "seed0" / rep.RESULT).read_text())
+    r = json.loads((tmp_path / "b" / "seed0" / RESULT).read_text())
     r["shared_fingerprint"] = "other"
-    (tmp_path / "b" / "seed0" / rep.RESULT).write_text(json.dumps(r))
+    (tmp_path / "b" / "seed0" / RESULT).write_text(json.dumps(r))
     rep.build_report(tmp_path)
-    assert "not comparable" in (tmp_path / rep.TABLE).read_text()
+    assert "not comparable" in (tmp_path / TABLE).read_text()
 
 
 def test_report_without_results_is_an_error(tmp_path) -> None:
@@ -95,7 +98,7 @@ def test_report_without_results_is_an_error(tmp_path) -> None:
 
 def _fake_predictions(out: Path, name: str, seed: int, correct: list[bool], ids: list | None = None) -> None:
     """eval/predictions.jsonl of a run, rows shaped like evaluate._score writes them."""
-    path = out / name / f"seed{seed}" / "eval" / rep.PREDICTIONS
+    path = out / name / f"seed{seed}" / "eval" / PREDICTIONS
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = ids or [f"gen-1000-{i}" for i in range(len(correct))]
     path.write_text(
@@ -131,14 +134,14 @@ def test_report_paired_section_and_missing_predictions(tmp_path) -> None:
                 _fake_predictions(tmp_path, name, s, [table[s][i] for i in order], [ids[i] for i in order])
     rows = rep.build_report(tmp_path, order=["sft", "jepa", "nopred"])
     assert rows[0]["paired"] is None and rows[2]["paired"] == {"status": "n/a (no predictions)"}
-    data = json.loads((tmp_path / rep.RESULTS).read_text())
+    data = json.loads((tmp_path / RESULTS).read_text())
     p = data["configs"][1]["paired"]
     assert data["paired_baseline"] == "sft"
     # seed 0: b = {1}, c = {2, 3}; seed 1: b = {4}, c = {1, 2}  ->  b = 2, c = 4, Δ = (20 + 20) / 2
     assert (p["b"], p["c"], p["n_seeds"], p["n_problems"]) == (2, 4, 2, 5)
     assert p["delta_points"] == pytest.approx(20.0) and p["mcnemar"]["method"] == "exact binomial"
     assert p["mcnemar_p"] == pytest.approx(2 * (1 + 6 + 15) / 64)
-    table = (tmp_path / rep.TABLE).read_text()
+    table = (tmp_path / TABLE).read_text()
     assert "## Paired vs sft (per problem)" in table
     assert "| jepa | +20.00 [" in table and "| 2 / 4 | 2 × 5 |" in table
     assert "| nopred | n/a (no predictions) |" in table
@@ -153,10 +156,10 @@ def test_report_paired_with_missing_seed_and_bad_ids(tmp_path) -> None:
     rows = rep.build_report(tmp_path, order=["sft", "jepa"])
     p = rows[1]["paired"]
     assert p["status"] == "ok" and p["n_seeds"] == 1 and p["runs_without_predictions"] == [1]
-    assert "seeds without predictions.jsonl: [1]" in (tmp_path / rep.TABLE).read_text()
+    assert "seeds without predictions.jsonl: [1]" in (tmp_path / TABLE).read_text()
     _fake_predictions(tmp_path, "jepa", 1, [True, True], ids=["x", "x"])
     with pytest.raises(ValueError, match="duplicate problem id"):
-        rep.load_correct(tmp_path / "jepa" / "seed1" / "eval" / rep.PREDICTIONS)
+        load_correct(tmp_path / "jepa" / "seed1" / "eval" / PREDICTIONS)
     rows = rep.build_report(tmp_path, order=["sft", "jepa"])  # reported as n/a, the report still builds
     assert rows[1]["paired"]["status"].startswith("n/a (bad predictions.jsonl, jepa: ValueError")
 
@@ -168,9 +171,9 @@ def test_load_correct_keeps_a_line_whose_output_holds_a_line_separator(tmp_path)
         {"id": "a", "output": "one\u2028two\x1cthree", "correct": True},
         {"id": "b", "output": "", "correct": False},
     ]
-    path = tmp_path / rep.PREDICTIONS
+    path = tmp_path / PREDICTIONS
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    assert rep.load_correct(path) == {"a": True, "b": False}
+    assert load_correct(path) == {"a": True, "b": False}
 
 
 def test_report_reads_gzipped_predictions_and_metrics(tmp_path) -> None:
@@ -186,13 +189,13 @@ def test_report_reads_gzipped_predictions_and_metrics(tmp_path) -> None:
             _fake_predictions(out, name, 0, correct)
             _write_metrics(out, name, 0, [{"step": 1, "lm_loss": 1.5, "jepa_loss": 0.2 + lbd}])
             if zipped:
-                for f in (out / name / "seed0" / "eval" / rep.PREDICTIONS, out / name / "seed0" / "metrics.jsonl"):
+                for f in (out / name / "seed0" / "eval" / PREDICTIONS, out / name / "seed0" / "metrics.jsonl"):
                     with gzip.open(f.with_name(f.name + ".gz"), "wt") as g:
                         g.write(f.read_text())
                     f.unlink()
         rows = rep.build_report(out, order=["sft", "jepa"])
         assert rows[1]["paired"]["status"] == "ok" and (rows[1]["paired"]["b"], rows[1]["paired"]["c"]) == (0, 1)
-        tables.append((out / rep.TABLE).read_text())
+        tables.append((out / TABLE).read_text())
     assert "## Collapse diagnostics" in tables[1] and tables[0] == tables[1]
 
 
@@ -208,10 +211,10 @@ def test_report_reads_correct_jsonl_when_predictions_are_gone(tmp_path) -> None:
         for name, correct, lbd in (("sft", [True, False, False, True], 0.0), ("jepa", [True, True, False, False], 0.1)):
             _fake_result(out, name, 0, 0.5, lbd)
             _fake_predictions(out, name, 0, correct)
-            pred = out / name / "seed0" / "eval" / rep.PREDICTIONS
+            pred = out / name / "seed0" / "eval" / PREDICTIONS
             if kind != "predictions":
                 rows = [json.loads(line) for line in pred.read_text().splitlines()]
-                with gzip.open(pred.with_name(rep.CORRECT + ".gz"), "wt") as g:
+                with gzip.open(pred.with_name(CORRECT + ".gz"), "wt") as g:
                     # "both": a correct file that disagrees, to show predictions.jsonl wins
                     g.write(
                         "".join(
@@ -224,7 +227,7 @@ def test_report_reads_correct_jsonl_when_predictions_are_gone(tmp_path) -> None:
         rows = rep.build_report(out, order=["sft", "jepa"])
         p = rows[1]["paired"]
         assert p["status"] == "ok" and (p["b"], p["c"], p["n_problems"]) == (1, 1, 4)
-        tables.append((out / rep.TABLE).read_text())
+        tables.append((out / TABLE).read_text())
     assert tables[0] == tables[1] == tables[2]
 
 
@@ -282,7 +285,7 @@ def test_report_collapse_diagnostics_by_hand(tmp_path) -> None:
         ],
     )
     rep.build_report(tmp_path, order=["sft", "jepa"])
-    table = (tmp_path / rep.TABLE).read_text()
+    table = (tmp_path / TABLE).read_text()
     assert "## Collapse diagnostics" in table
     assert "| sft | 1.5 | — | — | — | — | — | — | — |" in table  # each seed: (2.0 + 1.0) / 2
     # jepa: lm (1.0 + 3.0) / 2, jepa ((0.2+0.3+0.4)/3 + 0) / 2, cos (0.9+1)/2, (0.8+1)/2,
@@ -301,7 +304,7 @@ def test_report_shows_the_stp_loss_of_stp_runs(tmp_path) -> None:
         [{"step": 1, "lm_loss": 2.0, "stp_loss": 1.5}, {"step": 2, "lm_loss": 1.0, "stp_loss": 1.25}],
     )
     rep.build_report(tmp_path, order=["sft", "stp"])
-    table = (tmp_path / rep.TABLE).read_text()
+    table = (tmp_path / TABLE).read_text()
     assert "| chance | stp_loss |" in table
     assert "| sft | 2 | — | — | — | — | — | — | — | — |" in table
     assert "| stp | 1.5 | — | — | — | — | — | — | — | 1.375 |" in table
@@ -311,7 +314,7 @@ def test_report_without_jepa_runs_has_no_collapse_section(tmp_path) -> None:
     _fake_result(tmp_path, "sft", 0, 0.4, 0.0)
     _write_metrics(tmp_path, "sft", 0, [{"step": 1, "lm_loss": 2.0}])
     rep.build_report(tmp_path)
-    assert "Collapse" not in (tmp_path / rep.TABLE).read_text()
+    assert "Collapse" not in (tmp_path / TABLE).read_text()
 
 
 # ---------------------------------------------------------------------------- evaluation protocols
@@ -334,7 +337,7 @@ def _proto(**over) -> dict:
 
 
 def _stamp(out: Path, name: str, seed: int, protocol: dict | None) -> None:
-    path = out / name / f"seed{seed}" / rep.RESULT
+    path = out / name / f"seed{seed}" / RESULT
     result = json.loads(path.read_text())
     result["eval_summary"] = {"accuracy": result["accuracy"]} | ({"protocol": protocol} if protocol else {})
     path.write_text(json.dumps(result))
@@ -345,13 +348,13 @@ def test_report_refuses_mismatched_protocols_and_names_the_field(tmp_path, capsy
     _fake_result(tmp_path, "jepa", 0, 0.5, 0.1)
     _stamp(tmp_path, "sft", 0, _proto())
     _stamp(tmp_path, "jepa", 0, _proto(dtype="bfloat16", max_new_tokens=256))
-    with pytest.raises(rep.ProtocolMismatch, match=r"dtype, max_new_tokens"):
+    with pytest.raises(ProtocolMismatch, match=r"dtype, max_new_tokens"):
         rep.build_report(tmp_path, order=["sft", "jepa"])
-    assert not (tmp_path / rep.TABLE).exists()
+    assert not (tmp_path / TABLE).exists()
     assert cli_main(["compare", "--report", str(tmp_path)]) == 2
     assert "--allow_protocol_mismatch" in capsys.readouterr().out
     rep.build_report(tmp_path, order=["sft", "jepa"], allow_protocol_mismatch=True)
-    assert "different evaluation protocols" in (tmp_path / rep.TABLE).read_text()
+    assert "different evaluation protocols" in (tmp_path / TABLE).read_text()
 
 
 def test_report_protocol_batch_fields_count_outside_fp32_only_and_versions_warn(tmp_path) -> None:
@@ -370,12 +373,12 @@ def test_report_protocol_batch_fields_count_outside_fp32_only_and_versions_warn(
         ),
     )
     rep.build_report(tmp_path, order=["sft", "jepa"])
-    table = (tmp_path / rep.TABLE).read_text()
+    table = (tmp_path / TABLE).read_text()
     assert "versions.torch" in table
     # bf16: the budget changes outputs, so it must match.
     _stamp(tmp_path, "sft", 0, _proto(dtype="bfloat16"))
     _stamp(tmp_path, "jepa", 0, _proto(dtype="bfloat16", max_batch_tokens=5))
-    with pytest.raises(rep.ProtocolMismatch, match="max_batch_tokens"):
+    with pytest.raises(ProtocolMismatch, match="max_batch_tokens"):
         rep.build_report(tmp_path, order=["sft", "jepa"])
 
 
@@ -384,7 +387,7 @@ def test_report_unknown_protocol_needs_the_flag(tmp_path) -> None:
         _fake_result(tmp_path, name, 0, 0.4, 0.0 if name == "sft" else 0.1)
     rep.build_report(tmp_path, order=["sft", "jepa"])  # two old runs: nothing is known to differ
     _stamp(tmp_path, "jepa", 0, _proto())
-    with pytest.raises(rep.ProtocolMismatch, match="unknown"):
+    with pytest.raises(ProtocolMismatch, match="unknown"):
         rep.build_report(tmp_path, order=["sft", "jepa"])
     rep.build_report(tmp_path, order=["sft", "jepa"], allow_protocol_mismatch=True)
 
@@ -393,12 +396,12 @@ def test_report_names_what_a_run_without_protocol_records(tmp_path) -> None:
     """An unstamped run whose summary records fp32 is named so, not taken for a bf16 one."""
     for name in ("sft", "jepa"):
         _fake_result(tmp_path, name, 0, 0.4, 0.0 if name == "sft" else 0.1)
-    path = tmp_path / "sft" / "seed0" / rep.RESULT
+    path = tmp_path / "sft" / "seed0" / RESULT
     result = json.loads(path.read_text())
     result["eval_summary"] = {**(result.get("eval_summary") or {}), "dtype": "float32", "max_new_tokens": 512}
     path.write_text(json.dumps(result))
     _stamp(tmp_path, "jepa", 0, _proto())
-    with pytest.raises(rep.ProtocolMismatch, match=r"sft/seed0 \[dtype float32, max_new_tokens 512\] vs"):
+    with pytest.raises(ProtocolMismatch, match=r"sft/seed0 \[dtype float32, max_new_tokens 512\] vs"):
         rep.build_report(tmp_path, order=["sft", "jepa"])
 
 
@@ -407,19 +410,19 @@ def test_report_warns_when_runs_ran_on_different_devices(tmp_path) -> None:
     configs on each; runs that record none (written before devices were recorded) add nothing."""
     for name, seed, card in [("sft", 0, "NVIDIA H100 80GB HBM3"), ("jepa", 0, "NVIDIA H200"), ("stp", 0, None)]:
         _fake_result(tmp_path, name, seed, 0.5, 0.0)
-        path = tmp_path / name / f"seed{seed}" / rep.RESULT
+        path = tmp_path / name / f"seed{seed}" / RESULT
         r = json.loads(path.read_text())
         if card:
             r["train_summary"] = {"device_name": card}
             r["eval_summary"] = {"device_name": card}
         path.write_text(json.dumps(r))
-    assert rep.device_warnings(rep.collect_results(tmp_path)) == [
+    assert device_warnings(collect_results(tmp_path)) == [
         "runs ran on different devices: NVIDIA H100 80GB HBM3 (sft); NVIDIA H200 (jepa); their times are not comparable"
     ]
     rep.build_report(tmp_path)
-    assert "runs ran on different devices" in (tmp_path / rep.TABLE).read_text()
-    (tmp_path / "jepa" / "seed0" / rep.RESULT).unlink()
-    assert rep.device_warnings(rep.collect_results(tmp_path)) == []
+    assert "runs ran on different devices" in (tmp_path / TABLE).read_text()
+    (tmp_path / "jepa" / "seed0" / RESULT).unlink()
+    assert device_warnings(collect_results(tmp_path)) == []
 
 
 def test_report_pairs_runs_of_another_directory_in_place(tmp_path, monkeypatch) -> None:
@@ -438,7 +441,7 @@ def test_report_pairs_runs_of_another_directory_in_place(tmp_path, monkeypatch) 
     _write_metrics(old, "sft", 0, [{"step": 1, "lm_loss": 2.0}])
     _write_metrics(new, "jepa", 0, [{"step": 1, "lm_loss": 1.0, "jepa_loss": 0.5}])
     assert cli_main(["compare", "--report", str(new), str(old), "--baseline", "sft"]) == 0
-    data = json.loads((new / rep.RESULTS).read_text())
+    data = json.loads((new / RESULTS).read_text())
     p = data["configs"][1]["paired"]
     assert data["paired_baseline"] == "sft" and (p["b"], p["c"], p["n_seeds"]) == (0, 3, 2)
     assert {r["run_dir"] for r in data["runs"]} == {
@@ -447,10 +450,10 @@ def test_report_pairs_runs_of_another_directory_in_place(tmp_path, monkeypatch) 
         "../../2026-12-06-h100/grid/sft/seed0",
         "../../2026-12-06-h100/grid/sft/seed1",
     }
-    table = (new / rep.TABLE).read_text()
+    table = (new / TABLE).read_text()
     assert "Runs of sft read from `../../2026-12-06-h100/grid`." in table
     assert "| sft | 2 |" in table and "| jepa | 1 | 0.5 |" in table  # each run's own metrics.jsonl
-    assert not (old / rep.TABLE).exists()  # the other directory is only read
+    assert not (old / TABLE).exists()  # the other directory is only read
     _fake_result(old, "jepa", 1, 0.5, 0.5)
     with pytest.raises(ValueError, match="jepa seed 1 is in both"):
         rep.build_report(new, order=["sft", "jepa"], also_from=[old])
@@ -465,14 +468,14 @@ def test_protocol_mismatch_names_each_group_of_runs_once(tmp_path) -> None:
     for seed in range(4):
         _stamp(tmp_path, "selected", seed, _proto())
     _stamp(tmp_path, "jepa", 3, _proto())
-    with pytest.raises(rep.ProtocolMismatch) as e:
+    with pytest.raises(ProtocolMismatch) as e:
         rep.build_report(tmp_path, order=["sft", "jepa", "selected"])
     assert "jepa/seed3, selected/seed0-3 vs jepa/seed0-2, sft/seed0-3: protocol (unknown" in str(e.value)
     assert str(e.value).count(" vs ") == 1
 
 
 def test_seeds_with_the_same_finding_share_one_warning() -> None:
-    from step_jepa.analysis.report import consistency_warnings
+    from step_jepa.analysis.comparable import consistency_warnings
 
     def run(config: str, seed: int, cfg: dict) -> dict:
         return {

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from step_jepa.analysis.comparable import ProtocolMismatch
 from step_jepa.analysis.grid import load_grid
-from step_jepa.analysis.report import GRID_COPY, RESULT, ProtocolMismatch
+from step_jepa.analysis.runs import GRID_COPY, RESULT
 from step_jepa.analysis.select import select
 from step_jepa.cli.main import main as cli_main
 

@@ -12,7 +12,8 @@ them. Per finished run (`<config>/seed<s>/` with `result.json`) the archive keep
 and the grid's `compare_grid.json`. Weights, checkpoints, model outputs and the cells' logs stay
 behind; unfinished runs are left out and counted. The home directory in any kept text becomes `~`,
 so an archive names no machine's user. `compare --report DEST` then rebuilds the same table
-(:mod:`step_jepa.analysis.report` reads `correct.jsonl.gz` where `predictions.jsonl` is absent).
+(:func:`step_jepa.analysis.runs.load_run_predictions` reads `correct.jsonl.gz` where `predictions.jsonl`
+is absent).
 Gzip members carry no timestamp, so archiving the same runs twice gives the same bytes.
 """
 
@@ -23,7 +24,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from step_jepa.analysis.report import CORRECT, GRID_COPY, PREDICTIONS, RESULT, jsonl_lines, read_text_or_gz
+from step_jepa.analysis.runs import CORRECT, GRID_COPY, PREDICTIONS, RESULT, jsonl_lines, read_text_or_gz
 
 KEPT_AS_IS = ("result.json", "step_jepa_config.yaml", "train_summary.json", "data_report.json")
 METRICS = "metrics.jsonl"

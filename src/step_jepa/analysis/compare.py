@@ -1,8 +1,8 @@
 """`step-jepa compare`: train and evaluate the cells (config × seed) of a grid, one after another.
 
 The grid file is :mod:`step_jepa.analysis.grid`; running cells in parallel processes
-:mod:`step_jepa.analysis.parallel`; the table, plot and their files :mod:`step_jepa.analysis.report`;
-the paired statistics :mod:`step_jepa.analysis.stats`.
+:mod:`step_jepa.analysis.parallel`; the run directories' layout :mod:`step_jepa.analysis.runs`; the
+table and plot :mod:`step_jepa.analysis.report`; the paired statistics :mod:`step_jepa.analysis.stats`.
 
 Resumability: a run is finished when its `result.json` exists (written last, atomically), and is
 skipped. A run whose training finished (`train_summary.json` + `final/`) but whose evaluation did
@@ -33,7 +33,7 @@ from step_jepa.analysis.grid import (
     shared_settings,
     train_config,
 )
-from step_jepa.analysis.report import CELL_LOG, GRID_COPY, RESULT, fingerprint, log, run_dir, write_atomic
+from step_jepa.analysis.runs import CELL_LOG, GRID_COPY, RESULT, fingerprint, log, run_dir, write_atomic
 from step_jepa.evaluation.evaluate import DEFAULT_EVAL_DTYPE, EVAL_DTYPES
 from step_jepa.training.config import StepJEPAConfig, config_dict
 

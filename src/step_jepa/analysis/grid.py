@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from step_jepa.analysis.report import run_dir
+from step_jepa.analysis.runs import run_dir
 from step_jepa.analysis.select import resolve_selection
 from step_jepa.evaluation.evaluate import DEFAULT_EVAL_DTYPE, EVAL_DTYPES
 from step_jepa.training.config import StepJEPAConfig, config_dict

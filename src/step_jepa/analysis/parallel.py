@@ -20,7 +20,7 @@ from typing import IO, NamedTuple
 
 from step_jepa.analysis.compare import finished_result, run_state
 from step_jepa.analysis.grid import Grid, select_cells
-from step_jepa.analysis.report import CELL_LOG, GRID_COPY, RESULT, log, run_dir, write_atomic
+from step_jepa.analysis.runs import CELL_LOG, GRID_COPY, RESULT, log, run_dir, write_atomic
 
 
 def visible_gpus() -> list[str]:

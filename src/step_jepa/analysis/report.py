@@ -1,138 +1,36 @@
-"""The report of ``step-jepa compare``: the files of a grid's output directory, read back into a
-table (accuracy mean ± std, paired Δ, McNemar and bootstrap against the baseline, collapse
-diagnostics) and a bar chart.
+"""The report of ``step-jepa compare``: a grid's runs read back into a table (accuracy mean ± std,
+paired Δ, McNemar and bootstrap against the baseline, collapse diagnostics) and a bar chart.
 
 :func:`build_report` rebuilds ``compare_table.md``, ``compare_results.json`` and ``compare.png``
-from the ``<name>/seed<s>/result.json`` files alone, so it also runs on a finished or partial grid
-(``step-jepa compare --report DIR``). The run-directory layout (:func:`run_dir`, the file names)
-lives here, below :mod:`step_jepa.analysis.compare`, which writes it.
+from the ``<name>/seed<s>/result.json`` files alone (:mod:`step_jepa.analysis.runs`), so it also
+runs on a finished or partial grid (``step-jepa compare --report DIR``), after checking that the
+runs can be compared (:mod:`step_jepa.analysis.comparable`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from step_jepa.analysis.comparable import consistency_warnings, protocol_check
+from step_jepa.analysis.runs import (
+    PLOT,
+    READ_FROM,
+    RESULT,
+    RESULTS,
+    TABLE,
+    collect_results,
+    grid_order,
+    load_run_predictions,
+    log,
+    read_text_or_gz,
+    write_atomic,
+)
 from step_jepa.analysis.stats import alignment_note, paired_stats
-from step_jepa.evaluation.evaluate import protocol_differences
-
-RESULT = "result.json"
-
-
-TABLE = "compare_table.md"
-
-
-RESULTS = "compare_results.json"
-
-
-PLOT = "compare.png"
-
-
-GRID_COPY = "compare_grid.json"
-# The key collect_results adds to each result it reads: the run directory it came from (a Path).
-READ_FROM = "_read_from"
-
-
-def grid_order(output_dir: str | Path) -> list[str]:
-    """The configs of the grid that made `output_dir`, in the grid file's order ([] without its copy)."""
-    copy = Path(output_dir) / GRID_COPY
-    return [str(n) for n in json.loads(copy.read_text()).get("configs", {})] if copy.exists() else []
-
-
-PREDICTIONS = "predictions.jsonl"  # written by evaluate.evaluate into <run>/eval/
-
-
-# Per-problem correctness alone ({"id", "correct"} per line), read when a run has no predictions.jsonl:
-# committed result directories keep this (gzipped) instead of the full model outputs.
-CORRECT = "correct.jsonl"
-CELL_LOG = "compare.log"  # <run>/compare.log: stdout and stderr of the run's process under `compare --jobs`
-
-
-def log(msg: str) -> None:
-    print(f"[compare] {msg}", flush=True)
-
-
-def run_dir(output_dir: Path, name: str, seed: int) -> Path:
-    return Path(output_dir) / name / f"seed{seed}"
-
-
-def fingerprint(obj: Any) -> str:
-    """Short stable hash of JSON-able settings, to notice a grid edited between resumed invocations."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file + rename, so a crash never leaves a truncated result/table behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def read_text_or_gz(path: Path) -> str | None:
-    """The text of ``path``, or of ``path.gz`` when only the gzipped copy exists (committed result
-    dirs keep predictions and metrics gzipped); None when neither does."""
-    import gzip
-
-    if path.exists():
-        return path.read_text(encoding="utf-8")
-    gz = path.with_name(path.name + ".gz")
-    if gz.exists():
-        with gzip.open(gz, "rt", encoding="utf-8") as f:
-            return f.read()
-    return None
-
-
-def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
-    """(line number from 1, line) of each non-blank line of JSON-lines text. Split on "\\n" only:
-    predictions.jsonl is written with ensure_ascii=False, so a model output may hold U+2028 and the
-    other characters at which str.splitlines() also breaks lines."""
-    return ((k, line) for k, line in enumerate(text.split("\n"), 1) if line.strip())
-
-
-def load_correct(path: str | Path) -> dict[str, bool]:
-    """{problem id → correct} of one predictions.jsonl or correct.jsonl (either may be gzipped). A
-    missing id falls back to the line number (every run of a grid evaluates the same records in the same order); a duplicate id is an error,
-    because aligning by id would silently pair the wrong problems."""
-    out: dict[str, bool] = {}
-    text = read_text_or_gz(Path(path))
-    if text is None:
-        raise FileNotFoundError(path)
-    for k, line in jsonl_lines(text):
-        row = json.loads(line)
-        key = str(row["id"]) if row.get("id") is not None else f"line{k - 1}"
-        if key in out:
-            raise ValueError(f"{path}: duplicate problem id {key!r}")
-        out[key] = bool(row["correct"])
-    return out
-
-
-def load_run_predictions(
-    results: list[dict[str, Any]],
-) -> tuple[dict[str, dict[int, dict[str, bool]]], dict[str, str]]:
-    """config → seed → {id → correct} for every finished run that has <run>/eval/predictions.jsonl
-    (else <run>/eval/correct.jsonl; either may be gzipped), and config → error for configs with an
-    unreadable one (reported as n/a, not a failed report)."""
-    out: dict[str, dict[int, dict[str, bool]]] = {}
-    errors: dict[str, str] = {}
-    for r in results:
-        eval_dir = r[READ_FROM] / "eval"
-        try:
-            try:
-                correct = load_correct(eval_dir / PREDICTIONS)
-            except FileNotFoundError:
-                correct = load_correct(eval_dir / CORRECT)
-        except FileNotFoundError:  # no per-problem file at all: an older run
-            continue
-        except (ValueError, KeyError) as e:  # KeyError: a row without "correct"
-            errors[r["config"]] = f"{type(e).__name__}: {e}"
-            continue
-        out.setdefault(r["config"], {})[int(r["seed"])] = correct
-    return out, errors
 
 
 def paired_vs_baseline(
@@ -292,26 +190,6 @@ def collapse_table(rows: list[dict[str, Any]], results: list[dict[str, Any]]) ->
     return "\n".join(lines) + "\n"
 
 
-def collect_results(*dirs: str | Path) -> list[dict[str, Any]]:
-    """Every finished run under the grid output dirs (<name>/seed<s>/result.json), each with the run
-    directory it was read from under :data:`READ_FROM`. One cell (config, seed) in two dirs is an
-    error: a table pairs one training of each cell, and which one would be an accident of order."""
-    out: list[dict[str, Any]] = []
-    seen: dict[tuple[str, int], Path] = {}
-    for d in dirs:
-        for path in sorted(Path(d).glob(f"*/seed*/{RESULT}")):
-            result = json.loads(path.read_text())
-            cell = (str(result["config"]), int(result["seed"]))
-            if cell in seen:
-                raise ValueError(
-                    f"{cell[0]} seed {cell[1]} is in both {seen[cell]} and {path.parent}; "
-                    "a table pairs one training of each cell: leave one of the directories out"
-                )
-            seen[cell] = result[READ_FROM] = path.parent
-            out.append(result)
-    return out
-
-
 def sources_note(results: list[dict[str, Any]], output_dir: Path) -> str:
     """Which configs' runs were read from directories other than the report's own (with
     `compare --report DIR OTHER...`), as paths relative to it; empty when all are its own."""
@@ -371,92 +249,6 @@ def aggregate(results: list[dict[str, Any]], order: list[str] | None = None) -> 
             }
         )
     return rows
-
-
-def _unset(v: Any) -> Any:
-    """One spelling for "not set": versions of the config wrote False, None or "" for it."""
-    return None if v is None or v is False or v == "" or v == [] else v
-
-
-def _shared_keys(runs: list[dict[str, Any]]) -> tuple[list[dict], set[str], set[str]]:
-    """(configs, keys every run records, keys only some record), without each run's overrides."""
-    overridden = {k for r in runs for k in (r.get("overrides") or {})} | {"output_dir"}
-    cfgs = [r.get("train_config") or {} for r in runs]
-    every = set.intersection(*(set(c) for c in cfgs)) - overridden if cfgs else set()
-    some = {k for c in cfgs for k in c} - overridden - every
-    return cfgs, every, some
-
-
-def differing_settings(runs: list[dict[str, Any]]) -> list[str]:
-    """The training settings whose values differ between these runs, leaving out each run's own
-    overrides (the JEPA options a grid varies on purpose): what makes them incomparable, by name.
-    Only settings every run records count (see `version_only_settings`)."""
-    cfgs, every, _ = _shared_keys(runs)
-    return [k for k in sorted(every) if len({json.dumps(_unset(c[k]), sort_keys=True, default=str) for c in cfgs}) > 1]
-
-
-def version_only_settings(runs: list[dict[str, Any]]) -> list[str]:
-    """Settings only some runs record: runs made by different versions of step-jepa, where a newer
-    version added (or dropped) an option. They cannot differ in effect unless a value is set."""
-    cfgs, _, some = _shared_keys(runs)
-    return sorted(some)
-
-
-def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
-    """Runs of one seed whose shared (non-JEPA) settings or eval settings differ: not comparable.
-    Seeds with the same finding share one line (a grid read from two dates would repeat it per seed)."""
-    per_seed: dict[str, list[int]] = {}
-    by_seed: dict[int, dict[str, set]] = {}
-    for r in results:
-        d = by_seed.setdefault(int(r["seed"]), {"train": set(), "eval": set()})
-        d["train"].add(r.get("shared_fingerprint"))
-        d["eval"].add(fingerprint(r.get("eval")))
-    for s, d in sorted(by_seed.items()):
-        if len(d["train"]) > 1:
-            runs = [r for r in results if int(r["seed"]) == s]
-            per_seed.setdefault(_training_difference(runs), []).append(s)
-        if len(d["eval"]) > 1:
-            per_seed.setdefault("runs were evaluated with different settings", []).append(s)
-    warnings = [f"{_seeds_label(seeds)}: {text}" for text, seeds in per_seed.items()]
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r["config"]] = counts.get(r["config"], 0) + 1
-    if len(set(counts.values())) > 1:
-        warnings.append(f"unequal numbers of seeds per config: {counts}")
-    return warnings + device_warnings(results)
-
-
-def _training_difference(runs: list[dict[str, Any]]) -> str:
-    """What differs between one seed's runs whose shared fingerprints differ: named settings (not
-    comparable) or only settings that a newer step-jepa records (comparable, from other versions)."""
-    named, extra = differing_settings(runs), version_only_settings(runs)
-    if named or not extra:
-        return f"runs differ in non-JEPA training settings ({', '.join(named) or 'see result.json'}); they are not comparable"
-    return (
-        "runs come from different step-jepa versions; every setting all "
-        f"of them record is equal (recorded by only some: {', '.join(extra)})"
-    )
-
-
-def _seeds_label(seeds: list[int]) -> str:
-    """'seed 1' or 'seeds 0, 1, 2'."""
-    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
-
-
-def device_warnings(results: list[dict[str, Any]]) -> list[str]:
-    """Runs of one table that trained or were scored on different devices (by the name their summaries
-    record; older runs record none): their seconds are not comparable, and kernels differ between
-    cards, so a paired difference may hold a card's effect too."""
-    configs_on: dict[str, set[str]] = {}
-    for r in results:
-        for part in ("train_summary", "eval_summary"):
-            name = (r.get(part) or {}).get("device_name")
-            if name:
-                configs_on.setdefault(name, set()).add(r["config"])
-    if len(configs_on) < 2:
-        return []
-    where = "; ".join(f"{name} ({', '.join(sorted(cfgs))})" for name, cfgs in sorted(configs_on.items()))
-    return [f"runs ran on different devices: {where}; their times are not comparable"]
 
 
 def _pct(x: float | None) -> str:
@@ -548,94 +340,6 @@ def plot_compare(rows: list[dict[str, Any]], path: str | Path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return fig
-
-
-class ProtocolMismatch(ValueError):
-    """Runs scored under different evaluation protocols (summary.json ``protocol``) in one report."""
-
-
-def run_protocol(result: dict[str, Any]) -> dict[str, Any] | None:
-    """The evaluation protocol a result.json was scored under; None for runs from before it was recorded."""
-    return (result.get("eval_summary") or {}).get("protocol")
-
-
-def _recorded(result: dict[str, Any]) -> str:
-    """For a run without a protocol block: what its summary.json does record of the protocol, so that
-    a reader can tell an fp32 run of the days before the block from a bf16 one."""
-    if run_protocol(result) is not None:
-        return ""
-    summary = result.get("eval_summary") or {}
-    known = [f"{k} {summary[k]}" for k in ("dtype", "max_new_tokens", "cuda_graphs") if summary.get(k) is not None]
-    return f" [{', '.join(known)}]" if known else ""
-
-
-def protocol_check(results: list[dict[str, Any]], allow_mismatch: bool = False) -> list[str]:
-    """Refuse to compare runs scored under different protocols; return the warnings to print.
-
-    Runs are grouped by protocol, each run joining the first group (in config, seed order) whose
-    first run it does not differ from; every later group is then named against the first. A field that
-    changes the score (dtype, max_new_tokens, extraction, prompt, ...; the batch budget only outside
-    fp32) raises :class:`ProtocolMismatch` naming it, as does a run without a recorded protocol next
-    to one with (an "unknown protocol"). ``allow_mismatch`` turns both into warnings. Differing
-    versions (torch, transformers, step-jepa) only warn.
-    """
-    ordered = sorted(results, key=lambda r: (str(r["config"]), int(r["seed"])))
-    groups: list[list[dict[str, Any]]] = []
-    version_fields: set[str] = set()
-    for r in ordered:
-        for g in groups:
-            diff, versions = protocol_differences(run_protocol(g[0]), run_protocol(r))
-            if not diff:
-                version_fields.update(versions)
-                g.append(r)
-                break
-        else:
-            groups.append([r])
-    warnings = []
-    if version_fields:
-        warnings.append(
-            f"runs were evaluated with different versions ({', '.join(sorted(version_fields))}); "
-            "the protocol is otherwise the same"
-        )
-    if len(groups) < 2:
-        return warnings
-    first = groups[0]
-    problems = [
-        f"{_name_runs(g)} vs {_name_runs(first)}: "
-        + ", ".join(protocol_differences(run_protocol(first[0]), run_protocol(g[0]))[0])
-        for g in groups[1:]
-    ]
-    unknown = any(run_protocol(g[0]) is None for g in groups)
-    msg = (
-        "runs were scored under different evaluation protocols, so their accuracies are not comparable: "
-        + "; ".join(problems)
-        + (
-            ". Runs without a recorded protocol were evaluated before step-jepa recorded it (bf16 by "
-            "default before 2026-12-06, whose outputs depend on the batch budget; the fields their "
-            "summaries do record are named in brackets): re-evaluate them"
-            if unknown
-            else ""
-        )
-    )
-    if not allow_mismatch:
-        raise ProtocolMismatch(msg + ". Pass --allow_protocol_mismatch to report them anyway.")
-    return [*warnings, msg + ". Reported anyway (--allow_protocol_mismatch)."]
-
-
-def _name_runs(runs: list[dict[str, Any]]) -> str:
-    """'jepa/seed0-3, sft/seed0,2 [dtype float32]': a group's runs by config, seeds compacted, with
-    what a run without a protocol block records (runs of one config that record alike share a name)."""
-    seeds: dict[tuple[str, str], list[int]] = {}
-    for r in runs:
-        seeds.setdefault((str(r["config"]), _recorded(r)), []).append(int(r["seed"]))
-    return ", ".join(f"{config}/seed{_seed_span(sorted(s))}{rec}" for (config, rec), s in seeds.items())
-
-
-def _seed_span(seeds: list[int]) -> str:
-    """'0-4' for a run of consecutive seeds, else '0,2,5'."""
-    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
-        return f"{seeds[0]}-{seeds[-1]}"
-    return ",".join(map(str, seeds))
 
 
 def build_report(

@@ -23,7 +23,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from step_jepa.analysis.report import collect_results, grid_order, log, protocol_check
+from step_jepa.analysis.comparable import protocol_check
+from step_jepa.analysis.runs import collect_results, grid_order, log
 
 RULE = (
     "highest mean over testbeds of the paired accuracy difference to the baseline (points, mean over "

@@ -6,10 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from step_jepa.analysis.comparable import ProtocolMismatch
 from step_jepa.analysis.compare import run_grid, run_state
 from step_jepa.analysis.grid import load_grid, select_cells
 from step_jepa.analysis.parallel import run_cells_parallel, visible_gpus
-from step_jepa.analysis.report import GRID_COPY, RESULT, ProtocolMismatch, build_report, grid_order, log, run_dir
+from step_jepa.analysis.report import build_report
+from step_jepa.analysis.runs import GRID_COPY, RESULT, grid_order, log, run_dir
 
 
 def _jobs(value: str) -> int | str:

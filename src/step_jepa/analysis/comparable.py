@@ -1,0 +1,189 @@
+"""Whether the runs of one table can be compared: the training settings each seed's runs share,
+the evaluation protocol they were scored under, and the devices they ran on.
+
+A paired difference means something only between runs that differ in the method alone, so the
+report names every other difference it finds: a setting or protocol field that changes the score
+(refused, or reported with a warning), or one that only changes the seconds (a warning).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from step_jepa.analysis.runs import fingerprint
+from step_jepa.evaluation.evaluate import protocol_differences
+
+
+def _unset(v: Any) -> Any:
+    """One spelling for "not set": versions of the config wrote False, None or "" for it."""
+    return None if v is None or v is False or v == "" or v == [] else v
+
+
+def _shared_keys(runs: list[dict[str, Any]]) -> tuple[list[dict], set[str], set[str]]:
+    """(configs, keys every run records, keys only some record), without each run's overrides."""
+    overridden = {k for r in runs for k in (r.get("overrides") or {})} | {"output_dir"}
+    cfgs = [r.get("train_config") or {} for r in runs]
+    every = set.intersection(*(set(c) for c in cfgs)) - overridden if cfgs else set()
+    some = {k for c in cfgs for k in c} - overridden - every
+    return cfgs, every, some
+
+
+def differing_settings(runs: list[dict[str, Any]]) -> list[str]:
+    """The training settings whose values differ between these runs, leaving out each run's own
+    overrides (the JEPA options a grid varies on purpose): what makes them incomparable, by name.
+    Only settings every run records count (see `version_only_settings`)."""
+    cfgs, every, _ = _shared_keys(runs)
+    return [k for k in sorted(every) if len({json.dumps(_unset(c[k]), sort_keys=True, default=str) for c in cfgs}) > 1]
+
+
+def version_only_settings(runs: list[dict[str, Any]]) -> list[str]:
+    """Settings only some runs record: runs made by different versions of step-jepa, where a newer
+    version added (or dropped) an option. They cannot differ in effect unless a value is set."""
+    cfgs, _, some = _shared_keys(runs)
+    return sorted(some)
+
+
+def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
+    """Runs of one seed whose shared (non-JEPA) settings or eval settings differ: not comparable.
+    Seeds with the same finding share one line (a grid read from two dates would repeat it per seed)."""
+    per_seed: dict[str, list[int]] = {}
+    by_seed: dict[int, dict[str, set]] = {}
+    for r in results:
+        d = by_seed.setdefault(int(r["seed"]), {"train": set(), "eval": set()})
+        d["train"].add(r.get("shared_fingerprint"))
+        d["eval"].add(fingerprint(r.get("eval")))
+    for s, d in sorted(by_seed.items()):
+        if len(d["train"]) > 1:
+            runs = [r for r in results if int(r["seed"]) == s]
+            per_seed.setdefault(_training_difference(runs), []).append(s)
+        if len(d["eval"]) > 1:
+            per_seed.setdefault("runs were evaluated with different settings", []).append(s)
+    warnings = [f"{_seeds_label(seeds)}: {text}" for text, seeds in per_seed.items()]
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["config"]] = counts.get(r["config"], 0) + 1
+    if len(set(counts.values())) > 1:
+        warnings.append(f"unequal numbers of seeds per config: {counts}")
+    return warnings + device_warnings(results)
+
+
+def _training_difference(runs: list[dict[str, Any]]) -> str:
+    """What differs between one seed's runs whose shared fingerprints differ: named settings (not
+    comparable) or only settings that a newer step-jepa records (comparable, from other versions)."""
+    named, extra = differing_settings(runs), version_only_settings(runs)
+    if named or not extra:
+        return f"runs differ in non-JEPA training settings ({', '.join(named) or 'see result.json'}); they are not comparable"
+    return (
+        "runs come from different step-jepa versions; every setting all "
+        f"of them record is equal (recorded by only some: {', '.join(extra)})"
+    )
+
+
+def _seeds_label(seeds: list[int]) -> str:
+    """'seed 1' or 'seeds 0, 1, 2'."""
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
+def device_warnings(results: list[dict[str, Any]]) -> list[str]:
+    """Runs of one table that trained or were scored on different devices (by the name their summaries
+    record; older runs record none): their seconds are not comparable, and kernels differ between
+    cards, so a paired difference may hold a card's effect too."""
+    configs_on: dict[str, set[str]] = {}
+    for r in results:
+        for part in ("train_summary", "eval_summary"):
+            name = (r.get(part) or {}).get("device_name")
+            if name:
+                configs_on.setdefault(name, set()).add(r["config"])
+    if len(configs_on) < 2:
+        return []
+    where = "; ".join(f"{name} ({', '.join(sorted(cfgs))})" for name, cfgs in sorted(configs_on.items()))
+    return [f"runs ran on different devices: {where}; their times are not comparable"]
+
+
+class ProtocolMismatch(ValueError):
+    """Runs scored under different evaluation protocols (summary.json ``protocol``) in one report."""
+
+
+def run_protocol(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The evaluation protocol a result.json was scored under; None for runs from before it was recorded."""
+    return (result.get("eval_summary") or {}).get("protocol")
+
+
+def _recorded(result: dict[str, Any]) -> str:
+    """For a run without a protocol block: what its summary.json does record of the protocol, so that
+    a reader can tell an fp32 run of the days before the block from a bf16 one."""
+    if run_protocol(result) is not None:
+        return ""
+    summary = result.get("eval_summary") or {}
+    known = [f"{k} {summary[k]}" for k in ("dtype", "max_new_tokens", "cuda_graphs") if summary.get(k) is not None]
+    return f" [{', '.join(known)}]" if known else ""
+
+
+def protocol_check(results: list[dict[str, Any]], allow_mismatch: bool = False) -> list[str]:
+    """Refuse to compare runs scored under different protocols; return the warnings to print.
+
+    Runs are grouped by protocol, each run joining the first group (in config, seed order) whose
+    first run it does not differ from; every later group is then named against the first. A field that
+    changes the score (dtype, max_new_tokens, extraction, prompt, ...; the batch budget only outside
+    fp32) raises :class:`ProtocolMismatch` naming it, as does a run without a recorded protocol next
+    to one with (an "unknown protocol"). ``allow_mismatch`` turns both into warnings. Differing
+    versions (torch, transformers, step-jepa) only warn.
+    """
+    ordered = sorted(results, key=lambda r: (str(r["config"]), int(r["seed"])))
+    groups: list[list[dict[str, Any]]] = []
+    version_fields: set[str] = set()
+    for r in ordered:
+        for g in groups:
+            diff, versions = protocol_differences(run_protocol(g[0]), run_protocol(r))
+            if not diff:
+                version_fields.update(versions)
+                g.append(r)
+                break
+        else:
+            groups.append([r])
+    warnings = []
+    if version_fields:
+        warnings.append(
+            f"runs were evaluated with different versions ({', '.join(sorted(version_fields))}); "
+            "the protocol is otherwise the same"
+        )
+    if len(groups) < 2:
+        return warnings
+    first = groups[0]
+    problems = [
+        f"{_name_runs(g)} vs {_name_runs(first)}: "
+        + ", ".join(protocol_differences(run_protocol(first[0]), run_protocol(g[0]))[0])
+        for g in groups[1:]
+    ]
+    unknown = any(run_protocol(g[0]) is None for g in groups)
+    msg = (
+        "runs were scored under different evaluation protocols, so their accuracies are not comparable: "
+        + "; ".join(problems)
+        + (
+            ". Runs without a recorded protocol were evaluated before step-jepa recorded it (bf16 by "
+            "default before 2026-12-06, whose outputs depend on the batch budget; the fields their "
+            "summaries do record are named in brackets): re-evaluate them"
+            if unknown
+            else ""
+        )
+    )
+    if not allow_mismatch:
+        raise ProtocolMismatch(msg + ". Pass --allow_protocol_mismatch to report them anyway.")
+    return [*warnings, msg + ". Reported anyway (--allow_protocol_mismatch)."]
+
+
+def _name_runs(runs: list[dict[str, Any]]) -> str:
+    """'jepa/seed0-3, sft/seed0,2 [dtype float32]': a group's runs by config, seeds compacted, with
+    what a run without a protocol block records (runs of one config that record alike share a name)."""
+    seeds: dict[tuple[str, str], list[int]] = {}
+    for r in runs:
+        seeds.setdefault((str(r["config"]), _recorded(r)), []).append(int(r["seed"]))
+    return ", ".join(f"{config}/seed{_seed_span(sorted(s))}{rec}" for (config, rec), s in seeds.items())
+
+
+def _seed_span(seeds: list[int]) -> str:
+    """'0-4' for a run of consecutive seeds, else '0,2,5'."""
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
