@@ -128,37 +128,6 @@ def test_compare_without_matplotlib_fails_before_training(tmp_path, monkeypatch,
     assert not (tmp_path / "out").exists()
 
 
-def test_consistency_warning_names_the_differing_setting():
-    """A grid that varies a non-JEPA setting (here the learning rate) is flagged by name; the
-    configs' own JEPA overrides are not named."""
-    from step_jepa.analysis.comparable import consistency_warnings
-
-    def run(config, overrides, lr):
-        cfg = {"learning_rate": lr, "seed": 1, "output_dir": f"/x/{config}", **overrides}
-        return {
-            "config": config,
-            "seed": 1,
-            "overrides": overrides,
-            "train_config": cfg,
-            "shared_fingerprint": str(lr),
-            "eval": {},
-        }
-
-    warns = consistency_warnings([run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5, "predictors": 4}, 2e-5)])
-    assert warns == ["seed 1: runs differ in non-JEPA training settings (learning_rate); they are not comparable"]
-    assert consistency_warnings([run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5}, 8e-5)]) == []
-    # A run from a newer version records an extra option; "unset" spelled False or "" is the same.
-    old, new = run("sft", {"lbd": 0}, 8e-5), run("jepa", {"lbd": 0.5}, 8e-5)
-    old["train_config"]["debug"], new["train_config"]["debug"] = False, ""
-    new["train_config"]["torch_compile_scope"], new["shared_fingerprint"] = "layers", "other"
-    assert consistency_warnings([old, new]) == [
-        "seed 1: runs come from different step-jepa versions; every setting all of them record is equal "
-        "(recorded by only some: torch_compile_scope)"
-    ]
-    new["train_config"]["learning_rate"] = 2e-5
-    assert "differ in non-JEPA training settings (learning_rate)" in consistency_warnings([old, new])[0]
-
-
 def test_cells_on_the_same_devices_evaluate_one_at_a_time(tmp_path, monkeypatch) -> None:
     """Under --jobs, a cell's evaluation waits while another cell of the grid evaluates on the same
     devices, and a cell on other devices does not."""

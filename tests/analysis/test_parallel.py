@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import grid_dict, write_grid
 
 from step_jepa.analysis.compare import run_state
 from step_jepa.analysis.grid import load_grid
 from step_jepa.analysis.parallel import run_cells_parallel
-from step_jepa.analysis.runs import CELL_LOG, TABLE
+from step_jepa.analysis.runs import CELL_LOG, RESULT, SHARING, TABLE
 from step_jepa.cli.main import main as cli_main
 
 
@@ -102,6 +104,8 @@ if ((name, seed) == (a, 0) and crowded) or (name, seed) == (b, 1):
     assert [(n, s) for n, s, _, _ in outcome.failed] == [(b, 1)]
     log = (grid.output_dir / a / "seed0" / CELL_LOG).read_text()
     assert log.count("=== ") == 2 and "CUDA out of memory" in log
+    # The retry ran alone: its result says so, not the company of its first attempt.
+    assert json.loads((grid.output_dir / a / "seed0" / RESULT).read_text())[SHARING] == {"cells_at_most": 1, "jobs": 2}
 
 
 def test_with_several_gpus_a_retried_cell_waits_for_an_empty_one(tmp_path) -> None:
@@ -126,7 +130,7 @@ me.unlink()
 if (name, seed) == (a, 0) and crowded:
     print("torch.OutOfMemoryError: CUDA out of memory.")
     sys.exit(1)
-(out / name / f"seed{seed}" / "result.json").write_text(gpu)
+(out / name / f"seed{seed}" / "result.json").write_text('{"gpu": "%s"}' % gpu)
 """
     outcome = run_cells_parallel(
         grid,
@@ -138,6 +142,27 @@ if (name, seed) == (a, 0) and crowded:
     assert not outcome.failed and len(outcome.finished) == 4
     log = (grid.output_dir / a / "seed0" / CELL_LOG).read_text()
     assert log.count("=== ") == 2 and "CUDA out of memory" in log
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_finished_cell_records_how_many_cells_shared_its_device(tmp_path, jobs: int) -> None:
+    """result.json says how many cells ran on the cell's device at most while it ran: with --jobs 2
+    on one device every cell of a 2 x 2 grid had company (a cell starts whenever one ends), with
+    --jobs 1 none."""
+    import sys
+
+    grid = load_grid(write_grid(tmp_path / "g.yaml", grid_dict("m", tmp_path / "out")))
+    child = "import sys, time; time.sleep(0.3); open(sys.argv[1], 'w').write('{}')"
+    outcome = run_cells_parallel(
+        grid,
+        jobs,
+        lambda name, seed: [sys.executable, "-c", child, str(grid.output_dir / name / f"seed{seed}" / RESULT)],
+        gpus=[],
+        poll_seconds=0.02,
+    )
+    assert len(outcome.finished) == 4
+    recorded = [json.loads(p.read_text())[SHARING] for p in grid.output_dir.glob(f"*/seed*/{RESULT}")]
+    assert recorded == [{"cells_at_most": jobs, "jobs": jobs}] * 4
 
 
 def test_parallel_cells_start_seed_by_seed(tmp_path) -> None:

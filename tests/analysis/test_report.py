@@ -472,23 +472,3 @@ def test_protocol_mismatch_names_each_group_of_runs_once(tmp_path) -> None:
         rep.build_report(tmp_path, order=["sft", "jepa", "selected"])
     assert "jepa/seed3, selected/seed0-3 vs jepa/seed0-2, sft/seed0-3: protocol (unknown" in str(e.value)
     assert str(e.value).count(" vs ") == 1
-
-
-def test_seeds_with_the_same_finding_share_one_warning() -> None:
-    from step_jepa.analysis.comparable import consistency_warnings
-
-    def run(config: str, seed: int, cfg: dict) -> dict:
-        return {
-            "config": config,
-            "seed": seed,
-            "overrides": {},
-            "train_config": cfg,
-            "shared_fingerprint": json.dumps(cfg),
-            "eval": {},
-        }
-
-    runs = [r for s in (0, 1, 2) for r in (run("sft", s, {"lr": 1}), run("jepa", s, {"lr": 1, "new": 0}))]
-    assert consistency_warnings(runs) == [
-        "seeds 0, 1, 2: runs come from different step-jepa versions; every setting all of them record is "
-        "equal (recorded by only some: new)"
-    ]

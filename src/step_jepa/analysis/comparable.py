@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from step_jepa.analysis.runs import fingerprint
+from step_jepa.analysis.runs import SHARING, fingerprint
 from step_jepa.evaluation.evaluate import protocol_differences
 
 
@@ -65,7 +65,7 @@ def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
         counts[r["config"]] = counts.get(r["config"], 0) + 1
     if len(set(counts.values())) > 1:
         warnings.append(f"unequal numbers of seeds per config: {counts}")
-    return warnings + device_warnings(results)
+    return warnings + device_warnings(results) + sharing_warnings(results)
 
 
 def _training_difference(runs: list[dict[str, Any]]) -> str:
@@ -99,6 +99,22 @@ def device_warnings(results: list[dict[str, Any]]) -> list[str]:
         return []
     where = "; ".join(f"{name} ({', '.join(sorted(cfgs))})" for name, cfgs in sorted(configs_on.items()))
     return [f"runs ran on different devices: {where}; their times are not comparable"]
+
+
+def sharing_warnings(results: list[dict[str, Any]]) -> list[str]:
+    """Runs that shared their device with other cells (`compare --jobs`, recorded under
+    :data:`~step_jepa.analysis.runs.SHARING`): their train and eval seconds are wall times of a
+    shared card, which depend on what ran beside them, so the table's seconds are no cost measure."""
+    shared = [r[SHARING]["cells_at_most"] for r in results if (r.get(SHARING) or {}).get("cells_at_most", 1) > 1]
+    if not shared:
+        return []
+    unknown = sum(SHARING not in r for r in results)
+    return [
+        f"{len(shared)} of {len(results)} runs shared their device with other cells (up to {max(shared)} at "
+        "once, compare --jobs), so train s and eval s are wall times of a shared device, not a cost "
+        "comparison (step-jepa bench measures cost)"
+        + (f"; {unknown} run(s) record no sharing (run without --jobs, or before it was recorded)" if unknown else "")
+    ]
 
 
 class ProtocolMismatch(ValueError):

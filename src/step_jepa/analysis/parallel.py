@@ -20,7 +20,7 @@ from typing import IO, NamedTuple
 
 from step_jepa.analysis.compare import finished_result, run_state
 from step_jepa.analysis.grid import Grid, select_cells
-from step_jepa.analysis.runs import CELL_LOG, GRID_COPY, RESULT, log, run_dir, write_atomic
+from step_jepa.analysis.runs import CELL_LOG, GRID_COPY, RESULT, SHARING, log, run_dir, write_atomic
 
 
 def visible_gpus() -> list[str]:
@@ -81,6 +81,15 @@ class ParallelOutcome:
     failed: list[tuple[str, int, int, Path]] = field(default_factory=list)  # name, seed, exit code, log
 
 
+def record_sharing(rdir: Path, cells_at_most: int, jobs: int) -> None:
+    """Add to a finished cell's result.json how many cells shared its device at most while it ran: its
+    train and eval seconds are wall times, comparable between runs only at the same sharing."""
+    path = rdir / RESULT
+    result = json.loads(path.read_text())
+    result[SHARING] = {"cells_at_most": cells_at_most, "jobs": jobs}
+    write_atomic(path, json.dumps(result, indent=1))
+
+
 def run_cells_parallel(
     grid: Grid,
     jobs: int,
@@ -128,7 +137,7 @@ def run_cells_parallel(
     log(f"{len(todo)} cell(s) to run, {jobs} at a time, {where}; {len(outcome.skipped)} already finished")
     start = time.monotonic()
     running: dict[tuple[str, int], _Running] = {}
-    shared: set[tuple[str, int]] = set()  # running cells that had company on their device
+    company: dict[tuple[str, int], int] = {}  # the most cells on a running cell's device at once
     alone: set[tuple[str, int]] = set()  # cells to retry with no other cell on their device
 
     def progress() -> None:
@@ -149,9 +158,10 @@ def run_cells_parallel(
     def busy() -> list[str | None]:
         return [r.device for r in running.values()]
 
-    def mark_shared() -> None:
+    def count_company() -> None:
         taken = busy()
-        shared.update(c for c, r in running.items() if taken.count(r.device) > 1)
+        for c, r in running.items():
+            company[c] = max(company.get(c, 1), taken.count(r.device))
 
     def launch(name: str, s: int) -> None:
         rdir = run_dir(grid.output_dir, name, s)
@@ -169,7 +179,7 @@ def run_cells_parallel(
         out.flush()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
         running[(name, s)] = _Running(proc, out, device, out.tell())
-        mark_shared()
+        count_company()
         log(f"{name} seed {s}: started{f' on GPU {device}' if device is not None else ''}, log {rdir / CELL_LOG}")
 
     try:
@@ -183,11 +193,13 @@ def run_cells_parallel(
                     continue
                 cell.log.close()
                 del running[(name, s)]
+                cells_at_most = company.pop((name, s), 1)  # of this attempt: a retry counts afresh
                 path = run_dir(grid.output_dir, name, s) / CELL_LOG
                 if rc == 0 and run_state(run_dir(grid.output_dir, name, s)) == "done":
+                    record_sharing(run_dir(grid.output_dir, name, s), cells_at_most, jobs)
                     outcome.finished.append((name, s))
                     log(f"{name} seed {s}: finished")
-                elif (name, s) in shared and (name, s) not in alone and _ran_out_of_memory(path, cell.log_start):
+                elif cells_at_most > 1 and (name, s) not in alone and _ran_out_of_memory(path, cell.log_start):
                     alone.add((name, s))
                     todo.append((name, s))
                     log(f"{name} seed {s}: out of GPU memory beside other cells; retried alone, after the queue")

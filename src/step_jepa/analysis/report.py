@@ -22,6 +22,7 @@ from step_jepa.analysis.runs import (
     READ_FROM,
     RESULT,
     RESULTS,
+    SHARING,
     TABLE,
     collect_results,
     grid_order,
@@ -384,6 +385,7 @@ def build_report(
                 "runs": [
                     {k: r[k] for k in ("config", "seed", "accuracy", "correct", "n", "train_seconds", "eval_seconds")}
                     | {"run_dir": os.path.relpath(r[READ_FROM], out)}
+                    | ({SHARING: r[SHARING]} if SHARING in r else {})
                     for r in results
                 ],
             },

@@ -29,6 +29,11 @@ PREDICTIONS = "predictions.jsonl"  # written by evaluate.evaluate into <run>/eva
 # committed result directories keep this (gzipped) instead of the full model outputs.
 CORRECT = "correct.jsonl"
 CELL_LOG = "compare.log"  # <run>/compare.log: stdout and stderr of the run's process under `compare --jobs`
+# The key `compare --jobs` adds to a finished cell's result.json: {"cells_at_most": how many cells ran
+# on its device at once while it ran (itself included), "jobs": the --jobs it ran under}. Its seconds
+# are wall times of a shared device when cells_at_most > 1. Absent: run without --jobs (nothing known
+# of what else ran), or before it was kept.
+SHARING = "device_sharing"
 
 
 def grid_order(output_dir: str | Path) -> list[str]:
