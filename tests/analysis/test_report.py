@@ -57,6 +57,21 @@ def test_report_mean_std_and_paired_delta(tmp_path, capsys) -> None:
     assert (tmp_path / PLOT).stat().st_size > 1000
 
 
+def test_report_shows_each_configs_optimizer_steps(tmp_path) -> None:
+    """The steps column: one number when every seed took the same, a range when not, a dash when
+    the runs record none (the step-count confound of packed JEPA runs is read off the table)."""
+    steps = {"sft": [820, 820], "jepa": [924, 926], "stp": [None, None]}
+    for name, per_seed in steps.items():
+        for seed, n in enumerate(per_seed):
+            _fake_result(tmp_path, name, seed, 0.4, 0.0 if name == "sft" else 0.1)
+            if n is not None:
+                path = tmp_path / name / f"seed{seed}" / RESULT
+                path.write_text(json.dumps({**json.loads(path.read_text()), "train_summary": {"global_step": n}}))
+    rep.build_report(tmp_path, order=["sft", "jepa", "stp"])
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in (tmp_path / TABLE).read_text().splitlines()[2:5]}
+    assert [rows[c][6] for c in ("sft", "jepa", "stp")] == ["820", "924–926", "—"]
+
+
 def test_report_bar_chart_series(tmp_path) -> None:
     rows = [
         {"config": c, "n": 2, "mean": m, "std": 0.01, "accuracy": [m - 0.01, m + 0.01]}

@@ -244,12 +244,21 @@ def aggregate(results: list[dict[str, Any]], order: list[str] | None = None) -> 
                 "baseline": names[0],
                 "paired_seeds": common,
                 "overrides": runs[seeds[0]].get("overrides", {}),
+                "optimizer_steps": [(runs[s].get("train_summary") or {}).get("global_step") for s in seeds],
                 "train_seconds": _mean_std([float(runs[s]["train_seconds"]) for s in seeds])[0],
                 "eval_seconds": _mean_std([float(runs[s]["eval_seconds"]) for s in seeds])[0],
                 "n_eval": runs[seeds[0]].get("n"),
             }
         )
     return rows
+
+
+def _steps(steps: list[int | None]) -> str:
+    """'820', '818–822' when the seeds differ, '—' when no run recorded its steps."""
+    known = sorted({int(x) for x in steps if x is not None})
+    if not known:
+        return "—"
+    return str(known[0]) if len(known) == 1 else f"{known[0]}–{known[-1]}"
 
 
 def _pct(x: float | None) -> str:
@@ -260,8 +269,9 @@ def format_table(rows: list[dict[str, Any]], warnings: list[str]) -> str:
     """Markdown table: accuracy in percent, mean ± sample std over seeds, paired Δ to the baseline."""
     base = rows[0]["config"] if rows else ""
     lines = [
-        f"| config | overrides | accuracy % (mean ± std) | n seeds | per seed | Δ vs {base} (paired) | train s | eval s |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| config | overrides | accuracy % (mean ± std) | n seeds | per seed | Δ vs {base} (paired) | steps "
+        "| train s | eval s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         over = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "—"
@@ -273,14 +283,16 @@ def format_table(rows: list[dict[str, Any]], warnings: list[str]) -> str:
         )
         lines.append(
             f"| {r['config']} | {over} | {_pct(r['mean'])} ± {_pct(r['std'])} | {r['n']} | {per} | "
-            f"{delta} | {r['train_seconds']:.1f} | {r['eval_seconds']:.1f} |"
+            f"{delta} | {_steps(r['optimizer_steps'])} | {r['train_seconds']:.1f} | {r['eval_seconds']:.1f} |"
         )
     n_eval = {r["n_eval"] for r in rows}
     lines.append("")
     lines.append(
         f"Accuracy on {', '.join(str(n) for n in sorted(x for x in n_eval if x is not None))} eval examples; "
         "std is the sample std over seeds (0 with one seed). Δ is the mean ± std over seeds of the "
-        "same-seed difference (same data and data order)."
+        "same-seed difference (same data and data order). Steps: optimizer steps per run (a range when "
+        "seeds differ); with packing, a JEPA run's extra tokens count against the token budget, so it "
+        "can take more, smaller steps than SFT over the same epochs."
     )
     for w in warnings:
         lines.append(f"\n**Warning:** {w}")
