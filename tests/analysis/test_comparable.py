@@ -61,7 +61,7 @@ def test_seeds_with_the_same_finding_share_one_warning() -> None:
 
     runs = [r for s in (0, 1, 2) for r in (run("sft", s, {"lr": 1}), run("jepa", s, {"lr": 1, "new": 0}))]
     assert consistency_warnings(runs) == [
-        "seeds 0, 1, 2: runs come from different step-jepa versions; every setting all of them record is "
+        "seeds 0-2: runs come from different step-jepa versions; every setting all of them record is "
         "equal (recorded by only some: new)"
     ]
 

@@ -81,8 +81,8 @@ def _training_difference(runs: list[dict[str, Any]]) -> str:
 
 
 def _seeds_label(seeds: list[int]) -> str:
-    """'seed 1' or 'seeds 0, 1, 2'."""
-    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+    """'seed 1', 'seeds 0-2' or 'seeds 0,2' (the seeds compacted as in the protocol warnings)."""
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {_seed_span(sorted(seeds))}"
 
 
 def device_warnings(results: list[dict[str, Any]]) -> list[str]:
