@@ -48,6 +48,37 @@ def test_consistency_warning_names_the_differing_setting():
     assert "differ in non-JEPA training settings (learning_rate)" in consistency_warnings([old, new])[0]
 
 
+def test_fingerprints_of_other_versions_with_equal_settings_are_comparable() -> None:
+    """A run made before view_boundary counted as a JEPA option hashed it into its fingerprint; when the
+    configs both runs record agree outside their overrides, the differing hashes are no finding. Eval
+    settings that only add other protocols (scored besides the main one) are no finding either; a
+    run without a recorded config cannot be checked and stays flagged."""
+    shared = {"learning_rate": 8e-5, "seed": 0, "view_boundary": "content", "lbd": 0}
+    old = {
+        "config": "sft",
+        "seed": 0,
+        "overrides": {"lbd": 0},
+        "train_config": shared,
+        "shared_fingerprint": "hashed-with-view_boundary",
+        "eval": {"dtype": "fp32"},
+    }
+    new = {
+        "config": "selected",
+        "seed": 0,
+        "overrides": {"lbd": 0.5, "view_boundary": "separator"},
+        "train_config": {**shared, "lbd": 0.5, "view_boundary": "separator"},
+        "shared_fingerprint": "hashed-without",
+        "eval": {"dtype": "fp32", "also_protocols": ["lm-eval-gsm8k"], "fewshot_file": "train.jsonl"},
+    }
+    assert consistency_warnings([old, new]) == []
+    new["eval"]["dtype"] = "bf16"
+    assert consistency_warnings([old, new]) == ["seed 0: runs were evaluated with different settings"]
+    del old["train_config"]
+    assert consistency_warnings([old, new])[0] == (
+        "seed 0: runs differ in non-JEPA training settings (see result.json); they are not comparable"
+    )
+
+
 def test_seeds_with_the_same_finding_share_one_warning() -> None:
     def run(config: str, seed: int, cfg: dict) -> dict:
         return {
@@ -104,9 +135,15 @@ def test_device_warning_names_each_card_and_its_configs() -> None:
         {"config": "stp"},
     ]
     assert device_warnings(runs) == [
-        "runs ran on different devices: NVIDIA H100 80GB HBM3 (sft); NVIDIA H200 (jepa); their times are not comparable"
+        "runs ran on different devices: NVIDIA H100 80GB HBM3 (sft); NVIDIA H200 (jepa); no device recorded "
+        "(stp); their times are not comparable"
     ]
-    assert device_warnings(runs[:1] + runs[2:]) == []
+    assert device_warnings(runs[:1] + runs[2:]) == [
+        "runs ran on different devices: NVIDIA H100 80GB HBM3 (sft); no device recorded (stp); their times "
+        "are not comparable"
+    ]
+    assert device_warnings(runs[:1] + [{"config": "jepa", "train_summary": runs[0]["train_summary"]}]) == []
+    assert device_warnings([{"config": "sft"}, {"config": "jepa"}]) == []
 
 
 def test_sharing_warning_counts_the_runs_that_shared_their_device() -> None:

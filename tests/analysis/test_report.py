@@ -422,7 +422,8 @@ def test_report_names_what_a_run_without_protocol_records(tmp_path) -> None:
 
 def test_report_warns_when_runs_ran_on_different_devices(tmp_path) -> None:
     """The device a summary names: runs of one table on two cards get a warning naming both and the
-    configs on each; runs that record none (written before devices were recorded) add nothing."""
+    configs on each; runs that record none (written before devices were recorded) are named as such
+    beside them, and a table whose runs all name one card, or none, gets no warning."""
     for name, seed, card in [("sft", 0, "NVIDIA H100 80GB HBM3"), ("jepa", 0, "NVIDIA H200"), ("stp", 0, None)]:
         _fake_result(tmp_path, name, seed, 0.5, 0.0)
         path = tmp_path / name / f"seed{seed}" / RESULT
@@ -432,10 +433,12 @@ def test_report_warns_when_runs_ran_on_different_devices(tmp_path) -> None:
             r["eval_summary"] = {"device_name": card}
         path.write_text(json.dumps(r))
     assert device_warnings(collect_results(tmp_path)) == [
-        "runs ran on different devices: NVIDIA H100 80GB HBM3 (sft); NVIDIA H200 (jepa); their times are not comparable"
+        "runs ran on different devices: NVIDIA H100 80GB HBM3 (sft); NVIDIA H200 (jepa); no device recorded "
+        "(stp); their times are not comparable"
     ]
     rep.build_report(tmp_path)
     assert "runs ran on different devices" in (tmp_path / TABLE).read_text()
+    (tmp_path / "stp" / "seed0" / RESULT).unlink()
     (tmp_path / "jepa" / "seed0" / RESULT).unlink()
     assert device_warnings(collect_results(tmp_path)) == []
 

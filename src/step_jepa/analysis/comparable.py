@@ -14,6 +14,11 @@ from typing import Any
 from step_jepa.analysis.runs import SHARING, fingerprint
 from step_jepa.evaluation.evaluate import protocol_differences
 
+# Eval settings scored besides a grid's own protocol, from the same loaded model: they do not change
+# a run's main score, so runs that differ only in them are comparable and a finished cell is not redone
+# when they are added.
+EXTRA_EVAL_KEYS = frozenset({"also_protocols", "fewshot_file"})
+
 
 def _unset(v: Any) -> Any:
     """One spelling for "not set": versions of the config wrote False, None or "" for it."""
@@ -52,11 +57,11 @@ def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
     for r in results:
         d = by_seed.setdefault(int(r["seed"]), {"train": set(), "eval": set()})
         d["train"].add(r.get("shared_fingerprint"))
-        d["eval"].add(fingerprint(r.get("eval")))
+        d["eval"].add(fingerprint({k: v for k, v in (r.get("eval") or {}).items() if k not in EXTRA_EVAL_KEYS}))
     for s, d in sorted(by_seed.items()):
-        if len(d["train"]) > 1:
-            runs = [r for r in results if int(r["seed"]) == s]
-            per_seed.setdefault(_training_difference(runs), []).append(s)
+        text = _training_difference([r for r in results if int(r["seed"]) == s]) if len(d["train"]) > 1 else None
+        if text:
+            per_seed.setdefault(text, []).append(s)
         if len(d["eval"]) > 1:
             per_seed.setdefault("runs were evaluated with different settings", []).append(s)
     warnings = [f"{_seeds_label(seeds)}: {text}" for text, seeds in per_seed.items()]
@@ -68,16 +73,23 @@ def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
     return warnings + device_warnings(results) + sharing_warnings(results)
 
 
-def _training_difference(runs: list[dict[str, Any]]) -> str:
-    """What differs between one seed's runs whose shared fingerprints differ: named settings (not
-    comparable) or only settings that a newer step-jepa records (comparable, from other versions)."""
+def _training_difference(runs: list[dict[str, Any]]) -> str | None:
+    """What differs between one seed's runs whose stored fingerprints differ, read from the configs
+    they record: named settings (not comparable), settings only a newer step-jepa records (comparable,
+    from other versions), or nothing (None). The last happens because a fingerprint hashes the settings
+    its version counted as shared: a run made before an option joined the JEPA options (view_boundary,
+    2026-12-06) hashed it, so its fingerprint differs from a newer run's though every setting agrees."""
+    if not all(r.get("train_config") for r in runs):
+        return "runs differ in non-JEPA training settings (see result.json); they are not comparable"
     named, extra = differing_settings(runs), version_only_settings(runs)
-    if named or not extra:
-        return f"runs differ in non-JEPA training settings ({', '.join(named) or 'see result.json'}); they are not comparable"
-    return (
-        "runs come from different step-jepa versions; every setting all "
-        f"of them record is equal (recorded by only some: {', '.join(extra)})"
-    )
+    if named:
+        return f"runs differ in non-JEPA training settings ({', '.join(named)}); they are not comparable"
+    if extra:
+        return (
+            "runs come from different step-jepa versions; every setting all "
+            f"of them record is equal (recorded by only some: {', '.join(extra)})"
+        )
+    return None
 
 
 def _seeds_label(seeds: list[int]) -> str:
@@ -85,16 +97,21 @@ def _seeds_label(seeds: list[int]) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {_seed_span(sorted(seeds))}"
 
 
+# How device_warnings names runs whose summaries record no device (made before they named it).
+NO_DEVICE = "no device recorded"
+
+
 def device_warnings(results: list[dict[str, Any]]) -> list[str]:
     """Runs of one table that trained or were scored on different devices (by the name their summaries
-    record; older runs record none): their seconds are not comparable, and kernels differ between
-    cards, so a paired difference may hold a card's effect too."""
+    record): their seconds are not comparable, and kernels differ between cards, so a paired
+    difference may hold a card's effect too. Runs that record no name (older ones) are named as such
+    beside runs that do, since nothing says they ran on the same card."""
     configs_on: dict[str, set[str]] = {}
     for r in results:
-        for part in ("train_summary", "eval_summary"):
-            name = (r.get(part) or {}).get("device_name")
-            if name:
-                configs_on.setdefault(name, set()).add(r["config"])
+        recorded = ((r.get(part) or {}).get("device_name") for part in ("train_summary", "eval_summary"))
+        names = {str(n) for n in recorded if n}
+        for name in names or {NO_DEVICE}:
+            configs_on.setdefault(name, set()).add(r["config"])
     if len(configs_on) < 2:
         return []
     where = "; ".join(f"{name} ({', '.join(sorted(cfgs))})" for name, cfgs in sorted(configs_on.items()))

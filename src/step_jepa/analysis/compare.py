@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from step_jepa.analysis.comparable import EXTRA_EVAL_KEYS
 from step_jepa.analysis.grid import (
-    EXTRA_EVAL_KEYS,
     Grid,
     eval_records,
     eval_settings,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from step_jepa.analysis.comparable import EXTRA_EVAL_KEYS
 from step_jepa.analysis.runs import run_dir
 from step_jepa.analysis.select import resolve_selection
 from step_jepa.evaluation.evaluate import DEFAULT_EVAL_DTYPE, EVAL_DTYPES
@@ -63,9 +64,6 @@ JEPA_KEYS = frozenset(
 RESERVED_KEYS = frozenset({"seed", "output_dir", "overwrite_output_dir", "resume"})
 
 
-# Scored besides the grid's own protocol, from the same loaded model (so no weights need keeping);
-# they do not change the main score, so a finished cell is not redone when they are added.
-EXTRA_EVAL_KEYS = frozenset({"also_protocols", "fewshot_file"})
 EVAL_KEYS = (
     frozenset(
         {
