@@ -184,3 +184,57 @@ def test_also_protocols_score_each_cell_from_the_loaded_model(model_dir, tmp_pat
     assert "protocol" in done["eval_summary"] and "also" not in done["eval_summary"]
     table = (out / TABLE).read_text()
     assert "## Other protocols" in table and "| sft | — |" in table and "(n=1) |" in table
+
+
+def _finished(grid, out, name: str, seed: int, **changed) -> None:
+    """A finished cell of `grid` under another output directory, as `compare --archive` leaves it
+    (its recorded output_dir is its own); `changed` edits its recorded training settings."""
+    from step_jepa.analysis.grid import eval_settings
+    from step_jepa.analysis.runs import RESULT, run_dir
+    from step_jepa.training.config import config_dict
+
+    rdir = run_dir(out, name, seed)
+    rdir.mkdir(parents=True)
+    cfg = {**config_dict(train_config(grid, name, seed)), "output_dir": str(rdir), **changed}
+    result = {"config": name, "seed": seed, "accuracy": 0.5, "correct": 8, "n": 16, "overrides": grid.configs[name]}
+    result.update(train_seconds=1.0, eval_seconds=1.0, train_config=cfg, eval=eval_settings(grid))
+    (rdir / RESULT).write_text(json.dumps(result))
+
+
+def test_cells_finished_in_another_directory_are_not_run_again(tmp_path, capsys) -> None:
+    """`--finished DIR`: cells finished there (an earlier run of the grid, archived) are skipped by
+    the sequential and the parallel runner and read in place by the report; unfinished ones run;
+    one finished with other settings is refused."""
+    import sys
+
+    from step_jepa.analysis.parallel import run_cells_parallel
+
+    cfg = write_grid(tmp_path / "g.yaml", grid_dict("no-such-model", tmp_path / "out"))
+    grid = load_grid(cfg)
+    kept = tmp_path / "kept"
+    for name in grid.configs:
+        _finished(grid, kept, name, 0)
+    started: list[tuple[str, int]] = []
+
+    def command(name: str, seed: int) -> list[str]:
+        started.append((name, seed))
+        return [sys.executable, "-c", "pass"]
+
+    outcome = run_cells_parallel(grid, 2, command, gpus=[], poll_seconds=0.01, elsewhere=[kept])
+    assert started == [(name, 1) for name in grid.configs]
+    assert sorted(outcome.skipped) == sorted((name, 0) for name in grid.configs)
+    capsys.readouterr()
+
+    # Every cell finished there: nothing trains (the model does not exist), the table is written.
+    for name in grid.configs:
+        _finished(grid, kept, name, 1)
+    assert cli_main(["compare", "--config", str(cfg), "--finished", str(kept), "--dry_run"]) == 0
+    assert f"sft seed 1: done -> {kept / 'sft' / 'seed1'}" in capsys.readouterr().out
+    assert cli_main(["compare", "--config", str(cfg), "--finished", str(kept)]) == 0
+    assert capsys.readouterr().out.count(f"skipped, already finished ({kept}") == 4
+    assert "| sft |" in (grid.output_dir / TABLE).read_text()
+
+    other = tmp_path / "other"
+    _finished(grid, other, "sft", 0, learning_rate=1.0)
+    with pytest.raises(ValueError, match="other settings"):
+        cmp.run_grid(grid, ["sft"], [0], elsewhere=[other])

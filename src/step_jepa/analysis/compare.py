@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,9 @@ def _check_recorded(result: dict, cfg: StepJEPAConfig, ev: dict, rdir: Path) -> 
     """A skipped result must come from the same settings as the grid now asks for."""
     rec_train, rec_eval = result.get("train_config", {}), result.get("eval", {})
     now_train = config_dict(cfg)
-    diff = sorted(k for k in set(rec_train) | set(now_train) if rec_train.get(k) != now_train.get(k))
+    # output_dir says where the run was written, not how: a run archived under results/ keeps its own.
+    keys = (set(rec_train) | set(now_train)) - {"output_dir"}
+    diff = sorted(k for k in keys if rec_train.get(k) != now_train.get(k))
     ediff = sorted(k for k in (set(rec_eval) | set(ev)) - EXTRA_EVAL_KEYS if rec_eval.get(k) != ev.get(k))
     if diff or ediff:
         raise ValueError(
@@ -212,19 +214,19 @@ def _check_trained(cfg: StepJEPAConfig, rdir: Path) -> None:
         raise ValueError(f"{rdir} was trained with other settings ({diff}); delete it to redo the run")
 
 
-def run_one(grid: Grid, name: str, seed: int, records: list[dict]) -> dict[str, Any]:
-    """Train (unless already trained) and evaluate one config × seed; write result.json last."""
+def run_one(grid: Grid, name: str, seed: int, records: list[dict], elsewhere: Sequence[Path] = ()) -> dict[str, Any]:
+    """Train (unless already trained) and evaluate one config × seed; write result.json last. A cell
+    finished here or in one of `elsewhere` (see :func:`finished_run`) is skipped."""
     from step_jepa.training.trainer import run_train
 
+    done = finished_run(grid, name, seed, elsewhere)
+    if done is not None:
+        log(f"{name} seed {seed}: skipped, already finished ({done / RESULT})")
+        return json.loads((done / RESULT).read_text())
     cfg = train_config(grid, name, seed)
     rdir = run_dir(grid.output_dir, name, seed)
     ev = eval_settings(grid)
     state = run_state(rdir)
-    if state == "done":
-        result = json.loads((rdir / RESULT).read_text())
-        _check_recorded(result, cfg, ev, rdir)
-        log(f"{name} seed {seed}: skipped, already finished ({rdir / RESULT})")
-        return result
     if state == "trained":
         _check_trained(cfg, rdir)
         log(f"{name} seed {seed}: training already finished, evaluating only")
@@ -275,8 +277,11 @@ def run_one(grid: Grid, name: str, seed: int, records: list[dict]) -> dict[str, 
     return result
 
 
-def run_grid(grid: Grid, only: list[str] | None = None, seeds: list[int] | None = None) -> list[dict[str, Any]]:
-    """Run the selected config × seed cells in grid order; returns their results (new or skipped)."""
+def run_grid(
+    grid: Grid, only: list[str] | None = None, seeds: list[int] | None = None, elsewhere: Sequence[Path] = ()
+) -> list[dict[str, Any]]:
+    """Run the selected config × seed cells in grid order; returns their results (new or skipped,
+    here or in `elsewhere`)."""
     names = select_cells(list(grid.configs), only, "config")
     chosen = select_cells(grid.seeds, seeds, "seed")
     grid.output_dir.mkdir(parents=True, exist_ok=True)
@@ -285,15 +290,19 @@ def run_grid(grid: Grid, only: list[str] | None = None, seeds: list[int] | None 
     results = []
     for name in names:
         for s in chosen:
-            results.append(run_one(grid, name, s, records))
+            results.append(run_one(grid, name, s, records, elsewhere))
     return results
 
 
-def finished_result(grid: Grid, name: str, seed: int) -> dict[str, Any] | None:
-    """The cell's result when it is finished (checked against the grid's settings), else None."""
-    rdir = run_dir(grid.output_dir, name, seed)
-    if run_state(rdir) != "done":
-        return None
-    result = json.loads((rdir / RESULT).read_text())
-    _check_recorded(result, train_config(grid, name, seed), eval_settings(grid), rdir)
-    return result
+def finished_run(grid: Grid, name: str, seed: int, elsewhere: Sequence[Path] = ()) -> Path | None:
+    """The run directory of the cell's finished run: in the grid's output directory, else in the first
+    of `elsewhere` that has one (output directories of earlier runs of the grid, e.g. archived under
+    results/: `compare --finished`), so that a grid continued on another date or card does not retrain
+    them. A finished result of other settings than the grid's now raises; None: not finished."""
+    for out in (grid.output_dir, *elsewhere):
+        rdir = run_dir(Path(out), name, seed)
+        if run_state(rdir) == "done":
+            result = json.loads((rdir / RESULT).read_text())
+            _check_recorded(result, train_config(grid, name, seed), eval_settings(grid), rdir)
+            return rdir
+    return None

@@ -13,12 +13,12 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from step_jepa.analysis.compare import finished_result, run_state
+from step_jepa.analysis.compare import finished_run, run_state
 from step_jepa.analysis.grid import Grid, select_cells
 from step_jepa.analysis.runs import CELL_LOG, GRID_COPY, RESULT, SHARING, log, run_dir, write_atomic
 
@@ -98,12 +98,14 @@ def run_cells_parallel(
     seeds: list[int] | None = None,
     gpus: list[str] | None = None,
     poll_seconds: float = 0.5,
+    elsewhere: Sequence[Path] = (),
 ) -> ParallelOutcome:
     """Run the selected unfinished cells as child processes, `jobs` at a time.
 
     `cell_command(name, seed)` is the argv of a process that runs that one cell (the CLI passes
-    `step-jepa compare --only NAME --seeds S --no_report`). Finished cells are skipped here, after
-    their recorded settings are checked; everything else (evaluate only, redo a half-finished run)
+    `step-jepa compare --only NAME --seeds S --no_report`). Finished cells, in the grid's output
+    directory or in one of `elsewhere` (`compare --finished`), are skipped here, after their recorded
+    settings are checked; everything else (evaluate only, redo a half-finished run)
     the child decides as a sequential run would. With two or more `gpus` (default: the visible ones)
     each child is pinned to the least busy one through CUDA_VISIBLE_DEVICES; with one or none the
     children share what they see. Every cell's output is appended to `<run>/compare.log`.
@@ -127,8 +129,9 @@ def run_cells_parallel(
     # which the paired statistics can use, rather than all seeds of one config and none of another.
     for s in chosen:
         for name in names:
-            if finished_result(grid, name, s) is not None:  # raises on a result of other settings
-                log(f"{name} seed {s}: skipped, already finished ({run_dir(grid.output_dir, name, s) / RESULT})")
+            done = finished_run(grid, name, s, elsewhere)  # raises on a result of other settings
+            if done is not None:
+                log(f"{name} seed {s}: skipped, already finished ({done / RESULT})")
                 outcome.skipped.append((name, s))
             else:
                 todo.append((name, s))

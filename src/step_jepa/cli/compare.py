@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from step_jepa.analysis.comparable import ProtocolMismatch
-from step_jepa.analysis.compare import run_grid, run_state
+from step_jepa.analysis.compare import finished_run, run_grid, run_state
 from step_jepa.analysis.grid import load_grid, select_cells
 from step_jepa.analysis.parallel import run_cells_parallel, visible_gpus
 from step_jepa.analysis.report import build_report
@@ -78,6 +78,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these configs (with --select: the candidates)")
     p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="run only these seeds")
     p.add_argument("--output_dir", help="override the grid's output_dir")
+    p.add_argument(
+        "--finished",
+        nargs="+",
+        metavar="DIR",
+        default=[],
+        help="with --config: output directories of earlier runs of this grid (e.g. archived under "
+        "results/DATE-CARD/GRID) whose finished cells are not run again: each is checked against the "
+        "grid's settings, skipped, and read in place by the report",
+    )
     p.add_argument(
         "--jobs",
         type=_jobs,
@@ -179,11 +188,14 @@ def run(args: argparse.Namespace) -> int:
             log(f"error: {e}")
             return 2
         return 0
+    if args.finished and not args.config:
+        raise ValueError("--finished is only used with --config")
     grid = load_grid(args.config, args.output_dir)
+    elsewhere = [Path(d) for d in args.finished]
     if args.dry_run:
         for name in select_cells(list(grid.configs), args.only, "config"):
             for s in select_cells(grid.seeds, args.seeds, "seed"):
-                rdir = run_dir(grid.output_dir, name, s)
+                rdir = finished_run(grid, name, s, elsewhere) or run_dir(grid.output_dir, name, s)
                 log(f"{name} seed {s}: {run_state(rdir)} -> {rdir}")
         return 0
     jobs = args.jobs
@@ -192,13 +204,14 @@ def run(args: argparse.Namespace) -> int:
         if jobs == 0:
             raise ValueError("--jobs gpus: no GPU is visible (CUDA_VISIBLE_DEVICES / torch.cuda)")
     if jobs == 1:
-        run_grid(grid, args.only, args.seeds)
+        run_grid(grid, args.only, args.seeds, elsewhere)
         failed = []
     else:
-        failed = run_cells_parallel(grid, jobs, cell_command(args, str(grid.output_dir)), args.only, args.seeds).failed
-    if not args.no_report and any(grid.output_dir.glob(f"*/seed*/{RESULT}")):
+        command = cell_command(args, str(grid.output_dir))
+        failed = run_cells_parallel(grid, jobs, command, args.only, args.seeds, elsewhere=elsewhere).failed
+    if not args.no_report and any(any(d.glob(f"*/seed*/{RESULT}")) for d in (grid.output_dir, *elsewhere)):
         try:
-            build_report(grid.output_dir, list(grid.configs), allow_protocol_mismatch=allow)
+            build_report(grid.output_dir, list(grid.configs), allow_protocol_mismatch=allow, also_from=args.finished)
         except ProtocolMismatch as e:
             log(f"error: {e}")
             return 2
