@@ -238,3 +238,8 @@ def test_cells_finished_in_another_directory_are_not_run_again(tmp_path, capsys)
     _finished(grid, other, "sft", 0, learning_rate=1.0)
     with pytest.raises(ValueError, match="other settings"):
         cmp.run_grid(grid, ["sft"], [0], elsewhere=[other])
+
+
+def test_finished_is_refused_outside_a_grid_run(tmp_path, capsys) -> None:
+    assert cli_main(["compare", "--report", str(tmp_path), "--finished", str(tmp_path)]) == 2
+    assert "--finished is only used with --config" in capsys.readouterr().err

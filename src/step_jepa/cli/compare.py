@@ -169,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.archive_to and not args.archive:
         raise ValueError("--archive_to is only used with --archive")
+    if args.finished and not args.config:  # --report takes further directories itself
+        raise ValueError("--finished is only used with --config (--report reads further DIRs directly)")
     if args.archive:  # copies files only: no plot, no matplotlib
         return _archive(args)
     if args.select:  # reads result files only: no plot, no matplotlib
@@ -188,8 +190,6 @@ def run(args: argparse.Namespace) -> int:
             log(f"error: {e}")
             return 2
         return 0
-    if args.finished and not args.config:
-        raise ValueError("--finished is only used with --config")
     grid = load_grid(args.config, args.output_dir)
     elsewhere = [Path(d) for d in args.finished]
     if args.dry_run:
