@@ -135,12 +135,12 @@ def test_device_warning_names_each_card_and_its_configs() -> None:
         {"config": "stp"},
     ]
     assert device_warnings(runs) == [
-        "runs ran on different devices: NVIDIA H100 80GB HBM3 (sft); NVIDIA H200 (jepa); no device recorded "
-        "(stp); their times are not comparable"
+        "runs ran on different devices or record none: NVIDIA H100 80GB HBM3 (sft); NVIDIA H200 (jepa); "
+        "no device recorded (stp); their times are not comparable"
     ]
     assert device_warnings(runs[:1] + runs[2:]) == [
-        "runs ran on different devices: NVIDIA H100 80GB HBM3 (sft); no device recorded (stp); their times "
-        "are not comparable"
+        "runs ran on different devices or record none: NVIDIA H100 80GB HBM3 (sft); no device recorded (stp); "
+        "their times are not comparable"
     ]
     assert device_warnings(runs[:1] + [{"config": "jepa", "train_summary": runs[0]["train_summary"]}]) == []
     assert device_warnings([{"config": "sft"}, {"config": "jepa"}]) == []

@@ -1,5 +1,6 @@
 """Tests for step_jepa.analysis.compare: a resumable end-to-end grid, the same data order for every
-config of a seed, one evaluation per device at a time, extra protocols from the loaded model."""
+config of a seed, one evaluation per device at a time, extra protocols from the loaded model, cells
+finished in another directory (`--finished`)."""
 
 from __future__ import annotations
 

@@ -433,8 +433,8 @@ def test_report_warns_when_runs_ran_on_different_devices(tmp_path) -> None:
             r["eval_summary"] = {"device_name": card}
         path.write_text(json.dumps(r))
     assert device_warnings(collect_results(tmp_path)) == [
-        "runs ran on different devices: NVIDIA H100 80GB HBM3 (sft); NVIDIA H200 (jepa); no device recorded "
-        "(stp); their times are not comparable"
+        "runs ran on different devices or record none: NVIDIA H100 80GB HBM3 (sft); NVIDIA H200 (jepa); "
+        "no device recorded (stp); their times are not comparable"
     ]
     rep.build_report(tmp_path)
     assert "runs ran on different devices" in (tmp_path / TABLE).read_text()

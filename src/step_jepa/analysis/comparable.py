@@ -115,7 +115,8 @@ def device_warnings(results: list[dict[str, Any]]) -> list[str]:
     if len(configs_on) < 2:
         return []
     where = "; ".join(f"{name} ({', '.join(sorted(cfgs))})" for name, cfgs in sorted(configs_on.items()))
-    return [f"runs ran on different devices: {where}; their times are not comparable"]
+    which = "different devices or record none" if NO_DEVICE in configs_on else "different devices"
+    return [f"runs ran on {which}: {where}; their times are not comparable"]
 
 
 def sharing_warnings(results: list[dict[str, Any]]) -> list[str]:
