@@ -237,8 +237,26 @@ def test_cells_finished_in_another_directory_are_not_run_again(tmp_path, capsys)
 
     other = tmp_path / "other"
     _finished(grid, other, "sft", 0, learning_rate=1.0)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings \(train: \['learning_rate'\]"):
         cmp.run_grid(grid, ["sft"], [0], elsewhere=[other])
+
+
+def test_a_setting_a_finished_run_does_not_record_counts_as_its_default(tmp_path) -> None:
+    """A run made before an option existed lacks it in its recorded config: it ran with the option's
+    default (view_boundary 'content'), so it is reused; a missing setting the grid gives another
+    value than the default (sft's lbd 0; the default is 0.1) is a difference."""
+    grid = load_grid(write_grid(tmp_path / "g.yaml", grid_dict("no-such-model", tmp_path / "out")))
+    kept = tmp_path / "kept"
+    _finished(grid, kept, "sft", 0)
+    path = kept / "sft" / "seed0" / "result.json"
+    result = json.loads(path.read_text())
+    del result["train_config"]["view_boundary"]
+    path.write_text(json.dumps(result))
+    assert cmp.finished_run(grid, "sft", 0, [kept]) == kept / "sft" / "seed0"
+    del result["train_config"]["lbd"]
+    path.write_text(json.dumps(result))
+    with pytest.raises(ValueError, match=r"other settings \(train: \['lbd'\]"):
+        cmp.finished_run(grid, "sft", 0, [kept])
 
 
 def test_finished_is_refused_outside_a_grid_run(tmp_path, capsys) -> None:

@@ -36,6 +36,7 @@ from step_jepa.analysis.grid import (
 from step_jepa.analysis.runs import CELL_LOG, GRID_COPY, RESULT, fingerprint, log, run_dir, write_atomic
 from step_jepa.evaluation.evaluate import DEFAULT_EVAL_DTYPE, EVAL_DTYPES
 from step_jepa.training.config import StepJEPAConfig, config_dict
+from step_jepa.training.options import field_default, plain
 
 
 def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]) -> dict[str, Any]:
@@ -185,13 +186,22 @@ def _clear_run(rdir: Path) -> None:
             p.unlink()
 
 
+def _setting(config: dict[str, Any], key: str) -> Any:
+    """A setting as a saved config holds it; one it does not hold is the option's default. Saved
+    configs leave out TrainingArguments fields at their default, and a run made before an option
+    existed does not record it: options are added with the default that keeps the earlier behaviour."""
+    if key in config:
+        return config[key]
+    return plain(field_default(StepJEPAConfig, key)) if key in StepJEPAConfig.__dataclass_fields__ else None
+
+
 def _check_recorded(result: dict, cfg: StepJEPAConfig, ev: dict, rdir: Path) -> None:
     """A skipped result must come from the same settings as the grid now asks for."""
     rec_train, rec_eval = result.get("train_config", {}), result.get("eval", {})
     now_train = config_dict(cfg)
     # output_dir says where the run was written, not how: a run archived under results/ keeps its own.
     keys = (set(rec_train) | set(now_train)) - {"output_dir"}
-    diff = sorted(k for k in keys if rec_train.get(k) != now_train.get(k))
+    diff = sorted(k for k in keys if _setting(rec_train, k) != _setting(now_train, k))
     ediff = sorted(k for k in (set(rec_eval) | set(ev)) - EXTRA_EVAL_KEYS if rec_eval.get(k) != ev.get(k))
     if diff or ediff:
         raise ValueError(
