@@ -262,3 +262,24 @@ def test_a_setting_a_finished_run_does_not_record_counts_as_its_default(tmp_path
 def test_finished_is_refused_outside_a_grid_run(tmp_path, capsys) -> None:
     assert cli_main(["compare", "--report", str(tmp_path), "--finished", str(tmp_path)]) == 2
     assert "--finished is only used with --config" in capsys.readouterr().err
+
+
+def test_a_finished_training_is_reused_under_the_same_rules(tmp_path) -> None:
+    """A trained run without result (evaluation pending) is judged like a finished one: a setting its
+    saved config leaves out is the option's default; a setting of another value is refused."""
+    import yaml
+
+    from step_jepa.training.config import config_dict
+
+    grid = load_grid(write_grid(tmp_path / "g.yaml", grid_dict("no-such-model", tmp_path / "out")))
+    cfg = train_config(grid, "sft", 0)
+    rdir = tmp_path / "trained"
+    rdir.mkdir()
+    saved = config_dict(cfg)
+    del saved["view_boundary"]
+    (rdir / "step_jepa_config.yaml").write_text(yaml.safe_dump(saved))
+    cmp._check_trained(cfg, rdir)
+    saved["learning_rate"] = 1.0
+    (rdir / "step_jepa_config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ValueError, match=r"other settings \(\['learning_rate'\]\)"):
+        cmp._check_trained(cfg, rdir)

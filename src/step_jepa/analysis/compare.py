@@ -195,13 +195,18 @@ def _setting(config: dict[str, Any], key: str) -> Any:
     return plain(field_default(StepJEPAConfig, key)) if key in StepJEPAConfig.__dataclass_fields__ else None
 
 
+def _train_differences(recorded: dict[str, Any], cfg: StepJEPAConfig) -> list[str]:
+    """The settings in which a recorded training config differs from `cfg`. output_dir says where a
+    run was written, not how: a run archived under results/ keeps its own."""
+    now = config_dict(cfg)
+    keys = (set(recorded) | set(now)) - {"output_dir"}
+    return sorted(k for k in keys if _setting(recorded, k) != _setting(now, k))
+
+
 def _check_recorded(result: dict, cfg: StepJEPAConfig, ev: dict, rdir: Path) -> None:
     """A skipped result must come from the same settings as the grid now asks for."""
-    rec_train, rec_eval = result.get("train_config", {}), result.get("eval", {})
-    now_train = config_dict(cfg)
-    # output_dir says where the run was written, not how: a run archived under results/ keeps its own.
-    keys = (set(rec_train) | set(now_train)) - {"output_dir"}
-    diff = sorted(k for k in keys if _setting(rec_train, k) != _setting(now_train, k))
+    rec_eval = result.get("eval", {})
+    diff = _train_differences(result.get("train_config", {}), cfg)
     ediff = sorted(k for k in (set(rec_eval) | set(ev)) - EXTRA_EVAL_KEYS if rec_eval.get(k) != ev.get(k))
     if diff or ediff:
         raise ValueError(
@@ -217,9 +222,7 @@ def _check_trained(cfg: StepJEPAConfig, rdir: Path) -> None:
         return
     import yaml
 
-    rec = yaml.safe_load(saved.read_text()) or {}
-    now = config_dict(cfg)
-    diff = sorted(k for k in set(rec) | set(now) if rec.get(k) != now.get(k))
+    diff = _train_differences(yaml.safe_load(saved.read_text()) or {}, cfg)
     if diff:
         raise ValueError(f"{rdir} was trained with other settings ({diff}); delete it to redo the run")
 
