@@ -33,7 +33,6 @@ SUMMARY_KEYS = {
     "model",
     "device",
     "dtype",
-    "versions",
     "device_name",
     "finished_utc",
 }
@@ -49,6 +48,7 @@ def test_evaluate_end_to_end_tiny_model(tok, problems, tmp_path) -> None:
     model = build_tiny_model(len(tok)).eval()
     summary = ev.evaluate(model, tok, problems, out_dir=tmp_path, max_new_tokens=8, progress=False)
     assert SUMMARY_KEYS <= summary.keys()
+    assert "versions" not in summary and "torch" in summary["protocol"]["versions"]  # recorded once
     assert summary["n"] == len(problems)
     assert 0.0 <= summary["accuracy"] <= 1.0
     assert summary["errors"] == 0 and summary["device"] == "cpu" and summary["dtype"] == "float32"

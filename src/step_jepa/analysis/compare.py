@@ -274,7 +274,7 @@ def run_one(grid: Grid, name: str, seed: int, records: list[dict], elsewhere: Se
         "train_config": config_dict(cfg),
         "eval": ev,
         "train_summary": train_summary,
-        "eval_summary": {k: v for k, v in summary.items() if k not in ("versions", "also")},
+        "eval_summary": {k: v for k, v in summary.items() if k != "also"},
         "also_protocols": summary.get("also", {}),
     }
     write_atomic(rdir / RESULT, json.dumps(result, indent=1, default=str))

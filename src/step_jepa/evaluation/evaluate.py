@@ -234,7 +234,7 @@ def write_predictions(out: Path, rows: list[dict]) -> None:
 
 def run_fields(rows: list[dict], seconds: float, model: Any, model_name: str | None) -> dict:
     """The summary fields every protocol shares: errors, output length and speed, which model on which
-    device and dtype, the versions."""
+    device and dtype. The versions live in the protocol block, once."""
     n = len(rows)
     tokens = sum(r["tokens"] for r in rows)
     param = next(model.parameters())
@@ -247,7 +247,6 @@ def run_fields(rows: list[dict], seconds: float, model: Any, model_name: str | N
         "device": str(param.device),
         "device_name": device_name(param.device),
         "dtype": str(param.dtype).replace("torch.", ""),
-        "versions": versions(),
         "finished_utc": utc_timestamp(),
     }
 
