@@ -184,3 +184,24 @@ def test_tiny_showcase_data_and_token_budget() -> None:
     assert longest == 58  # the figure the grid's header quotes
     # room for the end-of-turn token and a solution a fifth longer than the longest gold one
     assert grid.eval["max_new_tokens"] >= 1.2 * longest + 1
+
+
+def test_a_grid_loads_from_the_copy_its_run_wrote(tmp_path) -> None:
+    """`compare --jobs` starts each cell from the output directory's `compare_grid.json` (a grid file
+    edited while cells start must not change the later ones): it loads as the same grid, its source
+    file and selections kept."""
+    from step_jepa.analysis.runs import GRID_COPY
+    from step_jepa.cli.compare import cell_command
+
+    grid = load_grid(EXPERIMENTS / "smollm2_gsm8k_fp32.yaml", str(tmp_path / "out"))
+    assert grid.selected_from  # a config resolved from a selection travels as its overrides
+    copy = tmp_path / "out" / GRID_COPY
+    copy.parent.mkdir()
+    copy.write_text(json.dumps(grid.to_dict(), default=str))
+    again = load_grid(copy)
+    assert again.to_dict() == grid.to_dict() and again.source == str(EXPERIMENTS / "smollm2_gsm8k_fp32.yaml")
+
+    argv = cell_command(str(tmp_path / "out"))("sft", 1)  # a cell's process reads the copy, not the file
+    assert argv[argv.index("--config") + 1] == str(copy)
+    with pytest.raises(ValueError, match="unknown top-level key"):  # only a run's copy may say where it came from
+        load_grid(write_grid(tmp_path / "h.yaml", {**grid_dict("m", tmp_path / "o"), "source": "x"}))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from step_jepa.analysis.comparable import EXTRA_EVAL_KEYS
-from step_jepa.analysis.runs import run_dir
+from step_jepa.analysis.runs import GRID_COPY, run_dir
 from step_jepa.analysis.select import resolve_selection
 from step_jepa.evaluation.evaluate import DEFAULT_EVAL_DTYPE, EVAL_DTYPES
 from step_jepa.training.config import StepJEPAConfig, config_dict
@@ -114,9 +114,16 @@ class Grid:
 
 
 def load_grid(path: str | Path, output_dir: str | None = None) -> Grid:
-    """Read and validate a grid YAML; unknown keys anywhere are errors (typos must not pass silently)."""
+    """Read and validate a grid YAML; unknown keys anywhere are errors (typos must not pass silently).
+
+    The copy a run writes into its output directory (`compare_grid.json`, the grid as resolved) loads
+    too, keeping the file it came from: `compare --jobs` starts every cell from it, so that an edit
+    of the grid file while cells still start cannot give the later ones other settings."""
     raw = load_yaml(path)
-    unknown = sorted(set(raw) - {"base", "eval", "configs", "seeds", "output_dir", "keep_checkpoints"})
+    known = {"base", "eval", "configs", "seeds", "output_dir", "keep_checkpoints"}
+    if Path(path).name == GRID_COPY:
+        known |= {"source", "selected_from"}
+    unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"{path}: unknown top-level key(s): {', '.join(unknown)}")
     out = output_dir or raw.get("output_dir")
@@ -135,9 +142,9 @@ def load_grid(path: str | Path, output_dir: str | None = None) -> Grid:
         configs=configs,
         seeds=[int(s) for s in (raw.get("seeds") or [0])],
         output_dir=Path(out),
-        source=str(path),
+        source=str(raw.get("source", path)),
         keep_checkpoints=bool(raw.get("keep_checkpoints", True)),
-        selected_from=selected_from,
+        selected_from={**selected_from, **(raw.get("selected_from") or {})},
     )
     validate_grid(grid)
     return grid

@@ -104,8 +104,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry_run", action="store_true", help="print what would run (and what is skipped) and stop")
 
 
-def cell_command(args: argparse.Namespace, output_dir: str):
-    """The argv of the process that runs one cell of `--jobs`: this command, for that cell alone."""
+def cell_command(output_dir: str):
+    """The argv of the process that runs one cell of `--jobs`: this command, for that cell alone, on
+    the grid as this process resolved it (its copy in the output directory, written before any cell
+    starts), not on the grid file, which may be edited while the cells run."""
 
     def command(name: str, seed: int) -> list[str]:
         return [
@@ -114,7 +116,7 @@ def cell_command(args: argparse.Namespace, output_dir: str):
             "step_jepa.cli",
             "compare",
             "--config",
-            str(args.config),
+            str(Path(output_dir) / GRID_COPY),
             "--only",
             name,
             "--seeds",
@@ -207,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         run_grid(grid, args.only, args.seeds, elsewhere)
         failed = []
     else:
-        command = cell_command(args, str(grid.output_dir))
+        command = cell_command(str(grid.output_dir))
         failed = run_cells_parallel(grid, jobs, command, args.only, args.seeds, elsewhere=elsewhere).failed
     if not args.no_report and any(any(d.glob(f"*/seed*/{RESULT}")) for d in (grid.output_dir, *elsewhere)):
         try:
