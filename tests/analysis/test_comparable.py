@@ -10,6 +10,7 @@ import pytest
 
 from step_jepa.analysis.comparable import (
     ProtocolMismatch,
+    config_differences,
     consistency_warnings,
     device_warnings,
     protocol_check,
@@ -41,11 +42,28 @@ def test_consistency_warning_names_the_differing_setting():
     old["train_config"]["debug"], new["train_config"]["debug"] = False, ""
     new["train_config"]["torch_compile_scope"], new["shared_fingerprint"] = "layers", "other"
     assert consistency_warnings([old, new]) == [
-        "seed 1: runs come from different step-jepa versions; every setting all of them record is equal "
-        "(recorded by only some: torch_compile_scope)"
+        "seed 1: runs come from different step-jepa versions; every setting is equal, an option a run "
+        "does not record counting as its default (recorded by only some: torch_compile_scope)"
     ]
+    # ... at its default ('layers'); another value is a difference the older run could not have made.
+    new["train_config"]["torch_compile_scope"] = "decoder"
+    assert consistency_warnings([old, new]) == [
+        "seed 1: runs differ in non-JEPA training settings (torch_compile_scope); they are not comparable"
+    ]
+    new["train_config"]["torch_compile_scope"] = "layers"
     new["train_config"]["learning_rate"] = 2e-5
     assert "differ in non-JEPA training settings (learning_rate)" in consistency_warnings([old, new])[0]
+
+
+def test_config_differences_read_a_missing_option_as_its_default() -> None:
+    """What decides whether a finished run can stand for a cell: unset is one value however spelled,
+    an option the run does not record is its default, where a run was written is no setting."""
+    old = {"learning_rate": 8e-5, "debug": False, "output_dir": "results/x/sft/seed0"}
+    now = {"learning_rate": 8e-5, "debug": "", "output_dir": "runs/sft/seed0", "view_boundary": "content"}
+    assert config_differences(old, now) == []
+    now["view_boundary"] = "separator"
+    now["learning_rate"] = 2e-5
+    assert config_differences(old, now) == ["learning_rate", "view_boundary"]
 
 
 def test_fingerprints_of_other_versions_with_equal_settings_are_comparable() -> None:
@@ -92,8 +110,8 @@ def test_seeds_with_the_same_finding_share_one_warning() -> None:
 
     runs = [r for s in (0, 1, 2) for r in (run("sft", s, {"lr": 1}), run("jepa", s, {"lr": 1, "new": 0}))]
     assert consistency_warnings(runs) == [
-        "seeds 0-2: runs come from different step-jepa versions; every setting all of them record is "
-        "equal (recorded by only some: new)"
+        "seeds 0-2: runs come from different step-jepa versions; every setting is equal, an option a run "
+        "does not record counting as its default (recorded by only some: new)"
     ]
 
 

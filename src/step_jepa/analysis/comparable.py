@@ -13,6 +13,8 @@ from typing import Any
 
 from step_jepa.analysis.runs import SHARING, fingerprint
 from step_jepa.evaluation.evaluate import protocol_differences
+from step_jepa.training.config import StepJEPAConfig
+from step_jepa.training.options import field_default, plain
 
 # Eval settings scored besides a grid's own protocol, from the same loaded model: they do not change
 # a run's main score, so runs that differ only in them are comparable and a finished cell is not redone
@@ -23,6 +25,28 @@ EXTRA_EVAL_KEYS = frozenset({"also_protocols", "fewshot_file"})
 def _unset(v: Any) -> Any:
     """One spelling for "not set": versions of the config wrote False, None or "" for it."""
     return None if v is None or v is False or v == "" or v == [] else v
+
+
+def recorded_setting(config: dict[str, Any], key: str) -> Any:
+    """A training setting as a run's saved config holds it. One it does not hold is the option's
+    default: saved configs leave out TrainingArguments fields at their default, and a run made before
+    an option existed does not record it (options are added with the default that keeps the earlier
+    behaviour). A key this version does not know has no default to stand in: None."""
+    if key in config:
+        return config[key]
+    return plain(field_default(StepJEPAConfig, key)) if key in StepJEPAConfig.__dataclass_fields__ else None
+
+
+def _same(values: list[Any]) -> bool:
+    return len({json.dumps(_unset(v), sort_keys=True, default=str) for v in values}) == 1
+
+
+def config_differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The settings in which a run's recorded training config differs from another (`now`), each
+    missing one counting as the option's default. output_dir says where a run was written, not how:
+    a run archived under results/ keeps its own."""
+    keys = (set(recorded) | set(now)) - {"output_dir"}
+    return sorted(k for k in keys if not _same([recorded_setting(recorded, k), recorded_setting(now, k)]))
 
 
 def _shared_keys(runs: list[dict[str, Any]]) -> tuple[list[dict], set[str], set[str]]:
@@ -37,16 +61,19 @@ def _shared_keys(runs: list[dict[str, Any]]) -> tuple[list[dict], set[str], set[
 def differing_settings(runs: list[dict[str, Any]]) -> list[str]:
     """The training settings whose values differ between these runs, leaving out each run's own
     overrides (the JEPA options a grid varies on purpose): what makes them incomparable, by name.
-    Only settings every run records count (see `version_only_settings`)."""
-    cfgs, every, _ = _shared_keys(runs)
-    return [k for k in sorted(every) if len({json.dumps(_unset(c[k]), sort_keys=True, default=str) for c in cfgs}) > 1]
+    A setting a run does not record counts as the option's default (`recorded_setting`); one this
+    version does not know counts only where every run records it (see `version_only_settings`)."""
+    cfgs, every, some = _shared_keys(runs)
+    known = {k for k in some if k in StepJEPAConfig.__dataclass_fields__}
+    return [k for k in sorted(every | known) if not _same([recorded_setting(c, k) for c in cfgs])]
 
 
 def version_only_settings(runs: list[dict[str, Any]]) -> list[str]:
-    """Settings only some runs record: runs made by different versions of step-jepa, where a newer
-    version added (or dropped) an option. They cannot differ in effect unless a value is set."""
-    cfgs, _, some = _shared_keys(runs)
-    return sorted(some)
+    """Settings only some runs record, without a difference: runs made by different versions of
+    step-jepa, where a newer version added an option (the others ran with its default) or dropped
+    one this version no longer knows."""
+    _, _, some = _shared_keys(runs)
+    return sorted(some - set(differing_settings(runs)))
 
 
 def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
@@ -86,8 +113,8 @@ def _training_difference(runs: list[dict[str, Any]]) -> str | None:
         return f"runs differ in non-JEPA training settings ({', '.join(named)}); they are not comparable"
     if extra:
         return (
-            "runs come from different step-jepa versions; every setting all "
-            f"of them record is equal (recorded by only some: {', '.join(extra)})"
+            "runs come from different step-jepa versions; every setting is equal, an option a run "
+            f"does not record counting as its default (recorded by only some: {', '.join(extra)})"
         )
     return None
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from step_jepa.analysis.comparable import EXTRA_EVAL_KEYS
+from step_jepa.analysis.comparable import EXTRA_EVAL_KEYS, config_differences
 from step_jepa.analysis.grid import (
     Grid,
     eval_records,
@@ -36,7 +36,6 @@ from step_jepa.analysis.grid import (
 from step_jepa.analysis.runs import CELL_LOG, GRID_COPY, RESULT, fingerprint, log, run_dir, write_atomic
 from step_jepa.evaluation.evaluate import DEFAULT_EVAL_DTYPE, EVAL_DTYPES
 from step_jepa.training.config import StepJEPAConfig, config_dict
-from step_jepa.training.options import field_default, plain
 
 
 def evaluate_run(grid: Grid, final_dir: Path, out_dir: Path, records: list[dict]) -> dict[str, Any]:
@@ -186,27 +185,10 @@ def _clear_run(rdir: Path) -> None:
             p.unlink()
 
 
-def _setting(config: dict[str, Any], key: str) -> Any:
-    """A setting as a saved config holds it; one it does not hold is the option's default. Saved
-    configs leave out TrainingArguments fields at their default, and a run made before an option
-    existed does not record it: options are added with the default that keeps the earlier behaviour."""
-    if key in config:
-        return config[key]
-    return plain(field_default(StepJEPAConfig, key)) if key in StepJEPAConfig.__dataclass_fields__ else None
-
-
-def _train_differences(recorded: dict[str, Any], cfg: StepJEPAConfig) -> list[str]:
-    """The settings in which a recorded training config differs from `cfg`. output_dir says where a
-    run was written, not how: a run archived under results/ keeps its own."""
-    now = config_dict(cfg)
-    keys = (set(recorded) | set(now)) - {"output_dir"}
-    return sorted(k for k in keys if _setting(recorded, k) != _setting(now, k))
-
-
 def _check_recorded(result: dict, cfg: StepJEPAConfig, ev: dict, rdir: Path) -> None:
     """A skipped result must come from the same settings as the grid now asks for."""
     rec_eval = result.get("eval", {})
-    diff = _train_differences(result.get("train_config", {}), cfg)
+    diff = config_differences(result.get("train_config", {}), config_dict(cfg))
     ediff = sorted(k for k in (set(rec_eval) | set(ev)) - EXTRA_EVAL_KEYS if rec_eval.get(k) != ev.get(k))
     if diff or ediff:
         raise ValueError(
@@ -222,7 +204,7 @@ def _check_trained(cfg: StepJEPAConfig, rdir: Path) -> None:
         return
     import yaml
 
-    diff = _train_differences(yaml.safe_load(saved.read_text()) or {}, cfg)
+    diff = config_differences(yaml.safe_load(saved.read_text()) or {}, config_dict(cfg))
     if diff:
         raise ValueError(f"{rdir} was trained with other settings ({diff}); delete it to redo the run")
 
