@@ -22,6 +22,11 @@ from step_jepa.training.options import field_default, plain
 EXTRA_EVAL_KEYS = frozenset({"also_protocols", "fewshot_file"})
 
 
+def scored_eval_settings(ev: dict[str, Any] | None) -> dict[str, Any]:
+    """A grid's eval settings without the extra protocols: the ones that decide a run's main score."""
+    return {k: v for k, v in (ev or {}).items() if k not in EXTRA_EVAL_KEYS}
+
+
 def _unset(v: Any) -> Any:
     """One spelling for "not set": versions of the config wrote False, None or "" for it."""
     return None if v is None or v is False or v == "" or v == [] else v
@@ -62,18 +67,10 @@ def differing_settings(runs: list[dict[str, Any]]) -> list[str]:
     """The training settings whose values differ between these runs, leaving out each run's own
     overrides (the JEPA options a grid varies on purpose): what makes them incomparable, by name.
     A setting a run does not record counts as the option's default (`recorded_setting`); one this
-    version does not know counts only where every run records it (see `version_only_settings`)."""
+    version does not know counts only where every run records it."""
     cfgs, every, some = _shared_keys(runs)
     known = {k for k in some if k in StepJEPAConfig.__dataclass_fields__}
     return [k for k in sorted(every | known) if not _same([recorded_setting(c, k) for c in cfgs])]
-
-
-def version_only_settings(runs: list[dict[str, Any]]) -> list[str]:
-    """Settings only some runs record, without a difference: runs made by different versions of
-    step-jepa, where a newer version added an option (the others ran with its default) or dropped
-    one this version no longer knows."""
-    _, _, some = _shared_keys(runs)
-    return sorted(some - set(differing_settings(runs)))
 
 
 def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
@@ -84,7 +81,7 @@ def consistency_warnings(results: list[dict[str, Any]]) -> list[str]:
     for r in results:
         d = by_seed.setdefault(int(r["seed"]), {"train": set(), "eval": set()})
         d["train"].add(r.get("shared_fingerprint"))
-        d["eval"].add(fingerprint({k: v for k, v in (r.get("eval") or {}).items() if k not in EXTRA_EVAL_KEYS}))
+        d["eval"].add(fingerprint(scored_eval_settings(r.get("eval"))))
     for s, d in sorted(by_seed.items()):
         text = _training_difference([r for r in results if int(r["seed"]) == s]) if len(d["train"]) > 1 else None
         if text:
@@ -108,7 +105,10 @@ def _training_difference(runs: list[dict[str, Any]]) -> str | None:
     2026-12-06) hashed it, so its fingerprint differs from a newer run's though every setting agrees."""
     if not all(r.get("train_config") for r in runs):
         return "runs differ in non-JEPA training settings (see result.json); they are not comparable"
-    named, extra = differing_settings(runs), version_only_settings(runs)
+    named = differing_settings(runs)
+    # Recorded by only some runs without a difference: a newer version added an option (the others
+    # ran with its default), or an older one recorded an option this version no longer knows.
+    extra = sorted(_shared_keys(runs)[2] - set(named))
     if named:
         return f"runs differ in non-JEPA training settings ({', '.join(named)}); they are not comparable"
     if extra:

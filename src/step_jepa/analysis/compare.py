@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from step_jepa.analysis.comparable import EXTRA_EVAL_KEYS, config_differences
+from step_jepa.analysis.comparable import config_differences, scored_eval_settings
 from step_jepa.analysis.grid import (
     Grid,
     eval_records,
@@ -187,9 +187,9 @@ def _clear_run(rdir: Path) -> None:
 
 def _check_recorded(result: dict, cfg: StepJEPAConfig, ev: dict, rdir: Path) -> None:
     """A skipped result must come from the same settings as the grid now asks for."""
-    rec_eval = result.get("eval", {})
     diff = config_differences(result.get("train_config", {}), config_dict(cfg))
-    ediff = sorted(k for k in (set(rec_eval) | set(ev)) - EXTRA_EVAL_KEYS if rec_eval.get(k) != ev.get(k))
+    rec_eval, now_eval = scored_eval_settings(result.get("eval")), scored_eval_settings(ev)
+    ediff = sorted(k for k in set(rec_eval) | set(now_eval) if rec_eval.get(k) != now_eval.get(k))
     if diff or ediff:
         raise ValueError(
             f"{rdir / RESULT} was produced with other settings (train: {diff or 'same'}, eval: {ediff or 'same'}). "
