@@ -158,8 +158,26 @@ def test_report_paired_section_and_missing_predictions(tmp_path) -> None:
     assert p["mcnemar_p"] == pytest.approx(2 * (1 + 6 + 15) / 64)
     table = (tmp_path / TABLE).read_text()
     assert "## Paired vs sft (per problem)" in table
-    assert "| jepa | +20.00 [" in table and "| 2 / 4 | 2 × 5 |" in table
+    assert "| jepa | +20.00 [" in table and "| 2 / 4 | 2 × 5 | s0 +20.00 / s1 +20.00 (ahead on 2 of 2) |" in table
     assert "| nopred | n/a (no predictions) |" in table
+
+
+def test_paired_table_lists_each_seeds_difference_and_counts_a_tie_as_not_ahead() -> None:
+    stats = {
+        "status": "ok",
+        "delta_points": 0.5,
+        "ci95_points": [-0.5, 1.5],
+        "mcnemar_p": 0.5,
+        "mcnemar": {"method": "exact binomial"},
+        "b": 3,
+        "c": 5,
+        "n_seeds": 3,
+        "n_problems": 100,
+        "per_seed_delta_points": {"2": 0.0, "0": 2.5, "1": -1.0},  # as read back from JSON
+        "alignment": {"seeds_only_baseline": [], "seeds_only_candidate": [], "problems_dropped": 0},
+    }
+    table = rep.format_paired({"jepa": stats}, "sft")
+    assert "| 3 / 5 | 3 × 100 | s0 +2.50 / s1 -1.00 / s2 +0.00 (ahead on 1 of 3) |  |" in table
 
 
 def test_report_paired_with_missing_seed_and_bad_ids(tmp_path) -> None:

@@ -82,26 +82,35 @@ def format_paired(paired: dict[str, dict[str, Any]], baseline: str) -> str:
         return ""
     lines = [
         f"\n## Paired vs {baseline} (per problem)\n",
-        "| config | Δ points [95% CI] | McNemar p | b / c | seeds × problems | note |",
-        "|---|---|---|---|---|---|",
+        "| config | Δ points [95% CI] | McNemar p | b / c | seeds × problems | Δ per seed | note |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, st in paired.items():
         if st.get("status") != "ok":
-            lines.append(f"| {name} | {st['status']} | — | — | — | |")
+            lines.append(f"| {name} | {st['status']} | — | — | — | — | |")
             continue
         lo, hi = st["ci95_points"]
         lines.append(
             f"| {name} | {st['delta_points']:+.2f} [{lo:+.2f}, {hi:+.2f}] | {_fmt_p(st['mcnemar_p'])} "
             f"({st['mcnemar']['method']}) | {st['b']} / {st['c']} | {st['n_seeds']} × {st['n_problems']} | "
-            f"{alignment_note(st)} |"
+            f"{_per_seed(st['per_seed_delta_points'])} | {alignment_note(st)} |"
         )
     lines.append("")
     lines.append(
         f"Δ: candidate − {baseline} accuracy in points, averaged over the paired seeds. CI: percentile "
         "bootstrap over problems (one resampled problem set for all seeds). McNemar pooled over seeds: "
-        f"b = {baseline} right & candidate wrong, c = the reverse; exact binomial test."
+        f"b = {baseline} right & candidate wrong, c = the reverse; exact binomial test. Δ per seed: the "
+        "same difference within each paired seed, and on how many seeds the candidate is ahead: a mean "
+        "carried by one seed reads differently from one that every seed shares."
     )
     return "\n".join(lines) + "\n"
+
+
+def _per_seed(deltas: dict[int, float]) -> str:
+    """``s0 +1.67 / s1 -0.99 (ahead on 1 of 2)``; keys may be strings once read back from JSON."""
+    ordered = sorted((int(s), d) for s, d in deltas.items())
+    ahead = sum(d > 0 for _, d in ordered)
+    return " / ".join(f"s{s} {d:+.2f}" for s, d in ordered) + f" (ahead on {ahead} of {len(ordered)})"
 
 
 def _fmt_p(p: float) -> str:
