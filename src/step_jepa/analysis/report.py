@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +106,8 @@ def format_paired(paired: dict[str, dict[str, Any]], baseline: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _per_seed(deltas: dict[int, float]) -> str:
-    """``s0 +1.67 / s1 -0.99 (ahead on 1 of 2)``; keys may be strings once read back from JSON."""
+def _per_seed(deltas: Mapping[Any, float]) -> str:
+    """``s0 +1.67 / s1 -0.99 (ahead on 1 of 2)``; seeds are ints, or strings once read back from JSON."""
     ordered = sorted((int(s), d) for s, d in deltas.items())
     ahead = sum(d > 0 for _, d in ordered)
     return " / ".join(f"s{s} {d:+.2f}" for s, d in ordered) + f" (ahead on {ahead} of {len(ordered)})"
